@@ -1,0 +1,113 @@
+//! Actors: the [`supervisor::OrderSupervisor`] and one [`order_actor::OrderActor`] per
+//! order. [`Orders`] is the handle the rest of the service uses to reach them.
+
+pub mod order_actor;
+pub mod supervisor;
+
+use crate::domain::saga::{Event, Saga};
+use crate::persistence::orders::OrderDetails;
+use order_actor::{NewOrder, OrderContext, OrderError, OrderMsg};
+use ractor::rpc::CallResult;
+use ractor::{Actor, ActorRef};
+use std::sync::Arc;
+use std::time::Duration;
+use supervisor::{OrderSupervisor, Registry, SupervisorMsg};
+use uuid::Uuid;
+
+/// How long a caller waits for an order actor to answer.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Attempts when the actor stopped between lookup and send (passivation race).
+const ATTEMPTS: usize = 5;
+
+/// Cheap, cloneable handle to the order actors.
+#[derive(Clone)]
+pub struct Orders {
+    supervisor: ActorRef<SupervisorMsg>,
+    registry: Registry,
+}
+
+impl Orders {
+    pub async fn start(ctx: OrderContext) -> anyhow::Result<Orders> {
+        let registry: Registry = Arc::default();
+        let (supervisor, _handle) = Actor::spawn(
+            None,
+            OrderSupervisor {
+                ctx: Arc::new(ctx),
+                registry: registry.clone(),
+            },
+            (),
+        )
+        .await?;
+        Ok(Orders {
+            supervisor,
+            registry,
+        })
+    }
+
+    /// Number of order actors currently alive (not passivated).
+    pub fn live_actors(&self) -> usize {
+        self.registry.len()
+    }
+
+    async fn actor(&self, id: Uuid) -> Result<ActorRef<OrderMsg>, OrderError> {
+        if let Some(actor) = self.registry.get(&id) {
+            return Ok(actor.clone());
+        }
+        match self
+            .supervisor
+            .call(
+                |port| SupervisorMsg::GetOrSpawn(id, port),
+                Some(CALL_TIMEOUT),
+            )
+            .await
+        {
+            Ok(CallResult::Success(Ok(actor))) => Ok(actor),
+            Ok(CallResult::Success(Err(e))) => Err(OrderError::Unavailable(e)),
+            Ok(CallResult::Timeout) => Err(OrderError::Timeout),
+            Ok(CallResult::SenderError) | Err(_) => {
+                Err(OrderError::Unavailable("order supervisor stopped".into()))
+            }
+        }
+    }
+
+    /// Sends a request to the order's actor and waits for its answer. Retries when the
+    /// actor stopped in between (it passivated or crashed): the next one reloads the order.
+    async fn ask<T: Send + 'static>(
+        &self,
+        id: Uuid,
+        build: impl Fn(ractor::RpcReplyPort<Result<T, OrderError>>) -> OrderMsg,
+    ) -> Result<T, OrderError> {
+        for _ in 0..ATTEMPTS {
+            let actor = self.actor(id).await?;
+            match actor.call(&build, Some(CALL_TIMEOUT)).await {
+                Ok(CallResult::Success(result)) => return result,
+                Ok(CallResult::Timeout) => return Err(OrderError::Timeout),
+                Ok(CallResult::SenderError) | Err(_) => {
+                    self.registry
+                        .remove_if(&id, |_, live| live.get_id() == actor.get_id());
+                }
+            }
+        }
+        Err(OrderError::Unavailable(format!(
+            "order {id} actor stopped repeatedly"
+        )))
+    }
+
+    #[tracing::instrument(skip_all, fields(order_id = %order.id))]
+    pub async fn create(&self, order: NewOrder) -> Result<OrderDetails, OrderError> {
+        let id = order.id;
+        self.ask(id, |port| OrderMsg::Create(Box::new(order.clone()), port))
+            .await
+    }
+
+    #[tracing::instrument(skip_all, fields(order_id = %id, event = event.name()))]
+    pub async fn apply(&self, id: Uuid, event: Event) -> Result<Saga, OrderError> {
+        self.ask(id, |port| OrderMsg::Apply(event.clone(), port))
+            .await
+    }
+
+    /// Stops the supervisor and with it every order actor.
+    pub fn stop(&self) {
+        self.supervisor.stop(None);
+    }
+}

@@ -1,0 +1,179 @@
+//! Configuration: every option is a CLI flag and an environment variable (`--help` lists
+//! them all), validated once at start-up so a bad value stops the process with a clear
+//! one-line message instead of surfacing later as a runtime error.
+
+use crate::domain::saga::PaymentMode;
+use clap::{Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "order-service", version, about = "Order Orchestration Service")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<CliCommand>,
+    #[command(flatten)]
+    pub config: Config,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum CliCommand {
+    /// Run the HTTP API, the order actors and the participants (the default).
+    Serve,
+    /// Apply all database migrations (orders, inventory, payment, shipping) and exit.
+    Migrate,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines, for development.
+    Pretty,
+    /// One JSON object per line, for production log pipelines.
+    Json,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// Address the HTTP API listens on.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8080")]
+    pub listen_addr: SocketAddr,
+
+    /// Orders database. `sqlite://…` (embedded default) or `postgres://…`. The participants'
+    /// stores derive from it: their own schema on PostgreSQL, their own file on SQLite.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://data/orders.db?mode=rwc"
+    )]
+    pub database_url: String,
+
+    /// RabbitMQ URL (`amqp://user:pass@host:5672/vhost`). Unset: in-process bus.
+    #[arg(long, env = "AMQP_URL")]
+    pub amqp_url: Option<String>,
+
+    /// Bearer token for admin endpoints. Unset: admin endpoints are disabled (404).
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Enable dev-only endpoints (`POST /api/orders/:id/pay`).
+    #[arg(long, env = "DEV_ENDPOINTS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub dev_endpoints: bool,
+
+    /// `auto`: charge right after the reservation; `manual`: wait for the dev pay endpoint.
+    #[arg(long, env = "PAYMENT_MODE", value_enum, default_value_t = PaymentMode::Auto)]
+    pub payment_mode: PaymentMode,
+
+    /// Fraction of charges the mock payment gateway declines (0.0–1.0).
+    #[arg(long, env = "PAYMENT_DECLINE_RATE", default_value_t = 0.3)]
+    pub payment_decline_rate: f64,
+
+    /// Fraction of shipments the mock shipping service fails (0.0–1.0).
+    #[arg(long, env = "SHIPPING_FAILURE_RATE", default_value_t = 0.0)]
+    pub shipping_failure_rate: f64,
+
+    /// Run the in-process participants (Inventory, Payment, Shipping) in this process.
+    #[arg(long, env = "EMBEDDED_PARTICIPANTS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub embedded_participants: bool,
+
+    /// Apply migrations at start-up.
+    #[arg(long, env = "MIGRATE_ON_START", default_value_t = true, action = clap::ArgAction::Set)]
+    pub migrate_on_start: bool,
+
+    /// Seed the demo catalogue when the inventory is empty.
+    #[arg(long, env = "SEED_DEMO_CATALOGUE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub seed_demo_catalogue: bool,
+
+    /// Maximum request body size in bytes.
+    #[arg(long, env = "BODY_LIMIT_BYTES", default_value_t = 64 * 1024)]
+    pub body_limit_bytes: usize,
+
+    /// How long idempotency keys are kept, in seconds (default 24 h).
+    #[arg(long, env = "IDEMPOTENCY_RETENTION_SECS", default_value_t = 86_400)]
+    pub idempotency_retention_secs: u64,
+
+    /// Maximum database connections per store (PostgreSQL).
+    #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 16)]
+    pub db_max_connections: u32,
+
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
+    pub log_format: LogFormat,
+}
+
+/// A configuration value that cannot work. The message names the option.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid {option}: {problem}")]
+pub struct ConfigError {
+    pub option: &'static str,
+    pub problem: String,
+}
+
+impl Config {
+    /// Checks what clap's types cannot: ranges and URL schemes.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (option, rate) in [
+            ("PAYMENT_DECLINE_RATE", self.payment_decline_rate),
+            ("SHIPPING_FAILURE_RATE", self.shipping_failure_rate),
+        ] {
+            if !(0.0..=1.0).contains(&rate) {
+                return Err(ConfigError {
+                    option,
+                    problem: format!("{rate} is not a fraction between 0.0 and 1.0"),
+                });
+            }
+        }
+        if !(self.database_url.starts_with("sqlite:")
+            || self.database_url.starts_with("postgres://")
+            || self.database_url.starts_with("postgresql://"))
+        {
+            return Err(ConfigError {
+                option: "DATABASE_URL",
+                problem: "must start with sqlite:, postgres:// or postgresql://".into(),
+            });
+        }
+        if let Some(amqp) = &self.amqp_url {
+            let parsed = url::Url::parse(amqp).map_err(|e| ConfigError {
+                option: "AMQP_URL",
+                problem: format!("not a URL ({e})"),
+            })?;
+            if !matches!(parsed.scheme(), "amqp" | "amqps") {
+                return Err(ConfigError {
+                    option: "AMQP_URL",
+                    problem: "must start with amqp:// or amqps://".into(),
+                });
+            }
+        }
+        if matches!(&self.admin_token, Some(t) if t.len() < 16) {
+            return Err(ConfigError {
+                option: "ADMIN_TOKEN",
+                problem: "must be at least 16 characters (or unset to disable admin endpoints)"
+                    .into(),
+            });
+        }
+        if self.body_limit_bytes < 1024 {
+            return Err(ConfigError {
+                option: "BODY_LIMIT_BYTES",
+                problem: "must be at least 1024".into(),
+            });
+        }
+        if self.db_max_connections == 0 {
+            return Err(ConfigError {
+                option: "DB_MAX_CONNECTIONS",
+                problem: "must be at least 1".into(),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn idempotency_retention(&self) -> Duration {
+        Duration::from_secs(self.idempotency_retention_secs)
+    }
+
+    /// Defaults for tests and embedding: everything from the defaults above.
+    pub fn default_for(database_url: &str, amqp_url: Option<&str>) -> Config {
+        let mut config = Cli::parse_from(["order-service"]).config;
+        config.database_url = database_url.to_owned();
+        config.amqp_url = amqp_url.map(str::to_owned);
+        config
+    }
+}

@@ -1,0 +1,4 @@
+//! Domain: the pure order state machine and the validated values it works on. No I/O.
+
+pub mod order;
+pub mod saga;

@@ -1,0 +1,127 @@
+//! Extractors that turn axum's rejections into problem+json [`ApiError`]s, plus the admin
+//! bearer-token check and the `Idempotency-Key` header.
+
+use crate::http::errors::ApiError;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::{HeaderMap, StatusCode, header, request::Parts};
+use serde::de::DeserializeOwned;
+use subtle::ConstantTimeEq;
+
+/// JSON body; malformed JSON is 400, wrong types or unknown fields 422, a body over the
+/// limit 413, a missing `Content-Type: application/json` 415.
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(value)) => Ok(ApiJson(value)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+fn json_rejection(rejection: JsonRejection) -> ApiError {
+    match rejection {
+        JsonRejection::JsonDataError(e) => ApiError::validation(e.body_text()),
+        JsonRejection::JsonSyntaxError(e) => ApiError::bad_request("Malformed JSON", e.body_text()),
+        JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType(
+            "expected a body with Content-Type: application/json".into(),
+        ),
+        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
+        other => ApiError::bad_request("Unreadable body", other.body_text()),
+    }
+}
+
+/// Path parameters; a malformed one (e.g. a bad UUID) is 400.
+pub struct ApiPath<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiPath<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(v)| ApiPath(v))
+            .map_err(|e: PathRejection| {
+                ApiError::bad_request("Invalid path parameter", e.body_text())
+            })
+    }
+}
+
+/// Query string; a malformed one is 400.
+pub struct ApiQuery<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiQuery<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(v)| ApiQuery(v))
+            .map_err(|e: QueryRejection| {
+                ApiError::bad_request("Invalid query string", e.body_text())
+            })
+    }
+}
+
+/// Checks `Authorization: Bearer <token>` against the configured admin token in constant
+/// time. No token configured: the admin endpoints do not exist (404).
+pub fn require_admin(configured: Option<&str>, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(expected) = configured else {
+        return Err(ApiError::NotFound(
+            "admin endpoints are disabled (no ADMIN_TOKEN configured)".into(),
+        ));
+    };
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Err(ApiError::Unauthorized);
+    };
+    let presented = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or(ApiError::Unauthorized)?;
+    if bool::from(presented.as_bytes().ct_eq(expected.as_bytes())) {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden)
+    }
+}
+
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+const MAX_KEY_LEN: usize = 255;
+
+/// The `Idempotency-Key` header: required, 1–255 visible ASCII characters.
+pub fn idempotency_key(headers: &HeaderMap) -> Result<String, ApiError> {
+    let value = headers.get(IDEMPOTENCY_KEY).ok_or_else(|| {
+        ApiError::bad_request(
+            "Missing Idempotency-Key",
+            "POST /api/orders requires an Idempotency-Key header (e.g. a UUID)",
+        )
+    })?;
+    let key = value
+        .to_str()
+        .map_err(|_| ApiError::bad_request("Invalid Idempotency-Key", "must be visible ASCII"))?
+        .trim_matches('"');
+    if key.is_empty() || key.len() > MAX_KEY_LEN || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ApiError::bad_request(
+            "Invalid Idempotency-Key",
+            format!("must be 1-{MAX_KEY_LEN} visible ASCII characters"),
+        ));
+    }
+    Ok(key.to_owned())
+}

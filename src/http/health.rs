@@ -1,0 +1,50 @@
+//! Health endpoints: `live` says the process is up; `ready` says it can do its job right
+//! now — every database store answers and the broker connection is open.
+
+use crate::http::AppState;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready))
+}
+
+async fn live() -> Response {
+    Json(json!({ "status": "ok" })).into_response()
+}
+
+async fn ready(State(app): State<AppState>) -> Response {
+    let database =
+        match tokio::time::timeout(std::time::Duration::from_secs(2), app.stores.ping()).await {
+            Ok(Ok(())) => "ok".to_owned(),
+            Ok(Err(e)) => format!("unavailable: {e}"),
+            Err(_) => "unavailable: timed out".to_owned(),
+        };
+    let broker = if app.bus.is_connected() {
+        "ok".to_owned()
+    } else {
+        "unavailable: not connected".to_owned()
+    };
+    let ready = database == "ok" && broker == "ok";
+    let body = json!({
+        "status": if ready { "ready" } else { "unavailable" },
+        "checks": {
+            "database": database,
+            "broker": broker,
+            "broker_kind": app.bus.kind(),
+        },
+        "live_order_actors": app.orders.live_actors(),
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}

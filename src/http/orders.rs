@@ -1,0 +1,352 @@
+//! Order endpoints: create (idempotent), read, list, admin status override, dev payment.
+
+use crate::actors::order_actor::{NewOrder, OrderError};
+use crate::domain::order::{OrderRequest, total_cents};
+use crate::domain::saga::{Event, OrderStatus, PaymentOutcome, TransitionError};
+use crate::http::AppState;
+use crate::http::errors::ApiError;
+use crate::http::extractors::{ApiJson, ApiPath, ApiQuery, idempotency_key, require_admin};
+use crate::participants::inventory::QuoteError;
+use crate::persistence::idempotency::{self, Claim};
+use crate::persistence::orders::{self, OrderLine};
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, patch, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/orders", post(create_order).get(list_orders))
+        .route("/api/orders/{id}", get(get_order))
+        .route("/api/orders/{id}/status", patch(override_status))
+        .route("/api/orders/{id}/pay", post(pay))
+}
+
+fn created(status: u16, body: String, order_id: Option<Uuid>, replayed: bool) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::CREATED);
+    let mut response = (status, body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Some(id) = order_id
+        && let Ok(location) = HeaderValue::from_str(&format!("/api/orders/{id}"))
+    {
+        headers.insert(header::LOCATION, location);
+    }
+    if replayed {
+        headers.insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    }
+    response
+}
+
+/// A W3C `traceparent` worth keeping: `00-<32 hex>-<16 hex>-<2 hex>`.
+fn traceparent(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get("traceparent")?.to_str().ok()?.trim();
+    let parts: Vec<&str> = value.split('-').collect();
+    let shape = [2usize, 32, 16, 2];
+    let well_formed = parts.len() == 4
+        && parts
+            .iter()
+            .zip(shape)
+            .all(|(p, len)| p.len() == len && p.bytes().all(|b| b.is_ascii_hexdigit()));
+    well_formed.then(|| value.to_ascii_lowercase())
+}
+
+#[tracing::instrument(name = "http.create_order", skip_all, fields(order_id))]
+async fn create_order(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(request): ApiJson<OrderRequest>,
+) -> Result<Response, ApiError> {
+    let key = idempotency_key(&headers)?;
+    let valid = request.validate().map_err(|problems| {
+        ApiError::validation(problems.join("; ")).with("errors", json!(problems))
+    })?;
+    // Hash the parsed request, so formatting and key order do not make a "different body".
+    let canonical = serde_json::to_vec(&request).map_err(|e| ApiError::Internal(e.into()))?;
+    let hash = hex::encode(Sha256::digest(&canonical));
+    let db = &app.stores.orders;
+    match idempotency::claim(db, &key, &hash, app.settings.idempotency_retention).await? {
+        Claim::New => {}
+        Claim::Replay { status, body } => {
+            let order_id = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| {
+                    v.get("id")
+                        .and_then(|id| id.as_str())
+                        .and_then(|s| s.parse().ok())
+                });
+            return Ok(created(status, body, order_id, true));
+        }
+        Claim::Mismatch => {
+            return Err(ApiError::unprocessable(
+                "idempotency-key-reused",
+                "Idempotency-Key reused with a different body",
+                "this Idempotency-Key was first used with a different request body",
+            ));
+        }
+        Claim::InFlight => {
+            return Err(ApiError::conflict(
+                "idempotency-key-in-flight",
+                "Request with this Idempotency-Key is still in progress",
+                "a request with this Idempotency-Key is still being processed; retry later",
+            ));
+        }
+    }
+    let result = place_order(&app, valid, key.clone(), traceparent(&headers)).await;
+    if result.is_err() {
+        // Nothing was created: give the key back so a corrected retry may use it.
+        if let Err(e) = idempotency::release(db, &key).await {
+            tracing::warn!(error = %e, "could not release idempotency key");
+        }
+    }
+    let (order_id, body) = result?;
+    tracing::Span::current().record("order_id", tracing::field::display(order_id));
+    Ok(created(201, body, Some(order_id), false))
+}
+
+/// Stock check, pricing and creation, once the key is claimed.
+async fn place_order(
+    app: &AppState,
+    valid: crate::domain::order::ValidOrder,
+    key: String,
+    trace_context: Option<String>,
+) -> Result<(Uuid, String), ApiError> {
+    let prices = app
+        .inventory
+        .quote(&valid.items)
+        .await
+        .map_err(|e| match e {
+            QuoteError::UnknownSku(sku) => ApiError::unprocessable(
+                "unknown-sku",
+                "Unknown SKU",
+                format!("SKU {sku} is not in the catalogue"),
+            )
+            .with("sku", json!(sku)),
+            QuoteError::Insufficient {
+                sku,
+                requested,
+                available,
+            } => ApiError::conflict(
+                "insufficient-stock",
+                "Not enough stock",
+                format!("requested {requested} of {sku}, only {available} available"),
+            )
+            .with("sku", json!(sku))
+            .with("requested", json!(requested))
+            .with("available", json!(available)),
+            QuoteError::Db(e) => e.into(),
+        })?;
+    let items: Vec<OrderLine> = valid
+        .items
+        .iter()
+        .zip(&prices)
+        .map(|((sku, quantity), price)| OrderLine {
+            sku: sku.clone(),
+            quantity: *quantity,
+            unit_price_cents: *price,
+        })
+        .collect();
+    let total =
+        total_cents(items.iter().map(|l| (l.quantity, l.unit_price_cents))).ok_or_else(|| {
+            ApiError::unprocessable(
+                "total-overflow",
+                "Order total too large",
+                "the order total does not fit in 64-bit cents",
+            )
+        })?;
+    let order = NewOrder {
+        id: Uuid::now_v7(),
+        customer_id: valid.customer_id,
+        currency: valid.currency,
+        items,
+        total_cents: total,
+        payment_mode: app.settings.payment_mode,
+        idempotency_key: Some(key),
+        trace_context,
+    };
+    let id = order.id;
+    let details = app.orders.create(order).await.map_err(order_error)?;
+    let body = serde_json::to_string(&details).map_err(|e| ApiError::Internal(e.into()))?;
+    Ok((id, body))
+}
+
+/// Maps an order actor's answer to the HTTP boundary.
+fn order_error(error: OrderError) -> ApiError {
+    match error {
+        OrderError::NotFound(id) => ApiError::NotFound(format!("order {id} not found")),
+        OrderError::Transition(TransitionError::OverrideNotAllowed { from, to, allowed }) => {
+            ApiError::conflict(
+                "transition-not-allowed",
+                "Status change not allowed",
+                format!(
+                    "cannot change an order from {from} to {to}; allowed: {}",
+                    if allowed.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        allowed
+                            .iter()
+                            .map(|s| s.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    }
+                ),
+            )
+            .with("current_status", json!(from))
+            .with("allowed", json!(allowed))
+        }
+        OrderError::Transition(other) => ApiError::conflict(
+            "invalid-state",
+            "Not possible in the order's current state",
+            other.to_string(),
+        ),
+        OrderError::AlreadyExists(id) => ApiError::conflict(
+            "order-exists",
+            "Order exists",
+            format!("order {id} already exists"),
+        ),
+        OrderError::Conflict(_)
+        | OrderError::Timeout
+        | OrderError::Unavailable(_)
+        | OrderError::Storage(_) => {
+            tracing::warn!(error = %error, "order actor could not complete the request");
+            ApiError::Unavailable(
+                "the order could not be processed right now; retry shortly".into(),
+            )
+        }
+    }
+}
+
+#[tracing::instrument(name = "http.get_order", skip_all, fields(order_id = %id))]
+async fn get_order(
+    State(app): State<AppState>,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<Response, ApiError> {
+    let details = orders::details(&app.stores.orders, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("order {id} not found")))?;
+    Ok(Json(details).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    status: Option<String>,
+    limit: Option<u64>,
+}
+
+async fn list_orders(
+    State(app): State<AppState>,
+    ApiQuery(query): ApiQuery<ListQuery>,
+) -> Result<Response, ApiError> {
+    let status = match query.status.as_deref() {
+        None => None,
+        Some(s) => Some(OrderStatus::parse(s).ok_or_else(|| {
+            ApiError::bad_request(
+                "Invalid query string",
+                format!(
+                    "unknown status {s:?}; one of {}",
+                    OrderStatus::ALL.map(|s| s.as_str()).join(", ")
+                ),
+            )
+        })?),
+    };
+    let limit = query.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "Invalid query string",
+            "limit must be between 1 and 500",
+        ));
+    }
+    let list = orders::list(&app.stores.orders, status, limit).await?;
+    Ok(Json(json!({ "orders": list })).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatusOverride {
+    status: String,
+    reason: Option<String>,
+}
+
+#[tracing::instrument(name = "http.override_status", skip_all, fields(order_id = %id))]
+async fn override_status(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiJson(body): ApiJson<StatusOverride>,
+) -> Result<Response, ApiError> {
+    require_admin(app.settings.admin_token.as_deref(), &headers)?;
+    let target = OrderStatus::parse(&body.status).ok_or_else(|| {
+        ApiError::validation(format!(
+            "unknown status {:?}; one of {}",
+            body.status,
+            OrderStatus::ALL.map(|s| s.as_str()).join(", ")
+        ))
+    })?;
+    let reason = body.reason.unwrap_or_else(|| "admin override".into());
+    if reason.len() > 500 {
+        return Err(ApiError::validation(
+            "reason must be at most 500 characters",
+        ));
+    }
+    tracing::info!(%target, %reason, "admin status override");
+    app.orders
+        .apply(id, Event::AdminOverride { target, reason })
+        .await
+        .map_err(order_error)?;
+    get_order(State(app), ApiPath(id)).await
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PayRequest {
+    /// Force the mock gateway's answer; absent: it declines at the configured rate.
+    outcome: Option<PaymentOutcome>,
+}
+
+#[tracing::instrument(name = "http.pay", skip_all, fields(order_id = %id))]
+async fn pay(
+    State(app): State<AppState>,
+    ApiPath(id): ApiPath<Uuid>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    if !app.settings.dev_endpoints {
+        return Err(ApiError::NotFound(
+            "dev endpoints are disabled (DEV_ENDPOINTS=false)".into(),
+        ));
+    }
+    let request: PayRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        PayRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            if e.is_data() {
+                ApiError::validation(e.to_string())
+            } else {
+                ApiError::bad_request("Malformed JSON", e.to_string())
+            }
+        })?
+    };
+    app.orders
+        .apply(
+            id,
+            Event::PaymentSubmitted {
+                forced: request.outcome,
+            },
+        )
+        .await
+        .map_err(order_error)?;
+    let details = orders::details(&app.stores.orders, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("order {id} not found")))?;
+    Ok((StatusCode::ACCEPTED, Json(details)).into_response())
+}

@@ -1,0 +1,347 @@
+//! The bus: the one messaging interface the rest of the service uses.
+//!
+//! [`Bus`] is either RabbitMQ ([`amqp::AmqpBus`]) or an in-process stand-in
+//! ([`in_process::InProcessBus`]) with the same semantics, so the service and its tests run
+//! without a broker. Both accept only exchanges and queues of the [`topology`], publish with
+//! the same routing rules (an unroutable message on a `mandatory` exchange is an error, on
+//! `order.events` it is dropped), deliver with manual acknowledgement, redeliver whatever a
+//! closed subscription left unacknowledged, and dead-letter rejected messages to
+//! `order.dead-letters`.
+
+use std::collections::BTreeMap;
+
+use uuid::Uuid;
+
+use super::{amqp, in_process, topology};
+
+/// A message to publish. The payload is JSON; `kind` becomes the AMQP `type` property.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutgoingMessage {
+    pub exchange: String,
+    pub routing_key: String,
+    /// Becomes the AMQP `message_id`; consumers deduplicate on it.
+    pub message_id: Uuid,
+    /// The AMQP `type` property, e.g. `"stock.reserve"`.
+    pub kind: String,
+    /// JSON body.
+    pub payload: Vec<u8>,
+    /// String headers, e.g. `traceparent`.
+    pub headers: BTreeMap<String, String>,
+}
+
+/// A delivered message. It must be settled with exactly one of [`ack`](Self::ack),
+/// [`dead_letter`](Self::dead_letter) or [`requeue`](Self::requeue); a message that is merely
+/// dropped stays unacknowledged (and counts against the prefetch) until its subscription is
+/// closed, then it is redelivered.
+#[derive(Debug)]
+pub struct IncomingMessage {
+    pub routing_key: String,
+    pub message_id: Option<String>,
+    pub kind: Option<String>,
+    pub payload: Vec<u8>,
+    /// String-valued headers. Headers of other AMQP types are converted to text when they
+    /// are scalars and left out when they are tables or arrays (e.g. RabbitMQ's `x-death`).
+    /// Dead-lettered messages carry `x-first-death-queue`, `x-first-death-reason` and
+    /// `x-first-death-exchange` on both buses.
+    pub headers: BTreeMap<String, String>,
+    /// True when the message was delivered before and not acknowledged.
+    pub redelivered: bool,
+    pub(crate) acker: Acker,
+}
+
+/// How a delivery is settled; private to the messaging layer.
+#[derive(Debug)]
+pub(crate) enum Acker {
+    Amqp(lapin::Acker),
+    InProcess(in_process::InProcessAcker),
+}
+
+/// The three ways to settle a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Settle {
+    Ack,
+    DeadLetter,
+    Requeue,
+}
+
+impl Settle {
+    fn as_str(self) -> &'static str {
+        match self {
+            Settle::Ack => "ack",
+            Settle::DeadLetter => "dead-letter",
+            Settle::Requeue => "requeue",
+        }
+    }
+}
+
+impl IncomingMessage {
+    /// The message was handled: remove it from the queue.
+    pub async fn ack(self) -> Result<(), BusError> {
+        self.settle(Settle::Ack).await
+    }
+
+    /// The message can never be handled (poison): reject it without requeue, so the queue's
+    /// dead-letter exchange moves it to `order.dead-letters`. A message consumed from the
+    /// dead-letter queue itself has no dead-letter exchange and is discarded.
+    pub async fn dead_letter(self) -> Result<(), BusError> {
+        self.settle(Settle::DeadLetter).await
+    }
+
+    /// Handling failed for a transient reason: put the message back on its queue, to be
+    /// redelivered with `redelivered = true`.
+    pub async fn requeue(self) -> Result<(), BusError> {
+        self.settle(Settle::Requeue).await
+    }
+
+    async fn settle(self, how: Settle) -> Result<(), BusError> {
+        match self.acker {
+            Acker::Amqp(acker) => amqp::settle(&acker, how).await,
+            Acker::InProcess(acker) => acker.settle(how),
+        }
+    }
+}
+
+/// The message bus.
+#[derive(Clone)]
+pub enum Bus {
+    Amqp(amqp::AmqpBus),
+    InProcess(in_process::InProcessBus),
+}
+
+impl std::fmt::Debug for Bus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bus")
+            .field("kind", &self.kind())
+            .field("connected", &self.is_connected())
+            .finish()
+    }
+}
+
+impl Bus {
+    /// `None` = in-process bus; `Some(url)` = connect to RabbitMQ and declare the topology.
+    pub async fn connect(amqp_url: Option<&str>) -> Result<Bus, BusError> {
+        match amqp_url {
+            None => Ok(Bus::InProcess(in_process::InProcessBus::new())),
+            Some(url) => Ok(Bus::Amqp(amqp::AmqpBus::connect(url).await?)),
+        }
+    }
+
+    /// Publishes one persistent message and returns once the broker has confirmed it.
+    ///
+    /// The message carries delivery mode 2, content type `application/json`, `message_id`,
+    /// `type` and the headers. Errors: the exchange is not part of the topology, the broker
+    /// nacked the message, or — on `mandatory` exchanges (commands, replies) — no queue
+    /// matched the routing key. An event nobody subscribes to is not an error.
+    pub async fn publish(&self, msg: &OutgoingMessage) -> Result<(), BusError> {
+        let spec = exchange_spec(&msg.exchange)?;
+        match self {
+            Bus::Amqp(bus) => bus.publish(spec, msg).await,
+            Bus::InProcess(bus) => bus.publish(spec, msg),
+        }
+    }
+
+    /// Publishes many messages pipelined and waits for all confirms.
+    ///
+    /// The result is for the batch: on error some messages may have been published and
+    /// others not, so the caller should retry the whole batch (consumers deduplicate on
+    /// `message_id`). Nothing is sent when an exchange is not part of the topology.
+    pub async fn publish_batch(&self, msgs: &[OutgoingMessage]) -> Result<(), BusError> {
+        let batch = msgs
+            .iter()
+            .map(|m| Ok((exchange_spec(&m.exchange)?, m)))
+            .collect::<Result<Vec<_>, BusError>>()?;
+        match self {
+            Bus::Amqp(bus) => bus.publish_batch(&batch).await,
+            Bus::InProcess(bus) => {
+                for (spec, msg) in batch {
+                    bus.publish(spec, msg)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Starts consuming a topology queue with manual acks and the given prefetch (maximum
+    /// unacknowledged deliveries; 0 = unlimited).
+    ///
+    /// RabbitMQ allows competing consumers on a queue; the in-process bus allows one
+    /// subscription per queue at a time and answers [`BusError::QueueBusy`] otherwise.
+    pub async fn subscribe(
+        &self,
+        queue: &str,
+        consumer_tag: &str,
+        prefetch: u16,
+    ) -> Result<Subscription, BusError> {
+        let spec = topology::queue(queue).ok_or_else(|| BusError::UnknownQueue(queue.into()))?;
+        let inner = match self {
+            Bus::Amqp(bus) => {
+                SubscriptionInner::Amqp(bus.subscribe(spec, consumer_tag, prefetch).await?)
+            }
+            Bus::InProcess(bus) => SubscriptionInner::InProcess(bus.subscribe(spec, prefetch)?),
+        };
+        Ok(Subscription { inner })
+    }
+
+    /// True while the connection (or the in-process bus) is usable — used by /health/ready.
+    pub fn is_connected(&self) -> bool {
+        match self {
+            Bus::Amqp(bus) => bus.is_connected(),
+            Bus::InProcess(bus) => bus.is_connected(),
+        }
+    }
+
+    /// `"rabbitmq"` or `"in-process"`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Bus::Amqp(_) => "rabbitmq",
+            Bus::InProcess(_) => "in-process",
+        }
+    }
+
+    /// Closes the bus: subscriptions end (their unacknowledged messages go back to their
+    /// queues on RabbitMQ) and further publishes fail with [`BusError::Closed`].
+    pub async fn close(&self) {
+        match self {
+            Bus::Amqp(bus) => bus.close().await,
+            Bus::InProcess(bus) => bus.close(),
+        }
+    }
+}
+
+fn exchange_spec(name: &str) -> Result<&'static topology::ExchangeSpec, BusError> {
+    // Publishing to an exchange the broker does not know makes RabbitMQ close the shared
+    // publishing channel (404), failing every in-flight publish; refuse it up front instead.
+    topology::exchange(name).ok_or_else(|| BusError::UnknownExchange(name.into()))
+}
+
+/// A consumer on one queue. Dropping it (or [`close`](Self::close)) cancels the consumer
+/// and returns its unacknowledged messages to the queue, marked redelivered.
+#[derive(Debug)]
+pub struct Subscription {
+    inner: SubscriptionInner,
+}
+
+#[derive(Debug)]
+enum SubscriptionInner {
+    Amqp(amqp::AmqpSubscription),
+    InProcess(in_process::InProcessSubscription),
+}
+
+impl Subscription {
+    /// The next delivery; `None` once the consumer is cancelled, its channel or connection
+    /// is closed, or the bus is closed.
+    pub async fn next(&mut self) -> Option<IncomingMessage> {
+        match &mut self.inner {
+            SubscriptionInner::Amqp(sub) => sub.next().await,
+            SubscriptionInner::InProcess(sub) => sub.next().await,
+        }
+    }
+
+    /// The queue this subscription consumes.
+    pub fn queue(&self) -> &'static str {
+        match &self.inner {
+            SubscriptionInner::Amqp(sub) => sub.queue(),
+            SubscriptionInner::InProcess(sub) => sub.queue(),
+        }
+    }
+
+    /// Cancels the consumer and waits until that is done (dropping does the same without
+    /// waiting).
+    pub async fn close(self) {
+        match self.inner {
+            SubscriptionInner::Amqp(sub) => sub.close().await,
+            SubscriptionInner::InProcess(sub) => drop(sub),
+        }
+    }
+}
+
+/// Errors of the bus.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("cannot connect to RabbitMQ at {endpoint}: {source}")]
+    Connect {
+        endpoint: String,
+        #[source]
+        source: lapin::Error,
+    },
+    #[error("cannot declare the messaging topology ({what}): {source}")]
+    Declare {
+        what: String,
+        #[source]
+        source: lapin::Error,
+    },
+    #[error("cannot open an AMQP channel ({purpose}): {source}")]
+    Channel {
+        purpose: &'static str,
+        #[source]
+        source: lapin::Error,
+    },
+    #[error(
+        "publishing message {message_id} to {exchange} with key {routing_key} failed: {source}"
+    )]
+    Publish {
+        exchange: String,
+        routing_key: String,
+        message_id: Uuid,
+        #[source]
+        source: lapin::Error,
+    },
+    #[error(
+        "the broker refused (nacked) message {message_id} to {exchange} with key {routing_key}"
+    )]
+    Nacked {
+        exchange: String,
+        routing_key: String,
+        message_id: Uuid,
+    },
+    #[error("message {message_id} to {exchange} with key {routing_key} matches no queue")]
+    Unroutable {
+        exchange: String,
+        routing_key: String,
+        message_id: Uuid,
+    },
+    #[error("the channel does not have publisher confirms enabled")]
+    ConfirmsNotEnabled,
+    #[error("exchange {0:?} is not part of the messaging topology")]
+    UnknownExchange(String),
+    #[error("queue {0:?} is not part of the messaging topology")]
+    UnknownQueue(String),
+    #[error("invalid message: {0}")]
+    InvalidMessage(String),
+    #[error("cannot subscribe to {queue}: {source}")]
+    Subscribe {
+        queue: String,
+        #[source]
+        source: lapin::Error,
+    },
+    #[error("queue {0} already has a subscriber (the in-process bus allows one per queue)")]
+    QueueBusy(String),
+    #[error("{action} failed: {source}")]
+    Settle {
+        action: &'static str,
+        #[source]
+        source: lapin::Error,
+    },
+    #[error(
+        "{action} is no longer possible: the delivery was already settled or its subscription \
+         is closed (the message will be redelivered)"
+    )]
+    DeliveryStale { action: &'static str },
+    #[error("the bus is closed")]
+    Closed,
+}
+
+impl BusError {
+    pub(crate) fn settle(how: Settle, source: lapin::Error) -> Self {
+        BusError::Settle {
+            action: how.as_str(),
+            source,
+        }
+    }
+
+    pub(crate) fn stale(how: Settle) -> Self {
+        BusError::DeliveryStale {
+            action: how.as_str(),
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! Outbox relay: publishes the rows of one store's outbox to the bus, in insertion order,
+//! with publisher confirms, and deletes them only once the broker has confirmed them.
+//! A crash after publishing and before deleting sends the batch again: delivery is
+//! at-least-once and every consumer dedupes.
+
+use crate::messaging::Bus;
+use crate::persistence::outbox;
+use sea_orm::DatabaseConnection;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// Largest batch published and confirmed at once.
+const BATCH: u64 = 256;
+/// Poll interval when nobody wakes the relay (rows left by a crash, lost wake-ups).
+const IDLE_POLL: Duration = Duration::from_millis(500);
+
+#[derive(Clone)]
+pub struct OutboxRelay {
+    /// Name of the store, for logs.
+    pub name: &'static str,
+    db: DatabaseConnection,
+    bus: Bus,
+    /// Woken after every commit that wrote outbox rows, so messages leave at once.
+    wake: Arc<Notify>,
+}
+
+/// What one pass of the relay did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RelayOutcome {
+    Empty,
+    Published(usize),
+}
+
+impl OutboxRelay {
+    pub fn new(name: &'static str, db: DatabaseConnection, bus: Bus, wake: Arc<Notify>) -> Self {
+        OutboxRelay {
+            name,
+            db,
+            bus,
+            wake,
+        }
+    }
+
+    /// Publishes one batch. Tests call this directly to drain the outbox without sleeping.
+    pub async fn try_execute(&self) -> anyhow::Result<RelayOutcome> {
+        let rows = outbox::fetch_batch(&self.db, BATCH).await?;
+        if rows.is_empty() {
+            return Ok(RelayOutcome::Empty);
+        }
+        let messages: Vec<_> = rows.iter().map(outbox::to_outgoing).collect();
+        self.bus.publish_batch(&messages).await?;
+        let count = rows.len();
+        outbox::delete_sent(&self.db, rows.into_iter().map(|r| r.id).collect()).await?;
+        Ok(RelayOutcome::Published(count))
+    }
+
+    /// Runs until cancelled; a failed pass is retried with capped exponential backoff.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.try_execute().await {
+                Ok(RelayOutcome::Published(_)) => {
+                    backoff = Duration::from_millis(100);
+                    continue;
+                }
+                Ok(RelayOutcome::Empty) => {
+                    backoff = Duration::from_millis(100);
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = self.wake.notified() => {}
+                        _ = tokio::time::sleep(IDLE_POLL) => {}
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(relay = self.name, %error, ?backoff, "outbox relay pass failed; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}

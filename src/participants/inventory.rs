@@ -1,0 +1,462 @@
+//! Inventory: stock per SKU (seeded with a demo catalogue), all-or-nothing reservations,
+//! releases, and the sale of reserved stock when an order is confirmed.
+//!
+//! Stock moves by conditional updates (`available = available - q WHERE available >= q`),
+//! never by read-modify-write, so concurrent orders cannot oversell and no row lock is
+//! taken. Counters per SKU: `available + reserved + sold` stays equal to the stock put in.
+
+use crate::messaging::IncomingMessage;
+use crate::messaging::consumer::Disposition;
+use crate::messaging::messages::{CommandBody, Envelope, LineItem, OrderEventBody, ReplyBody};
+use crate::participants::{decode, reply, settle};
+use crate::persistence::outbox;
+use chrono::Utc;
+use entity::{reservations, stock};
+use sea_orm::{
+    ActiveValue::Set,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, PaginatorTrait,
+    QueryFilter, QueryOrder, TransactionTrait,
+    sea_query::{Expr, ExprTrait},
+};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+/// The demo catalogue: (sku, name, price in cents, initial stock).
+pub const DEMO_CATALOGUE: &[(&str, &str, i64, i64)] = &[
+    ("KB-001", "Mechanical keyboard", 8_900, 100),
+    ("MS-002", "Wireless mouse", 2_900, 200),
+    ("MN-003", "27-inch monitor", 24_900, 25),
+    ("CB-004", "USB-C cable", 1_200, 500),
+    ("HS-005", "Headset", 5_900, 50),
+];
+
+/// Reservation record states.
+const RESERVED: &str = "RESERVED";
+const REJECTED: &str = "REJECTED";
+const RELEASED: &str = "RELEASED";
+/// Reserved stock that was sold (its order was confirmed).
+const CONSUMED: &str = "CONSUMED";
+
+/// One SKU as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StockView {
+    pub sku: String,
+    pub name: String,
+    pub price_cents: i64,
+    pub available: i64,
+    pub reserved: i64,
+    pub sold: i64,
+}
+
+impl From<stock::Model> for StockView {
+    fn from(m: stock::Model) -> Self {
+        StockView {
+            sku: m.sku,
+            name: m.name,
+            price_cents: m.price_cents,
+            available: m.available,
+            reserved: m.reserved,
+            sold: m.sold,
+        }
+    }
+}
+
+/// `PUT /api/inventory/:sku`: sets the available count and price (creates the SKU if new).
+#[derive(Debug, Clone, Deserialize)]
+pub struct StockUpdate {
+    pub name: Option<String>,
+    pub price_cents: i64,
+    pub available: i64,
+}
+
+/// Why the synchronous stock check refused an order.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QuoteError {
+    #[error("unknown SKU {0}")]
+    UnknownSku(String),
+    #[error("not enough stock for {sku}: requested {requested}, available {available}")]
+    Insufficient {
+        sku: String,
+        requested: i64,
+        available: i64,
+    },
+    #[error(transparent)]
+    Db(#[from] DbErr),
+}
+
+#[derive(Clone)]
+pub struct Inventory {
+    db: DatabaseConnection,
+    outbox_wake: Arc<Notify>,
+}
+
+impl Inventory {
+    pub fn new(db: DatabaseConnection, outbox_wake: Arc<Notify>) -> Self {
+        Inventory { db, outbox_wake }
+    }
+
+    /// Seeds the demo catalogue into an empty inventory. Returns whether it did.
+    pub async fn seed_demo_catalogue(&self) -> Result<bool, DbErr> {
+        if stock::Entity::find().count(&self.db).await? > 0 {
+            return Ok(false);
+        }
+        let now = Utc::now();
+        let rows = DEMO_CATALOGUE
+            .iter()
+            .map(|(sku, name, price, qty)| stock::ActiveModel {
+                sku: Set((*sku).to_owned()),
+                name: Set((*name).to_owned()),
+                price_cents: Set(*price),
+                available: Set(*qty),
+                reserved: Set(0),
+                sold: Set(0),
+                updated_at: Set(now),
+            });
+        stock::Entity::insert_many(rows)
+            .exec_without_returning(&self.db)
+            .await?;
+        Ok(true)
+    }
+
+    pub async fn list(&self) -> Result<Vec<StockView>, DbErr> {
+        Ok(stock::Entity::find()
+            .order_by_asc(stock::Column::Sku)
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(StockView::from)
+            .collect())
+    }
+
+    pub async fn get(&self, sku: &str) -> Result<Option<StockView>, DbErr> {
+        Ok(stock::Entity::find_by_id(sku.to_owned())
+            .one(&self.db)
+            .await?
+            .map(StockView::from))
+    }
+
+    /// Sets the available stock and price of a SKU (creating it if new). Reserved and sold
+    /// counts belong to orders and are left alone.
+    pub async fn put(&self, sku: &str, update: StockUpdate) -> Result<StockView, DbErr> {
+        let now = Utc::now();
+        let txn = self.db.begin().await?;
+        let existing = stock::Entity::find_by_id(sku.to_owned()).one(&txn).await?;
+        let name = update
+            .name
+            .clone()
+            .or_else(|| existing.as_ref().map(|e| e.name.clone()))
+            .unwrap_or_else(|| sku.to_owned());
+        if existing.is_some() {
+            stock::Entity::update_many()
+                .col_expr(stock::Column::Name, name.into())
+                .col_expr(stock::Column::PriceCents, update.price_cents.into())
+                .col_expr(stock::Column::Available, update.available.into())
+                .col_expr(stock::Column::UpdatedAt, now.into())
+                .filter(stock::Column::Sku.eq(sku))
+                .exec(&txn)
+                .await?;
+        } else {
+            stock::Entity::insert(stock::ActiveModel {
+                sku: Set(sku.to_owned()),
+                name: Set(name),
+                price_cents: Set(update.price_cents),
+                available: Set(update.available),
+                reserved: Set(0),
+                sold: Set(0),
+                updated_at: Set(now),
+            })
+            .exec_without_returning(&txn)
+            .await?;
+        }
+        let view = stock::Entity::find_by_id(sku.to_owned())
+            .one(&txn)
+            .await?
+            .map(StockView::from)
+            .ok_or_else(|| DbErr::RecordNotFound(sku.to_owned()))?;
+        txn.commit().await?;
+        Ok(view)
+    }
+
+    /// The synchronous stock check of `POST /api/orders`: every SKU exists and has the
+    /// quantity available right now. Returns the unit price of each line, in input order.
+    /// (The reservation itself may still lose a race later; the saga then rejects.)
+    pub async fn quote(&self, items: &[(String, i64)]) -> Result<Vec<i64>, QuoteError> {
+        let skus: Vec<String> = items.iter().map(|(s, _)| s.clone()).collect();
+        let rows = stock::Entity::find()
+            .filter(stock::Column::Sku.is_in(skus))
+            .all(&self.db)
+            .await?;
+        items
+            .iter()
+            .map(|(sku, qty)| {
+                let row = rows
+                    .iter()
+                    .find(|r| &r.sku == sku)
+                    .ok_or_else(|| QuoteError::UnknownSku(sku.clone()))?;
+                if row.available < *qty {
+                    return Err(QuoteError::Insufficient {
+                        sku: sku.clone(),
+                        requested: *qty,
+                        available: row.available,
+                    });
+                }
+                Ok(row.price_cents)
+            })
+            .collect()
+    }
+
+    /// Handles one delivery from `inventory.commands`.
+    pub async fn on_command(&self, message: Arc<IncomingMessage>) -> Disposition {
+        let envelope: Envelope<CommandBody> = match decode(&message) {
+            Ok(e) => e,
+            Err(poison) => return poison,
+        };
+        let order_id = envelope.order_id;
+        let result = match envelope.body {
+            CommandBody::ReserveStock { items } => {
+                self.reserve(order_id, items, &message.headers).await
+            }
+            CommandBody::ReleaseStock {} => self.release(order_id, &message.headers).await,
+            other => {
+                return Disposition::DeadLetter(format!(
+                    "{} is not an inventory command",
+                    other.kind()
+                ));
+            }
+        };
+        if result.is_ok() {
+            self.outbox_wake.notify_one();
+        }
+        settle(result)
+    }
+
+    /// Handles one delivery from `inventory.order-events` (confirmed orders).
+    pub async fn on_order_event(&self, message: Arc<IncomingMessage>) -> Disposition {
+        let envelope: Envelope<OrderEventBody> = match decode(&message) {
+            Ok(e) => e,
+            Err(poison) => return poison,
+        };
+        if envelope.body.kind != "order.confirmed" {
+            return Disposition::Ack;
+        }
+        settle(self.consume(envelope.order_id).await)
+    }
+
+    #[tracing::instrument(name = "inventory.reserve", skip_all, fields(order_id = %order_id))]
+    async fn reserve(
+        &self,
+        order_id: Uuid,
+        items: Vec<LineItem>,
+        headers: &BTreeMap<String, String>,
+    ) -> Result<(), DbErr> {
+        if let Some(existing) = reservations::Entity::find_by_id(order_id)
+            .one(&self.db)
+            .await?
+        {
+            // Redelivered or retried command: answer as the first time, act no more.
+            let answer = match existing.status.as_str() {
+                RESERVED | CONSUMED => ReplyBody::StockReserved {},
+                RELEASED => ReplyBody::StockRejected {
+                    reason: "reservation was already released".into(),
+                },
+                _ => ReplyBody::StockRejected {
+                    reason: existing.reason.unwrap_or_else(|| "rejected".into()),
+                },
+            };
+            return outbox::enqueue(&self.db, &[reply(order_id, answer, headers)?]).await;
+        }
+        let mut sorted = items.clone();
+        // A fixed update order across SKUs: two multi-SKU reservations cannot deadlock.
+        sorted.sort_by(|a, b| a.sku.cmp(&b.sku));
+        let txn = self.db.begin().await?;
+        let mut refusal = None;
+        for line in &sorted {
+            if line.quantity <= 0 {
+                refusal = Some(format!(
+                    "invalid quantity {} for {}",
+                    line.quantity, line.sku
+                ));
+                break;
+            }
+            let moved = stock::Entity::update_many()
+                .col_expr(
+                    stock::Column::Available,
+                    Expr::col(stock::Column::Available).sub(line.quantity),
+                )
+                .col_expr(
+                    stock::Column::Reserved,
+                    Expr::col(stock::Column::Reserved).add(line.quantity),
+                )
+                .filter(stock::Column::Sku.eq(line.sku.as_str()))
+                .filter(stock::Column::Available.gte(line.quantity))
+                .exec(&txn)
+                .await?;
+            if moved.rows_affected != 1 {
+                refusal = Some(format!("not enough stock for {}", line.sku));
+                break;
+            }
+        }
+        let (status, reason, answer, txn) = match refusal {
+            None => (RESERVED, None, ReplyBody::StockReserved {}, txn),
+            Some(reason) => {
+                // All or nothing: undo the lines already taken.
+                txn.rollback().await?;
+                let answer = ReplyBody::StockRejected {
+                    reason: reason.clone(),
+                };
+                (REJECTED, Some(reason), answer, self.db.begin().await?)
+            }
+        };
+        insert_reservation(&txn, order_id, status, &items, reason).await?;
+        outbox::enqueue(&txn, &[reply(order_id, answer, headers)?]).await?;
+        txn.commit().await?;
+        tracing::info!(status, "reservation decided");
+        Ok(())
+    }
+
+    #[tracing::instrument(name = "inventory.release", skip_all, fields(order_id = %order_id))]
+    async fn release(
+        &self,
+        order_id: Uuid,
+        headers: &BTreeMap<String, String>,
+    ) -> Result<(), DbErr> {
+        let txn = self.db.begin().await?;
+        match reservations::Entity::find_by_id(order_id).one(&txn).await? {
+            Some(r) if r.status == RESERVED => {
+                // Claim the transition first: a concurrent duplicate fails here, not after
+                // moving stock.
+                set_status(&txn, order_id, RESERVED, RELEASED).await?;
+                for line in parse_items(&r.items)? {
+                    stock::Entity::update_many()
+                        .col_expr(
+                            stock::Column::Available,
+                            Expr::col(stock::Column::Available).add(line.quantity),
+                        )
+                        .col_expr(
+                            stock::Column::Reserved,
+                            Expr::col(stock::Column::Reserved).sub(line.quantity),
+                        )
+                        .filter(stock::Column::Sku.eq(line.sku.as_str()))
+                        .exec(&txn)
+                        .await?;
+                }
+            }
+            Some(_) => {} // Rejected, already released or sold: nothing held.
+            None => {
+                // Release before reserve (timeout, cancel): a tombstone makes the late
+                // reserve fail instead of holding stock for a dead order.
+                insert_reservation(
+                    &txn,
+                    order_id,
+                    RELEASED,
+                    &[],
+                    Some("released before reservation".into()),
+                )
+                .await?;
+            }
+        }
+        outbox::enqueue(
+            &txn,
+            &[reply(order_id, ReplyBody::StockReleased {}, headers)?],
+        )
+        .await?;
+        txn.commit().await
+    }
+
+    #[tracing::instrument(name = "inventory.consume", skip_all, fields(order_id = %order_id))]
+    async fn consume(&self, order_id: Uuid) -> Result<(), DbErr> {
+        let txn = self.db.begin().await?;
+        let Some(r) = reservations::Entity::find_by_id(order_id).one(&txn).await? else {
+            return txn.commit().await;
+        };
+        if r.status != RESERVED {
+            return txn.commit().await; // duplicate event, or nothing held
+        }
+        set_status(&txn, order_id, RESERVED, CONSUMED).await?;
+        for line in parse_items(&r.items)? {
+            stock::Entity::update_many()
+                .col_expr(
+                    stock::Column::Reserved,
+                    Expr::col(stock::Column::Reserved).sub(line.quantity),
+                )
+                .col_expr(
+                    stock::Column::Sold,
+                    Expr::col(stock::Column::Sold).add(line.quantity),
+                )
+                .filter(stock::Column::Sku.eq(line.sku.as_str()))
+                .exec(&txn)
+                .await?;
+        }
+        txn.commit().await
+    }
+
+    /// Stock held per SKU by live reservations, from the reservation records (for the
+    /// invariant check: it must equal each SKU's `reserved` counter).
+    pub async fn held_by_reservations(&self) -> Result<BTreeMap<String, i64>, DbErr> {
+        let mut held = BTreeMap::new();
+        for r in reservations::Entity::find()
+            .filter(reservations::Column::Status.eq(RESERVED))
+            .all(&self.db)
+            .await?
+        {
+            for line in parse_items(&r.items)? {
+                *held.entry(line.sku).or_insert(0) += line.quantity;
+            }
+        }
+        Ok(held)
+    }
+}
+
+fn parse_items(json: &str) -> Result<Vec<LineItem>, DbErr> {
+    serde_json::from_str(json)
+        .map_err(|e| DbErr::Custom(format!("unreadable reservation items: {e}")))
+}
+
+async fn insert_reservation<C: ConnectionTrait>(
+    db: &C,
+    order_id: Uuid,
+    status: &str,
+    items: &[LineItem],
+    reason: Option<String>,
+) -> Result<(), DbErr> {
+    let now = Utc::now();
+    let items = serde_json::to_string(items)
+        .map_err(|e| DbErr::Custom(format!("serializing reservation items: {e}")))?;
+    reservations::Entity::insert(reservations::ActiveModel {
+        order_id: Set(order_id),
+        status: Set(status.to_owned()),
+        items: Set(items),
+        reason: Set(reason),
+        created_at: Set(now),
+        updated_at: Set(now),
+    })
+    .exec_without_returning(db)
+    .await?;
+    Ok(())
+}
+
+/// Moves a reservation from `from` to `to`; the `from` guard makes a concurrent duplicate
+/// a no-op rather than a double effect.
+async fn set_status<C: ConnectionTrait>(
+    db: &C,
+    order_id: Uuid,
+    from: &str,
+    to: &str,
+) -> Result<(), DbErr> {
+    let res = reservations::Entity::update_many()
+        .col_expr(reservations::Column::Status, to.into())
+        .col_expr(reservations::Column::UpdatedAt, Utc::now().into())
+        .filter(reservations::Column::OrderId.eq(order_id))
+        .filter(reservations::Column::Status.eq(from))
+        .exec(db)
+        .await?;
+    if res.rows_affected != 1 {
+        return Err(DbErr::Custom(format!(
+            "reservation {order_id} changed concurrently ({from} -> {to}); retrying"
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,199 @@
+//! Payment: a mock gateway that declines a configurable fraction of charges, and refunds.
+//! One payment record per order (primary key): a repeated charge answers with the first
+//! outcome, a repeated refund refunds once, and a refund that arrives before its charge
+//! voids the order so the late charge is declined instead of taking money.
+
+use crate::domain::saga::PaymentOutcome;
+use crate::messaging::IncomingMessage;
+use crate::messaging::consumer::Disposition;
+use crate::messaging::messages::{CommandBody, Envelope, ReplyBody};
+use crate::participants::{decode, reply, roll, settle};
+use crate::persistence::outbox;
+use chrono::Utc;
+use entity::payments;
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait,
+    QueryFilter, TransactionTrait,
+};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+pub const CHARGED: &str = "CHARGED";
+pub const DECLINED: &str = "DECLINED";
+pub const REFUNDED: &str = "REFUNDED";
+/// A refund arrived before any charge: no charge may succeed for this order any more.
+pub const VOIDED: &str = "VOIDED";
+
+#[derive(Clone)]
+pub struct Payment {
+    db: DatabaseConnection,
+    outbox_wake: Arc<Notify>,
+    /// Fraction of charges the mock gateway declines.
+    decline_rate: f64,
+}
+
+impl Payment {
+    pub fn new(db: DatabaseConnection, outbox_wake: Arc<Notify>, decline_rate: f64) -> Self {
+        Payment {
+            db,
+            outbox_wake,
+            decline_rate,
+        }
+    }
+
+    /// Handles one delivery from `payment.commands`.
+    pub async fn on_command(&self, message: Arc<IncomingMessage>) -> Disposition {
+        let envelope: Envelope<CommandBody> = match decode(&message) {
+            Ok(e) => e,
+            Err(poison) => return poison,
+        };
+        let order_id = envelope.order_id;
+        let result = match envelope.body {
+            CommandBody::ChargePayment {
+                amount_cents,
+                currency,
+                forced,
+            } => {
+                self.charge(order_id, amount_cents, currency, forced, &message.headers)
+                    .await
+            }
+            CommandBody::RefundPayment {} => self.refund(order_id, &message.headers).await,
+            other => {
+                return Disposition::DeadLetter(format!(
+                    "{} is not a payment command",
+                    other.kind()
+                ));
+            }
+        };
+        if result.is_ok() {
+            self.outbox_wake.notify_one();
+        }
+        settle(result)
+    }
+
+    #[tracing::instrument(name = "payment.charge", skip_all, fields(order_id = %order_id))]
+    async fn charge(
+        &self,
+        order_id: Uuid,
+        amount_cents: i64,
+        currency: String,
+        forced: Option<PaymentOutcome>,
+        headers: &BTreeMap<String, String>,
+    ) -> Result<(), DbErr> {
+        if let Some(existing) = payments::Entity::find_by_id(order_id).one(&self.db).await? {
+            let answer = match existing.status.as_str() {
+                CHARGED => ReplyBody::PaymentCharged {
+                    amount_cents: existing.amount_cents,
+                },
+                VOIDED | REFUNDED => ReplyBody::PaymentDeclined {
+                    reason: "payment was voided".into(),
+                },
+                _ => ReplyBody::PaymentDeclined {
+                    reason: existing.reason.unwrap_or_else(|| "declined".into()),
+                },
+            };
+            return outbox::enqueue(&self.db, &[reply(order_id, answer, headers)?]).await;
+        }
+        let declined = match forced {
+            Some(PaymentOutcome::Approve) => false,
+            Some(PaymentOutcome::Decline) => true,
+            None => roll(self.decline_rate),
+        };
+        let (status, reason, answer) = if declined {
+            let reason = "card declined by the payment gateway".to_owned();
+            (
+                DECLINED,
+                Some(reason.clone()),
+                ReplyBody::PaymentDeclined { reason },
+            )
+        } else {
+            (CHARGED, None, ReplyBody::PaymentCharged { amount_cents })
+        };
+        let txn = self.db.begin().await?;
+        insert_payment(&txn, order_id, status, amount_cents, &currency, reason).await?;
+        outbox::enqueue(&txn, &[reply(order_id, answer, headers)?]).await?;
+        txn.commit().await?;
+        tracing::info!(status, amount_cents, "charge decided");
+        Ok(())
+    }
+
+    #[tracing::instrument(name = "payment.refund", skip_all, fields(order_id = %order_id))]
+    async fn refund(
+        &self,
+        order_id: Uuid,
+        headers: &BTreeMap<String, String>,
+    ) -> Result<(), DbErr> {
+        let txn = self.db.begin().await?;
+        let refunded = match payments::Entity::find_by_id(order_id).one(&txn).await? {
+            Some(p) if p.status == CHARGED => {
+                let moved = payments::Entity::update_many()
+                    .col_expr(payments::Column::Status, REFUNDED.into())
+                    .col_expr(payments::Column::UpdatedAt, Utc::now().into())
+                    .filter(payments::Column::OrderId.eq(order_id))
+                    .filter(payments::Column::Status.eq(CHARGED))
+                    .exec(&txn)
+                    .await?;
+                if moved.rows_affected != 1 {
+                    return Err(DbErr::Custom(format!(
+                        "payment {order_id} changed concurrently; retrying"
+                    )));
+                }
+                p.amount_cents
+            }
+            Some(p) if p.status == REFUNDED => p.amount_cents,
+            Some(_) => 0,
+            None => {
+                insert_payment(
+                    &txn,
+                    order_id,
+                    VOIDED,
+                    0,
+                    "",
+                    Some("refunded before any charge".into()),
+                )
+                .await?;
+                0
+            }
+        };
+        let answer = ReplyBody::PaymentRefunded {
+            amount_cents: refunded,
+        };
+        outbox::enqueue(&txn, &[reply(order_id, answer, headers)?]).await?;
+        txn.commit().await
+    }
+
+    /// (order id, status, amount) of every payment record, for invariant checks.
+    pub async fn all(&self) -> Result<Vec<(Uuid, String, i64)>, DbErr> {
+        Ok(payments::Entity::find()
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(|p| (p.order_id, p.status, p.amount_cents))
+            .collect())
+    }
+}
+
+async fn insert_payment<C: ConnectionTrait>(
+    db: &C,
+    order_id: Uuid,
+    status: &str,
+    amount_cents: i64,
+    currency: &str,
+    reason: Option<String>,
+) -> Result<(), DbErr> {
+    let now = Utc::now();
+    payments::Entity::insert(payments::ActiveModel {
+        order_id: Set(order_id),
+        status: Set(status.to_owned()),
+        amount_cents: Set(amount_cents),
+        currency: Set(currency.to_owned()),
+        reason: Set(reason),
+        created_at: Set(now),
+        updated_at: Set(now),
+    })
+    .exec_without_returning(db)
+    .await?;
+    Ok(())
+}

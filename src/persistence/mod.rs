@@ -1,0 +1,177 @@
+//! Persistence: one SeaORM connection per store (orders, and each participant's own store:
+//! its own schema on PostgreSQL, its own file on SQLite), migrations, and the repositories
+//! the actors and participants use.
+
+pub mod idempotency;
+pub mod orders;
+pub mod outbox;
+
+use migration::MigratorTrait;
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr};
+use std::time::Duration;
+
+/// The four databases of the system. Only the orchestrator touches `orders`; each
+/// participant touches only its own.
+#[derive(Clone, Debug)]
+pub struct Stores {
+    pub orders: DatabaseConnection,
+    pub inventory: DatabaseConnection,
+    pub payment: DatabaseConnection,
+    pub shipping: DatabaseConnection,
+}
+
+/// Which store a connection is for; on PostgreSQL also the schema name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreName {
+    Orders,
+    Inventory,
+    Payment,
+    Shipping,
+}
+
+impl StoreName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreName::Orders => "orders",
+            StoreName::Inventory => "inventory",
+            StoreName::Payment => "payment",
+            StoreName::Shipping => "shipping",
+        }
+    }
+}
+
+pub fn is_sqlite(url: &str) -> bool {
+    url.starts_with("sqlite:")
+}
+
+/// SQLite: `sqlite://data/orders.db?mode=rwc` becomes `sqlite://data/orders-inventory.db?mode=rwc`
+/// for the inventory store. PostgreSQL: the same URL (the schema is set per connection).
+fn store_url(base: &str, store: StoreName) -> String {
+    if !is_sqlite(base) || store == StoreName::Orders {
+        return base.to_owned();
+    }
+    if base.contains(":memory:") || base.contains("mode=memory") {
+        return base.to_owned();
+    }
+    let (path, query) = match base.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (base, None),
+    };
+    let stem = path.strip_suffix(".db").unwrap_or(path);
+    let mut url = format!("{stem}-{}.db", store.as_str());
+    if let Some(q) = query {
+        url.push('?');
+        url.push_str(q);
+    }
+    url
+}
+
+/// Creates the directory of a SQLite file so the first `cargo run` works on a fresh clone.
+fn ensure_sqlite_dir(url: &str) -> std::io::Result<()> {
+    let path = url
+        .trim_start_matches("sqlite://")
+        .trim_start_matches("sqlite:")
+        .split('?')
+        .next()
+        .unwrap_or_default();
+    if path.is_empty() || path.contains(":memory:") {
+        return Ok(());
+    }
+    match std::path::Path::new(path).parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => std::fs::create_dir_all(dir),
+        _ => Ok(()),
+    }
+}
+
+async fn connect_store(
+    base: &str,
+    store: StoreName,
+    max_connections: u32,
+) -> Result<DatabaseConnection, DbErr> {
+    let url = store_url(base, store);
+    let mut options = ConnectOptions::new(url.clone());
+    options
+        .sqlx_logging(false)
+        .connect_timeout(Duration::from_secs(5))
+        .acquire_timeout(Duration::from_secs(5));
+    if is_sqlite(&url) {
+        ensure_sqlite_dir(&url).map_err(|e| DbErr::Custom(format!("creating {url}: {e}")))?;
+        // SQLite has one writer: a single connection serializes writes instead of failing
+        // them with "database is locked". It must never be recycled, or an in-memory
+        // database would vanish.
+        options
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None);
+    } else {
+        options.max_connections(max_connections).min_connections(1);
+        if store != StoreName::Orders {
+            // Database-per-service inside one PostgreSQL: each participant in its schema.
+            let bootstrap = Database::connect(url.clone()).await?;
+            bootstrap
+                .execute_unprepared(&format!("CREATE SCHEMA IF NOT EXISTS {}", store.as_str()))
+                .await?;
+            bootstrap.close().await?;
+            options.set_schema_search_path(store.as_str());
+        }
+    }
+    Database::connect(options).await
+}
+
+impl Stores {
+    pub async fn connect(database_url: &str, max_connections: u32) -> Result<Stores, DbErr> {
+        Ok(Stores {
+            orders: connect_store(database_url, StoreName::Orders, max_connections).await?,
+            inventory: connect_store(database_url, StoreName::Inventory, max_connections).await?,
+            payment: connect_store(database_url, StoreName::Payment, max_connections).await?,
+            shipping: connect_store(database_url, StoreName::Shipping, max_connections).await?,
+        })
+    }
+
+    /// Applies every store's pending migrations. Idempotent.
+    pub async fn migrate(&self) -> Result<(), DbErr> {
+        migration::OrdersMigrator::up(&self.orders, None).await?;
+        migration::InventoryMigrator::up(&self.inventory, None).await?;
+        migration::PaymentMigrator::up(&self.payment, None).await?;
+        migration::ShippingMigrator::up(&self.shipping, None).await?;
+        Ok(())
+    }
+
+    /// Every store answers a trivial query: what `/health/ready` reports.
+    pub async fn ping(&self) -> Result<(), DbErr> {
+        for db in [&self.orders, &self.inventory, &self.payment, &self.shipping] {
+            db.ping().await?;
+        }
+        Ok(())
+    }
+
+    pub async fn close(self) {
+        for db in [self.orders, self.inventory, self.payment, self.shipping] {
+            let _ = db.close().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_participant_stores_live_in_sibling_files() {
+        assert_eq!(
+            store_url("sqlite://data/orders.db?mode=rwc", StoreName::Payment),
+            "sqlite://data/orders-payment.db?mode=rwc"
+        );
+        assert_eq!(
+            store_url("sqlite://data/orders.db?mode=rwc", StoreName::Orders),
+            "sqlite://data/orders.db?mode=rwc"
+        );
+    }
+
+    #[test]
+    fn postgres_stores_share_the_url_and_differ_by_schema() {
+        let url = "postgres://postgres@127.0.0.1/test";
+        assert_eq!(store_url(url, StoreName::Inventory), url);
+    }
+}

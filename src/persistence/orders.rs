@@ -1,0 +1,387 @@
+//! Orders repository: the orchestrator's own tables (orders, items, transition history).
+//!
+//! Every write goes through an order actor, which serializes them per order; the
+//! `version` column is checked on every update anyway, as a fence against a second owner
+//! (another replica, a stale actor) — a lost race is a [`SaveError::Conflict`], never a
+//! silent overwrite. No row locks are taken.
+
+use crate::domain::saga::{
+    OrderStatus, PaymentMode, PaymentState, ReservationState, Saga, ShipmentState,
+};
+use crate::persistence::{idempotency, outbox};
+use chrono::{DateTime, Utc};
+use entity::{order_items, order_transitions, orders};
+use sea_orm::{
+    ActiveValue::{NotSet, Set},
+    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    TransactionSession, TransactionTrait,
+};
+use serde::Serialize;
+use uuid::Uuid;
+
+/// One priced line of an order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OrderLine {
+    pub sku: String,
+    pub quantity: i64,
+    pub unit_price_cents: i64,
+}
+
+/// An order as its actor holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OrderRecord {
+    pub id: Uuid,
+    pub customer_id: String,
+    pub currency: String,
+    pub total_cents: i64,
+    pub items: Vec<OrderLine>,
+    pub saga: Saga,
+    pub payment_mode: PaymentMode,
+    /// Optimistic-lock fence: incremented by every update.
+    pub version: i64,
+    pub trace_context: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One row of the transition history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HistoryEntry {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    pub status: String,
+    pub event: String,
+    pub reason: String,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ItemView {
+    pub sku: String,
+    pub quantity: i64,
+    pub unit_price_cents: i64,
+    pub line_total_cents: i64,
+}
+
+/// State of each saga step, as shown by the API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StepsView {
+    pub reservation: &'static str,
+    pub payment: &'static str,
+    pub shipment: &'static str,
+}
+
+/// The API representation of one order (`GET /api/orders/:id`, and the create response).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OrderDetails {
+    pub id: Uuid,
+    pub customer_id: String,
+    pub status: OrderStatus,
+    pub currency: String,
+    pub total_cents: i64,
+    pub items: Vec<ItemView>,
+    pub steps: StepsView,
+    pub failure_reason: Option<String>,
+    pub version: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub history: Vec<HistoryEntry>,
+}
+
+/// One line of `GET /api/orders`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OrderSummary {
+    pub id: Uuid,
+    pub customer_id: String,
+    pub status: OrderStatus,
+    pub total_cents: i64,
+    pub currency: String,
+    pub failure_reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SaveError {
+    #[error("order {0} was changed by someone else (version fence)")]
+    Conflict(Uuid),
+    #[error(transparent)]
+    Db(#[from] DbErr),
+}
+
+/// Completes an idempotency key in the creating transaction.
+pub struct IdempotencyCompletion<'a> {
+    pub key: &'a str,
+    pub status: u16,
+    pub body: &'a str,
+}
+
+impl OrderRecord {
+    pub fn details(&self, history: Vec<HistoryEntry>) -> OrderDetails {
+        OrderDetails {
+            id: self.id,
+            customer_id: self.customer_id.clone(),
+            status: self.saga.status,
+            currency: self.currency.clone(),
+            total_cents: self.total_cents,
+            items: self
+                .items
+                .iter()
+                .map(|l| ItemView {
+                    sku: l.sku.clone(),
+                    quantity: l.quantity,
+                    unit_price_cents: l.unit_price_cents,
+                    line_total_cents: l.quantity.saturating_mul(l.unit_price_cents),
+                })
+                .collect(),
+            steps: StepsView {
+                reservation: self.saga.reservation.as_str(),
+                payment: self.saga.payment.as_str(),
+                shipment: self.saga.shipment.as_str(),
+            },
+            failure_reason: self.saga.failure_reason.clone(),
+            version: self.version,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            history,
+        }
+    }
+}
+
+fn corrupt(what: &str, value: &str) -> DbErr {
+    DbErr::Custom(format!("unreadable {what} {value:?} in orders table"))
+}
+
+fn saga_of(row: &orders::Model) -> Result<Saga, DbErr> {
+    Ok(Saga {
+        status: OrderStatus::parse(&row.status).ok_or_else(|| corrupt("status", &row.status))?,
+        reservation: ReservationState::parse(&row.reservation_state)
+            .ok_or_else(|| corrupt("reservation_state", &row.reservation_state))?,
+        payment: PaymentState::parse(&row.payment_state)
+            .ok_or_else(|| corrupt("payment_state", &row.payment_state))?,
+        shipment: ShipmentState::parse(&row.shipment_state)
+            .ok_or_else(|| corrupt("shipment_state", &row.shipment_state))?,
+        failure_reason: row.failure_reason.clone(),
+    })
+}
+
+fn payment_mode_str(mode: PaymentMode) -> &'static str {
+    match mode {
+        PaymentMode::Auto => "auto",
+        PaymentMode::Manual => "manual",
+    }
+}
+
+fn history_row(order_id: Uuid, entry: &HistoryEntry) -> order_transitions::ActiveModel {
+    order_transitions::ActiveModel {
+        id: NotSet,
+        order_id: Set(order_id),
+        from_status: Set(entry.from.clone()),
+        to_status: Set(entry.status.clone()),
+        event: Set(entry.event.clone()),
+        reason: Set(entry.reason.clone()),
+        at: Set(entry.at),
+    }
+}
+
+/// Inserts a new order with its first history entry, its outbox messages and (optionally)
+/// the idempotency key's response, all in one transaction.
+pub async fn create<C: TransactionTrait>(
+    db: &C,
+    order: &OrderRecord,
+    entry: &HistoryEntry,
+    messages: &[outbox::NewMessage],
+    idempotency_key: Option<IdempotencyCompletion<'_>>,
+) -> Result<(), DbErr> {
+    let txn = db.begin().await?;
+    orders::Entity::insert(orders::ActiveModel {
+        id: Set(order.id),
+        customer_id: Set(order.customer_id.clone()),
+        currency: Set(order.currency.clone()),
+        total_cents: Set(order.total_cents),
+        status: Set(order.saga.status.as_str().to_owned()),
+        reservation_state: Set(order.saga.reservation.as_str().to_owned()),
+        payment_state: Set(order.saga.payment.as_str().to_owned()),
+        shipment_state: Set(order.saga.shipment.as_str().to_owned()),
+        failure_reason: Set(order.saga.failure_reason.clone()),
+        payment_mode: Set(payment_mode_str(order.payment_mode).to_owned()),
+        version: Set(order.version),
+        step_deadline_at: Set(None),
+        step_attempts: Set(0),
+        trace_context: Set(order.trace_context.clone()),
+        created_at: Set(order.created_at),
+        updated_at: Set(order.updated_at),
+    })
+    .exec_without_returning(&txn)
+    .await?;
+    let lines = order
+        .items
+        .iter()
+        .enumerate()
+        .map(|(i, l)| order_items::ActiveModel {
+            order_id: Set(order.id),
+            line_no: Set(i32::try_from(i).unwrap_or(i32::MAX)),
+            sku: Set(l.sku.clone()),
+            quantity: Set(i32::try_from(l.quantity).unwrap_or(i32::MAX)),
+            unit_price_cents: Set(l.unit_price_cents),
+        });
+    order_items::Entity::insert_many(lines)
+        .exec_without_returning(&txn)
+        .await?;
+    order_transitions::Entity::insert(history_row(order.id, entry))
+        .exec_without_returning(&txn)
+        .await?;
+    outbox::enqueue(&txn, messages).await?;
+    if let Some(done) = idempotency_key {
+        idempotency::complete(&txn, done.key, order.id, done.status, done.body).await?;
+    }
+    txn.commit().await
+}
+
+/// Persists one transition: the new saga state (fenced by `expected_version`), its history
+/// entry and its outbox messages, atomically. Returns the new version.
+pub async fn save_transition<C: TransactionTrait>(
+    db: &C,
+    order_id: Uuid,
+    expected_version: i64,
+    saga: &Saga,
+    entry: &HistoryEntry,
+    messages: &[outbox::NewMessage],
+) -> Result<i64, SaveError> {
+    let txn = db.begin().await?;
+    let next_version = expected_version + 1;
+    let updated = orders::Entity::update_many()
+        .col_expr(orders::Column::Status, saga.status.as_str().into())
+        .col_expr(
+            orders::Column::ReservationState,
+            saga.reservation.as_str().into(),
+        )
+        .col_expr(orders::Column::PaymentState, saga.payment.as_str().into())
+        .col_expr(orders::Column::ShipmentState, saga.shipment.as_str().into())
+        .col_expr(
+            orders::Column::FailureReason,
+            saga.failure_reason.clone().into(),
+        )
+        .col_expr(orders::Column::Version, next_version.into())
+        .col_expr(orders::Column::UpdatedAt, entry.at.into())
+        .filter(orders::Column::Id.eq(order_id))
+        .filter(orders::Column::Version.eq(expected_version))
+        .exec(&txn)
+        .await?;
+    if updated.rows_affected != 1 {
+        txn.rollback().await?;
+        return Err(SaveError::Conflict(order_id));
+    }
+    order_transitions::Entity::insert(history_row(order_id, entry))
+        .exec_without_returning(&txn)
+        .await?;
+    outbox::enqueue(&txn, messages).await?;
+    txn.commit().await?;
+    Ok(next_version)
+}
+
+/// Loads an order with its items (not its history).
+pub async fn load<C: ConnectionTrait>(db: &C, id: Uuid) -> Result<Option<OrderRecord>, DbErr> {
+    let Some(row) = orders::Entity::find_by_id(id).one(db).await? else {
+        return Ok(None);
+    };
+    let items = order_items::Entity::find()
+        .filter(order_items::Column::OrderId.eq(id))
+        .order_by_asc(order_items::Column::LineNo)
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|i| OrderLine {
+            sku: i.sku,
+            quantity: i64::from(i.quantity),
+            unit_price_cents: i.unit_price_cents,
+        })
+        .collect();
+    Ok(Some(OrderRecord {
+        id: row.id,
+        customer_id: row.customer_id.clone(),
+        currency: row.currency.clone(),
+        total_cents: row.total_cents,
+        items,
+        saga: saga_of(&row)?,
+        payment_mode: if row.payment_mode == "manual" {
+            PaymentMode::Manual
+        } else {
+            PaymentMode::Auto
+        },
+        version: row.version,
+        trace_context: row.trace_context.clone(),
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+    }))
+}
+
+/// The order with its full transition history, for the API.
+pub async fn details<C: ConnectionTrait>(db: &C, id: Uuid) -> Result<Option<OrderDetails>, DbErr> {
+    let Some(order) = load(db, id).await? else {
+        return Ok(None);
+    };
+    let history = order_transitions::Entity::find()
+        .filter(order_transitions::Column::OrderId.eq(id))
+        .order_by_asc(order_transitions::Column::Id)
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|t| HistoryEntry {
+            from: t.from_status,
+            status: t.to_status,
+            event: t.event,
+            reason: t.reason,
+            at: t.at,
+        })
+        .collect();
+    Ok(Some(order.details(history)))
+}
+
+/// Newest first, optionally filtered by status.
+pub async fn list<C: ConnectionTrait>(
+    db: &C,
+    status: Option<OrderStatus>,
+    limit: u64,
+) -> Result<Vec<OrderSummary>, DbErr> {
+    let mut query = orders::Entity::find();
+    if let Some(status) = status {
+        query = query.filter(orders::Column::Status.eq(status.as_str()));
+    }
+    let rows = query
+        .order_by_desc(orders::Column::CreatedAt)
+        .limit(limit)
+        .all(db)
+        .await?;
+    rows.into_iter()
+        .map(|row| {
+            Ok(OrderSummary {
+                id: row.id,
+                status: OrderStatus::parse(&row.status)
+                    .ok_or_else(|| corrupt("status", &row.status))?,
+                customer_id: row.customer_id,
+                total_cents: row.total_cents,
+                currency: row.currency,
+                failure_reason: row.failure_reason,
+                created_at: row.created_at,
+                updated_at: row.updated_at,
+            })
+        })
+        .collect()
+}
+
+/// Ids of every order not yet in a terminal state (resumed at start-up).
+pub async fn non_terminal_ids<C: ConnectionTrait>(db: &C) -> Result<Vec<Uuid>, DbErr> {
+    let terminal: Vec<&str> = OrderStatus::ALL
+        .into_iter()
+        .filter(|s| s.is_terminal())
+        .map(OrderStatus::as_str)
+        .collect();
+    orders::Entity::find()
+        .select_only()
+        .column(orders::Column::Id)
+        .filter(orders::Column::Status.is_not_in(terminal))
+        .into_tuple::<Uuid>()
+        .all(db)
+        .await
+}
