@@ -44,9 +44,9 @@ impl Application {
         let bus = Bus::connect(config.amqp_url.as_deref())
             .await
             .context("connecting to the message broker")?;
-        let wakes: [Arc<Notify>; 4] = Default::default();
-        let [orders_wake, inventory_wake, payment_wake, shipping_wake] = wakes;
-        let inventory = Inventory::new(stores.inventory.clone(), inventory_wake.clone());
+        let orders_wake = Arc::new(Notify::new());
+        // The API reads stock through its own handle; the participant's consumer has another.
+        let inventory = Inventory::new(stores.inventory.clone(), Arc::new(Notify::new()));
         if config.seed_demo_catalogue && inventory.seed_demo_catalogue().await? {
             tracing::info!("seeded the demo catalogue");
         }
@@ -72,73 +72,16 @@ impl Application {
             ));
         }
         if config.embedded_participants {
-            workers.spawn(relay(
-                "inventory",
-                stores.inventory.clone(),
-                inventory_wake.clone(),
-            ));
-            workers.spawn(relay(
-                "payment",
-                stores.payment.clone(),
-                payment_wake.clone(),
-            ));
-            workers.spawn(relay(
-                "shipping",
-                stores.shipping.clone(),
-                shipping_wake.clone(),
-            ));
-            let inv = inventory.clone();
-            workers.spawn(consumer::run(
-                bus.clone(),
-                topology::INVENTORY_QUEUE,
-                CONSUMER_CONCURRENCY,
-                shutdown.clone(),
-                move |m| {
-                    let inv = inv.clone();
-                    async move { inv.on_command(m).await }
+            spawn_participants(
+                &mut workers,
+                &stores,
+                &bus,
+                ParticipantSettings {
+                    payment_decline_rate: config.payment_decline_rate,
+                    shipping_failure_rate: config.shipping_failure_rate,
                 },
-            ));
-            let inv = inventory.clone();
-            workers.spawn(consumer::run(
-                bus.clone(),
-                topology::INVENTORY_EVENTS_QUEUE,
-                CONSUMER_CONCURRENCY,
-                shutdown.clone(),
-                move |m| {
-                    let inv = inv.clone();
-                    async move { inv.on_order_event(m).await }
-                },
-            ));
-            let payment = Payment::new(
-                stores.payment.clone(),
-                payment_wake,
-                config.payment_decline_rate,
+                &shutdown,
             );
-            workers.spawn(consumer::run(
-                bus.clone(),
-                topology::PAYMENT_QUEUE,
-                CONSUMER_CONCURRENCY,
-                shutdown.clone(),
-                move |m| {
-                    let payment = payment.clone();
-                    async move { payment.on_command(m).await }
-                },
-            ));
-            let shipping = Shipping::new(
-                stores.shipping.clone(),
-                shipping_wake,
-                config.shipping_failure_rate,
-            );
-            workers.spawn(consumer::run(
-                bus.clone(),
-                topology::SHIPPING_QUEUE,
-                CONSUMER_CONCURRENCY,
-                shutdown.clone(),
-                move |m| {
-                    let shipping = shipping.clone();
-                    async move { shipping.on_command(m).await }
-                },
-            ));
         }
 
         let listener = TcpListener::bind(config.listen_addr)
@@ -202,6 +145,87 @@ impl Application {
         state.stores.close().await;
         Ok(())
     }
+}
+
+/// The mock gateways' behaviour.
+#[derive(Debug, Clone, Copy)]
+pub struct ParticipantSettings {
+    pub payment_decline_rate: f64,
+    pub shipping_failure_rate: f64,
+}
+
+/// Starts Inventory, Payment and Shipping (consumers and outbox relays) as tasks of
+/// `workers`. They share nothing with the orchestrator but the bus.
+pub fn spawn_participants(
+    workers: &mut JoinSet<()>,
+    stores: &Stores,
+    bus: &Bus,
+    settings: ParticipantSettings,
+    shutdown: &CancellationToken,
+) {
+    let wakes: [Arc<Notify>; 3] = Default::default();
+    let [inventory_wake, payment_wake, shipping_wake] = wakes;
+    for (name, db, wake) in [
+        ("inventory", &stores.inventory, &inventory_wake),
+        ("payment", &stores.payment, &payment_wake),
+        ("shipping", &stores.shipping, &shipping_wake),
+    ] {
+        workers.spawn(
+            OutboxRelay::new(name, db.clone(), bus.clone(), wake.clone()).run(shutdown.clone()),
+        );
+    }
+    let inventory = Inventory::new(stores.inventory.clone(), inventory_wake);
+    let inv = inventory.clone();
+    workers.spawn(consumer::run(
+        bus.clone(),
+        topology::INVENTORY_QUEUE,
+        CONSUMER_CONCURRENCY,
+        shutdown.clone(),
+        move |m| {
+            let inv = inv.clone();
+            async move { inv.on_command(m).await }
+        },
+    ));
+    workers.spawn(consumer::run(
+        bus.clone(),
+        topology::INVENTORY_EVENTS_QUEUE,
+        CONSUMER_CONCURRENCY,
+        shutdown.clone(),
+        move |m| {
+            let inv = inventory.clone();
+            async move { inv.on_order_event(m).await }
+        },
+    ));
+    let payment = Payment::new(
+        stores.payment.clone(),
+        payment_wake,
+        settings.payment_decline_rate,
+    );
+    workers.spawn(consumer::run(
+        bus.clone(),
+        topology::PAYMENT_QUEUE,
+        CONSUMER_CONCURRENCY,
+        shutdown.clone(),
+        move |m| {
+            let payment = payment.clone();
+            async move { payment.on_command(m).await }
+        },
+    ));
+    let shipping = Shipping::new(
+        stores.shipping.clone(),
+        shipping_wake,
+        settings.shipping_failure_rate,
+    );
+    workers.spawn(consumer::run(
+        bus.clone(),
+        topology::SHIPPING_QUEUE,
+        CONSUMER_CONCURRENCY,
+        shutdown.clone(),
+        move |m| {
+            let shipping = shipping.clone();
+            async move { shipping.on_command(m).await }
+        },
+    ));
 }
 
 /// Resolves on SIGINT or SIGTERM.

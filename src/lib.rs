@@ -18,6 +18,7 @@ pub mod app;
 pub mod config;
 pub mod domain;
 pub mod http;
+pub mod invariants;
 pub mod messaging;
 pub mod participants;
 pub mod persistence;

@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
+use lapin::message::BasicReturnMessage;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
     BasicRejectOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
@@ -31,6 +32,7 @@ use lapin::{
 };
 use tokio::sync::{Mutex, MutexGuard};
 use tracing::{debug, info, warn};
+use uuid::Uuid;
 
 use super::bus::{Acker, BusError, IncomingMessage, OutgoingMessage, Settle};
 use super::topology::{self, ExchangeSpec, ExchangeType, QueueSpec};
@@ -82,7 +84,7 @@ async fn establish(url: &str, endpoint: &str) -> Result<Link, BusError> {
         .await
         .map_err(|source| BusError::Connect {
             endpoint: endpoint.to_owned(),
-            source,
+            source: Box::new(source),
         })?;
     info!(endpoint, "connected to RabbitMQ");
 
@@ -114,7 +116,10 @@ async fn open_channel(connection: &Connection, purpose: &'static str) -> Result<
     connection
         .create_channel()
         .await
-        .map_err(|source| BusError::Channel { purpose, source })
+        .map_err(|source| BusError::Channel {
+            purpose,
+            source: Box::new(source),
+        })
 }
 
 async fn open_publisher(connection: &Connection) -> Result<Channel, BusError> {
@@ -124,7 +129,7 @@ async fn open_publisher(connection: &Connection) -> Result<Channel, BusError> {
         .await
         .map_err(|source| BusError::Channel {
             purpose: "publishing (confirm.select)",
-            source,
+            source: Box::new(source),
         })?;
     Ok(channel)
 }
@@ -148,7 +153,7 @@ async fn declare_topology(channel: &Channel) -> Result<(), BusError> {
             .await
             .map_err(|source| BusError::Declare {
                 what: format!("exchange {}", exchange.name),
-                source,
+                source: Box::new(source),
             })?;
     }
     for queue in topology::QUEUES {
@@ -171,7 +176,7 @@ async fn declare_topology(channel: &Channel) -> Result<(), BusError> {
             .await
             .map_err(|source| BusError::Declare {
                 what: format!("queue {}", queue.name),
-                source,
+                source: Box::new(source),
             })?;
     }
     for binding in topology::BINDINGS {
@@ -189,7 +194,7 @@ async fn declare_topology(channel: &Channel) -> Result<(), BusError> {
                     "binding {} -> {} ({:?})",
                     binding.exchange, binding.queue, binding.pattern
                 ),
-                source,
+                source: Box::new(source),
             })?;
     }
     Ok(())
@@ -307,7 +312,7 @@ impl AmqpBus {
             .map_err(|e| BusError::InvalidMessage(format!("consumer tag {consumer_tag:?}: {e}")))?;
         let subscribe_error = |source| BusError::Subscribe {
             queue: queue.name.to_owned(),
-            source,
+            source: Box::new(source),
         };
         let channel = open_channel(&self.inner.link.connection, "subscription").await?;
         channel
@@ -363,11 +368,7 @@ fn check_confirm(
     match outcome {
         Ok(Confirmation::Ack(None)) => Ok(()),
         // With `mandatory`, RabbitMQ returns an unroutable message and then acks it.
-        Ok(Confirmation::Ack(Some(_))) => Err(BusError::Unroutable {
-            exchange: msg.exchange.clone(),
-            routing_key: msg.routing_key.clone(),
-            message_id: msg.message_id,
-        }),
+        Ok(Confirmation::Ack(Some(returned))) => Err(unroutable(msg, &returned)),
         Ok(Confirmation::Nack(_)) => Err(BusError::Nacked {
             exchange: msg.exchange.clone(),
             routing_key: msg.routing_key.clone(),
@@ -378,12 +379,30 @@ fn check_confirm(
     }
 }
 
+/// Describes the message that was actually returned. Within a batch lapin may attach the
+/// return to a neighbouring confirm (it pairs them first-come, and the broker acks several
+/// tags at once), so the returned message's own id and key are the reliable ones.
+fn unroutable(msg: &OutgoingMessage, returned: &BasicReturnMessage) -> BusError {
+    let delivery = &returned.delivery;
+    let message_id = delivery
+        .properties
+        .message_id()
+        .as_ref()
+        .and_then(|id| Uuid::parse_str(id.as_str()).ok())
+        .unwrap_or(msg.message_id);
+    BusError::Unroutable {
+        exchange: delivery.exchange.as_str().to_owned(),
+        routing_key: delivery.routing_key.as_str().to_owned(),
+        message_id,
+    }
+}
+
 fn publish_error(msg: &OutgoingMessage, source: lapin::Error) -> BusError {
     BusError::Publish {
         exchange: msg.exchange.clone(),
         routing_key: msg.routing_key.clone(),
         message_id: msg.message_id,
-        source,
+        source: Box::new(source),
     }
 }
 

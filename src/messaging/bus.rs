@@ -174,9 +174,9 @@ impl Bus {
     ) -> Result<Subscription, BusError> {
         let spec = topology::queue(queue).ok_or_else(|| BusError::UnknownQueue(queue.into()))?;
         let inner = match self {
-            Bus::Amqp(bus) => {
-                SubscriptionInner::Amqp(bus.subscribe(spec, consumer_tag, prefetch).await?)
-            }
+            Bus::Amqp(bus) => SubscriptionInner::Amqp(Box::new(
+                bus.subscribe(spec, consumer_tag, prefetch).await?,
+            )),
             Bus::InProcess(bus) => SubscriptionInner::InProcess(bus.subscribe(spec, prefetch)?),
         };
         Ok(Subscription { inner })
@@ -223,7 +223,8 @@ pub struct Subscription {
 
 #[derive(Debug)]
 enum SubscriptionInner {
-    Amqp(amqp::AmqpSubscription),
+    // Boxed: a lapin consumer is large and subscriptions are few.
+    Amqp(Box<amqp::AmqpSubscription>),
     InProcess(in_process::InProcessSubscription),
 }
 
@@ -255,26 +256,26 @@ impl Subscription {
     }
 }
 
-/// Errors of the bus.
+/// Errors of the bus. lapin errors are boxed to keep `Result<_, BusError>` small.
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
     #[error("cannot connect to RabbitMQ at {endpoint}: {source}")]
     Connect {
         endpoint: String,
         #[source]
-        source: lapin::Error,
+        source: Box<lapin::Error>,
     },
     #[error("cannot declare the messaging topology ({what}): {source}")]
     Declare {
         what: String,
         #[source]
-        source: lapin::Error,
+        source: Box<lapin::Error>,
     },
     #[error("cannot open an AMQP channel ({purpose}): {source}")]
     Channel {
         purpose: &'static str,
         #[source]
-        source: lapin::Error,
+        source: Box<lapin::Error>,
     },
     #[error(
         "publishing message {message_id} to {exchange} with key {routing_key} failed: {source}"
@@ -284,7 +285,7 @@ pub enum BusError {
         routing_key: String,
         message_id: Uuid,
         #[source]
-        source: lapin::Error,
+        source: Box<lapin::Error>,
     },
     #[error(
         "the broker refused (nacked) message {message_id} to {exchange} with key {routing_key}"
@@ -312,7 +313,7 @@ pub enum BusError {
     Subscribe {
         queue: String,
         #[source]
-        source: lapin::Error,
+        source: Box<lapin::Error>,
     },
     #[error("queue {0} already has a subscriber (the in-process bus allows one per queue)")]
     QueueBusy(String),
@@ -320,7 +321,7 @@ pub enum BusError {
     Settle {
         action: &'static str,
         #[source]
-        source: lapin::Error,
+        source: Box<lapin::Error>,
     },
     #[error(
         "{action} is no longer possible: the delivery was already settled or its subscription \
@@ -335,7 +336,7 @@ impl BusError {
     pub(crate) fn settle(how: Settle, source: lapin::Error) -> Self {
         BusError::Settle {
             action: how.as_str(),
-            source,
+            source: Box::new(source),
         }
     }
 

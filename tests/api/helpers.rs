@@ -1,0 +1,445 @@
+//! `spawn_app()`: the whole service on a random port, against a fresh PostgreSQL database
+//! and a fresh RabbitMQ vhost (or, with `TestOptions::embedded`, a fresh SQLite file and the
+//! in-process bus). Everything is removed again when the [`TestApp`] is dropped.
+
+#![allow(dead_code)] // Not every test module uses every helper.
+
+use crate::broker::TestVhost;
+use order_service::app::Application;
+use order_service::config::Config;
+use order_service::domain::saga::PaymentMode;
+use order_service::invariants::{self, InvariantReport};
+use order_service::persistence::Stores;
+use reqwest::{Response, StatusCode};
+use sea_orm::{ConnectionTrait, Database};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::sync::Once;
+use std::time::Duration;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+const PG_HOW: &str = "PostgreSQL must run on 127.0.0.1:5432 (user postgres, trust auth); start it with \
+     `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`";
+
+static TRACING: Once = Once::new();
+
+/// Knobs a test may turn; the defaults make the saga deterministic (nothing declines).
+#[derive(Debug, Clone)]
+pub struct TestOptions {
+    pub payment_decline_rate: f64,
+    pub shipping_failure_rate: f64,
+    pub payment_mode: PaymentMode,
+    pub dev_endpoints: bool,
+    pub admin_token: Option<String>,
+    /// SQLite + in-process bus instead of PostgreSQL + RabbitMQ.
+    pub embedded: bool,
+    /// Run Inventory, Payment and Shipping in the app; `false` lets a test start them
+    /// later with [`TestApp::start_participants`] (commands wait in their queues meanwhile).
+    pub participants: bool,
+}
+
+impl Default for TestOptions {
+    fn default() -> Self {
+        TestOptions {
+            payment_decline_rate: 0.0,
+            shipping_failure_rate: 0.0,
+            payment_mode: PaymentMode::Auto,
+            dev_endpoints: true,
+            admin_token: Some(ADMIN_TOKEN.to_owned()),
+            embedded: false,
+            participants: true,
+        }
+    }
+}
+
+enum Backing {
+    Postgres { database: String, _vhost: TestVhost },
+    Sqlite { dir: std::path::PathBuf },
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    /// Direct access to the stores, to check what the API cannot show.
+    pub stores: Stores,
+    pub amqp_url: Option<String>,
+    participants: Option<(
+        tokio::task::JoinSet<()>,
+        tokio_util::sync::CancellationToken,
+    )>,
+    options: TestOptions,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<()>>,
+    backing: Backing,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(TestOptions::default()).await
+}
+
+pub async fn spawn_app_with(options: TestOptions) -> TestApp {
+    TRACING.call_once(|| {
+        if std::env::var("TEST_LOG").is_ok() {
+            order_service::telemetry::init(order_service::config::LogFormat::Pretty);
+        }
+    });
+    let (database_url, amqp_url, backing) = if options.embedded {
+        let dir =
+            std::env::temp_dir().join(format!("order-service-test-{}", Uuid::new_v4().simple()));
+        let url = format!("sqlite://{}/orders.db?mode=rwc", dir.display());
+        (url, None, Backing::Sqlite { dir })
+    } else {
+        let database = format!("test_{}", Uuid::new_v4().simple());
+        let admin = Database::connect(PG_ADMIN_URL)
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to PostgreSQL ({e}). {PG_HOW}"));
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE \"{database}\""))
+            .await
+            .unwrap_or_else(|e| panic!("cannot create test database ({e}). {PG_HOW}"));
+        let _ = admin.close().await;
+        let vhost = TestVhost::create();
+        let amqp = vhost.amqp_url.clone();
+        (
+            format!("postgres://postgres@127.0.0.1:5432/{database}"),
+            Some(amqp),
+            Backing::Postgres {
+                database,
+                _vhost: vhost,
+            },
+        )
+    };
+    let mut config = Config::default_for(&database_url, amqp_url.as_deref());
+    config.listen_addr = "127.0.0.1:0".parse().expect("valid address");
+    config.payment_decline_rate = options.payment_decline_rate;
+    config.shipping_failure_rate = options.shipping_failure_rate;
+    config.payment_mode = options.payment_mode;
+    config.dev_endpoints = options.dev_endpoints;
+    config.admin_token = options.admin_token.clone();
+    config.db_max_connections = 8;
+    config.embedded_participants = options.participants;
+    config.validate().expect("test configuration is valid");
+
+    let app = Application::build(config)
+        .await
+        .expect("application builds");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        app.run_until_stopped(async {
+            let _ = stopped.await;
+        })
+        .await
+        .expect("server runs");
+    });
+    let stores = Stores::connect(&database_url, 2)
+        .await
+        .expect("test store connections");
+    TestApp {
+        address,
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("http client"),
+        stores,
+        amqp_url,
+        participants: None,
+        options,
+        stop: Some(stop),
+        server: Some(server),
+        backing,
+    }
+}
+
+pub fn order_body(items: &[(&str, i64)]) -> Value {
+    json!({
+        "customer_id": "customer-1",
+        "currency": "USD",
+        "items": items.iter().map(|(sku, quantity)| json!({"sku": sku, "quantity": quantity})).collect::<Vec<_>>(),
+    })
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    pub async fn post_order(&self, key: Option<&str>, body: &Value) -> Response {
+        let mut request = self.client.post(self.url("/api/orders")).json(body);
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
+        request.send().await.expect("POST /api/orders")
+    }
+
+    /// Creates an order (asserting 201) and returns its JSON.
+    pub async fn create_order(&self, items: &[(&str, i64)]) -> Value {
+        let key = Uuid::new_v4().to_string();
+        let response = self.post_order(Some(&key), &order_body(items)).await;
+        let status = response.status();
+        let body: Value = response.json().await.expect("JSON body");
+        assert_eq!(status, StatusCode::CREATED, "create failed: {body}");
+        body
+    }
+
+    pub async fn get_order(&self, id: &str) -> Value {
+        let response = self
+            .client
+            .get(self.url(&format!("/api/orders/{id}")))
+            .send()
+            .await
+            .expect("GET order");
+        assert_eq!(response.status(), StatusCode::OK);
+        response.json().await.expect("JSON order")
+    }
+
+    /// Polls the order until its status is one of `statuses` (10 s deadline).
+    pub async fn wait_for_status(&self, id: &str, statuses: &[&str]) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let order = self.get_order(id).await;
+            if statuses.iter().any(|s| order["status"] == *s) {
+                return order;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "order {id} did not reach {statuses:?} in time: {order:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn wait_for_terminal(&self, id: &str) -> Value {
+        self.wait_for_status(id, &["CONFIRMED", "REVERSED", "REJECTED"])
+            .await
+    }
+
+    pub async fn stock(&self, sku: &str) -> Value {
+        let response = self
+            .client
+            .get(self.url(&format!("/api/inventory/{sku}")))
+            .send()
+            .await
+            .expect("GET stock");
+        assert_eq!(response.status(), StatusCode::OK);
+        response.json().await.expect("JSON stock")
+    }
+
+    /// Sets a SKU's stock and price through the admin API.
+    pub async fn put_stock(&self, sku: &str, available: i64, price_cents: i64) -> Value {
+        let response = self
+            .client
+            .put(self.url(&format!("/api/inventory/{sku}")))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({ "available": available, "price_cents": price_cents }))
+            .send()
+            .await
+            .expect("PUT stock");
+        assert_eq!(response.status(), StatusCode::OK);
+        response.json().await.expect("JSON stock")
+    }
+
+    pub async fn patch_status(&self, id: &str, body: &Value, token: Option<&str>) -> Response {
+        let mut request = self
+            .client
+            .patch(self.url(&format!("/api/orders/{id}/status")))
+            .json(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.expect("PATCH status")
+    }
+
+    pub async fn pay(&self, id: &str, body: &Value) -> Response {
+        self.client
+            .post(self.url(&format!("/api/orders/{id}/pay")))
+            .json(body)
+            .send()
+            .await
+            .expect("POST pay")
+    }
+
+    /// Starts the participants in the test process (for apps spawned with
+    /// `participants: false`), connected to the app's broker vhost and stores.
+    pub async fn start_participants(&mut self) {
+        let amqp = self
+            .amqp_url
+            .as_deref()
+            .expect("participants outside the app need RabbitMQ");
+        let bus = order_service::messaging::Bus::connect(Some(amqp))
+            .await
+            .expect("bus connects");
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let mut workers = tokio::task::JoinSet::new();
+        order_service::app::spawn_participants(
+            &mut workers,
+            &self.stores,
+            &bus,
+            order_service::app::ParticipantSettings {
+                payment_decline_rate: self.options.payment_decline_rate,
+                shipping_failure_rate: self.options.shipping_failure_rate,
+            },
+            &shutdown,
+        );
+        self.participants = Some((workers, shutdown));
+    }
+
+    /// Counts orders in the database (all statuses).
+    pub async fn order_count(&self) -> usize {
+        use sea_orm::{EntityTrait, PaginatorTrait};
+        entity::orders::Entity::find()
+            .count(&self.stores.orders)
+            .await
+            .expect("count orders") as usize
+    }
+
+    /// The DESIGN.md invariants, given each SKU's initial stock.
+    pub async fn invariants(&self, initial: &[(&str, i64)]) -> InvariantReport {
+        let initial: BTreeMap<String, i64> =
+            initial.iter().map(|(s, q)| ((*s).to_owned(), *q)).collect();
+        invariants::check(&self.stores, Some(&initial))
+            .await
+            .expect("invariant check runs")
+    }
+
+    /// Waits until every participant has processed everything (no outbox backlog, stock
+    /// counters settled), so invariants are checked on a quiet system.
+    pub async fn wait_until_quiet(&self) {
+        use order_service::persistence::outbox::backlog;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let mut pending = 0;
+            for db in [
+                &self.stores.orders,
+                &self.stores.inventory,
+                &self.stores.payment,
+                &self.stores.shipping,
+            ] {
+                pending += backlog(db).await.expect("outbox backlog");
+            }
+            let report = invariants::check(&self.stores, None)
+                .await
+                .expect("invariant check runs");
+            if pending == 0 && report.holds() {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "system did not settle: backlog {pending}, violations {:#?}",
+                report.violations
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some((mut workers, shutdown)) = self.participants.take() {
+            shutdown.cancel();
+            workers.abort_all();
+        }
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.abort();
+        }
+        match &self.backing {
+            Backing::Postgres { database, .. } => {
+                let output = Command::new("psql")
+                    .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-qc"])
+                    .arg(format!(
+                        "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
+                    ))
+                    .output();
+                if !matches!(&output, Ok(o) if o.status.success()) {
+                    eprintln!("warning: could not drop test database {database}: {output:?}");
+                }
+            }
+            Backing::Sqlite { dir } => {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Problem documents and stock snapshots (used by the idempotency and bad-input tests).
+// ---------------------------------------------------------------------------------------
+
+/// The media type of every error response (RFC 9457).
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// Checks that `response` is an RFC 9457 problem: exactly `status`, content type
+/// `application/problem+json`, a JSON object whose `status` equals the HTTP status, a
+/// non-empty `title`, and (if given) a `type` ending in `type_suffix`. Returns the problem
+/// document, or every mismatch found.
+pub async fn check_problem(
+    response: Response,
+    status: StatusCode,
+    type_suffix: Option<&str>,
+) -> Result<Value, String> {
+    let actual = response.status();
+    let content_type = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let text = response.text().await.map_err(|e| format!("body unreadable: {e}"))?;
+    let mut problems = Vec::new();
+    if actual != status {
+        problems.push(format!("status {actual}, expected {status}"));
+    }
+    if content_type.as_deref() != Some(PROBLEM_JSON) {
+        problems.push(format!("content-type {content_type:?}, expected {PROBLEM_JSON}"));
+    }
+    let body: Value = match serde_json::from_str(&text) {
+        Ok(body) => body,
+        Err(e) => {
+            problems.push(format!("body is not JSON ({e}): {text:?}"));
+            return Err(problems.join("; "));
+        }
+    };
+    if body["status"] != json!(actual.as_u16()) {
+        problems.push(format!("body status {} does not match HTTP {actual}", body["status"]));
+    }
+    if !body["title"].as_str().is_some_and(|t| !t.trim().is_empty()) {
+        problems.push(format!("title missing or empty: {}", body["title"]));
+    }
+    if let Some(suffix) = type_suffix
+        && !body["type"].as_str().is_some_and(|t| t.ends_with(suffix))
+    {
+        problems.push(format!("type {}, expected one ending in {suffix:?}", body["type"]));
+    }
+    if problems.is_empty() {
+        Ok(body)
+    } else {
+        Err(format!("{}; body: {body}", problems.join("; ")))
+    }
+}
+
+/// [`check_problem`], panicking on a mismatch.
+pub async fn expect_problem(response: Response, status: StatusCode, type_suffix: Option<&str>) -> Value {
+    check_problem(response, status, type_suffix)
+        .await
+        .unwrap_or_else(|e| panic!("not the expected problem response: {e}"))
+}
+
+impl TestApp {
+    /// Every SKU as `GET /api/inventory` shows it (counts and prices).
+    pub async fn inventory(&self) -> Value {
+        let response = self
+            .client
+            .get(self.url("/api/inventory"))
+            .send()
+            .await
+            .expect("GET /api/inventory");
+        assert_eq!(response.status(), StatusCode::OK);
+        let body: Value = response.json().await.expect("JSON inventory");
+        body["items"].clone()
+    }
+}
