@@ -22,6 +22,9 @@ pub enum CliCommand {
     Serve,
     /// Apply all database migrations (orders, inventory, payment, shipping) and exit.
     Migrate,
+    /// Probe `GET /health/live` on LISTEN_ADDR; exit 0 if it answers 200 (for container
+    /// health checks, so the runtime image needs no curl).
+    Healthcheck,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -14,7 +14,9 @@ async fn main() -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }
-    telemetry::init(cli.config.log_format);
+    if !matches!(cli.command, Some(CliCommand::Healthcheck)) {
+        telemetry::init(cli.config.log_format);
+    }
     let result = match cli
         .command
         .unwrap_or(order_service::config::CliCommand::Serve)
@@ -23,6 +25,7 @@ async fn main() -> ExitCode {
             migrate(&cli.config.database_url, cli.config.db_max_connections).await
         }
         CliCommand::Serve => serve(cli.config).await,
+        CliCommand::Healthcheck => healthcheck(cli.config.listen_addr).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -44,5 +47,32 @@ async fn migrate(database_url: &str, max_connections: u32) -> anyhow::Result<()>
     stores.migrate().await?;
     tracing::info!("migrations applied");
     stores.close().await;
+    Ok(())
+}
+
+async fn healthcheck(addr: std::net::SocketAddr) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A wildcard listen address is probed on loopback.
+    let target = if addr.ip().is_unspecified() {
+        std::net::SocketAddr::from(([127, 0, 0, 1], addr.port()))
+    } else {
+        addr
+    };
+    let probe = async {
+        let mut stream = tokio::net::TcpStream::connect(target).await?;
+        stream
+            .write_all(b"GET /health/live HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .await?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await?;
+        anyhow::Ok(response)
+    };
+    let response = tokio::time::timeout(std::time::Duration::from_secs(3), probe).await??;
+    let status_line = String::from_utf8_lossy(&response);
+    anyhow::ensure!(
+        status_line.starts_with("HTTP/1.0 200") || status_line.starts_with("HTTP/1.1 200"),
+        "unhealthy: {}",
+        status_line.lines().next().unwrap_or_default()
+    );
     Ok(())
 }

@@ -4,16 +4,18 @@
 //! each publish (or batch) holds one pool channel from its first frame until its last
 //! confirm, because lapin hands a `basic.return` to whichever confirm of the channel
 //! resolves next — with only one publisher in flight per channel, an unroutable message is
-//! always reported to the caller that sent it. Every subscription gets its own channel with
-//! its own prefetch (`basic.qos`), so closing a subscription (closing its channel) makes the
-//! broker requeue exactly that subscription's unacknowledged deliveries.
+//! always reported to the caller that sent it (returns are also matched by `message_id`,
+//! which covers a publish abandoned mid-flight by a cancelled caller). Every subscription
+//! gets its own channel with its own prefetch (`basic.qos`), so closing a subscription
+//! (closing its channel) makes the broker requeue exactly that subscription's
+//! unacknowledged deliveries.
 //!
 //! Connecting, declaring the topology and opening the publishing channels all happen in
 //! [`establish`], so automatic reconnection can later be added by running it again and
 //! swapping the [`Link`]; it is not implemented yet (a lost connection makes
 //! [`AmqpBus::is_connected`] false, publishes fail and subscriptions end).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -264,7 +266,7 @@ impl AmqpBus {
         // Still holding the channel: see the module docs on returned messages.
         let outcome = confirm.await;
         drop(channel);
-        check_confirm(msg, outcome)
+        check_confirm(msg, outcome, |id| id == msg.message_id)
     }
 
     pub(crate) async fn publish_batch(
@@ -274,6 +276,7 @@ impl AmqpBus {
         if batch.is_empty() {
             return Ok(());
         }
+        let ours: HashSet<Uuid> = batch.iter().map(|(_, msg)| msg.message_id).collect();
         let channel = self.publisher().await?;
         let mut pending: Vec<(&OutgoingMessage, PublisherConfirm)> =
             Vec::with_capacity(batch.len());
@@ -290,7 +293,7 @@ impl AmqpBus {
         // Await every confirm that was started, even after an error, so that none is left
         // behind on the channel to be mistaken for a later publisher's.
         for (msg, confirm) in pending {
-            let outcome = check_confirm(msg, confirm.await);
+            let outcome = check_confirm(msg, confirm.await, |id| ours.contains(&id));
             if let Err(error) = outcome {
                 first_error.get_or_insert(error);
             }
@@ -361,14 +364,28 @@ async fn send(
         .map_err(|source| publish_error(msg, source))
 }
 
+/// Turns a publisher confirm into the publish result. `is_ours` tells whether a returned
+/// message (by id) belongs to the caller's publish or batch.
 fn check_confirm(
     msg: &OutgoingMessage,
     outcome: lapin::Result<Confirmation>,
+    is_ours: impl Fn(Uuid) -> bool,
 ) -> Result<(), BusError> {
     match outcome {
         Ok(Confirmation::Ack(None)) => Ok(()),
         // With `mandatory`, RabbitMQ returns an unroutable message and then acks it.
-        Ok(Confirmation::Ack(Some(returned))) => Err(unroutable(msg, &returned)),
+        Ok(Confirmation::Ack(Some(returned))) => {
+            let error = unroutable(msg, &returned);
+            match &error {
+                // A return left behind by a publish whose caller gave up (its future was
+                // dropped while the confirm was pending) is not this caller's failure.
+                BusError::Unroutable { message_id, .. } if !is_ours(*message_id) => {
+                    warn!(%message_id, "ignoring the return of an abandoned publish");
+                    Ok(())
+                }
+                _ => Err(error),
+            }
+        }
         Ok(Confirmation::Nack(_)) => Err(BusError::Nacked {
             exchange: msg.exchange.clone(),
             routing_key: msg.routing_key.clone(),

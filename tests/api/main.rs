@@ -2,7 +2,9 @@
 //! PostgreSQL and RabbitMQ (one database and one vhost per test), driven over HTTP.
 //! One test binary keeps link time down.
 
+mod bad_input;
 mod broker;
 mod helpers;
+mod idempotency;
 mod messaging;
 mod saga;

@@ -1,0 +1,532 @@
+//! Bad input at the HTTP boundary: every refusal is an RFC 9457 problem with the right
+//! status, and a refused request changes nothing (no order, no stock movement) and does not
+//! poison the service for the next, good request.
+
+use crate::helpers::{ADMIN_TOKEN, TestApp, check_problem, order_body, spawn_app};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+/// One bad request and the problem it must produce.
+struct Case {
+    name: &'static str,
+    method: Method,
+    path: String,
+    headers: Vec<(&'static str, String)>,
+    body: Option<Vec<u8>>,
+    status: StatusCode,
+    /// The end of the problem's `type` URI, if the case pins it.
+    problem_type: Option<&'static str>,
+}
+
+fn case(
+    name: &'static str,
+    method: Method,
+    path: impl Into<String>,
+    headers: Vec<(&'static str, String)>,
+    body: Option<&[u8]>,
+    status: u16,
+    problem_type: Option<&'static str>,
+) -> Case {
+    Case {
+        name,
+        method,
+        path: path.into(),
+        headers,
+        body: body.map(<[u8]>::to_vec),
+        status: StatusCode::from_u16(status).expect("a valid status code"),
+        problem_type,
+    }
+}
+
+/// `Content-Type: application/json` and a fresh `Idempotency-Key`.
+fn json_with_key() -> Vec<(&'static str, String)> {
+    vec![
+        ("content-type", "application/json".to_owned()),
+        ("idempotency-key", Uuid::new_v4().to_string()),
+    ]
+}
+
+fn admin_json(token: Option<&str>) -> Vec<(&'static str, String)> {
+    let mut headers = vec![("content-type", "application/json".to_owned())];
+    if let Some(token) = token {
+        headers.push(("authorization", format!("Bearer {token}")));
+    }
+    headers
+}
+
+/// `POST /api/orders` with a raw body (and a fresh key).
+fn order_raw(name: &'static str, body: &str, status: u16, problem_type: &'static str) -> Case {
+    case(
+        name,
+        Method::POST,
+        "/api/orders",
+        json_with_key(),
+        Some(body.as_bytes()),
+        status,
+        Some(problem_type),
+    )
+}
+
+/// `POST /api/orders` with a JSON body (and a fresh key).
+fn order_json(name: &'static str, body: Value, status: u16, problem_type: &'static str) -> Case {
+    order_raw(name, &body.to_string(), status, problem_type)
+}
+
+/// A well-formed order body with one line of `item` (any JSON, to test odd values).
+fn one_line(item: Value) -> Value {
+    json!({ "customer_id": "customer-1", "currency": "USD", "items": [item] })
+}
+
+fn with_customer(customer_id: &str) -> Value {
+    json!({ "customer_id": customer_id, "currency": "USD", "items": [{"sku": "KB-001", "quantity": 1}] })
+}
+
+fn with_sku(sku: &str) -> Value {
+    one_line(json!({ "sku": sku, "quantity": 1 }))
+}
+
+fn with_quantity(quantity: Value) -> Value {
+    one_line(json!({ "sku": "KB-001", "quantity": quantity }))
+}
+
+const INVALID: &str = "validation-error";
+const MALFORMED: &str = "bad-request";
+const NOT_FOUND: &str = "not-found";
+
+/// Every bad request; built fresh per call (fresh keys, fresh random ids).
+fn table() -> Vec<Case> {
+    use Method as M;
+    let unknown = Uuid::new_v4();
+    let many_lines: Vec<Value> = (0..51)
+        .map(|i| json!({ "sku": format!("SKU-{i}"), "quantity": 1 }))
+        .collect();
+    let oversized = format!(
+        r#"{{"customer_id":"{}","currency":"USD","items":[{{"sku":"KB-001","quantity":1}}]}}"#,
+        "x".repeat(70 * 1024)
+    );
+    let good = order_body(&[("KB-001", 1)]).to_string();
+    let status_path = format!("/api/orders/{unknown}/status");
+    let reverse = json!({ "status": "REVERSED" }).to_string();
+    let stock_put = json!({ "available": 5, "price_cents": 100 }).to_string();
+
+    vec![
+        // --- POST /api/orders: syntax -------------------------------------------------
+        order_raw("malformed JSON", r#"{"customer_id": "c", "items": ["#, 400, MALFORMED),
+        order_raw("trailing garbage after the JSON", &format!("{good} xyz"), 400, MALFORMED),
+        order_raw("empty body", "", 400, MALFORMED),
+        // --- POST /api/orders: shape and types ------------------------------------------
+        order_raw("JSON array instead of an object", "[1, 2, 3]", 422, INVALID),
+        order_raw("JSON string instead of an object", r#""an order""#, 422, INVALID),
+        order_raw("JSON null instead of an object", "null", 422, INVALID),
+        order_json("quantity as a string", with_quantity(json!("two")), 422, INVALID),
+        order_json("quantity as a fraction", with_quantity(json!(1.5)), 422, INVALID),
+        order_json(
+            "items as an object",
+            json!({"customer_id": "c", "currency": "USD", "items": {}}),
+            422,
+            INVALID,
+        ),
+        order_json(
+            "unknown top-level field",
+            json!({"customer_id": "c", "currency": "USD", "coupon": "FREE",
+                   "items": [{"sku": "KB-001", "quantity": 1}]}),
+            422,
+            INVALID,
+        ),
+        order_json(
+            "unknown item field (a client-set price)",
+            one_line(json!({"sku": "KB-001", "quantity": 1, "unit_price_cents": 1})),
+            422,
+            INVALID,
+        ),
+        order_json(
+            "missing currency",
+            json!({"customer_id": "c", "items": [{"sku": "KB-001", "quantity": 1}]}),
+            422,
+            INVALID,
+        ),
+        order_json("missing item quantity", one_line(json!({"sku": "KB-001"})), 422, INVALID),
+        order_raw(
+            "duplicate JSON member",
+            r#"{"customer_id":"a","customer_id":"b","currency":"USD","items":[{"sku":"KB-001","quantity":1}]}"#,
+            422,
+            INVALID,
+        ),
+        // --- POST /api/orders: validation -----------------------------------------------
+        order_json(
+            "empty item list",
+            json!({"customer_id": "c", "currency": "USD", "items": []}),
+            422,
+            INVALID,
+        ),
+        order_json(
+            "51 item lines",
+            json!({"customer_id": "c", "currency": "USD", "items": many_lines}),
+            422,
+            INVALID,
+        ),
+        order_json("quantity 0", with_quantity(json!(0)), 422, INVALID),
+        order_json("quantity -1", with_quantity(json!(-1)), 422, INVALID),
+        order_json("quantity 1001", with_quantity(json!(1001)), 422, INVALID),
+        order_raw(
+            "quantity 1e30",
+            r#"{"customer_id":"c","currency":"USD","items":[{"sku":"KB-001","quantity":1e30}]}"#,
+            422,
+            INVALID,
+        ),
+        order_raw(
+            "quantity 2^63",
+            r#"{"customer_id":"c","currency":"USD","items":[{"sku":"KB-001","quantity":9223372036854775808}]}"#,
+            422,
+            INVALID,
+        ),
+        order_json("unknown SKU", with_sku("NOPE-404"), 422, "unknown-sku"),
+        order_json("SKU with a space", with_sku("KB 001"), 422, INVALID),
+        order_json("SKU with a slash", with_sku("KB/001"), 422, INVALID),
+        order_json("empty SKU", with_sku(""), 422, INVALID),
+        order_json("65-character SKU", with_sku(&"S".repeat(65)), 422, INVALID),
+        order_json(
+            "duplicate SKU lines",
+            json!({"customer_id": "c", "currency": "USD",
+                   "items": [{"sku": "KB-001", "quantity": 1}, {"sku": "KB-001", "quantity": 2}]}),
+            422,
+            INVALID,
+        ),
+        order_json(
+            "unsupported currency",
+            json!({"customer_id": "c", "currency": "EUR", "items": [{"sku": "KB-001", "quantity": 1}]}),
+            422,
+            INVALID,
+        ),
+        order_json(
+            "lower-case currency",
+            json!({"customer_id": "c", "currency": "usd", "items": [{"sku": "KB-001", "quantity": 1}]}),
+            422,
+            INVALID,
+        ),
+        order_json("empty customer_id", with_customer(""), 422, INVALID),
+        order_json("blank customer_id", with_customer("   "), 422, INVALID),
+        order_json("200-character customer_id", with_customer(&"c".repeat(200)), 422, INVALID),
+        order_json("customer_id with a control character", with_customer("a\u{7}b"), 422, INVALID),
+        // --- POST /api/orders: state and transport --------------------------------------
+        order_json(
+            "more than the available stock",
+            one_line(json!({"sku": "MN-003", "quantity": 26})),
+            409,
+            "insufficient-stock",
+        ),
+        order_raw("body over 64 KiB", &oversized, 413, "payload-too-large"),
+        case(
+            "missing content type",
+            M::POST,
+            "/api/orders",
+            vec![("idempotency-key", Uuid::new_v4().to_string())],
+            Some(good.as_bytes()),
+            415,
+            Some("unsupported-media-type"),
+        ),
+        case(
+            "text/plain content type",
+            M::POST,
+            "/api/orders",
+            vec![
+                ("content-type", "text/plain".to_owned()),
+                ("idempotency-key", Uuid::new_v4().to_string()),
+            ],
+            Some(good.as_bytes()),
+            415,
+            Some("unsupported-media-type"),
+        ),
+        // --- reading orders -------------------------------------------------------------
+        case("order id that is not a UUID", M::GET, "/api/orders/not-a-uuid", vec![], None, 400, Some(MALFORMED)),
+        case("unknown order id", M::GET, format!("/api/orders/{unknown}"), vec![], None, 404, Some(NOT_FOUND)),
+        case("unknown status filter", M::GET, "/api/orders?status=NOPE", vec![], None, 400, Some(MALFORMED)),
+        case("limit 0", M::GET, "/api/orders?limit=0", vec![], None, 400, Some(MALFORMED)),
+        case("limit 501", M::GET, "/api/orders?limit=501", vec![], None, 400, Some(MALFORMED)),
+        case("limit -1", M::GET, "/api/orders?limit=-1", vec![], None, 400, Some(MALFORMED)),
+        case("limit abc", M::GET, "/api/orders?limit=abc", vec![], None, 400, Some(MALFORMED)),
+        // --- routing --------------------------------------------------------------------
+        case("unknown route", M::GET, "/api/nothing-here", vec![], None, 404, Some(NOT_FOUND)),
+        case("unknown SKU in the inventory", M::GET, "/api/inventory/NOPE-404", vec![], None, 404, Some(NOT_FOUND)),
+        case("DELETE on the order collection", M::DELETE, "/api/orders", vec![], None, 405, Some("method-not-allowed")),
+        case(
+            "PUT on an order",
+            M::PUT,
+            format!("/api/orders/{unknown}"),
+            json_with_key(),
+            Some(good.as_bytes()),
+            405,
+            Some("method-not-allowed"),
+        ),
+        // --- admin status override ------------------------------------------------------
+        case(
+            "status override without a token",
+            M::PATCH,
+            status_path.clone(),
+            admin_json(None),
+            Some(reverse.as_bytes()),
+            401,
+            Some("unauthorized"),
+        ),
+        case(
+            "status override with a Basic credential",
+            M::PATCH,
+            status_path.clone(),
+            vec![
+                ("content-type", "application/json".to_owned()),
+                ("authorization", "Basic YWRtaW46YWRtaW4=".to_owned()),
+            ],
+            Some(reverse.as_bytes()),
+            401,
+            Some("unauthorized"),
+        ),
+        case(
+            "status override with a wrong token",
+            M::PATCH,
+            status_path.clone(),
+            admin_json(Some("wrong-token-0123456789")),
+            Some(reverse.as_bytes()),
+            403,
+            Some("forbidden"),
+        ),
+        case(
+            "status override to an unknown status",
+            M::PATCH,
+            status_path.clone(),
+            admin_json(Some(ADMIN_TOKEN)),
+            Some(br#"{"status":"SHIPPED"}"#),
+            422,
+            Some(INVALID),
+        ),
+        case(
+            "status override of an unknown order",
+            M::PATCH,
+            status_path.clone(),
+            admin_json(Some(ADMIN_TOKEN)),
+            Some(reverse.as_bytes()),
+            404,
+            Some(NOT_FOUND),
+        ),
+        case(
+            "status override with an invalid order id",
+            M::PATCH,
+            "/api/orders/not-a-uuid/status",
+            admin_json(Some(ADMIN_TOKEN)),
+            Some(reverse.as_bytes()),
+            400,
+            Some(MALFORMED),
+        ),
+        // --- admin stock --------------------------------------------------------------
+        case(
+            "negative available stock",
+            M::PUT,
+            "/api/inventory/KB-001",
+            admin_json(Some(ADMIN_TOKEN)),
+            Some(br#"{"available":-1,"price_cents":8900}"#),
+            422,
+            Some(INVALID),
+        ),
+        case(
+            "price above the cap",
+            M::PUT,
+            "/api/inventory/KB-001",
+            admin_json(Some(ADMIN_TOKEN)),
+            Some(br#"{"available":100,"price_cents":1000000001}"#),
+            422,
+            Some(INVALID),
+        ),
+        case(
+            "stock for an invalid SKU",
+            M::PUT,
+            "/api/inventory/bad%20sku",
+            admin_json(Some(ADMIN_TOKEN)),
+            Some(stock_put.as_bytes()),
+            422,
+            Some(INVALID),
+        ),
+        case(
+            "stock without a token",
+            M::PUT,
+            "/api/inventory/KB-001",
+            admin_json(None),
+            Some(stock_put.as_bytes()),
+            401,
+            Some("unauthorized"),
+        ),
+        case(
+            "stock for a new SKU without a token",
+            M::PUT,
+            "/api/inventory/NEW-1",
+            admin_json(None),
+            Some(stock_put.as_bytes()),
+            401,
+            Some("unauthorized"),
+        ),
+        // --- dev payment --------------------------------------------------------------
+        case(
+            "payment with an unknown outcome",
+            M::POST,
+            format!("/api/orders/{unknown}/pay"),
+            json_with_key(),
+            Some(br#"{"outcome":"maybe"}"#),
+            422,
+            Some(INVALID),
+        ),
+        case(
+            "payment with malformed JSON",
+            M::POST,
+            format!("/api/orders/{unknown}/pay"),
+            json_with_key(),
+            Some(b"{"),
+            400,
+            Some(MALFORMED),
+        ),
+        case(
+            "payment for an unknown order",
+            M::POST,
+            format!("/api/orders/{unknown}/pay"),
+            json_with_key(),
+            Some(br#"{"outcome":"approve"}"#),
+            404,
+            Some(NOT_FOUND),
+        ),
+        case(
+            "payment body over 64 KiB",
+            M::POST,
+            format!("/api/orders/{unknown}/pay"),
+            json_with_key(),
+            Some(oversized.as_bytes()),
+            413,
+            Some("payload-too-large"),
+        ),
+    ]
+}
+
+async fn send(app: &TestApp, case: &Case) -> reqwest::Response {
+    let mut request = app.client.request(case.method.clone(), app.url(&case.path));
+    for (name, value) in &case.headers {
+        request = request.header(*name, value);
+    }
+    if let Some(body) = &case.body {
+        request = request.body(body.clone());
+    }
+    request
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{}: request failed: {e}", case.name))
+}
+
+#[tokio::test]
+async fn every_bad_request_is_a_problem_with_the_right_status_and_changes_nothing() {
+    let app = spawn_app().await;
+    let stock_before = app.inventory().await;
+    let mut failures = Vec::new();
+
+    for case in table() {
+        let response = send(&app, &case).await;
+        if let Err(e) = check_problem(response, case.status, case.problem_type).await {
+            failures.push(format!("{} ({} {}): {e}", case.name, case.method, case.path));
+        }
+        let orders = app.order_count().await;
+        if orders != 0 {
+            failures.push(format!("{}: {orders} order(s) exist afterwards", case.name));
+        }
+        if app.inventory().await != stock_before {
+            failures.push(format!("{}: the stock changed", case.name));
+        }
+    }
+
+    assert!(
+        failures.is_empty(),
+        "{} case(s) failed:\n  {}",
+        failures.len(),
+        failures.join("\n  ")
+    );
+}
+
+#[tokio::test]
+async fn a_good_order_still_succeeds_after_each_bad_request() {
+    let app = spawn_app().await;
+    let mut ids = Vec::new();
+
+    for case in table() {
+        let response = send(&app, &case).await;
+        assert_eq!(response.status(), case.status, "{}", case.name);
+        let key = Uuid::new_v4().to_string();
+        let response = app.post_order(Some(&key), &order_body(&[("CB-004", 1)])).await;
+        let status = response.status();
+        let body: Value = response.json().await.expect("JSON body");
+        assert_eq!(status, StatusCode::CREATED, "after {:?}: {body:#}", case.name);
+        ids.push(body["id"].as_str().expect("the order has an id").to_owned());
+    }
+
+    for id in &ids {
+        let order = app.wait_for_terminal(id).await;
+        assert_eq!(order["status"], "CONFIRMED", "{order:#}");
+    }
+}
+
+#[tokio::test]
+async fn a_405_names_the_allowed_methods() {
+    let app = spawn_app().await;
+    let response = app
+        .client
+        .delete(app.url("/api/orders"))
+        .send()
+        .await
+        .expect("DELETE /api/orders");
+    let allow = response
+        .headers()
+        .get(reqwest::header::ALLOW)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .unwrap_or_default();
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    // RFC 9110 §15.5.6: a 405 must list the methods the resource supports.
+    for method in ["GET", "POST"] {
+        assert!(allow.contains(method), "Allow should list {method}: {allow:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_401_asks_for_a_bearer_token() {
+    let app = spawn_app().await;
+    let response = app
+        .patch_status(&Uuid::new_v4().to_string(), &json!({"status": "REVERSED"}), None)
+        .await;
+    let challenge = response
+        .headers()
+        .get(reqwest::header::WWW_AUTHENTICATE)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(challenge.as_deref(), Some("Bearer"), "RFC 9110 §11.6.1 challenge");
+}
+
+#[tokio::test]
+async fn the_admin_price_and_quantity_caps_keep_the_largest_order_total_from_overflowing() {
+    // total_cents is an i64 (max ≈ 9.2e18). The admin API caps a price at 1e9 cents and an
+    // order at 50 lines of at most 1000 units, so the largest possible total is
+    // 50 × 1000 × 1e9 = 5e13 — the "total-overflow" refusal cannot be reached through the
+    // API. This test pins the caps and checks that the largest order is priced exactly.
+    let app = spawn_app().await;
+    let over_price = app
+        .client
+        .put(app.url("/api/inventory/BIG-0"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({ "available": 1000, "price_cents": 1_000_000_001i64 }))
+        .send()
+        .await
+        .expect("PUT stock");
+    if let Err(e) = check_problem(over_price, StatusCode::UNPROCESSABLE_ENTITY, Some(INVALID)).await {
+        panic!("a price above 1e9 must be refused: {e}");
+    }
+
+    let skus: Vec<String> = (0..50).map(|i| format!("BIG-{i}")).collect();
+    for sku in &skus {
+        app.put_stock(sku, 1000, 1_000_000_000).await;
+    }
+    let items: Vec<(&str, i64)> = skus.iter().map(|s| (s.as_str(), 1000)).collect();
+    let order = app.create_order(&items).await;
+
+    assert_eq!(order["total_cents"], json!(50i64 * 1000 * 1_000_000_000), "{order:#}");
+}
