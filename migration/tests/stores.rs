@@ -1,6 +1,6 @@
 //! End-to-end check of the four store migrators: each one is run `up` against
-//! its own fresh database (an in-memory SQLite always; PostgreSQL too when
-//! `MIGRATION_TEST_PG_URL` is set, using one schema per store selected via
+//! its own fresh database (an in-memory SQLite, and a throwaway PostgreSQL
+//! database on 127.0.0.1:5432 with one schema per store selected via
 //! `search_path`), one row is written to and read back from every entity of the
 //! store through sea-orm, `outbox` and `order_transitions` rows are inserted
 //! twice without an id to prove auto-increment, and then the migrator is run
@@ -355,24 +355,39 @@ async fn all_stores_on_sqlite() {
     check_shipping_store(&sqlite().await).await;
 }
 
-/// Same checks on PostgreSQL, one schema per store. Runs only when
-/// `MIGRATION_TEST_PG_URL` points at a throwaway database; the schemas are
-/// created if missing and dropped afterwards.
+/// Same checks on PostgreSQL, one schema per store, in a throwaway database
+/// (created here, dropped at the end). `MIGRATION_TEST_PG_ADMIN_URL` overrides the
+/// server to use; it must allow `CREATE DATABASE`.
 #[tokio::test]
 async fn all_stores_on_postgres() {
-    let Ok(url) = std::env::var("MIGRATION_TEST_PG_URL") else {
-        eprintln!("MIGRATION_TEST_PG_URL not set; skipping the PostgreSQL check");
-        return;
-    };
-    let admin = Database::connect(url.as_str())
+    let server = std::env::var("MIGRATION_TEST_PG_ADMIN_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned());
+    let server = server.trim_end_matches('/').to_owned();
+    let name = format!("migration_test_{}", uuid::Uuid::new_v4().simple());
+    let admin = Database::connect(format!("{server}/postgres"))
         .await
-        .expect("connect postgres");
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot connect to PostgreSQL at {server} ({e}); start it with \
+                 `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`"
+            )
+        });
+    admin
+        .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
+        .await
+        .expect("create throwaway database");
+    let url = format!("{server}/{name}");
     let stores = ["orders", "inventory", "payment", "shipping"];
-    for schema in stores {
-        admin
-            .execute_unprepared(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+    {
+        let db = Database::connect(url.as_str())
             .await
-            .expect("create schema");
+            .expect("connect throwaway database");
+        for schema in stores {
+            db.execute_unprepared(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+                .await
+                .expect("create schema");
+        }
+        db.close().await.expect("close");
     }
     let connect = async |schema: &str| {
         let mut opts = ConnectOptions::new(url.as_str());
@@ -383,10 +398,9 @@ async fn all_stores_on_postgres() {
     check_inventory_store(&connect("inventory").await).await;
     check_payment_store(&connect("payment").await).await;
     check_shipping_store(&connect("shipping").await).await;
-    for schema in stores {
-        admin
-            .execute_unprepared(&format!("DROP SCHEMA {schema} CASCADE"))
-            .await
-            .expect("drop schema");
-    }
+    // WITH (FORCE) closes the pools above, which are still open.
+    admin
+        .execute_unprepared(&format!("DROP DATABASE \"{name}\" WITH (FORCE)"))
+        .await
+        .expect("drop throwaway database");
 }

@@ -112,15 +112,40 @@ fn table() -> Vec<Case> {
 
     vec![
         // --- POST /api/orders: syntax -------------------------------------------------
-        order_raw("malformed JSON", r#"{"customer_id": "c", "items": ["#, 400, MALFORMED),
-        order_raw("trailing garbage after the JSON", &format!("{good} xyz"), 400, MALFORMED),
+        order_raw(
+            "malformed JSON",
+            r#"{"customer_id": "c", "items": ["#,
+            400,
+            MALFORMED,
+        ),
+        order_raw(
+            "trailing garbage after the JSON",
+            &format!("{good} xyz"),
+            400,
+            MALFORMED,
+        ),
         order_raw("empty body", "", 400, MALFORMED),
         // --- POST /api/orders: shape and types ------------------------------------------
         order_raw("JSON array instead of an object", "[1, 2, 3]", 422, INVALID),
-        order_raw("JSON string instead of an object", r#""an order""#, 422, INVALID),
+        order_raw(
+            "JSON string instead of an object",
+            r#""an order""#,
+            422,
+            INVALID,
+        ),
         order_raw("JSON null instead of an object", "null", 422, INVALID),
-        order_json("quantity as a string", with_quantity(json!("two")), 422, INVALID),
-        order_json("quantity as a fraction", with_quantity(json!(1.5)), 422, INVALID),
+        order_json(
+            "quantity as a string",
+            with_quantity(json!("two")),
+            422,
+            INVALID,
+        ),
+        order_json(
+            "quantity as a fraction",
+            with_quantity(json!(1.5)),
+            422,
+            INVALID,
+        ),
         order_json(
             "items as an object",
             json!({"customer_id": "c", "currency": "USD", "items": {}}),
@@ -146,7 +171,12 @@ fn table() -> Vec<Case> {
             422,
             INVALID,
         ),
-        order_json("missing item quantity", one_line(json!({"sku": "KB-001"})), 422, INVALID),
+        order_json(
+            "missing item quantity",
+            one_line(json!({"sku": "KB-001"})),
+            422,
+            INVALID,
+        ),
         order_raw(
             "duplicate JSON member",
             r#"{"customer_id":"a","customer_id":"b","currency":"USD","items":[{"sku":"KB-001","quantity":1}]}"#,
@@ -207,8 +237,18 @@ fn table() -> Vec<Case> {
         ),
         order_json("empty customer_id", with_customer(""), 422, INVALID),
         order_json("blank customer_id", with_customer("   "), 422, INVALID),
-        order_json("200-character customer_id", with_customer(&"c".repeat(200)), 422, INVALID),
-        order_json("customer_id with a control character", with_customer("a\u{7}b"), 422, INVALID),
+        order_json(
+            "200-character customer_id",
+            with_customer(&"c".repeat(200)),
+            422,
+            INVALID,
+        ),
+        order_json(
+            "customer_id with a control character",
+            with_customer("a\u{7}b"),
+            422,
+            INVALID,
+        ),
         // --- POST /api/orders: state and transport --------------------------------------
         order_json(
             "more than the available stock",
@@ -239,17 +279,97 @@ fn table() -> Vec<Case> {
             Some("unsupported-media-type"),
         ),
         // --- reading orders -------------------------------------------------------------
-        case("order id that is not a UUID", M::GET, "/api/orders/not-a-uuid", vec![], None, 400, Some(MALFORMED)),
-        case("unknown order id", M::GET, format!("/api/orders/{unknown}"), vec![], None, 404, Some(NOT_FOUND)),
-        case("unknown status filter", M::GET, "/api/orders?status=NOPE", vec![], None, 400, Some(MALFORMED)),
-        case("limit 0", M::GET, "/api/orders?limit=0", vec![], None, 400, Some(MALFORMED)),
-        case("limit 501", M::GET, "/api/orders?limit=501", vec![], None, 400, Some(MALFORMED)),
-        case("limit -1", M::GET, "/api/orders?limit=-1", vec![], None, 400, Some(MALFORMED)),
-        case("limit abc", M::GET, "/api/orders?limit=abc", vec![], None, 400, Some(MALFORMED)),
+        case(
+            "order id that is not a UUID",
+            M::GET,
+            "/api/orders/not-a-uuid",
+            vec![],
+            None,
+            400,
+            Some(MALFORMED),
+        ),
+        case(
+            "unknown order id",
+            M::GET,
+            format!("/api/orders/{unknown}"),
+            vec![],
+            None,
+            404,
+            Some(NOT_FOUND),
+        ),
+        case(
+            "unknown status filter",
+            M::GET,
+            "/api/orders?status=NOPE",
+            vec![],
+            None,
+            400,
+            Some(MALFORMED),
+        ),
+        case(
+            "limit 0",
+            M::GET,
+            "/api/orders?limit=0",
+            vec![],
+            None,
+            400,
+            Some(MALFORMED),
+        ),
+        case(
+            "limit 501",
+            M::GET,
+            "/api/orders?limit=501",
+            vec![],
+            None,
+            400,
+            Some(MALFORMED),
+        ),
+        case(
+            "limit -1",
+            M::GET,
+            "/api/orders?limit=-1",
+            vec![],
+            None,
+            400,
+            Some(MALFORMED),
+        ),
+        case(
+            "limit abc",
+            M::GET,
+            "/api/orders?limit=abc",
+            vec![],
+            None,
+            400,
+            Some(MALFORMED),
+        ),
         // --- routing --------------------------------------------------------------------
-        case("unknown route", M::GET, "/api/nothing-here", vec![], None, 404, Some(NOT_FOUND)),
-        case("unknown SKU in the inventory", M::GET, "/api/inventory/NOPE-404", vec![], None, 404, Some(NOT_FOUND)),
-        case("DELETE on the order collection", M::DELETE, "/api/orders", vec![], None, 405, Some("method-not-allowed")),
+        case(
+            "unknown route",
+            M::GET,
+            "/api/nothing-here",
+            vec![],
+            None,
+            404,
+            Some(NOT_FOUND),
+        ),
+        case(
+            "unknown SKU in the inventory",
+            M::GET,
+            "/api/inventory/NOPE-404",
+            vec![],
+            None,
+            404,
+            Some(NOT_FOUND),
+        ),
+        case(
+            "DELETE on the order collection",
+            M::DELETE,
+            "/api/orders",
+            vec![],
+            None,
+            405,
+            Some("method-not-allowed"),
+        ),
         case(
             "PUT on an order",
             M::PUT,
@@ -426,7 +546,10 @@ async fn every_bad_request_is_a_problem_with_the_right_status_and_changes_nothin
     for case in table() {
         let response = send(&app, &case).await;
         if let Err(e) = check_problem(response, case.status, case.problem_type).await {
-            failures.push(format!("{} ({} {}): {e}", case.name, case.method, case.path));
+            failures.push(format!(
+                "{} ({} {}): {e}",
+                case.name, case.method, case.path
+            ));
         }
         let orders = app.order_count().await;
         if orders != 0 {
@@ -454,10 +577,17 @@ async fn a_good_order_still_succeeds_after_each_bad_request() {
         let response = send(&app, &case).await;
         assert_eq!(response.status(), case.status, "{}", case.name);
         let key = Uuid::new_v4().to_string();
-        let response = app.post_order(Some(&key), &order_body(&[("CB-004", 1)])).await;
+        let response = app
+            .post_order(Some(&key), &order_body(&[("CB-004", 1)]))
+            .await;
         let status = response.status();
         let body: Value = response.json().await.expect("JSON body");
-        assert_eq!(status, StatusCode::CREATED, "after {:?}: {body:#}", case.name);
+        assert_eq!(
+            status,
+            StatusCode::CREATED,
+            "after {:?}: {body:#}",
+            case.name
+        );
         ids.push(body["id"].as_str().expect("the order has an id").to_owned());
     }
 
@@ -484,7 +614,10 @@ async fn a_405_names_the_allowed_methods() {
     assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
     // RFC 9110 §15.5.6: a 405 must list the methods the resource supports.
     for method in ["GET", "POST"] {
-        assert!(allow.contains(method), "Allow should list {method}: {allow:?}");
+        assert!(
+            allow.contains(method),
+            "Allow should list {method}: {allow:?}"
+        );
     }
 }
 
@@ -492,14 +625,22 @@ async fn a_405_names_the_allowed_methods() {
 async fn a_401_asks_for_a_bearer_token() {
     let app = spawn_app().await;
     let response = app
-        .patch_status(&Uuid::new_v4().to_string(), &json!({"status": "REVERSED"}), None)
+        .patch_status(
+            &Uuid::new_v4().to_string(),
+            &json!({"status": "REVERSED"}),
+            None,
+        )
         .await;
     let challenge = response
         .headers()
         .get(reqwest::header::WWW_AUTHENTICATE)
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(challenge.as_deref(), Some("Bearer"), "RFC 9110 §11.6.1 challenge");
+    assert_eq!(
+        challenge.as_deref(),
+        Some("Bearer"),
+        "RFC 9110 §11.6.1 challenge"
+    );
 }
 
 #[tokio::test]
@@ -517,7 +658,8 @@ async fn the_admin_price_and_quantity_caps_keep_the_largest_order_total_from_ove
         .send()
         .await
         .expect("PUT stock");
-    if let Err(e) = check_problem(over_price, StatusCode::UNPROCESSABLE_ENTITY, Some(INVALID)).await {
+    if let Err(e) = check_problem(over_price, StatusCode::UNPROCESSABLE_ENTITY, Some(INVALID)).await
+    {
         panic!("a price above 1e9 must be refused: {e}");
     }
 
@@ -528,5 +670,9 @@ async fn the_admin_price_and_quantity_caps_keep_the_largest_order_total_from_ove
     let items: Vec<(&str, i64)> = skus.iter().map(|s| (s.as_str(), 1000)).collect();
     let order = app.create_order(&items).await;
 
-    assert_eq!(order["total_cents"], json!(50i64 * 1000 * 1_000_000_000), "{order:#}");
+    assert_eq!(
+        order["total_cents"],
+        json!(50i64 * 1000 * 1_000_000_000),
+        "{order:#}"
+    );
 }

@@ -389,13 +389,18 @@ pub async fn check_problem(
         .headers()
         .get(reqwest::header::CONTENT_TYPE)
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-    let text = response.text().await.map_err(|e| format!("body unreadable: {e}"))?;
+    let text = response
+        .text()
+        .await
+        .map_err(|e| format!("body unreadable: {e}"))?;
     let mut problems = Vec::new();
     if actual != status {
         problems.push(format!("status {actual}, expected {status}"));
     }
     if content_type.as_deref() != Some(PROBLEM_JSON) {
-        problems.push(format!("content-type {content_type:?}, expected {PROBLEM_JSON}"));
+        problems.push(format!(
+            "content-type {content_type:?}, expected {PROBLEM_JSON}"
+        ));
     }
     let body: Value = match serde_json::from_str(&text) {
         Ok(body) => body,
@@ -405,7 +410,10 @@ pub async fn check_problem(
         }
     };
     if body["status"] != json!(actual.as_u16()) {
-        problems.push(format!("body status {} does not match HTTP {actual}", body["status"]));
+        problems.push(format!(
+            "body status {} does not match HTTP {actual}",
+            body["status"]
+        ));
     }
     if !body["title"].as_str().is_some_and(|t| !t.trim().is_empty()) {
         problems.push(format!("title missing or empty: {}", body["title"]));
@@ -413,7 +421,10 @@ pub async fn check_problem(
     if let Some(suffix) = type_suffix
         && !body["type"].as_str().is_some_and(|t| t.ends_with(suffix))
     {
-        problems.push(format!("type {}, expected one ending in {suffix:?}", body["type"]));
+        problems.push(format!(
+            "type {}, expected one ending in {suffix:?}",
+            body["type"]
+        ));
     }
     if problems.is_empty() {
         Ok(body)
@@ -423,7 +434,11 @@ pub async fn check_problem(
 }
 
 /// [`check_problem`], panicking on a mismatch.
-pub async fn expect_problem(response: Response, status: StatusCode, type_suffix: Option<&str>) -> Value {
+pub async fn expect_problem(
+    response: Response,
+    status: StatusCode,
+    type_suffix: Option<&str>,
+) -> Value {
     check_problem(response, status, type_suffix)
         .await
         .unwrap_or_else(|e| panic!("not the expected problem response: {e}"))

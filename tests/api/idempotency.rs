@@ -56,7 +56,8 @@ async fn post_raw(app: &TestApp, key: &str, raw: &str) -> Response {
 /// The request hash exactly as the service computes it: hex SHA-256 of the parsed
 /// [`OrderRequest`] serialized again.
 fn request_hash(body: &Value) -> String {
-    let request: OrderRequest = serde_json::from_value(body.clone()).expect("body is an OrderRequest");
+    let request: OrderRequest =
+        serde_json::from_value(body.clone()).expect("body is an OrderRequest");
     let canonical = serde_json::to_vec(&request).expect("OrderRequest serializes");
     hex::encode(Sha256::digest(&canonical))
 }
@@ -65,7 +66,10 @@ fn request_hash(body: &Value) -> String {
 /// SKU's stock.
 async fn settled_stock(app: &TestApp, order_id: &str, sku: &str) -> Value {
     let order = app.wait_for_terminal(order_id).await;
-    assert_eq!(order["status"], "CONFIRMED", "the order should be confirmed: {order:#}");
+    assert_eq!(
+        order["status"], "CONFIRMED",
+        "the order should be confirmed: {order:#}"
+    );
     app.wait_until_quiet().await;
     app.stock(sku).await
 }
@@ -85,7 +89,9 @@ async fn an_order_without_an_idempotency_key_is_refused_and_creates_nothing() {
         );
     }
     assert!(
-        problem["detail"].as_str().is_some_and(|d| d.contains("Idempotency-Key")),
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("Idempotency-Key")),
         "the detail should name the missing header: {problem}"
     );
     assert_eq!(app.order_count().await, 0, "no order may be created");
@@ -95,7 +101,9 @@ async fn an_order_without_an_idempotency_key_is_refused_and_creates_nothing() {
 #[tokio::test]
 async fn a_retry_with_the_same_key_and_body_replays_the_first_response_and_reserves_once() {
     let app = spawn_app().await;
-    let sold_before = app.stock("KB-001").await["sold"].as_i64().expect("sold is a number");
+    let sold_before = app.stock("KB-001").await["sold"]
+        .as_i64()
+        .expect("sold is a number");
     let key = Uuid::new_v4().to_string();
     let body = order_body(&[("KB-001", 3)]);
 
@@ -103,13 +111,32 @@ async fn a_retry_with_the_same_key_and_body_replays_the_first_response_and_reser
     let retry = answer(app.post_order(Some(&key), &body).await).await;
 
     assert_eq!(first.status, StatusCode::CREATED, "first: {:#}", first.body);
-    assert_eq!(first.replayed, None, "the original response is not a replay");
-    let id = first.body["id"].as_str().expect("the order has an id").to_owned();
-    assert_eq!(first.location.as_deref(), Some(format!("/api/orders/{id}").as_str()));
+    assert_eq!(
+        first.replayed, None,
+        "the original response is not a replay"
+    );
+    let id = first.body["id"]
+        .as_str()
+        .expect("the order has an id")
+        .to_owned();
+    assert_eq!(
+        first.location.as_deref(),
+        Some(format!("/api/orders/{id}").as_str())
+    );
     assert_eq!(retry.status, StatusCode::CREATED, "retry: {:#}", retry.body);
-    assert_eq!(retry.replayed.as_deref(), Some("true"), "the retry is marked as a replay");
-    assert_eq!(retry.body, first.body, "the retry gets the first response's body");
-    assert_eq!(retry.location, first.location, "the retry gets the same Location");
+    assert_eq!(
+        retry.replayed.as_deref(),
+        Some("true"),
+        "the retry is marked as a replay"
+    );
+    assert_eq!(
+        retry.body, first.body,
+        "the retry gets the first response's body"
+    );
+    assert_eq!(
+        retry.location, first.location,
+        "the retry gets the same Location"
+    );
     assert_eq!(app.order_count().await, 1, "only one order exists");
 
     let stock = settled_stock(&app, &id, "KB-001").await;
@@ -126,14 +153,19 @@ async fn a_retry_with_the_same_key_and_body_replays_the_first_response_and_reser
     assert_eq!(late.replayed.as_deref(), Some("true"));
     assert_eq!(late.body, first.body);
     assert_eq!(app.order_count().await, 1, "still only one order");
-    assert_eq!(app.stock("KB-001").await, stock, "the late retry moves no stock");
+    assert_eq!(
+        app.stock("KB-001").await,
+        stock,
+        "the late retry moves no stock"
+    );
 }
 
 #[tokio::test]
 async fn a_retry_with_the_same_body_formatted_differently_is_still_a_replay() {
     let app = spawn_app().await;
     let key = Uuid::new_v4().to_string();
-    let compact = r#"{"customer_id":"customer-1","currency":"USD","items":[{"sku":"MS-002","quantity":2}]}"#;
+    let compact =
+        r#"{"customer_id":"customer-1","currency":"USD","items":[{"sku":"MS-002","quantity":2}]}"#;
     let reordered = "{\n  \"items\" : [ { \"quantity\" : 2, \"sku\" : \"MS-002\" } ],\n  \
                      \"currency\" : \"USD\",\n  \"customer_id\" : \"customer-1\"\n}\n";
 
@@ -142,8 +174,15 @@ async fn a_retry_with_the_same_body_formatted_differently_is_still_a_replay() {
 
     assert_eq!(first.status, StatusCode::CREATED, "first: {:#}", first.body);
     assert_eq!(retry.status, StatusCode::CREATED, "retry: {:#}", retry.body);
-    assert_eq!(retry.replayed.as_deref(), Some("true"), "the retry is marked as a replay");
-    assert_eq!(retry.body["id"], first.body["id"], "the same order is returned");
+    assert_eq!(
+        retry.replayed.as_deref(),
+        Some("true"),
+        "the retry is marked as a replay"
+    );
+    assert_eq!(
+        retry.body["id"], first.body["id"],
+        "the same order is returned"
+    );
     assert_eq!(app.order_count().await, 1, "only one order exists");
 }
 
@@ -151,10 +190,14 @@ async fn a_retry_with_the_same_body_formatted_differently_is_still_a_replay() {
 async fn reusing_a_key_with_a_different_body_is_refused() {
     let app = spawn_app().await;
     let key = Uuid::new_v4().to_string();
-    let first = app.post_order(Some(&key), &order_body(&[("KB-001", 1)])).await;
+    let first = app
+        .post_order(Some(&key), &order_body(&[("KB-001", 1)]))
+        .await;
     assert_eq!(first.status(), StatusCode::CREATED);
 
-    let response = app.post_order(Some(&key), &order_body(&[("KB-001", 2)])).await;
+    let response = app
+        .post_order(Some(&key), &order_body(&[("KB-001", 2)]))
+        .await;
 
     expect_problem(
         response,
@@ -189,10 +232,20 @@ async fn a_retry_while_the_first_request_is_in_flight_gets_409_and_creates_nothi
     }
 
     let response = app.post_order(Some(&key), &body).await;
-    expect_problem(response, StatusCode::CONFLICT, Some("idempotency-key-in-flight")).await;
+    expect_problem(
+        response,
+        StatusCode::CONFLICT,
+        Some("idempotency-key-in-flight"),
+    )
+    .await;
     // The refusal must not have taken the first request's claim away.
     let again = app.post_order(Some(&key), &body).await;
-    expect_problem(again, StatusCode::CONFLICT, Some("idempotency-key-in-flight")).await;
+    expect_problem(
+        again,
+        StatusCode::CONFLICT,
+        Some("idempotency-key-in-flight"),
+    )
+    .await;
 
     assert_eq!(app.order_count().await, 0, "no order may be created");
     assert_eq!(app.inventory().await, stock_before, "stock must not change");
@@ -222,9 +275,20 @@ async fn a_request_refused_by_validation_does_not_claim_its_key() {
     let app = spawn_app().await;
     let key = Uuid::new_v4().to_string();
 
-    let refused = app.post_order(Some(&key), &order_body(&[("KB-001", 0)])).await;
-    expect_problem(refused, StatusCode::UNPROCESSABLE_ENTITY, Some("validation-error")).await;
-    let corrected = answer(app.post_order(Some(&key), &order_body(&[("KB-001", 1)])).await).await;
+    let refused = app
+        .post_order(Some(&key), &order_body(&[("KB-001", 0)]))
+        .await;
+    expect_problem(
+        refused,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("validation-error"),
+    )
+    .await;
+    let corrected = answer(
+        app.post_order(Some(&key), &order_body(&[("KB-001", 1)]))
+            .await,
+    )
+    .await;
 
     assert_eq!(
         corrected.status,
@@ -238,13 +302,15 @@ async fn a_request_refused_by_validation_does_not_claim_its_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn twenty_concurrent_requests_with_one_key_create_exactly_one_order() {
     let app = spawn_app().await;
-    let sold_before = app.stock("CB-004").await["sold"].as_i64().expect("sold is a number");
+    let sold_before = app.stock("CB-004").await["sold"]
+        .as_i64()
+        .expect("sold is a number");
     let key = Uuid::new_v4().to_string();
     let body = order_body(&[("CB-004", 4)]);
 
-    let answers = futures::future::join_all((0..20).map(|_| async {
-        answer(app.post_order(Some(&key), &body).await).await
-    }))
+    let answers = futures::future::join_all(
+        (0..20).map(|_| async { answer(app.post_order(Some(&key), &body).await).await }),
+    )
     .await;
 
     let mut ids = std::collections::BTreeSet::new();
@@ -252,26 +318,44 @@ async fn twenty_concurrent_requests_with_one_key_create_exactly_one_order() {
     for a in &answers {
         match a.status {
             StatusCode::CREATED => {
-                ids.insert(a.body["id"].as_str().expect("201 carries an order id").to_owned());
+                ids.insert(
+                    a.body["id"]
+                        .as_str()
+                        .expect("201 carries an order id")
+                        .to_owned(),
+                );
                 if a.replayed.is_none() {
                     originals += 1;
                 }
             }
             StatusCode::CONFLICT => assert!(
-                a.body["type"].as_str().is_some_and(|t| t.ends_with("idempotency-key-in-flight")),
+                a.body["type"]
+                    .as_str()
+                    .is_some_and(|t| t.ends_with("idempotency-key-in-flight")),
                 "a 409 must be the in-flight problem: {:#}",
                 a.body
             ),
             other => panic!("unexpected status {other}: {:#}", a.body),
         }
     }
-    assert_eq!(ids.len(), 1, "every 201 names the same single order: {ids:?}");
-    assert_eq!(originals, 1, "exactly one response is the original, the rest replays or 409");
+    assert_eq!(
+        ids.len(),
+        1,
+        "every 201 names the same single order: {ids:?}"
+    );
+    assert_eq!(
+        originals, 1,
+        "exactly one response is the original, the rest replays or 409"
+    );
     assert_eq!(app.order_count().await, 1, "exactly one order is created");
 
     let id = ids.into_iter().next().expect("one id");
     let stock = settled_stock(&app, &id, "CB-004").await;
-    assert_eq!(stock["sold"].as_i64(), Some(sold_before + 4), "sold once: {stock}");
+    assert_eq!(
+        stock["sold"].as_i64(),
+        Some(sold_before + 4),
+        "sold once: {stock}"
+    );
 }
 
 #[tokio::test]
@@ -281,8 +365,14 @@ async fn malformed_idempotency_keys_are_refused() {
     let cases: Vec<(&str, HeaderValue)> = vec![
         ("empty", HeaderValue::from_static("")),
         ("only quotes", HeaderValue::from_static("\"\"")),
-        ("256 characters", HeaderValue::from_str(&"k".repeat(256)).expect("ASCII")),
-        ("non-ASCII", HeaderValue::from_bytes("schlüssel-ключ".as_bytes()).expect("opaque bytes")),
+        (
+            "256 characters",
+            HeaderValue::from_str(&"k".repeat(256)).expect("ASCII"),
+        ),
+        (
+            "non-ASCII",
+            HeaderValue::from_bytes("schlüssel-ключ".as_bytes()).expect("opaque bytes"),
+        ),
         ("inner space", HeaderValue::from_static("two words")),
         ("tab", HeaderValue::from_static("a\tb")),
     ];
@@ -304,5 +394,9 @@ async fn malformed_idempotency_keys_are_refused() {
     // The boundary: 255 visible ASCII characters are a valid key.
     let longest = "k".repeat(255);
     let response = app.post_order(Some(&longest), &body).await;
-    assert_eq!(response.status(), StatusCode::CREATED, "a 255-character key is accepted");
+    assert_eq!(
+        response.status(),
+        StatusCode::CREATED,
+        "a 255-character key is accepted"
+    );
 }
