@@ -4,17 +4,21 @@
 
 use crate::actors::Orders;
 use crate::actors::order_actor::OrderContext;
+use crate::actors::timers;
 use crate::config::Config;
 use crate::http::{self, AppState, HttpSettings};
 use crate::messaging::relay::OutboxRelay;
-use crate::messaging::{Bus, consumer, replies, topology};
+use crate::messaging::{Bus, IncomingMessage, consumer, replies, topology};
 use crate::participants::inventory::Inventory;
 use crate::participants::payment::Payment;
 use crate::participants::shipping::Shipping;
 use crate::persistence::Stores;
+use crate::persistence::idempotency;
 use anyhow::Context;
+use sea_orm::DatabaseConnection;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
@@ -29,6 +33,8 @@ pub struct Application {
     /// Cancelled on shutdown; every background worker watches it.
     shutdown: CancellationToken,
     workers: JoinSet<()>,
+    /// Upper bound for draining on shutdown.
+    shutdown_timeout: Duration,
 }
 
 impl Application {
@@ -53,6 +59,11 @@ impl Application {
         let orders = Orders::start(OrderContext {
             db: stores.orders.clone(),
             outbox_wake: orders_wake.clone(),
+            step_timeout: config.step_timeout(),
+            max_retries: config.step_max_retries,
+            panic_fault: config.actor_panic_fault()?,
+            panicked: Default::default(),
+            stats: Default::default(),
         })
         .await?;
 
@@ -79,10 +90,31 @@ impl Application {
                 ParticipantSettings {
                     payment_decline_rate: config.payment_decline_rate,
                     shipping_failure_rate: config.shipping_failure_rate,
+                    drop_commands: config.fault_drop_commands.clone(),
                 },
                 &shutdown,
             );
         }
+
+        workers.spawn(timers::run(
+            orders.clone(),
+            stores.orders.clone(),
+            shutdown.clone(),
+        ));
+        {
+            // In the background: the API is available while old orders catch up.
+            let (orders, db) = (orders.clone(), stores.orders.clone());
+            workers.spawn(async move {
+                if let Err(error) = timers::recover(&orders, &db).await {
+                    tracing::error!(%error, "start-up recovery failed; the timer scanner will catch up");
+                }
+            });
+        }
+        workers.spawn(sweep_idempotency_keys(
+            stores.orders.clone(),
+            config.idempotency_retention(),
+            shutdown.clone(),
+        ));
 
         let listener = TcpListener::bind(config.listen_addr)
             .await
@@ -106,6 +138,7 @@ impl Application {
             state,
             shutdown,
             workers,
+            shutdown_timeout: Duration::from_secs(config.shutdown_timeout_secs),
         })
     }
 
@@ -124,34 +157,84 @@ impl Application {
             state,
             shutdown,
             mut workers,
+            shutdown_timeout,
         } = self;
         let router = http::router(state.clone());
         tracing::info!(addr = %listener.local_addr()?, bus = state.bus.kind(), "order service listening");
         let stop = shutdown.clone();
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                tokio::select! {
-                    _ = signal => {}
-                    _ = stop.cancelled() => {}
-                }
-            })
+        let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+            tokio::select! {
+                _ = signal => {}
+                _ = stop.cancelled() => {}
+            }
+            tracing::info!("shutdown requested: no new connections; draining");
+            let _ = signalled_tx.send(());
+        });
+        // The server drains in-flight requests; the deadline starts once shutdown is asked.
+        let mut server = std::pin::pin!(server.into_future());
+        let mut signalled = std::pin::pin!(signalled_rx);
+        let served = tokio::select! {
+            result = &mut server => Some(result),
+            _ = &mut signalled => None,
+        };
+        let drained = async {
+            if served.is_none() {
+                let _ = (&mut server).await;
+            }
+            // Workers finish what they hold: consumers their in-flight deliveries, relays a
+            // last outbox flush.
+            shutdown.cancel();
+            while workers.join_next().await.is_some() {}
+        };
+        if tokio::time::timeout(shutdown_timeout, drained)
             .await
-            .context("HTTP server")?;
-        tracing::info!("shutting down");
-        shutdown.cancel();
-        while workers.join_next().await.is_some() {}
+            .is_err()
+        {
+            tracing::warn!(
+                ?shutdown_timeout,
+                "shutdown deadline reached; exiting with work left (it resumes on restart)"
+            );
+        }
+        if let Some(Err(e)) = served {
+            return Err(anyhow::Error::new(e).context("HTTP server"));
+        }
         state.orders.stop();
         state.bus.close().await;
         state.stores.close().await;
+        tracing::info!("stopped");
         Ok(())
     }
 }
 
+/// Deletes idempotency keys past their retention, every half retention (at most hourly).
+async fn sweep_idempotency_keys(
+    db: DatabaseConnection,
+    retention: Duration,
+    shutdown: CancellationToken,
+) {
+    let every = (retention / 2).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+    let retention = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::hours(24));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        match idempotency::sweep_expired(&db, retention).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "expired idempotency keys swept"),
+            Err(error) => tracing::warn!(%error, "idempotency key sweep failed"),
+        }
+    }
+}
+
 /// The mock gateways' behaviour.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Default)]
 pub struct ParticipantSettings {
     pub payment_decline_rate: f64,
     pub shipping_failure_rate: f64,
+    /// Fault injection: command types acked and ignored (a participant that never answers).
+    pub drop_commands: Vec<String>,
 }
 
 /// Starts Inventory, Payment and Shipping (consumers and outbox relays) as tasks of
@@ -174,8 +257,10 @@ pub fn spawn_participants(
             OutboxRelay::new(name, db.clone(), bus.clone(), wake.clone()).run(shutdown.clone()),
         );
     }
+    let drop_commands: Arc<[String]> = settings.drop_commands.clone().into();
     let inventory = Inventory::new(stores.inventory.clone(), inventory_wake);
     let inv = inventory.clone();
+    let dropped = drop_commands.clone();
     workers.spawn(consumer::run(
         bus.clone(),
         topology::INVENTORY_QUEUE,
@@ -183,7 +268,13 @@ pub fn spawn_participants(
         shutdown.clone(),
         move |m| {
             let inv = inv.clone();
-            async move { inv.on_command(m).await }
+            let dropped = dropped.clone();
+            async move {
+                if let Some(d) = dropping(&dropped, &m) {
+                    return d;
+                }
+                inv.on_command(m).await
+            }
         },
     ));
     workers.spawn(consumer::run(
@@ -201,6 +292,7 @@ pub fn spawn_participants(
         payment_wake,
         settings.payment_decline_rate,
     );
+    let dropped = drop_commands.clone();
     workers.spawn(consumer::run(
         bus.clone(),
         topology::PAYMENT_QUEUE,
@@ -208,7 +300,13 @@ pub fn spawn_participants(
         shutdown.clone(),
         move |m| {
             let payment = payment.clone();
-            async move { payment.on_command(m).await }
+            let dropped = dropped.clone();
+            async move {
+                if let Some(d) = dropping(&dropped, &m) {
+                    return d;
+                }
+                payment.on_command(m).await
+            }
         },
     ));
     let shipping = Shipping::new(
@@ -223,9 +321,23 @@ pub fn spawn_participants(
         shutdown.clone(),
         move |m| {
             let shipping = shipping.clone();
-            async move { shipping.on_command(m).await }
+            let dropped = drop_commands.clone();
+            async move {
+                if let Some(d) = dropping(&dropped, &m) {
+                    return d;
+                }
+                shipping.on_command(m).await
+            }
         },
     ));
+}
+
+/// Fault injection: a command type configured to be dropped is acked without effect.
+fn dropping(drop_commands: &[String], message: &IncomingMessage) -> Option<consumer::Disposition> {
+    drop_commands.contains(&message.routing_key).then(|| {
+        tracing::warn!(routing_key = %message.routing_key, "fault injection: dropping command (FAULT_DROP_COMMANDS)");
+        consumer::Disposition::Ack
+    })
 }
 
 /// Resolves on SIGINT or SIGTERM.

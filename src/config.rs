@@ -101,7 +101,70 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
     pub log_format: LogFormat,
+
+    /// How long a saga step waits for its participant before the command is resent,
+    /// in milliseconds. Each retry waits twice as long (with jitter), capped at 5 minutes.
+    #[arg(long, env = "STEP_TIMEOUT_MS", default_value_t = 10_000)]
+    pub step_timeout_ms: u64,
+
+    /// Resends of a forward step (reserve, charge, schedule) before the saga gives up and
+    /// compensates. Compensation itself is retried until it completes.
+    #[arg(long, env = "STEP_MAX_RETRIES", default_value_t = 3)]
+    pub step_max_retries: u32,
+
+    /// How long a graceful shutdown (SIGTERM/SIGINT) may take before the process exits.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value_t = 20)]
+    pub shutdown_timeout_secs: u64,
+
+    /// Fault injection (tests and chaos drills; off by default): make the order actor
+    /// panic when it handles this event. `EVENT` panics once per order, `EVENT:always`
+    /// every time, `EVENT:0.3` with that probability. Events: stock_reserved,
+    /// stock_rejected, payment_charged, payment_declined, shipment_scheduled,
+    /// shipment_failed, stock_released, payment_refunded, shipment_cancelled.
+    #[arg(long, env = "FAULT_ACTOR_PANIC")]
+    pub fault_actor_panic: Option<String>,
+
+    /// Fault injection: command types the embedded participants silently drop (acked, no
+    /// effect, no reply), e.g. `payment.charge` — a participant that never answers.
+    #[arg(long, env = "FAULT_DROP_COMMANDS", value_delimiter = ',')]
+    pub fault_drop_commands: Vec<String>,
 }
+
+/// When the order actor panics on purpose (fault injection).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum PanicMode {
+    OncePerOrder,
+    Always,
+    Probability(f64),
+}
+
+/// Parsed `FAULT_ACTOR_PANIC`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActorPanicFault {
+    pub event: String,
+    pub mode: PanicMode,
+}
+
+const FAULT_EVENTS: &[&str] = &[
+    "stock_reserved",
+    "stock_rejected",
+    "payment_charged",
+    "payment_declined",
+    "shipment_scheduled",
+    "shipment_failed",
+    "stock_released",
+    "payment_refunded",
+    "shipment_cancelled",
+];
+
+const COMMAND_TYPES: &[&str] = &[
+    "stock.reserve",
+    "stock.release",
+    "payment.charge",
+    "payment.refund",
+    "shipping.schedule",
+    "shipping.cancel",
+];
 
 /// A configuration value that cannot work. The message names the option.
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +222,26 @@ impl Config {
                 problem: "must be at least 1024".into(),
             });
         }
+        if self.step_timeout_ms < 10 {
+            return Err(ConfigError {
+                option: "STEP_TIMEOUT_MS",
+                problem: "must be at least 10".into(),
+            });
+        }
+        self.actor_panic_fault()?;
+        if let Some(bad) = self
+            .fault_drop_commands
+            .iter()
+            .find(|c| !COMMAND_TYPES.contains(&c.as_str()))
+        {
+            return Err(ConfigError {
+                option: "FAULT_DROP_COMMANDS",
+                problem: format!(
+                    "unknown command type {bad:?}; one of {}",
+                    COMMAND_TYPES.join(", ")
+                ),
+            });
+        }
         if self.db_max_connections == 0 {
             return Err(ConfigError {
                 option: "DB_MAX_CONNECTIONS",
@@ -166,6 +249,43 @@ impl Config {
             });
         }
         Ok(())
+    }
+
+    pub fn step_timeout(&self) -> Duration {
+        Duration::from_millis(self.step_timeout_ms)
+    }
+
+    /// `FAULT_ACTOR_PANIC`, parsed.
+    pub fn actor_panic_fault(&self) -> Result<Option<ActorPanicFault>, ConfigError> {
+        let Some(spec) = &self.fault_actor_panic else {
+            return Ok(None);
+        };
+        let bad = |problem: String| ConfigError {
+            option: "FAULT_ACTOR_PANIC",
+            problem,
+        };
+        let (event, mode) = match spec.split_once(':') {
+            None => (spec.as_str(), PanicMode::OncePerOrder),
+            Some((event, "always")) => (event, PanicMode::Always),
+            Some((event, p)) => match p.parse::<f64>() {
+                Ok(p) if (0.0..=1.0).contains(&p) => (event, PanicMode::Probability(p)),
+                _ => {
+                    return Err(bad(format!(
+                        "{p:?} is neither `always` nor a probability 0.0-1.0"
+                    )));
+                }
+            },
+        };
+        if !FAULT_EVENTS.contains(&event) {
+            return Err(bad(format!(
+                "unknown event {event:?}; one of {}",
+                FAULT_EVENTS.join(", ")
+            )));
+        }
+        Ok(Some(ActorPanicFault {
+            event: event.to_owned(),
+            mode,
+        }))
     }
 
     pub fn idempotency_retention(&self) -> Duration {

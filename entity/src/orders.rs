@@ -46,6 +46,10 @@ pub struct Model {
     /// W3C `traceparent` of the request that created the order.
     #[sea_orm(column_type = "Text", nullable)]
     pub trace_context: Option<String>,
+    /// Set when the supervisor gave up restarting this order's actor (crash loop): the
+    /// order is left alone until an operator looks at it.
+    #[sea_orm(column_type = "Text", nullable)]
+    pub parked_reason: Option<String>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

@@ -31,6 +31,7 @@ impl MigrationTrait for Migration {
                     .col(timestamp_with_time_zone_null(Orders::StepDeadlineAt))
                     .col(integer(Orders::StepAttempts))
                     .col(text_null(Orders::TraceContext))
+                    .col(text_null(Orders::ParkedReason))
                     .col(timestamp_with_time_zone(Orders::CreatedAt))
                     .col(timestamp_with_time_zone(Orders::UpdatedAt))
                     .to_owned(),
@@ -165,6 +166,7 @@ enum Orders {
     StepDeadlineAt,
     StepAttempts,
     TraceContext,
+    ParkedReason,
     CreatedAt,
     UpdatedAt,
 }

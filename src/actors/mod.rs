@@ -3,10 +3,11 @@
 
 pub mod order_actor;
 pub mod supervisor;
+pub mod timers;
 
 use crate::domain::saga::{Event, Saga};
 use crate::persistence::orders::OrderDetails;
-use order_actor::{NewOrder, OrderContext, OrderError, OrderMsg};
+use order_actor::{ActorStats, NewOrder, OrderContext, OrderError, OrderMsg};
 use ractor::rpc::CallResult;
 use ractor::{Actor, ActorRef};
 use std::sync::Arc;
@@ -24,11 +25,13 @@ const ATTEMPTS: usize = 5;
 pub struct Orders {
     supervisor: ActorRef<SupervisorMsg>,
     registry: Registry,
+    stats: Arc<ActorStats>,
 }
 
 impl Orders {
     pub async fn start(ctx: OrderContext) -> anyhow::Result<Orders> {
         let registry: Registry = Arc::default();
+        let stats = ctx.stats.clone();
         let (supervisor, _handle) = Actor::spawn(
             None,
             OrderSupervisor {
@@ -41,6 +44,7 @@ impl Orders {
         Ok(Orders {
             supervisor,
             registry,
+            stats,
         })
     }
 
@@ -104,6 +108,20 @@ impl Orders {
     pub async fn apply(&self, id: Uuid, event: Event) -> Result<Saga, OrderError> {
         self.ask(id, |port| OrderMsg::Apply(event.clone(), port))
             .await
+    }
+
+    /// Tells the order its step deadline passed (from the timer scanner).
+    pub async fn deadline_expired(&self, id: Uuid) -> Result<(), OrderError> {
+        self.ask(id, OrderMsg::DeadlineExpired).await
+    }
+
+    /// Resumes a non-terminal order after a restart.
+    pub async fn resume(&self, id: Uuid) -> Result<(), OrderError> {
+        self.ask(id, OrderMsg::Resume).await
+    }
+
+    pub fn stats(&self) -> &ActorStats {
+        &self.stats
     }
 
     /// Stops the supervisor and with it every order actor.

@@ -3,6 +3,7 @@
 //! row locks. Each applied event is persisted — new state, history entry and outbox rows in
 //! one transaction — before the caller hears back.
 
+use crate::config::{ActorPanicFault, PanicMode};
 use crate::domain::saga::{
     self, Command, Effect, Event, LifecycleEvent, OrderStatus, Saga, TransitionError,
 };
@@ -12,20 +13,84 @@ use crate::messaging::messages::{
 use crate::messaging::topology::{COMMANDS_EXCHANGE, EVENTS_EXCHANGE};
 use crate::persistence::orders::{
     self, HistoryEntry, IdempotencyCompletion, OrderDetails, OrderLine, OrderRecord, SaveError,
+    StepTimer,
 };
 use crate::persistence::outbox::NewMessage;
 use chrono::Utc;
+use dashmap::DashSet;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use sea_orm::{DatabaseConnection, DbErr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-/// What every order actor shares: its store and the outbox relay's wake-up.
+/// What every order actor shares: its store, the outbox relay's wake-up, the step-timer
+/// policy and the (test-only) fault injection.
 pub struct OrderContext {
     pub db: DatabaseConnection,
     /// Wakes the orders outbox relay after a commit, so messages leave without polling delay.
     pub outbox_wake: Arc<Notify>,
+    /// First wait for a participant's answer; doubled (with jitter) on every resend.
+    pub step_timeout: Duration,
+    /// Resends of a forward step before giving up and compensating.
+    pub max_retries: u32,
+    /// Panic on purpose when handling this event (chaos tests). `None` in production.
+    pub panic_fault: Option<ActorPanicFault>,
+    /// Orders that already panicked once (for `PanicMode::OncePerOrder`); outlives actors.
+    pub panicked: DashSet<Uuid>,
+    pub stats: Arc<ActorStats>,
+}
+
+/// Counters an operator needs to see (restarts, parked orders).
+#[derive(Debug, Default)]
+pub struct ActorStats {
+    pub restarts: AtomicU64,
+    pub parked: AtomicU64,
+    pub retries: AtomicU64,
+    pub timeouts: AtomicU64,
+}
+
+/// Longest wait between two resends.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+impl OrderContext {
+    /// The timer for a saga whose pending commands were just sent for the `attempts`-th
+    /// time: exponential backoff with ±20% jitter, so many orders timing out together do
+    /// not resend in lockstep. No pending command: no timer.
+    fn timer_for(&self, saga: &Saga, attempts: i32) -> StepTimer {
+        if saga::pending_commands(saga).is_empty() {
+            return StepTimer::default();
+        }
+        let exponent = u32::try_from(attempts.clamp(0, 16)).unwrap_or(0);
+        let base = self
+            .step_timeout
+            .saturating_mul(2u32.saturating_pow(exponent))
+            .min(MAX_BACKOFF);
+        let jitter = rand::random_range(0.8..1.2);
+        let wait = base.mul_f64(jitter);
+        StepTimer {
+            deadline: Some(
+                Utc::now() + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX),
+            ),
+            attempts,
+        }
+    }
+
+    fn should_panic(&self, order_id: Uuid, event: &Event) -> bool {
+        let Some(fault) = &self.panic_fault else {
+            return false;
+        };
+        if fault.event != event.name() {
+            return false;
+        }
+        match fault.mode {
+            PanicMode::Always => true,
+            PanicMode::OncePerOrder => self.panicked.insert(order_id),
+            PanicMode::Probability(p) => rand::random::<f64>() < p,
+        }
+    }
 }
 
 /// A validated, priced order ready to be created.
@@ -58,6 +123,8 @@ pub enum OrderError {
     Timeout,
     #[error("the order actor is unavailable: {0}")]
     Unavailable(String),
+    #[error("order {0} is parked: {1}")]
+    Parked(Uuid, String),
 }
 
 impl From<DbErr> for OrderError {
@@ -72,6 +139,10 @@ pub enum OrderMsg {
         RpcReplyPort<Result<OrderDetails, OrderError>>,
     ),
     Apply(Event, RpcReplyPort<Result<Saga, OrderError>>),
+    /// The timer scanner saw the step deadline pass: resend, or give up and compensate.
+    DeadlineExpired(RpcReplyPort<Result<(), OrderError>>),
+    /// Start-up recovery: resend whatever the saga is waiting for and re-arm its timer.
+    Resume(RpcReplyPort<Result<(), OrderError>>),
 }
 
 pub struct OrderActor {
@@ -116,15 +187,19 @@ impl Actor for OrderActor {
             }
             OrderMsg::Apply(event, reply) => {
                 let result = self.apply(state, event).await;
-                let storage_failed = matches!(
-                    result,
-                    Err(OrderError::Storage(_) | OrderError::Conflict(_))
-                );
-                let _ = reply.send(result);
-                if storage_failed {
-                    // The in-memory state may no longer match the database: start over
-                    // from the database with the next message.
-                    myself.stop(Some("storage error".into()));
+                if reply_or_reload(&myself, reply, result) {
+                    return Ok(());
+                }
+            }
+            OrderMsg::DeadlineExpired(reply) => {
+                let result = self.deadline_expired(state).await;
+                if reply_or_reload(&myself, reply, result) {
+                    return Ok(());
+                }
+            }
+            OrderMsg::Resume(reply) => {
+                let result = self.resume(state).await;
+                if reply_or_reload(&myself, reply, result) {
                     return Ok(());
                 }
             }
@@ -139,6 +214,25 @@ impl Actor for OrderActor {
         }
         Ok(())
     }
+}
+
+/// Sends the answer; after a storage error or a version conflict the in-memory state may
+/// no longer match the database, so the actor stops and the next message reloads it.
+/// Returns whether it stopped.
+fn reply_or_reload<T>(
+    myself: &ActorRef<OrderMsg>,
+    reply: RpcReplyPort<Result<T, OrderError>>,
+    result: Result<T, OrderError>,
+) -> bool {
+    let stale = matches!(
+        result,
+        Err(OrderError::Storage(_) | OrderError::Conflict(_))
+    );
+    let _ = reply.send(result);
+    if stale {
+        myself.stop(Some("reloading after a storage error".into()));
+    }
+    stale
 }
 
 impl OrderActor {
@@ -172,6 +266,8 @@ impl OrderActor {
             payment_mode: new.payment_mode,
             version: 1,
             trace_context: new.trace_context,
+            timer: StepTimer::default(),
+            parked_reason: None,
             created_at: now,
             updated_at: now,
         };
@@ -182,6 +278,8 @@ impl OrderActor {
             reason: "order accepted; reserving stock".into(),
             at: now,
         };
+        let mut record = record;
+        record.timer = self.ctx.timer_for(&record.saga, 0);
         let details = record.details(vec![entry.clone()]);
         let messages = outbox_messages(&record, &effects)?;
         let body = serde_json::to_string(&details)
@@ -211,6 +309,15 @@ impl OrderActor {
         let Some(order) = state.order.as_mut() else {
             return Err(OrderError::NotFound(state.id));
         };
+        if let Some(reason) = &order.parked_reason {
+            return Err(OrderError::Parked(order.id, reason.clone()));
+        }
+        if self.ctx.should_panic(order.id, &event) {
+            panic!(
+                "fault injection: panicking on {} (FAULT_ACTOR_PANIC)",
+                event.name()
+            );
+        }
         let transition = match saga::apply(&order.saga, &event, order.payment_mode) {
             Ok(t) => t,
             Err(refused) => {
@@ -230,11 +337,23 @@ impl OrderActor {
         let mut next = order.clone();
         next.saga = transition.saga.clone();
         let messages = outbox_messages(&next, &transition.effects)?;
+        // New commands start a new step (fresh timer); an ack that leaves other answers
+        // pending keeps the running timer; nothing pending clears it.
+        let sent = transition
+            .effects
+            .iter()
+            .any(|e| matches!(e, Effect::Send(_)));
+        next.timer = if sent || saga::pending_commands(&transition.saga).is_empty() {
+            self.ctx.timer_for(&transition.saga, 0)
+        } else {
+            order.timer
+        };
         let version = orders::save_transition(
             &self.ctx.db,
             order.id,
             order.version,
             &transition.saga,
+            next.timer,
             &entry,
             &messages,
         )
@@ -251,6 +370,75 @@ impl OrderActor {
         next.updated_at = now;
         *order = next;
         Ok(order.saga.clone())
+    }
+}
+
+impl OrderActor {
+    #[tracing::instrument(name = "order.deadline", skip_all, fields(order_id = %state.id))]
+    async fn deadline_expired(&self, state: &mut OrderState) -> Result<(), OrderError> {
+        self.ensure_loaded(state).await?;
+        let Some(order) = state.order.as_ref() else {
+            return Err(OrderError::NotFound(state.id));
+        };
+        let due = order.timer.deadline.is_some_and(|d| d <= Utc::now());
+        if order.parked_reason.is_some() || !due {
+            return Ok(()); // a stale scan: someone answered meanwhile
+        }
+        let attempts = u32::try_from(order.timer.attempts).unwrap_or(0);
+        if let Some(step) = saga::forward_step(&order.saga)
+            && attempts >= self.ctx.max_retries
+        {
+            self.ctx.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                ?step,
+                attempts,
+                "participant did not answer; giving up and compensating"
+            );
+            return self
+                .apply(state, Event::StepTimedOut { step })
+                .await
+                .map(|_| ());
+        }
+        self.resend(state, order.timer.attempts.saturating_add(1))
+            .await
+    }
+
+    #[tracing::instrument(name = "order.resume", skip_all, fields(order_id = %state.id))]
+    async fn resume(&self, state: &mut OrderState) -> Result<(), OrderError> {
+        self.ensure_loaded(state).await?;
+        match state.order.as_ref() {
+            None => Err(OrderError::NotFound(state.id)),
+            Some(o) if o.parked_reason.is_some() || o.saga.status.is_terminal() => Ok(()),
+            Some(o) => {
+                let attempts = o.timer.attempts;
+                self.resend(state, attempts).await
+            }
+        }
+    }
+
+    /// Resends every pending command (participants dedupe) and re-arms the timer.
+    async fn resend(&self, state: &mut OrderState, attempts: i32) -> Result<(), OrderError> {
+        let Some(order) = state.order.as_mut() else {
+            return Err(OrderError::NotFound(state.id));
+        };
+        let pending = saga::pending_commands(&order.saga);
+        let effects: Vec<Effect> = pending.iter().map(|c| Effect::Send(*c)).collect();
+        let messages = outbox_messages(order, &effects)?;
+        let timer = self.ctx.timer_for(&order.saga, attempts);
+        let version = orders::save_retry(&self.ctx.db, order.id, order.version, timer, &messages)
+            .await
+            .map_err(|e| match e {
+                SaveError::Conflict(id) => OrderError::Conflict(id),
+                SaveError::Db(db) => OrderError::Storage(db.to_string()),
+            })?;
+        if !messages.is_empty() {
+            self.ctx.stats.retries.fetch_add(1, Ordering::Relaxed);
+            self.ctx.outbox_wake.notify_one();
+            tracing::warn!(status = %order.saga.status, attempts, commands = ?pending, "resending pending commands");
+        }
+        order.version = version;
+        order.timer = timer;
+        Ok(())
     }
 }
 

@@ -5,10 +5,12 @@
 //! actors for one order; lookups of live actors read the registry directly.
 
 use crate::actors::order_actor::{OrderActor, OrderContext, OrderMsg};
+use crate::persistence::orders;
 use dashmap::DashMap;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
@@ -93,10 +95,20 @@ impl Actor for OrderSupervisor {
                 let recent = state.restarts.entry(id).or_default();
                 recent.retain(|t| now.duration_since(*t) < RESTART_WINDOW);
                 if recent.len() >= MAX_RESTARTS {
-                    tracing::error!(order_id = %id, %error, restarts = recent.len(), "order actor keeps failing; not restarting");
+                    state.restarts.remove(&id);
+                    let reason = format!(
+                        "order actor failed {MAX_RESTARTS} times within {}s; last error: {error}",
+                        RESTART_WINDOW.as_secs()
+                    );
+                    tracing::error!(order_id = %id, %reason, "crash loop: parking the order");
+                    self.ctx.stats.parked.fetch_add(1, Ordering::Relaxed);
+                    if let Err(e) = orders::park(&self.ctx.db, id, &reason).await {
+                        tracing::error!(order_id = %id, error = %e, "could not park the order");
+                    }
                     return Ok(());
                 }
                 recent.push(now);
+                self.ctx.stats.restarts.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(order_id = %id, %error, "order actor failed; restarting from the database");
                 if let Err(e) = self.spawn_child(&myself, state, id).await {
                     tracing::error!(order_id = %id, error = %e, "could not restart order actor");

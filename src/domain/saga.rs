@@ -722,6 +722,47 @@ fn compensate(undo: Saga, announce: LifecycleEvent, failure: String, reason: Str
     }
 }
 
+/// The commands whose answers the saga is waiting for — what a timeout resends.
+/// Compensation first (as [`compensate`] orders them), then the forward step.
+pub fn pending_commands(saga: &Saga) -> Vec<Command> {
+    if saga.status.is_terminal() {
+        return Vec::new();
+    }
+    let mut commands = Vec::new();
+    if saga.shipment == ShipmentState::Cancelling {
+        commands.push(Command::CancelShipment);
+    }
+    if saga.payment == PaymentState::Refunding {
+        commands.push(Command::RefundPayment);
+    }
+    if saga.reservation == ReservationState::Releasing {
+        commands.push(Command::ReleaseStock);
+    }
+    if saga.reservation == ReservationState::Requested {
+        commands.push(Command::ReserveStock);
+    }
+    if saga.payment == PaymentState::Charging {
+        commands.push(Command::ChargePayment { forced: None });
+    }
+    if saga.shipment == ShipmentState::Scheduling {
+        commands.push(Command::ScheduleShipment);
+    }
+    commands
+}
+
+/// The forward step a timeout would give up on, if the saga is waiting for one
+/// (compensation is never given up: it is retried until it completes).
+pub fn forward_step(saga: &Saga) -> Option<Step> {
+    match saga.status {
+        OrderStatus::Pending if saga.reservation == ReservationState::Requested => {
+            Some(Step::Reservation)
+        }
+        OrderStatus::StockReserved if saga.payment == PaymentState::Charging => Some(Step::Payment),
+        OrderStatus::Paid if saga.shipment == ShipmentState::Scheduling => Some(Step::Shipment),
+        _ => None,
+    }
+}
+
 /// Whether some participant still owes the saga an answer.
 fn still_in_flight(saga: &Saga) -> bool {
     saga.reservation == ReservationState::Releasing
@@ -738,6 +779,44 @@ fn still_in_flight(saga: &Saga) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pending_commands_follow_the_step_states_and_forward_steps_time_out() {
+        let (new, _) = start();
+        assert_eq!(pending_commands(&new), vec![Command::ReserveStock]);
+        assert_eq!(forward_step(&new), Some(Step::Reservation));
+        let paid = apply(&new, &Event::StockReserved, PaymentMode::Auto)
+            .and_then(|t| apply(&t.saga, &Event::PaymentCharged, PaymentMode::Auto))
+            .expect("legal path")
+            .saga;
+        assert_eq!(pending_commands(&paid), vec![Command::ScheduleShipment]);
+        let failed = apply(
+            &paid,
+            &Event::StepTimedOut {
+                step: Step::Shipment,
+            },
+            PaymentMode::Auto,
+        )
+        .expect("timeout compensates")
+        .saga;
+        assert_eq!(
+            pending_commands(&failed),
+            vec![
+                Command::CancelShipment,
+                Command::RefundPayment,
+                Command::ReleaseStock
+            ]
+        );
+        assert_eq!(forward_step(&failed), None, "compensation never gives up");
+        let manual = apply(&new, &Event::StockReserved, PaymentMode::Manual)
+            .expect("legal")
+            .saga;
+        assert!(
+            pending_commands(&manual).is_empty(),
+            "waiting for a person, not a participant"
+        );
+        assert_eq!(forward_step(&manual), None);
+    }
 
     type S = OrderStatus;
     type R = ReservationState;

@@ -79,6 +79,42 @@ where
     }
 }
 
+/// A request body read as raw bytes; a body over the limit is 413 problem+json like
+/// everywhere else.
+pub struct RawBody(pub axum::body::Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        axum::body::Bytes::from_request(req, state)
+            .await
+            .map(RawBody)
+            .map_err(|e| {
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::PayloadTooLarge
+                } else {
+                    ApiError::bad_request("Unreadable body", e.body_text())
+                }
+            })
+    }
+}
+
+/// Proof that the request carries the admin token. As an extractor it runs before the
+/// body is read, so an unauthenticated caller learns nothing about the body format.
+pub struct Admin;
+
+impl FromRequestParts<crate::http::AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &crate::http::AppState,
+    ) -> Result<Self, Self::Rejection> {
+        require_admin(state.settings.admin_token.as_deref(), &parts.headers).map(|()| Admin)
+    }
+}
+
 /// Checks `Authorization: Bearer <token>` against the configured admin token in constant
 /// time. No token configured: the admin endpoints do not exist (404).
 pub fn require_admin(configured: Option<&str>, headers: &HeaderMap) -> Result<(), ApiError> {

@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
+use std::sync::atomic::Ordering;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -32,6 +33,7 @@ async fn ready(State(app): State<AppState>) -> Response {
         "unavailable: not connected".to_owned()
     };
     let ready = database == "ok" && broker == "ok";
+    let stats = app.orders.stats();
     let body = json!({
         "status": if ready { "ready" } else { "unavailable" },
         "checks": {
@@ -39,7 +41,13 @@ async fn ready(State(app): State<AppState>) -> Response {
             "broker": broker,
             "broker_kind": app.bus.kind(),
         },
-        "live_order_actors": app.orders.live_actors(),
+        "order_actors": {
+            "live": app.orders.live_actors(),
+            "restarts": stats.restarts.load(Ordering::Relaxed),
+            "parked": stats.parked.load(Ordering::Relaxed),
+            "step_retries": stats.retries.load(Ordering::Relaxed),
+            "step_timeouts": stats.timeouts.load(Ordering::Relaxed),
+        },
     });
     let status = if ready {
         StatusCode::OK

@@ -3,10 +3,9 @@
 use crate::domain::order::valid_sku;
 use crate::http::AppState;
 use crate::http::errors::ApiError;
-use crate::http::extractors::{ApiJson, ApiPath, require_admin};
+use crate::http::extractors::{Admin, ApiJson, ApiPath};
 use crate::participants::inventory::StockUpdate;
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -48,11 +47,10 @@ struct PutStock {
 
 async fn put(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    _admin: Admin,
     ApiPath(sku): ApiPath<String>,
     ApiJson(body): ApiJson<PutStock>,
 ) -> Result<Response, ApiError> {
-    require_admin(app.settings.admin_token.as_deref(), &headers)?;
     let mut problems = Vec::new();
     if !valid_sku(&sku) {
         problems.push("sku must be 1-64 characters of letters, digits, '-', '_' or '.'".to_owned());

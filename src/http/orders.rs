@@ -5,11 +5,10 @@ use crate::domain::order::{OrderRequest, total_cents};
 use crate::domain::saga::{Event, OrderStatus, PaymentOutcome, TransitionError};
 use crate::http::AppState;
 use crate::http::errors::ApiError;
-use crate::http::extractors::{ApiJson, ApiPath, ApiQuery, idempotency_key, require_admin};
+use crate::http::extractors::{Admin, ApiJson, ApiPath, ApiQuery, RawBody, idempotency_key};
 use crate::participants::inventory::QuoteError;
 use crate::persistence::idempotency::{self, Claim};
 use crate::persistence::orders::{self, OrderLine};
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -210,6 +209,13 @@ fn order_error(error: OrderError) -> ApiError {
             "Not possible in the order's current state",
             other.to_string(),
         ),
+        OrderError::Parked(id, reason) => ApiError::conflict(
+            "order-parked",
+            "Order parked",
+            format!(
+                "order {id} is parked after repeated failures ({reason}); an operator must look at it"
+            ),
+        ),
         OrderError::AlreadyExists(id) => ApiError::conflict(
             "order-exists",
             "Order exists",
@@ -281,11 +287,10 @@ struct StatusOverride {
 #[tracing::instrument(name = "http.override_status", skip_all, fields(order_id = %id))]
 async fn override_status(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    _admin: Admin,
     ApiPath(id): ApiPath<Uuid>,
     ApiJson(body): ApiJson<StatusOverride>,
 ) -> Result<Response, ApiError> {
-    require_admin(app.settings.admin_token.as_deref(), &headers)?;
     let target = OrderStatus::parse(&body.status).ok_or_else(|| {
         ApiError::validation(format!(
             "unknown status {:?}; one of {}",
@@ -318,7 +323,7 @@ struct PayRequest {
 async fn pay(
     State(app): State<AppState>,
     ApiPath(id): ApiPath<Uuid>,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
     if !app.settings.dev_endpoints {
         return Err(ApiError::NotFound(

@@ -1,24 +1,38 @@
 //! RabbitMQ implementation of the bus, on lapin 4.
 //!
-//! One connection per bus. Publishing goes through a small pool of channels in confirm mode;
-//! each publish (or batch) holds one pool channel from its first frame until its last
-//! confirm, because lapin hands a `basic.return` to whichever confirm of the channel
-//! resolves next — with only one publisher in flight per channel, an unroutable message is
-//! always reported to the caller that sent it (returns are also matched by `message_id`,
-//! which covers a publish abandoned mid-flight by a cancelled caller). Every subscription
-//! gets its own channel with its own prefetch (`basic.qos`), so closing a subscription
-//! (closing its channel) makes the broker requeue exactly that subscription's
-//! unacknowledged deliveries.
+//! Publishing goes through a small pool of channels in confirm mode; each publish (or batch)
+//! holds one pool channel from its first frame until its last confirm, because lapin hands
+//! a `basic.return` to whichever confirm of the channel resolves next — with only one
+//! publisher in flight per channel, an unroutable message is always reported to the caller
+//! that sent it (returns are also matched by `message_id`, which covers a publish abandoned
+//! mid-flight by a cancelled caller). A channel whose confirms timed out is discarded for
+//! the same reason. Every subscription gets its own channel with its own prefetch
+//! (`basic.qos`), so closing a subscription (closing its channel) makes the broker requeue
+//! exactly that subscription's unacknowledged deliveries.
 //!
-//! Connecting, declaring the topology and opening the publishing channels all happen in
-//! [`establish`], so automatic reconnection can later be added by running it again and
-//! swapping the [`Link`]; it is not implemented yet (a lost connection makes
-//! [`AmqpBus::is_connected`] false, publishes fail and subscriptions end).
+//! # Reconnection
+//!
+//! lapin does not reconnect by itself, so the bus does: everything that lives and dies with
+//! one TCP connection — the connection, the publishing channels, a token cancelled when the
+//! connection is lost — is a [`Link`], built by [`establish`] (connect, declare the whole
+//! topology, open the publishing channels). A supervisor task watches the current link
+//! (connection events and a status poll); when the connection is lost it withdraws the link
+//! (the bus reports itself disconnected, which `/health/ready` shows), cancels its token
+//! (which ends every subscription opened on it, so consumers re-subscribe), and runs
+//! [`establish`] again with capped, jittered exponential backoff until it succeeds, then
+//! installs the new link.
+//!
+//! While disconnected, `publish`, `publish_batch` and `subscribe` wait at most
+//! [`LINK_WAIT`] for the new link and then fail with [`BusError::NotConnected`]; the outbox
+//! relays keep their rows and retry, the consumer loops re-subscribe with backoff. Confirms
+//! and settlements are bounded by timeouts, so nothing waits forever on a dead connection.
+//! Deliveries left unacknowledged by a dead channel are redelivered by the broker; settling
+//! such a stale delivery is an error, never a panic.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use lapin::message::BasicReturnMessage;
@@ -29,10 +43,13 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{
-    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer,
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer, Event,
     ExchangeKind, PublisherConfirm,
 };
-use tokio::sync::{Mutex, MutexGuard};
+use rand::Rng;
+use tokio::sync::{Mutex, OwnedMutexGuard, watch};
+use tokio::time::{Instant, timeout};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
@@ -49,6 +66,31 @@ const PERSISTENT: u8 = 2;
 /// Reply code of a normal channel/connection close.
 const REPLY_SUCCESS: u16 = 200;
 
+/// How long `publish`, `publish_batch` and `subscribe` wait for a reconnection in progress
+/// before failing with [`BusError::NotConnected`].
+pub const LINK_WAIT: Duration = Duration::from_secs(1);
+
+/// Upper bound for sending a publish (or batch) and receiving all its confirms, and for
+/// waiting for a free publishing channel.
+pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Upper bound for opening a subscription and for settling a delivery.
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Upper bound for one reconnection attempt (connect, declare, open channels).
+const ESTABLISH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// First and maximum delay between reconnection attempts (before jitter).
+const RECONNECT_INITIAL_DELAY: Duration = Duration::from_millis(100);
+const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(5);
+
+/// How often the supervisor polls the connection status (connection events usually tell it
+/// sooner).
+const WATCH_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Failed reconnection attempts are logged at debug level except every this many.
+const RECONNECT_WARN_EVERY: u32 = 10;
+
 /// A RabbitMQ-backed bus. Cheap to clone; clones share the connection.
 #[derive(Clone)]
 pub struct AmqpBus {
@@ -60,6 +102,7 @@ impl std::fmt::Debug for AmqpBus {
         f.debug_struct("AmqpBus")
             .field("endpoint", &self.inner.endpoint)
             .field("connected", &self.is_connected())
+            .field("reconnects", &self.reconnects())
             .finish()
     }
 }
@@ -67,19 +110,43 @@ impl std::fmt::Debug for AmqpBus {
 struct Inner {
     /// The URL without credentials, for logs and errors.
     endpoint: String,
-    link: Link,
+    /// The current link; `None` while disconnected (or closed). Waiters subscribe to it to
+    /// learn about a reconnection.
+    link: watch::Sender<Option<Arc<Link>>>,
     next_publisher: AtomicUsize,
     closed: AtomicBool,
+    /// Successful reconnections since the bus was created.
+    reconnects: AtomicU64,
+    /// Stops the supervisor: cancelled by [`AmqpBus::close`] and when the last handle goes.
+    shutdown: CancellationToken,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
 }
 
 /// Everything that lives and dies with one TCP connection.
 struct Link {
     connection: Connection,
-    publishers: Vec<Mutex<Channel>>,
+    /// `None` = no usable channel in the slot (never opened, or discarded after a confirm
+    /// timeout); the next publisher opens one.
+    publishers: Vec<Arc<Mutex<Option<Channel>>>>,
+    /// Cancelled once this connection is known to be lost or the bus is closed; ends every
+    /// subscription opened on it.
+    lost: CancellationToken,
+}
+
+impl Link {
+    fn usable(&self) -> bool {
+        !self.lost.is_cancelled() && self.connection.status().connected()
+    }
 }
 
 /// Connects, declares the whole topology (idempotent) and opens the publishing channels.
-/// Re-running it yields a fresh, fully usable [`Link`] — the hook for reconnection.
+/// Re-running it yields a fresh, fully usable [`Link`]; the supervisor does so after a
+/// connection loss.
 async fn establish(url: &str, endpoint: &str) -> Result<Link, BusError> {
     let properties = ConnectionProperties::default().with_connection_name("order-service".into());
     let connection = Connection::connect(url, properties)
@@ -88,30 +155,53 @@ async fn establish(url: &str, endpoint: &str) -> Result<Link, BusError> {
             endpoint: endpoint.to_owned(),
             source: Box::new(source),
         })?;
-    info!(endpoint, "connected to RabbitMQ");
-
-    let channel = open_channel(&connection, "topology declaration").await?;
-    declare_topology(&channel).await?;
-    // The declaring channel has no further use; failing to close it politely is harmless.
-    if let Err(error) = channel.close(REPLY_SUCCESS, "OK".into()).await {
-        debug!(%error, "closing the topology channel failed");
+    let link = prepare(connection, endpoint).await;
+    if let Err(error) = &link {
+        debug!(endpoint, %error, "preparing the new connection failed");
     }
-    info!(
-        endpoint,
-        exchanges = topology::EXCHANGES.len(),
-        queues = topology::QUEUES.len(),
-        bindings = topology::BINDINGS.len(),
-        "declared the messaging topology"
-    );
+    link
+}
 
-    let mut publishers = Vec::with_capacity(PUBLISH_CHANNELS);
-    for _ in 0..PUBLISH_CHANNELS {
-        publishers.push(Mutex::new(open_publisher(&connection).await?));
+async fn prepare(connection: Connection, endpoint: &str) -> Result<Link, BusError> {
+    let result = async {
+        let channel = open_channel(&connection, "topology declaration").await?;
+        declare_topology(&channel).await?;
+        // The declaring channel has no further use; failing to close it politely is harmless.
+        if let Err(error) = channel.close(REPLY_SUCCESS, "OK".into()).await {
+            debug!(%error, "closing the topology channel failed");
+        }
+        let mut publishers = Vec::with_capacity(PUBLISH_CHANNELS);
+        for _ in 0..PUBLISH_CHANNELS {
+            publishers.push(Arc::new(Mutex::new(Some(
+                open_publisher(&connection).await?,
+            ))));
+        }
+        Ok(publishers)
     }
-    Ok(Link {
-        connection,
-        publishers,
-    })
+    .await;
+    match result {
+        Ok(publishers) => {
+            debug!(
+                endpoint,
+                exchanges = topology::EXCHANGES.len(),
+                queues = topology::QUEUES.len(),
+                bindings = topology::BINDINGS.len(),
+                "declared the messaging topology"
+            );
+            Ok(Link {
+                connection,
+                publishers,
+                lost: CancellationToken::new(),
+            })
+        }
+        Err(error) => {
+            // Do not leave a half-prepared connection open behind us.
+            if connection.status().connected() {
+                let _ = connection.close(REPLY_SUCCESS, "OK".into()).await;
+            }
+            Err(error)
+        }
+    }
 }
 
 async fn open_channel(connection: &Connection, purpose: &'static str) -> Result<Channel, BusError> {
@@ -135,7 +225,6 @@ async fn open_publisher(connection: &Connection) -> Result<Channel, BusError> {
         })?;
     Ok(channel)
 }
-
 async fn declare_topology(channel: &Channel) -> Result<(), BusError> {
     for exchange in topology::EXCHANGES {
         let kind = match exchange.kind {
@@ -202,58 +291,271 @@ async fn declare_topology(channel: &Channel) -> Result<(), BusError> {
     Ok(())
 }
 
+/// Delay before reconnection attempt `attempt` (0-based): exponential from
+/// [`RECONNECT_INITIAL_DELAY`], capped at [`RECONNECT_MAX_DELAY`], with "equal jitter" (a
+/// random 50–100 % of that) so that many services do not hammer a recovering broker in step.
+fn reconnect_delay(attempt: u32) -> Duration {
+    let base = RECONNECT_INITIAL_DELAY
+        .saturating_mul(2u32.saturating_pow(attempt.min(16)))
+        .min(RECONNECT_MAX_DELAY);
+    base.mul_f64(rand::rng().random_range(0.5..=1.0))
+}
+
+/// Resolves once `link`'s connection is no longer usable, or at shutdown.
+async fn until_lost(link: &Link, shutdown: &CancellationToken) {
+    let mut events = link.connection.events_listener();
+    let mut poll = tokio::time::interval(WATCH_INTERVAL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while link.usable() {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = link.lost.cancelled() => return,
+            // A finished event stream disables this branch; the poll still runs.
+            Some(event) = events.next() => match event {
+                Event::Error(error) => debug!(%error, "RabbitMQ connection error"),
+                Event::ConnectionBlocked(reason) => {
+                    warn!(%reason, "RabbitMQ blocked the connection (publishes will wait)");
+                }
+                Event::ConnectionUnblocked => info!("RabbitMQ unblocked the connection"),
+                _ => {}
+            },
+            _ = poll.tick() => {}
+        }
+    }
+}
+
+/// Keeps the bus connected: waits for the current link to fail, withdraws it, and
+/// re-establishes a new one with backoff. Holds the bus weakly, so it stops when the last
+/// handle is dropped (or at [`AmqpBus::close`]).
+async fn supervise(
+    bus: Weak<Inner>,
+    url: String,
+    endpoint: String,
+    shutdown: CancellationToken,
+    mut link: Arc<Link>,
+) {
+    loop {
+        until_lost(&link, &shutdown).await;
+        if shutdown.is_cancelled() {
+            return;
+        }
+        link.lost.cancel();
+        let Some(inner) = bus.upgrade() else { return };
+        inner.link.send_if_modified(|current| {
+            // Withdraw the link unless close() already did.
+            let ours = current.as_ref().is_some_and(|c| Arc::ptr_eq(c, &link));
+            if ours {
+                *current = None;
+            }
+            ours
+        });
+        drop(inner);
+        drop(link);
+        warn!(
+            endpoint,
+            "broker connection lost; publishing and consuming pause until it is re-established"
+        );
+        let lost_at = Instant::now();
+
+        let mut attempt: u32 = 0;
+        let new = loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(reconnect_delay(attempt)) => {}
+            }
+            attempt += 1;
+            let attempted = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                attempted = timeout(ESTABLISH_TIMEOUT, establish(&url, &endpoint)) => attempted,
+            };
+            let error = match attempted {
+                Ok(Ok(new)) => break Arc::new(new),
+                Ok(Err(error)) => error.to_string(),
+                Err(_) => format!("timed out after {ESTABLISH_TIMEOUT:?}"),
+            };
+            if attempt.is_multiple_of(RECONNECT_WARN_EVERY) {
+                warn!(endpoint, attempt, %error, down_for = ?lost_at.elapsed(), "still cannot reconnect to the broker");
+            } else {
+                debug!(endpoint, attempt, %error, "reconnecting to the broker failed");
+            }
+        };
+
+        let Some(inner) = bus.upgrade() else {
+            close_link(&new).await;
+            return;
+        };
+        inner.link.send_replace(Some(new.clone()));
+        // close() may have run meanwhile: then take the link back (or close() already did).
+        if inner.closed.load(Ordering::Acquire) || shutdown.is_cancelled() {
+            inner.link.send_replace(None);
+            close_link(&new).await;
+            return;
+        }
+        let reconnects = inner.reconnects.fetch_add(1, Ordering::AcqRel) + 1;
+        drop(inner);
+        info!(
+            endpoint,
+            attempts = attempt,
+            down_for = ?lost_at.elapsed(),
+            reconnects,
+            "broker reconnected; topology declared again"
+        );
+        link = new;
+    }
+}
+
+/// Ends a link: its subscriptions end and the connection is closed politely if still open.
+async fn close_link(link: &Link) {
+    link.lost.cancel();
+    if link.connection.status().connected() {
+        match timeout(
+            OPERATION_TIMEOUT,
+            link.connection.close(REPLY_SUCCESS, "OK".into()),
+        )
+        .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => warn!(%error, "closing the RabbitMQ connection failed"),
+            Err(_) => warn!("closing the RabbitMQ connection timed out"),
+        }
+    }
+}
+
+/// A locked publishing channel of the pool.
+type PublisherSlot = OwnedMutexGuard<Option<Channel>>;
+
 impl AmqpBus {
-    /// Connects to `url` and declares the topology.
+    /// Connects to `url` and declares the topology, then keeps the connection up: see the
+    /// module docs on reconnection. The first connection must succeed.
     pub async fn connect(url: &str) -> Result<Self, BusError> {
         let endpoint = redact(url);
-        let link = establish(url, &endpoint).await?;
-        Ok(Self {
-            inner: Arc::new(Inner {
-                endpoint,
-                link,
-                next_publisher: AtomicUsize::new(0),
-                closed: AtomicBool::new(false),
-            }),
-        })
+        let link = Arc::new(establish(url, &endpoint).await?);
+        info!(
+            endpoint,
+            "connected to RabbitMQ and declared the messaging topology"
+        );
+        let shutdown = CancellationToken::new();
+        let (sender, _) = watch::channel(Some(link.clone()));
+        let inner = Arc::new(Inner {
+            endpoint: endpoint.clone(),
+            link: sender,
+            next_publisher: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+            reconnects: AtomicU64::new(0),
+            shutdown: shutdown.clone(),
+        });
+        tokio::spawn(supervise(
+            Arc::downgrade(&inner),
+            url.to_owned(),
+            endpoint,
+            shutdown,
+            link,
+        ));
+        Ok(Self { inner })
     }
 
-    /// True while the connection is open and [`close`](Self::close) was not called.
+    /// True while the connection is open and [`close`](Self::close) was not called; false
+    /// while the bus is reconnecting.
     pub fn is_connected(&self) -> bool {
         !self.inner.closed.load(Ordering::Acquire)
-            && self.inner.link.connection.status().connected()
+            && self
+                .inner
+                .link
+                .borrow()
+                .as_ref()
+                .is_some_and(|l| l.usable())
     }
 
-    /// Closes the connection, which ends every subscription.
+    /// How many times the bus has re-established its connection after losing it.
+    pub fn reconnects(&self) -> u64 {
+        self.inner.reconnects.load(Ordering::Acquire)
+    }
+
+    /// Closes the connection, which ends every subscription, and stops reconnecting.
     pub async fn close(&self) {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return;
         }
-        let connection = &self.inner.link.connection;
-        if connection.status().connected() {
-            match connection.close(REPLY_SUCCESS, "OK".into()).await {
-                Ok(()) => info!(endpoint = %self.inner.endpoint, "closed the RabbitMQ connection"),
-                Err(error) => warn!(%error, "closing the RabbitMQ connection failed"),
+        self.inner.shutdown.cancel();
+        if let Some(link) = self.inner.link.send_replace(None) {
+            close_link(&link).await;
+            info!(endpoint = %self.inner.endpoint, "closed the RabbitMQ connection");
+        }
+    }
+
+    /// Waits until the bus is connected, at most `max`; true if it is. A closed bus never
+    /// connects again, so this then waits the whole `max` and answers false.
+    pub async fn wait_connected(&self, max: Duration) -> bool {
+        timeout(max, self.usable_link()).await.is_ok() && self.is_connected()
+    }
+
+    /// The current link once it is usable (forever pending on a closed bus).
+    async fn usable_link(&self) -> Arc<Link> {
+        let mut updates = self.inner.link.subscribe();
+        loop {
+            if let Some(link) = updates.borrow_and_update().as_ref()
+                && link.usable()
+                && !self.inner.closed.load(Ordering::Acquire)
+            {
+                return link.clone();
+            }
+            if updates.changed().await.is_err() {
+                // The sender lives in `inner`, which we hold: cannot happen.
+                std::future::pending::<()>().await;
             }
         }
     }
 
-    /// Locks one publishing channel of the pool, reopening it if the broker closed it
-    /// (e.g. after a channel-level error) while the connection is still up.
-    async fn publisher(&self) -> Result<MutexGuard<'_, Channel>, BusError> {
+    /// The current link, waiting up to [`LINK_WAIT`] for a reconnection in progress.
+    async fn link(&self) -> Result<Arc<Link>, BusError> {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(BusError::Closed);
         }
-        let publishers = &self.inner.link.publishers;
-        let index = self.inner.next_publisher.fetch_add(1, Ordering::Relaxed) % publishers.len();
-        let mut channel = publishers[index].lock().await;
-        if !channel.status().connected() && self.inner.link.connection.status().connected() {
-            warn!(
-                index,
-                "a publishing channel was closed by the broker; reopening it"
-            );
-            *channel = open_publisher(&self.inner.link.connection).await?;
+        let waited = timeout(LINK_WAIT, self.usable_link()).await;
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(BusError::Closed);
         }
-        Ok(channel)
+        waited.map_err(|_| self.not_connected())
+    }
+
+    fn not_connected(&self) -> BusError {
+        BusError::NotConnected {
+            endpoint: self.inner.endpoint.clone(),
+        }
+    }
+
+    /// Locks one publishing channel of the current link, opening it if it is missing or the
+    /// broker closed it (e.g. after a channel-level error) while the connection is still up.
+    async fn publisher(&self) -> Result<PublisherSlot, BusError> {
+        let link = self.link().await?;
+        let index =
+            self.inner.next_publisher.fetch_add(1, Ordering::Relaxed) % link.publishers.len();
+        let mut slot = timeout(CONFIRM_TIMEOUT, link.publishers[index].clone().lock_owned())
+            .await
+            .map_err(|_| BusError::Timeout {
+                what: "waiting for a free publishing channel",
+                after: CONFIRM_TIMEOUT,
+            })?;
+        if !slot.as_ref().is_some_and(|c| c.status().connected()) {
+            if !link.usable() {
+                return Err(self.not_connected());
+            }
+            if slot.is_some() {
+                warn!(
+                    index,
+                    "a publishing channel was closed by the broker; reopening it"
+                );
+            }
+            *slot = None;
+            let channel = timeout(OPERATION_TIMEOUT, open_publisher(&link.connection))
+                .await
+                .map_err(|_| BusError::Timeout {
+                    what: "opening a publishing channel",
+                    after: OPERATION_TIMEOUT,
+                })??;
+            *slot = Some(channel);
+        }
+        Ok(slot)
     }
 
     pub(crate) async fn publish(
@@ -261,12 +563,30 @@ impl AmqpBus {
         spec: &ExchangeSpec,
         msg: &OutgoingMessage,
     ) -> Result<(), BusError> {
-        let channel = self.publisher().await?;
-        let confirm = send(&channel, spec, msg).await?;
-        // Still holding the channel: see the module docs on returned messages.
-        let outcome = confirm.await;
-        drop(channel);
-        check_confirm(msg, outcome, |id| id == msg.message_id)
+        let mut slot = self.publisher().await?;
+        let Some(channel) = slot.as_ref() else {
+            return Err(self.not_connected());
+        };
+        let outcome = timeout(CONFIRM_TIMEOUT, async {
+            let confirm = send(channel, spec, msg).await?;
+            // Still holding the channel: see the module docs on returned messages.
+            Ok::<_, BusError>(confirm.await)
+        })
+        .await;
+        match outcome {
+            Ok(Ok(confirmation)) => {
+                drop(slot);
+                check_confirm(msg, confirmation, |id| id == msg.message_id)
+            }
+            Ok(Err(error)) => Err(error),
+            Err(_) => {
+                discard_publisher(&mut slot);
+                Err(BusError::Timeout {
+                    what: "waiting for the publisher confirm",
+                    after: CONFIRM_TIMEOUT,
+                })
+            }
+        }
     }
 
     pub(crate) async fn publish_batch(
@@ -277,29 +597,44 @@ impl AmqpBus {
             return Ok(());
         }
         let ours: HashSet<Uuid> = batch.iter().map(|(_, msg)| msg.message_id).collect();
-        let channel = self.publisher().await?;
-        let mut pending: Vec<(&OutgoingMessage, PublisherConfirm)> =
-            Vec::with_capacity(batch.len());
-        let mut first_error = None;
-        for (spec, msg) in batch {
-            match send(&channel, spec, msg).await {
-                Ok(confirm) => pending.push((msg, confirm)),
-                Err(error) => {
-                    first_error = Some(error);
-                    break;
+        let mut slot = self.publisher().await?;
+        let Some(channel) = slot.as_ref() else {
+            return Err(self.not_connected());
+        };
+        let outcome = timeout(CONFIRM_TIMEOUT, async {
+            let mut pending: Vec<(&OutgoingMessage, PublisherConfirm)> =
+                Vec::with_capacity(batch.len());
+            let mut first_error = None;
+            for (spec, msg) in batch {
+                match send(channel, spec, msg).await {
+                    Ok(confirm) => pending.push((msg, confirm)),
+                    Err(error) => {
+                        first_error = Some(error);
+                        break;
+                    }
                 }
             }
-        }
-        // Await every confirm that was started, even after an error, so that none is left
-        // behind on the channel to be mistaken for a later publisher's.
-        for (msg, confirm) in pending {
-            let outcome = check_confirm(msg, confirm.await, |id| ours.contains(&id));
-            if let Err(error) = outcome {
-                first_error.get_or_insert(error);
+            // Await every confirm that was started, even after an error, so that none is
+            // left behind on the channel to be mistaken for a later publisher's.
+            for (msg, confirm) in pending {
+                let outcome = check_confirm(msg, confirm.await, |id| ours.contains(&id));
+                if let Err(error) = outcome {
+                    first_error.get_or_insert(error);
+                }
+            }
+            first_error.map_or(Ok(()), Err)
+        })
+        .await;
+        match outcome {
+            Ok(result) => result,
+            Err(_) => {
+                discard_publisher(&mut slot);
+                Err(BusError::Timeout {
+                    what: "waiting for the publisher confirms of a batch",
+                    after: CONFIRM_TIMEOUT,
+                })
             }
         }
-        drop(channel);
-        first_error.map_or(Ok(()), Err)
     }
 
     pub(crate) async fn subscribe(
@@ -308,36 +643,61 @@ impl AmqpBus {
         consumer_tag: &str,
         prefetch: u16,
     ) -> Result<AmqpSubscription, BusError> {
-        if self.inner.closed.load(Ordering::Acquire) {
-            return Err(BusError::Closed);
-        }
         let tag = ShortString::try_new(consumer_tag)
             .map_err(|e| BusError::InvalidMessage(format!("consumer tag {consumer_tag:?}: {e}")))?;
+        let link = self.link().await?;
         let subscribe_error = |source| BusError::Subscribe {
             queue: queue.name.to_owned(),
             source: Box::new(source),
         };
-        let channel = open_channel(&self.inner.link.connection, "subscription").await?;
-        channel
-            .basic_qos(prefetch, BasicQosOptions::default())
-            .await
-            .map_err(subscribe_error)?;
-        let consumer = channel
-            .basic_consume(
-                queue.name.into(),
-                tag,
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(subscribe_error)?;
+        let opened = timeout(OPERATION_TIMEOUT, async {
+            let channel = open_channel(&link.connection, "subscription").await?;
+            channel
+                .basic_qos(prefetch, BasicQosOptions::default())
+                .await
+                .map_err(subscribe_error)?;
+            let consumer = channel
+                .basic_consume(
+                    queue.name.into(),
+                    tag,
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(subscribe_error)?;
+            Ok::<_, BusError>((channel, consumer))
+        })
+        .await;
+        let (channel, consumer) = opened.map_err(|_| BusError::Timeout {
+            what: "subscribing",
+            after: OPERATION_TIMEOUT,
+        })??;
         info!(queue = queue.name, consumer_tag, prefetch, "subscribed");
         Ok(AmqpSubscription {
             queue: queue.name,
             channel,
             consumer,
+            lost: link.lost.clone(),
             finished: false,
         })
+    }
+}
+
+/// Takes a channel out of the pool after a confirm timeout: a confirm or return still in
+/// flight on it could otherwise be attributed to the next publisher. It is closed in the
+/// background; the next publisher opens a fresh one.
+fn discard_publisher(slot: &mut PublisherSlot) {
+    if let Some(channel) = slot.take() {
+        warn!("discarding a publishing channel whose confirms timed out");
+        tokio::spawn(async move {
+            if channel.status().connected() {
+                let _ = timeout(
+                    OPERATION_TIMEOUT,
+                    channel.close(REPLY_SUCCESS, "confirm timeout".into()),
+                )
+                .await;
+            }
+        });
     }
 }
 
@@ -450,27 +810,37 @@ fn short(value: &str, what: &str) -> Result<ShortString, BusError> {
     ShortString::try_new(value).map_err(|e| BusError::InvalidMessage(format!("{what}: {e}")))
 }
 
-/// Settles an AMQP delivery.
+/// Settles an AMQP delivery. A delivery of a channel that has died (e.g. with its
+/// connection) cannot be settled any more: that is an error, and the broker redelivers it.
 pub(crate) async fn settle(acker: &lapin::Acker, how: Settle) -> Result<(), BusError> {
-    let outcome = match how {
-        Settle::Ack => acker.ack(BasicAckOptions::default()).await,
-        // Without requeue, the queue's `x-dead-letter-exchange` takes the message.
-        Settle::DeadLetter => acker.reject(BasicRejectOptions { requeue: false }).await,
-        Settle::Requeue => {
-            acker
-                .nack(BasicNackOptions {
-                    multiple: false,
-                    requeue: true,
-                })
-                .await
+    if acker.poisoned() {
+        return Err(BusError::stale(how));
+    }
+    let settling = async {
+        match how {
+            Settle::Ack => acker.ack(BasicAckOptions::default()).await,
+            // Without requeue, the queue's `x-dead-letter-exchange` takes the message.
+            Settle::DeadLetter => acker.reject(BasicRejectOptions { requeue: false }).await,
+            Settle::Requeue => {
+                acker
+                    .nack(BasicNackOptions {
+                        multiple: false,
+                        requeue: true,
+                    })
+                    .await
+            }
         }
     };
-    match outcome {
-        Ok(true) => Ok(()),
+    match timeout(OPERATION_TIMEOUT, settling).await {
+        Ok(Ok(true)) => Ok(()),
         // lapin answers `false` when the acker was used or its channel is gone; in the latter
         // case the broker has already requeued the message.
-        Ok(false) => Err(BusError::stale(how)),
-        Err(source) => Err(BusError::settle(how, source)),
+        Ok(Ok(false)) => Err(BusError::stale(how)),
+        Ok(Err(source)) => Err(BusError::settle(how, source)),
+        Err(_) => Err(BusError::Timeout {
+            what: how.as_str(),
+            after: OPERATION_TIMEOUT,
+        }),
     }
 }
 
@@ -482,6 +852,8 @@ pub struct AmqpSubscription {
     /// and the broker requeues the unacknowledged deliveries.
     channel: Channel,
     consumer: Consumer,
+    /// The link's token: cancelled when the connection is lost or the bus closed.
+    lost: CancellationToken,
     finished: bool,
 }
 
@@ -490,7 +862,18 @@ impl AmqpSubscription {
         if self.finished {
             return None;
         }
-        match self.consumer.next().await {
+        let next = tokio::select! {
+            // Checked first: deliveries still buffered from a dead connection cannot be
+            // acknowledged any more, and the broker redelivers them anyway.
+            biased;
+            _ = self.lost.cancelled() => {
+                info!(queue = self.queue, "connection lost or bus closed; subscription ended");
+                self.finished = true;
+                return None;
+            }
+            next = self.consumer.next() => next,
+        };
+        match next {
             Some(Ok(delivery)) => Some(incoming(delivery)),
             Some(Err(error)) => {
                 // lapin follows an error with the end of the stream; report it once here.
@@ -511,10 +894,22 @@ impl AmqpSubscription {
     }
 
     pub(crate) async fn close(self) {
-        if self.channel.status().connected()
-            && let Err(error) = self.channel.close(REPLY_SUCCESS, "OK".into()).await
-        {
-            debug!(queue = self.queue, %error, "closing a subscription channel failed");
+        if self.channel.status().connected() {
+            match timeout(
+                OPERATION_TIMEOUT,
+                self.channel.close(REPLY_SUCCESS, "OK".into()),
+            )
+            .await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    debug!(queue = self.queue, %error, "closing a subscription channel failed");
+                }
+                Err(_) => debug!(
+                    queue = self.queue,
+                    "closing a subscription channel timed out"
+                ),
+            }
         }
     }
 }
@@ -587,6 +982,20 @@ fn redact(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reconnect_delay_grows_with_jitter_and_is_capped() {
+        for attempt in 0..40 {
+            let delay = reconnect_delay(attempt);
+            let base = RECONNECT_INITIAL_DELAY
+                .saturating_mul(1 << attempt.min(16))
+                .min(RECONNECT_MAX_DELAY);
+            assert!(delay >= base / 2 && delay <= base, "{attempt}: {delay:?}");
+            assert!(delay <= RECONNECT_MAX_DELAY);
+        }
+        assert!(reconnect_delay(0) <= Duration::from_millis(100));
+        assert!(reconnect_delay(10) >= Duration::from_millis(2_500));
+    }
 
     #[test]
     fn redact_drops_credentials() {

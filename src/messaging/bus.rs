@@ -7,6 +7,11 @@
 //! `order.events` it is dropped), deliver with manual acknowledgement, redeliver whatever a
 //! closed subscription left unacknowledged, and dead-letter rejected messages to
 //! `order.dead-letters`.
+//!
+//! The RabbitMQ bus reconnects by itself after losing its connection (see [`amqp`]):
+//! meanwhile [`Bus::is_connected`] is false, publishing and subscribing fail after a short
+//! bounded wait with [`BusError::NotConnected`], and subscriptions end, so their consumers
+//! re-subscribe (on the new connection) once it is back.
 
 use std::collections::BTreeMap;
 
@@ -65,7 +70,7 @@ pub(crate) enum Settle {
 }
 
 impl Settle {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Settle::Ack => "ack",
             Settle::DeadLetter => "dead-letter",
@@ -131,7 +136,9 @@ impl Bus {
     /// The message carries delivery mode 2, content type `application/json`, `message_id`,
     /// `type` and the headers. Errors: the exchange is not part of the topology, the broker
     /// nacked the message, or — on `mandatory` exchanges (commands, replies) — no queue
-    /// matched the routing key. An event nobody subscribes to is not an error.
+    /// matched the routing key. An event nobody subscribes to is not an error. While the
+    /// RabbitMQ bus is reconnecting it waits at most about a second and then fails with
+    /// [`BusError::NotConnected`]; the confirm wait is bounded too ([`BusError::Timeout`]).
     pub async fn publish(&self, msg: &OutgoingMessage) -> Result<(), BusError> {
         let spec = exchange_spec(&msg.exchange)?;
         match self {
@@ -166,6 +173,9 @@ impl Bus {
     ///
     /// RabbitMQ allows competing consumers on a queue; the in-process bus allows one
     /// subscription per queue at a time and answers [`BusError::QueueBusy`] otherwise.
+    /// While the RabbitMQ bus is reconnecting this fails with [`BusError::NotConnected`]
+    /// after about a second; a subscription always uses the connection current when it is
+    /// made, and ends (`next()` answers `None`) when that connection is lost.
     pub async fn subscribe(
         &self,
         queue: &str,
@@ -183,10 +193,35 @@ impl Bus {
     }
 
     /// True while the connection (or the in-process bus) is usable — used by /health/ready.
+    /// False while the RabbitMQ bus is reconnecting after losing its connection.
     pub fn is_connected(&self) -> bool {
         match self {
             Bus::Amqp(bus) => bus.is_connected(),
             Bus::InProcess(bus) => bus.is_connected(),
+        }
+    }
+
+    /// Waits until [`is_connected`](Self::is_connected), at most `max`, and tells whether it
+    /// is. Returns at once when connected; a closed bus waits the whole `max` (it never
+    /// connects again), so a retry loop pausing with this cannot spin.
+    pub async fn wait_connected(&self, max: std::time::Duration) -> bool {
+        match self {
+            Bus::Amqp(bus) => bus.wait_connected(max).await,
+            Bus::InProcess(bus) => {
+                if !bus.is_connected() {
+                    tokio::time::sleep(max).await;
+                }
+                bus.is_connected()
+            }
+        }
+    }
+
+    /// How many times the bus re-established its broker connection after losing it
+    /// (always 0 for the in-process bus).
+    pub fn reconnects(&self) -> u64 {
+        match self {
+            Bus::Amqp(bus) => bus.reconnects(),
+            Bus::InProcess(_) => 0,
         }
     }
 
@@ -330,6 +365,15 @@ pub enum BusError {
     DeliveryStale { action: &'static str },
     #[error("the bus is closed")]
     Closed,
+    /// The broker connection is lost and not yet re-established; the bus keeps reconnecting
+    /// in the background, so retrying later is the right reaction.
+    #[error("not connected to RabbitMQ at {endpoint} (reconnecting in the background)")]
+    NotConnected { endpoint: String },
+    #[error("{what} timed out after {after:?}")]
+    Timeout {
+        what: &'static str,
+        after: std::time::Duration,
+    },
 }
 
 impl BusError {

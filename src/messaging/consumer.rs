@@ -3,7 +3,7 @@
 //! handler reports its effect durable. Undecodable or unknown messages are dead-lettered
 //! with a log line instead of blocking the queue; transient failures are requeued.
 
-use crate::messaging::{Bus, IncomingMessage};
+use crate::messaging::{Bus, BusError, IncomingMessage};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,27 +37,38 @@ pub async fn run<F, Fut>(
     while !shutdown.is_cancelled() {
         let consumer_tag = format!("{queue}-{}", uuid::Uuid::new_v4().simple());
         let mut subscription = match bus.subscribe(queue, &consumer_tag, concurrency).await {
-            Ok(s) => {
-                backoff = Duration::from_millis(100);
-                s
-            }
+            Ok(s) => s,
             Err(error) => {
                 tracing::warn!(queue, %error, ?backoff, "cannot subscribe; retrying");
+                // While the broker is away, retry as soon as the bus has reconnected.
+                let pause = async {
+                    if matches!(error, BusError::NotConnected { .. }) {
+                        bus.wait_connected(backoff).await;
+                    } else {
+                        tokio::time::sleep(backoff).await;
+                    }
+                };
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = pause => {}
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
             }
         };
+        let subscribed_at = tokio::time::Instant::now();
         loop {
             let message = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 m = subscription.next() => m,
             };
+            if message.is_some() {
+                // Reset only once the subscription delivers, so one that keeps ending at once
+                // (the broker going away) is retried with growing pauses, not in a busy loop.
+                backoff = Duration::from_millis(100);
+            }
             let Some(message) = message else {
-                tracing::warn!(queue, "subscription ended; re-subscribing");
+                tracing::warn!(queue, ?backoff, "subscription ended; re-subscribing");
                 break;
             };
             let Ok(permit) = limit.clone().acquire_owned().await else {
@@ -86,10 +97,19 @@ pub async fn run<F, Fut>(
                     }
                 };
                 if let Err(error) = settled {
-                    // The broker will redeliver it after reconnecting; consumers dedupe.
+                    // E.g. its channel died with the connection: the broker redelivers it
+                    // (to the re-subscribed consumer) and the handlers dedupe.
                     tracing::warn!(queue, %error, "could not settle delivery");
                 }
             });
         }
+        if subscribed_at.elapsed() >= Duration::from_secs(30) {
+            backoff = Duration::from_millis(100);
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }

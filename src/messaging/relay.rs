@@ -59,6 +59,9 @@ impl OutboxRelay {
     /// Runs until cancelled; a failed pass is retried with capped exponential backoff.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut backoff = Duration::from_millis(100);
+        // While the broker is away every pass fails; warn about it at most once a second.
+        let mut last_warning: Option<tokio::time::Instant> = None;
+        let mut suppressed = 0u32;
         loop {
             match self.try_execute().await {
                 Ok(RelayOutcome::Published(_)) => {
@@ -74,10 +77,25 @@ impl OutboxRelay {
                     }
                 }
                 Err(error) => {
-                    tracing::warn!(relay = self.name, %error, ?backoff, "outbox relay pass failed; retrying");
+                    if last_warning.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+                        tracing::warn!(relay = self.name, %error, ?backoff, suppressed, "outbox relay pass failed; retrying");
+                        last_warning = Some(tokio::time::Instant::now());
+                        suppressed = 0;
+                    } else {
+                        tracing::debug!(relay = self.name, %error, ?backoff, "outbox relay pass failed; retrying");
+                        suppressed += 1;
+                    }
+                    // While the broker is away, retry as soon as the bus has reconnected.
+                    let pause = async {
+                        if self.bus.is_connected() {
+                            tokio::time::sleep(backoff).await;
+                        } else {
+                            self.bus.wait_connected(backoff).await;
+                        }
+                    };
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = pause => {}
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }

@@ -40,8 +40,21 @@ pub struct OrderRecord {
     /// Optimistic-lock fence: incremented by every update.
     pub version: i64,
     pub trace_context: Option<String>,
+    /// The step deadline and how many times the pending commands were resent.
+    pub timer: StepTimer,
+    /// Set when the supervisor gave up on this order after a crash loop.
+    pub parked_reason: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// When the pending step times out, stored with the order so timers survive restarts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StepTimer {
+    /// `None`: nothing is awaited from a participant.
+    pub deadline: Option<DateTime<Utc>>,
+    /// Resends of the pending commands so far.
+    pub attempts: i32,
 }
 
 /// One row of the transition history.
@@ -82,6 +95,9 @@ pub struct OrderDetails {
     pub items: Vec<ItemView>,
     pub steps: StepsView,
     pub failure_reason: Option<String>,
+    /// Why the order is parked (crash loop), if it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parked_reason: Option<String>,
     pub version: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -140,6 +156,7 @@ impl OrderRecord {
                 shipment: self.saga.shipment.as_str(),
             },
             failure_reason: self.saga.failure_reason.clone(),
+            parked_reason: self.parked_reason.clone(),
             version: self.version,
             created_at: self.created_at,
             updated_at: self.updated_at,
@@ -206,9 +223,10 @@ pub async fn create<C: TransactionTrait>(
         failure_reason: Set(order.saga.failure_reason.clone()),
         payment_mode: Set(payment_mode_str(order.payment_mode).to_owned()),
         version: Set(order.version),
-        step_deadline_at: Set(None),
-        step_attempts: Set(0),
+        step_deadline_at: Set(order.timer.deadline),
+        step_attempts: Set(order.timer.attempts),
         trace_context: Set(order.trace_context.clone()),
+        parked_reason: Set(None),
         created_at: Set(order.created_at),
         updated_at: Set(order.updated_at),
     })
@@ -245,12 +263,15 @@ pub async fn save_transition<C: TransactionTrait>(
     order_id: Uuid,
     expected_version: i64,
     saga: &Saga,
+    timer: StepTimer,
     entry: &HistoryEntry,
     messages: &[outbox::NewMessage],
 ) -> Result<i64, SaveError> {
     let txn = db.begin().await?;
     let next_version = expected_version + 1;
     let updated = orders::Entity::update_many()
+        .col_expr(orders::Column::StepDeadlineAt, timer.deadline.into())
+        .col_expr(orders::Column::StepAttempts, timer.attempts.into())
         .col_expr(orders::Column::Status, saga.status.as_str().into())
         .col_expr(
             orders::Column::ReservationState,
@@ -278,6 +299,85 @@ pub async fn save_transition<C: TransactionTrait>(
     outbox::enqueue(&txn, messages).await?;
     txn.commit().await?;
     Ok(next_version)
+}
+
+/// Persists a retry of the pending step: the new timer and the resent commands (no status
+/// change, no history entry). Fenced by `expected_version` like every update.
+pub async fn save_retry<C: TransactionTrait>(
+    db: &C,
+    order_id: Uuid,
+    expected_version: i64,
+    timer: StepTimer,
+    messages: &[outbox::NewMessage],
+) -> Result<i64, SaveError> {
+    let txn = db.begin().await?;
+    let next_version = expected_version + 1;
+    let updated = orders::Entity::update_many()
+        .col_expr(orders::Column::StepDeadlineAt, timer.deadline.into())
+        .col_expr(orders::Column::StepAttempts, timer.attempts.into())
+        .col_expr(orders::Column::Version, next_version.into())
+        .filter(orders::Column::Id.eq(order_id))
+        .filter(orders::Column::Version.eq(expected_version))
+        .exec(&txn)
+        .await?;
+    if updated.rows_affected != 1 {
+        txn.rollback().await?;
+        return Err(SaveError::Conflict(order_id));
+    }
+    outbox::enqueue(&txn, messages).await?;
+    txn.commit().await?;
+    Ok(next_version)
+}
+
+/// Parks an order whose actor keeps crashing: it is left alone (no timers, no recovery)
+/// and shows the reason, until an operator deals with it. Written by the supervisor,
+/// which owns the order while no actor is alive.
+pub async fn park<C: TransactionTrait>(db: &C, order_id: Uuid, reason: &str) -> Result<(), DbErr> {
+    let txn = db.begin().await?;
+    let Some(row) = orders::Entity::find_by_id(order_id).one(&txn).await? else {
+        return txn.commit().await;
+    };
+    let now = Utc::now();
+    orders::Entity::update_many()
+        .col_expr(orders::Column::ParkedReason, Some(reason.to_owned()).into())
+        .col_expr(
+            orders::Column::StepDeadlineAt,
+            Option::<DateTime<Utc>>::None.into(),
+        )
+        .col_expr(orders::Column::Version, (row.version + 1).into())
+        .col_expr(orders::Column::UpdatedAt, now.into())
+        .filter(orders::Column::Id.eq(order_id))
+        .exec(&txn)
+        .await?;
+    let entry = HistoryEntry {
+        from: Some(row.status.clone()),
+        status: row.status,
+        event: "parked".into(),
+        reason: reason.to_owned(),
+        at: now,
+    };
+    order_transitions::Entity::insert(history_row(order_id, &entry))
+        .exec_without_returning(&txn)
+        .await?;
+    txn.commit().await
+}
+
+/// Orders whose step deadline has passed (and that are not parked), oldest first.
+pub async fn due_deadlines<C: ConnectionTrait>(
+    db: &C,
+    now: DateTime<Utc>,
+    limit: u64,
+) -> Result<Vec<Uuid>, DbErr> {
+    orders::Entity::find()
+        .select_only()
+        .column(orders::Column::Id)
+        .filter(orders::Column::StepDeadlineAt.lte(now))
+        .filter(orders::Column::ParkedReason.is_null())
+        .order_by_asc(orders::Column::StepDeadlineAt)
+        .limit(limit)
+        .into_tuple::<Uuid>()
+        .all(db)
+        .await
 }
 
 /// Loads an order with its items (not its history).
@@ -311,6 +411,11 @@ pub async fn load<C: ConnectionTrait>(db: &C, id: Uuid) -> Result<Option<OrderRe
         },
         version: row.version,
         trace_context: row.trace_context.clone(),
+        timer: StepTimer {
+            deadline: row.step_deadline_at,
+            attempts: row.step_attempts,
+        },
+        parked_reason: row.parked_reason.clone(),
         created_at: row.created_at,
         updated_at: row.updated_at,
     }))
@@ -370,7 +475,7 @@ pub async fn list<C: ConnectionTrait>(
         .collect()
 }
 
-/// Ids of every order not yet in a terminal state (resumed at start-up).
+/// Ids of every order not yet in a terminal state and not parked (resumed at start-up).
 pub async fn non_terminal_ids<C: ConnectionTrait>(db: &C) -> Result<Vec<Uuid>, DbErr> {
     let terminal: Vec<&str> = OrderStatus::ALL
         .into_iter()
@@ -381,6 +486,7 @@ pub async fn non_terminal_ids<C: ConnectionTrait>(db: &C) -> Result<Vec<Uuid>, D
         .select_only()
         .column(orders::Column::Id)
         .filter(orders::Column::Status.is_not_in(terminal))
+        .filter(orders::Column::ParkedReason.is_null())
         .into_tuple::<Uuid>()
         .all(db)
         .await

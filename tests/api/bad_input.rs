@@ -108,6 +108,7 @@ fn table() -> Vec<Case> {
     let good = order_body(&[("KB-001", 1)]).to_string();
     let status_path = format!("/api/orders/{unknown}/status");
     let reverse = json!({ "status": "REVERSED" }).to_string();
+    let long_reason = json!({ "status": "REVERSED", "reason": "r".repeat(501) }).to_string();
     let stock_put = json!({ "available": 5, "price_cents": 100 }).to_string();
 
     vec![
@@ -307,6 +308,15 @@ fn table() -> Vec<Case> {
             Some(MALFORMED),
         ),
         case(
+            "status filter in lower case",
+            M::GET,
+            "/api/orders?status=pending",
+            vec![],
+            None,
+            400,
+            Some(MALFORMED),
+        ),
+        case(
             "limit 0",
             M::GET,
             "/api/orders?limit=0",
@@ -360,6 +370,15 @@ fn table() -> Vec<Case> {
             None,
             404,
             Some(NOT_FOUND),
+        ),
+        case(
+            "SKU path that is not UTF-8",
+            M::GET,
+            "/api/inventory/%FF",
+            vec![],
+            None,
+            400,
+            Some(MALFORMED),
         ),
         case(
             "DELETE on the order collection",
@@ -429,6 +448,15 @@ fn table() -> Vec<Case> {
             Some(NOT_FOUND),
         ),
         case(
+            "status override with a reason over 500 characters",
+            M::PATCH,
+            status_path.clone(),
+            admin_json(Some(ADMIN_TOKEN)),
+            Some(long_reason.as_bytes()),
+            422,
+            Some(INVALID),
+        ),
+        case(
             "status override with an invalid order id",
             M::PATCH,
             "/api/orders/not-a-uuid/status",
@@ -453,6 +481,24 @@ fn table() -> Vec<Case> {
             "/api/inventory/KB-001",
             admin_json(Some(ADMIN_TOKEN)),
             Some(br#"{"available":100,"price_cents":1000000001}"#),
+            422,
+            Some(INVALID),
+        ),
+        case(
+            "stock with a blank name",
+            M::PUT,
+            "/api/inventory/KB-001",
+            admin_json(Some(ADMIN_TOKEN)),
+            Some(br#"{"available":100,"price_cents":8900,"name":" "}"#),
+            422,
+            Some(INVALID),
+        ),
+        case(
+            "stock with an unknown field",
+            M::PUT,
+            "/api/inventory/KB-001",
+            admin_json(Some(ADMIN_TOKEN)),
+            Some(br#"{"available":100,"price_cents":8900,"sold":0}"#),
             422,
             Some(INVALID),
         ),

@@ -40,6 +40,15 @@ pub struct TestOptions {
     /// Run Inventory, Payment and Shipping in the app; `false` lets a test start them
     /// later with [`TestApp::start_participants`] (commands wait in their queues meanwhile).
     pub participants: bool,
+    /// First step timeout; tests of timeouts shorten it.
+    pub step_timeout_ms: u64,
+    pub step_max_retries: u32,
+    /// `FAULT_ACTOR_PANIC`, e.g. `payment_charged` or `payment_charged:always`.
+    pub fault_actor_panic: Option<String>,
+    /// `FAULT_DROP_COMMANDS`, e.g. `payment.charge`.
+    pub fault_drop_commands: Vec<String>,
+    /// Idempotency key retention.
+    pub idempotency_retention_secs: u64,
 }
 
 impl Default for TestOptions {
@@ -52,11 +61,16 @@ impl Default for TestOptions {
             admin_token: Some(ADMIN_TOKEN.to_owned()),
             embedded: false,
             participants: true,
+            step_timeout_ms: 10_000,
+            step_max_retries: 3,
+            fault_actor_panic: None,
+            fault_drop_commands: Vec::new(),
+            idempotency_retention_secs: 86_400,
         }
     }
 }
 
-enum Backing {
+pub enum Backing {
     Postgres { database: String, _vhost: TestVhost },
     Sqlite { dir: std::path::PathBuf },
 }
@@ -87,32 +101,7 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
             order_service::telemetry::init(order_service::config::LogFormat::Pretty);
         }
     });
-    let (database_url, amqp_url, backing) = if options.embedded {
-        let dir =
-            std::env::temp_dir().join(format!("order-service-test-{}", Uuid::new_v4().simple()));
-        let url = format!("sqlite://{}/orders.db?mode=rwc", dir.display());
-        (url, None, Backing::Sqlite { dir })
-    } else {
-        let database = format!("test_{}", Uuid::new_v4().simple());
-        let admin = Database::connect(PG_ADMIN_URL)
-            .await
-            .unwrap_or_else(|e| panic!("cannot connect to PostgreSQL ({e}). {PG_HOW}"));
-        admin
-            .execute_unprepared(&format!("CREATE DATABASE \"{database}\""))
-            .await
-            .unwrap_or_else(|e| panic!("cannot create test database ({e}). {PG_HOW}"));
-        let _ = admin.close().await;
-        let vhost = TestVhost::create();
-        let amqp = vhost.amqp_url.clone();
-        (
-            format!("postgres://postgres@127.0.0.1:5432/{database}"),
-            Some(amqp),
-            Backing::Postgres {
-                database,
-                _vhost: vhost,
-            },
-        )
-    };
+    let (database_url, amqp_url, backing) = provision(options.embedded).await;
     let mut config = Config::default_for(&database_url, amqp_url.as_deref());
     config.listen_addr = "127.0.0.1:0".parse().expect("valid address");
     config.payment_decline_rate = options.payment_decline_rate;
@@ -122,6 +111,12 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
     config.admin_token = options.admin_token.clone();
     config.db_max_connections = 8;
     config.embedded_participants = options.participants;
+    config.step_timeout_ms = options.step_timeout_ms;
+    config.step_max_retries = options.step_max_retries;
+    config.fault_actor_panic = options.fault_actor_panic.clone();
+    config.fault_drop_commands = options.fault_drop_commands.clone();
+    config.idempotency_retention_secs = options.idempotency_retention_secs;
+    config.shutdown_timeout_secs = 5;
     config.validate().expect("test configuration is valid");
 
     let app = Application::build(config)
@@ -152,6 +147,37 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
         stop: Some(stop),
         server: Some(server),
         backing,
+    }
+}
+
+/// A fresh, empty place for one test's state: a PostgreSQL database and a RabbitMQ vhost,
+/// or (embedded) a SQLite directory. Removed again when the returned [`Backing`] drops.
+pub async fn provision(embedded: bool) -> (String, Option<String>, Backing) {
+    if embedded {
+        let dir =
+            std::env::temp_dir().join(format!("order-service-test-{}", Uuid::new_v4().simple()));
+        let url = format!("sqlite://{}/orders.db?mode=rwc", dir.display());
+        (url, None, Backing::Sqlite { dir })
+    } else {
+        let database = format!("test_{}", Uuid::new_v4().simple());
+        let admin = Database::connect(PG_ADMIN_URL)
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to PostgreSQL ({e}). {PG_HOW}"));
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE \"{database}\""))
+            .await
+            .unwrap_or_else(|e| panic!("cannot create test database ({e}). {PG_HOW}"));
+        let _ = admin.close().await;
+        let vhost = TestVhost::create();
+        let amqp = vhost.amqp_url.clone();
+        (
+            format!("postgres://postgres@127.0.0.1:5432/{database}"),
+            Some(amqp),
+            Backing::Postgres {
+                database,
+                _vhost: vhost,
+            },
+        )
     }
 }
 
@@ -282,10 +308,19 @@ impl TestApp {
             order_service::app::ParticipantSettings {
                 payment_decline_rate: self.options.payment_decline_rate,
                 shipping_failure_rate: self.options.shipping_failure_rate,
+                drop_commands: Vec::new(),
             },
             &shutdown,
         );
         self.participants = Some((workers, shutdown));
+    }
+
+    /// The test database's name (PostgreSQL apps only).
+    pub fn database_name(&self) -> Option<&str> {
+        match &self.backing {
+            Backing::Postgres { database, .. } => Some(database),
+            Backing::Sqlite { .. } => None,
+        }
     }
 
     /// Counts orders in the database (all statuses).
@@ -349,22 +384,6 @@ impl Drop for TestApp {
         if let Some(server) = self.server.take() {
             server.abort();
         }
-        match &self.backing {
-            Backing::Postgres { database, .. } => {
-                let output = Command::new("psql")
-                    .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-qc"])
-                    .arg(format!(
-                        "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
-                    ))
-                    .output();
-                if !matches!(&output, Ok(o) if o.status.success()) {
-                    eprintln!("warning: could not drop test database {database}: {output:?}");
-                }
-            }
-            Backing::Sqlite { dir } => {
-                let _ = std::fs::remove_dir_all(dir);
-            }
-        }
     }
 }
 
@@ -415,7 +434,7 @@ pub async fn check_problem(
             body["status"]
         ));
     }
-    if !body["title"].as_str().is_some_and(|t| !t.trim().is_empty()) {
+    if body["title"].as_str().is_none_or(|t| t.trim().is_empty()) {
         problems.push(format!("title missing or empty: {}", body["title"]));
     }
     if let Some(suffix) = type_suffix
@@ -456,5 +475,26 @@ impl TestApp {
         assert_eq!(response.status(), StatusCode::OK);
         let body: Value = response.json().await.expect("JSON inventory");
         body["items"].clone()
+    }
+}
+
+impl Drop for Backing {
+    fn drop(&mut self) {
+        match self {
+            Backing::Postgres { database, .. } => {
+                let output = Command::new("psql")
+                    .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-qc"])
+                    .arg(format!(
+                        "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
+                    ))
+                    .output();
+                if !matches!(&output, Ok(o) if o.status.success()) {
+                    eprintln!("warning: could not drop test database {database}: {output:?}");
+                }
+            }
+            Backing::Sqlite { dir } => {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
     }
 }

@@ -5,6 +5,7 @@
 
 use crate::helpers::{TestApp, check_problem, expect_problem, order_body, spawn_app};
 use order_service::domain::order::OrderRequest;
+use order_service::persistence::idempotency::ABANDONED_AFTER;
 use reqwest::header::{CONTENT_TYPE, HeaderValue, LOCATION};
 use reqwest::{Response, StatusCode};
 use serde_json::Value;
@@ -13,10 +14,11 @@ use uuid::Uuid;
 
 const REPLAYED: &str = "idempotent-replayed";
 
-/// What a client keeps of a response: status, headers of interest and the raw body.
+/// What a client keeps of a response: status, headers of interest and the JSON body.
 #[derive(Debug)]
 struct Answer {
     status: StatusCode,
+    content_type: Option<String>,
     location: Option<String>,
     replayed: Option<String>,
     body: Value,
@@ -29,12 +31,14 @@ async fn answer(response: Response) -> Answer {
             .get(name)
             .map(|v: &HeaderValue| String::from_utf8_lossy(v.as_bytes()).into_owned())
     };
+    let content_type = header(CONTENT_TYPE.as_str());
     let location = header(LOCATION.as_str());
     let replayed = header(REPLAYED);
     let status = response.status();
     let body = response.json().await.expect("response body is JSON");
     Answer {
         status,
+        content_type,
         location,
         replayed,
         body,
@@ -60,6 +64,29 @@ fn request_hash(body: &Value) -> String {
         serde_json::from_value(body.clone()).expect("body is an OrderRequest");
     let canonical = serde_json::to_vec(&request).expect("OrderRequest serializes");
     hex::encode(Sha256::digest(&canonical))
+}
+
+/// Inserts the claim a request holds while it runs (no response recorded yet), as
+/// `persistence::idempotency::claim` does.
+async fn insert_claim(
+    app: &TestApp,
+    key: &str,
+    hash: &str,
+    created_at: chrono::DateTime<chrono::Utc>,
+) {
+    use entity::idempotency_keys::{ActiveModel, Entity};
+    use sea_orm::{ActiveValue::Set, EntityTrait};
+    Entity::insert(ActiveModel {
+        key: Set(key.to_owned()),
+        request_hash: Set(hash.to_owned()),
+        order_id: Set(None),
+        response_status: Set(None),
+        response_body: Set(None),
+        created_at: Set(created_at),
+    })
+    .exec_without_returning(&app.stores.orders)
+    .await
+    .expect("insert the claim");
 }
 
 /// Waits for the order's saga to finish and the participants to settle, then returns the
@@ -136,6 +163,10 @@ async fn a_retry_with_the_same_key_and_body_replays_the_first_response_and_reser
     assert_eq!(
         retry.location, first.location,
         "the retry gets the same Location"
+    );
+    assert_eq!(
+        retry.content_type, first.content_type,
+        "the retry has the same content type"
     );
     assert_eq!(app.order_count().await, 1, "only one order exists");
 
@@ -215,21 +246,7 @@ async fn a_retry_while_the_first_request_is_in_flight_gets_409_and_creates_nothi
     let key = Uuid::new_v4().to_string();
     let body = order_body(&[("HS-005", 1)]);
     // The claim a first, still running request holds: no response recorded yet.
-    {
-        use entity::idempotency_keys::{ActiveModel, Entity};
-        use sea_orm::{ActiveValue::Set, EntityTrait};
-        Entity::insert(ActiveModel {
-            key: Set(key.clone()),
-            request_hash: Set(request_hash(&body)),
-            order_id: Set(None),
-            response_status: Set(None),
-            response_body: Set(None),
-            created_at: Set(chrono::Utc::now()),
-        })
-        .exec_without_returning(&app.stores.orders)
-        .await
-        .expect("insert the in-flight claim");
-    }
+    insert_claim(&app, &key, &request_hash(&body), chrono::Utc::now()).await;
 
     let response = app.post_order(Some(&key), &body).await;
     expect_problem(
@@ -249,6 +266,29 @@ async fn a_retry_while_the_first_request_is_in_flight_gets_409_and_creates_nothi
 
     assert_eq!(app.order_count().await, 0, "no order may be created");
     assert_eq!(app.inventory().await, stock_before, "stock must not change");
+}
+
+#[tokio::test]
+async fn a_claim_abandoned_by_a_crashed_request_is_taken_over_by_the_retry() {
+    let app = spawn_app().await;
+    let key = Uuid::new_v4().to_string();
+    let body = order_body(&[("HS-005", 1)]);
+    // The claim of a request that died before answering, older than the takeover age.
+    let long_ago = chrono::Utc::now() - ABANDONED_AFTER - chrono::Duration::seconds(5);
+    insert_claim(&app, &key, &request_hash(&body), long_ago).await;
+
+    let retry = answer(app.post_order(Some(&key), &body).await).await;
+
+    assert_eq!(retry.status, StatusCode::CREATED, "retry: {:#}", retry.body);
+    assert_eq!(retry.replayed, None, "the retry is processed, not replayed");
+    assert_eq!(app.order_count().await, 1);
+    let replay = answer(app.post_order(Some(&key), &body).await).await;
+    assert_eq!(
+        replay.replayed.as_deref(),
+        Some("true"),
+        "the taken-over key now replays"
+    );
+    assert_eq!(replay.body["id"], retry.body["id"]);
 }
 
 #[tokio::test]
@@ -315,6 +355,10 @@ async fn twenty_concurrent_requests_with_one_key_create_exactly_one_order() {
 
     let mut ids = std::collections::BTreeSet::new();
     let mut originals = 0;
+    let in_flight = answers
+        .iter()
+        .filter(|a| a.status == StatusCode::CONFLICT)
+        .count();
     for a in &answers {
         match a.status {
             StatusCode::CREATED => {
@@ -345,7 +389,7 @@ async fn twenty_concurrent_requests_with_one_key_create_exactly_one_order() {
     );
     assert_eq!(
         originals, 1,
-        "exactly one response is the original, the rest replays or 409"
+        "exactly one response is the original, the rest replays or 409 ({in_flight} were 409)"
     );
     assert_eq!(app.order_count().await, 1, "exactly one order is created");
 

@@ -4,7 +4,9 @@
 
 mod bad_input;
 mod broker;
+mod crash;
 mod helpers;
 mod idempotency;
 mod messaging;
+mod process;
 mod saga;

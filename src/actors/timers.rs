@@ -1,0 +1,63 @@
+//! Step timers and start-up recovery. Deadlines live in the `orders` table, so they
+//! survive restarts: the scanner asks the database which deadlines have passed and tells
+//! those orders' actors, which resend or give up and compensate. At start-up every
+//! non-terminal order is resumed (its pending commands resent; participants dedupe), so
+//! nothing waits for a message that died with the previous process.
+
+use crate::actors::Orders;
+use crate::persistence::orders;
+use chrono::Utc;
+use futures::StreamExt;
+use sea_orm::DatabaseConnection;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How often the scanner looks for expired deadlines.
+const SCAN_INTERVAL: Duration = Duration::from_millis(250);
+/// Orders handled per scan, and at once.
+const SCAN_BATCH: u64 = 256;
+const CONCURRENCY: usize = 32;
+
+/// Handles every expired deadline once. Returns how many orders were due.
+pub async fn scan_once(orders: &Orders, db: &DatabaseConnection) -> anyhow::Result<usize> {
+    let due = orders::due_deadlines(db, Utc::now(), SCAN_BATCH).await?;
+    let count = due.len();
+    futures::stream::iter(due)
+        .for_each_concurrent(CONCURRENCY, |id| async move {
+            if let Err(error) = orders.deadline_expired(id).await {
+                tracing::warn!(order_id = %id, %error, "could not handle an expired step deadline");
+            }
+        })
+        .await;
+    Ok(count)
+}
+
+/// Runs the scanner until cancelled.
+pub async fn run(orders: Orders, db: DatabaseConnection, shutdown: CancellationToken) {
+    loop {
+        if let Err(error) = scan_once(&orders, &db).await {
+            tracing::warn!(%error, "timer scan failed");
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(SCAN_INTERVAL) => {}
+        }
+    }
+}
+
+/// Resumes every non-terminal order. Returns how many.
+pub async fn recover(orders: &Orders, db: &DatabaseConnection) -> anyhow::Result<usize> {
+    let ids = orders::non_terminal_ids(db).await?;
+    let count = ids.len();
+    if count > 0 {
+        tracing::info!(orders = count, "resuming in-flight orders");
+    }
+    futures::stream::iter(ids)
+        .for_each_concurrent(CONCURRENCY, |id| async move {
+            if let Err(error) = orders.resume(id).await {
+                tracing::warn!(order_id = %id, %error, "could not resume order");
+            }
+        })
+        .await;
+    Ok(count)
+}
