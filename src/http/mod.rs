@@ -2,6 +2,7 @@
 //! request tracing, body limit, panic catching, and problem+json for every error response,
 //! including the ones axum produces itself (404, 405).
 
+pub mod admin;
 pub mod errors;
 pub mod extractors;
 pub mod health;
@@ -48,6 +49,7 @@ pub fn router(state: AppState) -> Router {
         .merge(orders::router())
         .merge(inventory::router())
         .merge(health::router())
+        .merge(admin::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
