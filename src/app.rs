@@ -130,6 +130,9 @@ impl Application {
                 payment_mode: config.payment_mode,
                 idempotency_retention: chrono::Duration::from_std(config.idempotency_retention())
                     .unwrap_or(chrono::Duration::hours(24)),
+                idempotency_claim_timeout: chrono::Duration::seconds(
+                    i64::try_from(config.idempotency_claim_timeout_secs).unwrap_or(60),
+                ),
                 body_limit_bytes: config.body_limit_bytes,
             }),
         };

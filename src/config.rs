@@ -94,6 +94,11 @@ pub struct Config {
     #[arg(long, env = "IDEMPOTENCY_RETENTION_SECS", default_value_t = 86_400)]
     pub idempotency_retention_secs: u64,
 
+    /// Age in seconds after which an idempotency key whose request never finished (its
+    /// process crashed) may be claimed again by a retry.
+    #[arg(long, env = "IDEMPOTENCY_CLAIM_TIMEOUT_SECS", default_value_t = 60)]
+    pub idempotency_claim_timeout_secs: u64,
+
     /// Maximum database connections per store (PostgreSQL).
     #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,

@@ -109,6 +109,7 @@ async fn check_orders_store(db: &DatabaseConnection) {
         version: Set(1),
         step_deadline_at: Set(Some(t)),
         step_attempts: Set(0),
+        parked_reason: Set(None),
         trace_context: Set(Some(
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned(),
         )),

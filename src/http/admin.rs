@@ -17,11 +17,16 @@ pub fn router() -> Router<AppState> {
 
 /// Checks the DESIGN.md invariants now. Meaningful once the system is quiet (in-flight
 /// orders are reported as non-terminal). Reads every order: an operator tool, not a probe.
-async fn invariant_report(State(app): State<AppState>, _admin: Admin) -> Result<Response, ApiError> {
+async fn invariant_report(
+    State(app): State<AppState>,
+    _admin: Admin,
+) -> Result<Response, ApiError> {
     let report = invariants::check(&app.stores, None).await?;
     Ok(Json(json!({
         "holds": report.holds(),
         "orders_by_status": report.orders_by_status,
+        "in_flight": report.in_flight,
+        "parked": report.parked,
         "violations": report.violations,
     }))
     .into_response())

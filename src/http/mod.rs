@@ -30,6 +30,8 @@ pub struct HttpSettings {
     pub dev_endpoints: bool,
     pub payment_mode: PaymentMode,
     pub idempotency_retention: chrono::Duration,
+    /// Age after which an unfinished claim counts as abandoned (its request crashed).
+    pub idempotency_claim_timeout: chrono::Duration,
     pub body_limit_bytes: usize,
 }
 

@@ -75,7 +75,15 @@ async fn create_order(
     let canonical = serde_json::to_vec(&request).map_err(|e| ApiError::Internal(e.into()))?;
     let hash = hex::encode(Sha256::digest(&canonical));
     let db = &app.stores.orders;
-    match idempotency::claim(db, &key, &hash, app.settings.idempotency_retention).await? {
+    let settings = &app.settings;
+    let claim = idempotency::claim(
+        db,
+        &key,
+        &hash,
+        settings.idempotency_retention,
+        settings.idempotency_claim_timeout,
+    );
+    match claim.await? {
         Claim::New => {}
         Claim::Replay { status, body } => {
             let order_id = serde_json::from_str::<serde_json::Value>(&body)

@@ -56,6 +56,20 @@ impl OutboxRelay {
         Ok(RelayOutcome::Published(count))
     }
 
+    /// Shutdown: publishes what was committed since the last pass, while the bus is there.
+    async fn flush(&self) {
+        for _ in 0..16 {
+            match self.try_execute().await {
+                Ok(RelayOutcome::Published(_)) => continue,
+                Ok(RelayOutcome::Empty) => return,
+                Err(error) => {
+                    tracing::info!(relay = self.name, %error, "outbox left for the next start");
+                    return;
+                }
+            }
+        }
+    }
+
     /// Runs until cancelled; a failed pass is retried with capped exponential backoff.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut backoff = Duration::from_millis(100);
@@ -71,7 +85,7 @@ impl OutboxRelay {
                 Ok(RelayOutcome::Empty) => {
                     backoff = Duration::from_millis(100);
                     tokio::select! {
-                        _ = shutdown.cancelled() => return,
+                        _ = shutdown.cancelled() => return self.flush().await,
                         _ = self.wake.notified() => {}
                         _ = tokio::time::sleep(IDLE_POLL) => {}
                     }

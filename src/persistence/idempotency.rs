@@ -4,7 +4,8 @@
 //! creating transaction fills in the response, so "order created" and "key completed" can
 //! never disagree after a crash. A claim whose request failed (stock check, validation) is
 //! released again, so the client may retry with the same key; a claim left behind by a
-//! crashed process is taken over once it is older than [`ABANDONED_AFTER`].
+//! crashed process is taken over once it is older than the claim timeout
+//! (`IDEMPOTENCY_CLAIM_TIMEOUT_SECS`, default [`ABANDONED_AFTER`]).
 
 use chrono::{Duration as ChronoDuration, Utc};
 use entity::idempotency_keys as keys;
@@ -14,7 +15,7 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-/// An in-flight claim older than this is considered abandoned by a crashed request.
+/// Default age after which an in-flight claim is considered abandoned by a crashed request.
 pub const ABANDONED_AFTER: ChronoDuration = ChronoDuration::seconds(60);
 
 /// What to do with a request carrying an idempotency key.
@@ -36,6 +37,7 @@ pub async fn claim<C: ConnectionTrait>(
     key: &str,
     request_hash: &str,
     retention: ChronoDuration,
+    abandoned_after: ChronoDuration,
 ) -> Result<Claim, DbErr> {
     let now = Utc::now();
     let inserted = keys::Entity::insert(keys::ActiveModel {
@@ -58,11 +60,11 @@ pub async fn claim<C: ConnectionTrait>(
     }
     let Some(existing) = keys::Entity::find_by_id(key.to_owned()).one(db).await? else {
         // Deleted between our insert and read (expiry sweep): claim again once.
-        return Box::pin(claim(db, key, request_hash, retention)).await;
+        return Box::pin(claim(db, key, request_hash, retention, abandoned_after)).await;
     };
     let expired = existing.created_at + retention < now;
     let abandoned =
-        existing.response_status.is_none() && existing.created_at + ABANDONED_AFTER < now;
+        existing.response_status.is_none() && existing.created_at + abandoned_after < now;
     if expired || abandoned {
         // Take over: only one concurrent taker wins, thanks to the created_at guard.
         let taken = keys::Entity::update_many()

@@ -34,7 +34,9 @@ async fn survive_one_panic(event: &str, decline: f64) -> (TestApp, Value) {
     })
     .await;
     let created = app.create_order(&[("KB-001", 1)]).await;
-    let order = app.wait_for_terminal(created["id"].as_str().expect("id")).await;
+    let order = app
+        .wait_for_terminal(created["id"].as_str().expect("id"))
+        .await;
     (app, order)
 }
 
@@ -76,13 +78,28 @@ async fn a_crash_loop_stops_at_the_restart_limit_and_parks_the_order_visibly() {
         if order["parked_reason"].is_string() {
             break order;
         }
-        assert!(tokio::time::Instant::now() < deadline, "never parked: {order:#}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never parked: {order:#}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
 
     assert_eq!(order["status"], "STOCK_RESERVED", "parked where it crashed");
-    assert!(order["parked_reason"].as_str().expect("reason").contains("fault injection"));
-    assert_eq!(order["history"].as_array().expect("history").last().expect("entry")["event"], "parked");
+    assert!(
+        order["parked_reason"]
+            .as_str()
+            .expect("reason")
+            .contains("fault injection")
+    );
+    assert_eq!(
+        order["history"]
+            .as_array()
+            .expect("history")
+            .last()
+            .expect("entry")["event"],
+        "parked"
+    );
     let ready = ready_json(&app).await;
     assert_eq!(ready["order_actors"]["parked"], 1);
     assert_eq!(
@@ -91,7 +108,11 @@ async fn a_crash_loop_stops_at_the_restart_limit_and_parks_the_order_visibly() {
     );
     // Parked means left alone: admin commands get a clear 409.
     let response = app
-        .patch_status(id, &json!({"status": "REVERSED"}), Some(crate::helpers::ADMIN_TOKEN))
+        .patch_status(
+            id,
+            &json!({"status": "REVERSED"}),
+            Some(crate::helpers::ADMIN_TOKEN),
+        )
         .await;
     assert_eq!(response.status(), StatusCode::CONFLICT);
 }
@@ -107,14 +128,19 @@ async fn a_participant_that_never_answers_gets_retries_then_the_order_is_reverse
     .await;
     let created = app.create_order(&[("HS-005", 2)]).await;
 
-    let order = app.wait_for_terminal(created["id"].as_str().expect("id")).await;
+    let order = app
+        .wait_for_terminal(created["id"].as_str().expect("id"))
+        .await;
 
     assert_eq!(order["status"], "REVERSED", "{order:#}");
     assert_eq!(order["failure_reason"], "payment did not answer in time");
     assert_eq!(order["steps"]["payment"], "REFUNDED");
     assert_eq!(order["steps"]["reservation"], "RELEASED");
     let ready = ready_json(&app).await;
-    assert_eq!(ready["order_actors"]["step_retries"], 2, "two resends before giving up");
+    assert_eq!(
+        ready["order_actors"]["step_retries"], 2,
+        "two resends before giving up"
+    );
     assert_eq!(ready["order_actors"]["step_timeouts"], 1);
     app.wait_until_quiet().await;
     assert_eq!(app.stock("HS-005").await["available"], 50);
@@ -145,18 +171,32 @@ fn envelope(order_id: &str, kind: &str, payload: Value) -> Value {
 
 #[tokio::test]
 async fn duplicated_commands_and_replies_have_exactly_one_effect() {
-    let app = spawn_app_with(TestOptions { payment_mode: PaymentMode::Manual, ..Default::default() }).await;
+    let app = spawn_app_with(TestOptions {
+        payment_mode: PaymentMode::Manual,
+        ..Default::default()
+    })
+    .await;
     let created = app.create_order(&[("MN-003", 3)]).await;
     let id = created["id"].as_str().expect("id").to_owned();
     app.wait_for_status(&id, &["STOCK_RESERVED"]).await;
-    let connection = Connection::connect(app.amqp_url.as_deref().expect("amqp"), ConnectionProperties::default())
-        .await
-        .expect("connect");
+    let connection = Connection::connect(
+        app.amqp_url.as_deref().expect("amqp"),
+        ConnectionProperties::default(),
+    )
+    .await
+    .expect("connect");
     let channel = connection.create_channel().await.expect("channel");
-    channel.confirm_select(Default::default()).await.expect("confirms");
+    channel
+        .confirm_select(Default::default())
+        .await
+        .expect("confirms");
 
     // The same reserve command twice, and the same reply twice, on purpose.
-    let reserve = envelope(&id, "stock.reserve", json!({"items": [{"sku": "MN-003", "quantity": 3}]}));
+    let reserve = envelope(
+        &id,
+        "stock.reserve",
+        json!({"items": [{"sku": "MN-003", "quantity": 3}]}),
+    );
     publish(&channel, "order.commands", "stock.reserve", &reserve).await;
     publish(&channel, "order.commands", "stock.reserve", &reserve).await;
     let reserved = envelope(&id, "stock.reserved", json!({}));
@@ -165,52 +205,123 @@ async fn duplicated_commands_and_replies_have_exactly_one_effect() {
     app.wait_until_quiet().await;
 
     let order = app.get_order(&id).await;
-    assert_eq!(order["history"].as_array().expect("history").len(), 2, "PENDING, STOCK_RESERVED only: {order:#}");
+    assert_eq!(
+        order["history"].as_array().expect("history").len(),
+        2,
+        "PENDING, STOCK_RESERVED only: {order:#}"
+    );
     let stock = app.stock("MN-003").await;
-    assert_eq!((stock["available"].as_i64(), stock["reserved"].as_i64()), (Some(22), Some(3)), "reserved once");
+    assert_eq!(
+        (stock["available"].as_i64(), stock["reserved"].as_i64()),
+        (Some(22), Some(3)),
+        "reserved once"
+    );
 
-    assert_eq!(app.pay(&id, &json!({"outcome": "approve"})).await.status(), StatusCode::ACCEPTED);
+    assert_eq!(
+        app.pay(&id, &json!({"outcome": "approve"})).await.status(),
+        StatusCode::ACCEPTED
+    );
     app.wait_for_terminal(&id).await;
     // Replays after the end: a second charge and a second shipment reply.
-    let charge = envelope(&id, "payment.charge", json!({"amount_cents": 1, "currency": "USD"}));
+    let charge = envelope(
+        &id,
+        "payment.charge",
+        json!({"amount_cents": 1, "currency": "USD"}),
+    );
     publish(&channel, "order.commands", "payment.charge", &charge).await;
-    publish(&channel, "order.replies", "shipping.scheduled", &envelope(&id, "shipping.scheduled", json!({"tracking_number": "X"}))).await;
+    publish(
+        &channel,
+        "order.replies",
+        "shipping.scheduled",
+        &envelope(&id, "shipping.scheduled", json!({"tracking_number": "X"})),
+    )
+    .await;
     app.wait_until_quiet().await;
 
     let order = app.get_order(&id).await;
-    assert_eq!(order["status"], "CONFIRMED");
-    assert_eq!(order["history"].as_array().expect("history").len(), 4);
-    let payments = order_service::participants::payment::Payment::new(app.stores.payment.clone(), Default::default(), 0.0)
-        .all()
-        .await
-        .expect("payments");
-    assert_eq!(payments, vec![(id.parse().expect("uuid"), "CHARGED".to_owned(), 3 * 24_900)], "charged once, for the real amount");
+    let events: Vec<&str> = order["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .map(|h| h["event"].as_str().expect("event"))
+        .collect();
+    assert_eq!(
+        events,
+        [
+            "order_created",
+            "stock_reserved",
+            "payment_submitted",
+            "payment_charged",
+            "shipment_scheduled"
+        ],
+        "the replayed reply changed nothing"
+    );
+    let payments = order_service::participants::payment::Payment::new(
+        app.stores.payment.clone(),
+        Default::default(),
+        0.0,
+    )
+    .all()
+    .await
+    .expect("payments");
+    assert_eq!(
+        payments,
+        vec![(id.parse().expect("uuid"), "CHARGED".to_owned(), 3 * 24_900)],
+        "charged once, for the real amount"
+    );
     assert!(app.invariants(&[("MN-003", 25)]).await.holds());
 }
 
 #[tokio::test]
 async fn poison_messages_go_to_the_dead_letter_queue_and_do_not_block_the_queue() {
     let app = spawn_app_with(TestOptions::default()).await;
-    let connection = Connection::connect(app.amqp_url.as_deref().expect("amqp"), ConnectionProperties::default())
-        .await
-        .expect("connect");
+    let connection = Connection::connect(
+        app.amqp_url.as_deref().expect("amqp"),
+        ConnectionProperties::default(),
+    )
+    .await
+    .expect("connect");
     let channel = connection.create_channel().await.expect("channel");
-    channel.confirm_select(Default::default()).await.expect("confirms");
+    channel
+        .confirm_select(Default::default())
+        .await
+        .expect("confirms");
 
     channel
-        .basic_publish("order.replies".into(), "stock.reserved".into(), BasicPublishOptions::default(), b"not json", BasicProperties::default())
+        .basic_publish(
+            "order.replies".into(),
+            "stock.reserved".into(),
+            BasicPublishOptions::default(),
+            b"not json",
+            BasicProperties::default(),
+        )
         .await
         .expect("publish")
         .await
         .expect("confirm");
     let unknown = Uuid::now_v7().to_string();
-    publish(&channel, "order.replies", "stock.reserved", &envelope(&unknown, "stock.reserved", json!({}))).await;
+    publish(
+        &channel,
+        "order.replies",
+        "stock.reserved",
+        &envelope(&unknown, "stock.reserved", json!({})),
+    )
+    .await;
     // The queue still flows: a real order completes.
     let created = app.create_order(&[("KB-001", 1)]).await;
-    assert_eq!(app.wait_for_terminal(created["id"].as_str().expect("id")).await["status"], "CONFIRMED");
+    assert_eq!(
+        app.wait_for_terminal(created["id"].as_str().expect("id"))
+            .await["status"],
+        "CONFIRMED"
+    );
 
     let mut dead = channel
-        .basic_consume("order.dead-letters".into(), "test".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .basic_consume(
+            "order.dead-letters".into(),
+            "test".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
         .await
         .expect("consume dead letters");
     let mut bodies = Vec::new();
@@ -225,25 +336,47 @@ async fn poison_messages_go_to_the_dead_letter_queue_and_do_not_block_the_queue(
     }
     assert!(bodies.iter().any(|b| b == "not json"));
     assert!(bodies.iter().any(|b| b.contains(&unknown)));
-    assert_eq!(app.order_count().await, 1, "no order was made up for the unknown id");
+    assert_eq!(
+        app.order_count().await,
+        1,
+        "no order was made up for the unknown id"
+    );
 }
 
 #[tokio::test]
 async fn an_expired_idempotency_key_is_swept_and_accepted_as_new() {
-    let app = spawn_app_with(TestOptions { idempotency_retention_secs: 1, ..Default::default() }).await;
-    let first = app.post_order(Some("reused-key"), &order_body(&[("CB-004", 1)])).await;
+    let app = spawn_app_with(TestOptions {
+        idempotency_retention_secs: 1,
+        ..Default::default()
+    })
+    .await;
+    let first = app
+        .post_order(Some("reused-key"), &order_body(&[("CB-004", 1)]))
+        .await;
     assert_eq!(first.status(), StatusCode::CREATED);
     let first: Value = first.json().await.expect("JSON");
 
     // Retention is the subject here: let one second pass, then sweep as the service does.
     tokio::time::sleep(Duration::from_millis(1_100)).await;
-    let swept = order_service::persistence::idempotency::sweep_expired(&app.stores.orders, chrono::Duration::seconds(1))
-        .await
-        .expect("sweep");
-    assert!(swept <= 1, "at most the one key (the service's own sweeper may have been first)");
+    let swept = order_service::persistence::idempotency::sweep_expired(
+        &app.stores.orders,
+        chrono::Duration::seconds(1),
+    )
+    .await
+    .expect("sweep");
+    assert!(
+        swept <= 1,
+        "at most the one key (the service's own sweeper may have been first)"
+    );
 
-    let second = app.post_order(Some("reused-key"), &order_body(&[("CB-004", 2)])).await;
-    assert_eq!(second.status(), StatusCode::CREATED, "a different body is fine once the key expired");
+    let second = app
+        .post_order(Some("reused-key"), &order_body(&[("CB-004", 2)]))
+        .await;
+    assert_eq!(
+        second.status(),
+        StatusCode::CREATED,
+        "a different body is fine once the key expired"
+    );
     assert!(second.headers().get("idempotent-replayed").is_none());
     let second: Value = second.json().await.expect("JSON");
     assert_ne!(first["id"], second["id"]);

@@ -37,7 +37,10 @@ impl ServiceProcess {
             ("LISTEN_ADDR", format!("127.0.0.1:{port}")),
             ("ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
             ("LOG_FORMAT", "json".to_owned()),
-            ("RUST_LOG", "info,sqlx=warn,sea_orm=warn,lapin=warn,ractor=warn".to_owned()),
+            (
+                "RUST_LOG",
+                "info,sqlx=warn,sea_orm=warn,lapin=warn,ractor=warn".to_owned(),
+            ),
         ];
         env.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
         let log = std::env::temp_dir().join(format!("order-service-{port}.log"));
@@ -70,7 +73,10 @@ impl ServiceProcess {
     async fn wait_ready(&mut self, client: &reqwest::Client) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(r) = client.get(format!("{}/health/ready", self.base)).send().await
+            if let Ok(r) = client
+                .get(format!("{}/health/ready", self.base))
+                .send()
+                .await
                 && r.status() == StatusCode::OK
             {
                 return;
@@ -78,7 +84,11 @@ impl ServiceProcess {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("service exited early ({status}); log: {}", self.log_text());
             }
-            assert!(Instant::now() < deadline, "service not ready; log: {}", self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "service not ready; log: {}",
+                self.log_text()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -106,7 +116,12 @@ impl Drop for ServiceProcess {
     }
 }
 
-async fn post(client: &reqwest::Client, base: &str, key: &str, body: &Value) -> Result<(StatusCode, Value), reqwest::Error> {
+async fn post(
+    client: &reqwest::Client,
+    base: &str,
+    key: &str,
+    body: &Value,
+) -> Result<(StatusCode, Value), reqwest::Error> {
     let response = client
         .post(format!("{base}/api/orders"))
         .header("Idempotency-Key", key)
@@ -129,7 +144,10 @@ async fn wait_all_terminal(client: &reqwest::Client, base: &str, ids: &[String])
                 .json()
                 .await
                 .expect("JSON");
-            if matches!(order["status"].as_str(), Some("CONFIRMED" | "REVERSED" | "REJECTED")) {
+            if matches!(
+                order["status"].as_str(),
+                Some("CONFIRMED" | "REVERSED" | "REJECTED")
+            ) {
                 break;
             }
             assert!(Instant::now() < deadline, "order {id} stuck: {order:#}");
@@ -142,11 +160,20 @@ async fn wait_all_terminal(client: &reqwest::Client, base: &str, ids: &[String])
 async fn kill_9_during_load_then_restart_completes_every_order_with_the_invariants_intact() {
     let (database_url, amqp_url, _backing) = provision(false).await;
     let amqp_url = amqp_url.expect("RabbitMQ");
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().expect("client");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("client");
     let mut service = ServiceProcess::start(
         &database_url,
         &amqp_url,
-        &[("PAYMENT_DECLINE_RATE", "0.3"), ("SHIPPING_FAILURE_RATE", "0.1"), ("STEP_TIMEOUT_MS", "2000")],
+        &[
+            ("PAYMENT_DECLINE_RATE", "0.3"),
+            ("SHIPPING_FAILURE_RATE", "0.1"),
+            ("STEP_TIMEOUT_MS", "2000"),
+            // Claims of requests killed mid-way are taken over by their retry after 2 s.
+            ("IDEMPOTENCY_CLAIM_TIMEOUT_SECS", "2"),
+        ],
     );
     service.wait_ready(&client).await;
     for sku in ["LOAD-1", "LOAD-2"] {
@@ -162,7 +189,12 @@ async fn kill_9_during_load_then_restart_completes_every_order_with_the_invarian
 
     // 500 orders from 32 concurrent clients; the service is killed once 250 have answered.
     let requests: Vec<(String, Value)> = (0..500)
-        .map(|i| (format!("kill9-{i}"), order_body(&[("LOAD-1", 1 + i % 2), ("LOAD-2", 1)])))
+        .map(|i| {
+            (
+                format!("kill9-{i}"),
+                order_body(&[("LOAD-1", 1 + i % 2), ("LOAD-2", 1)]),
+            )
+        })
         .collect();
     let answered = std::sync::atomic::AtomicUsize::new(0);
     let killed = tokio::sync::Notify::new();
@@ -191,12 +223,26 @@ async fn kill_9_during_load_then_restart_completes_every_order_with_the_invarian
     // Every request is retried with its key: a lost response replays, a lost request runs.
     let mut created: HashMap<String, String> = HashMap::new();
     for (key, body) in &requests {
-        let (status, order) = post(&client, &service.base, key, body).await.expect("retry after restart");
+        let retry_until = Instant::now() + Duration::from_secs(15);
+        let (status, order) = loop {
+            let (status, order) = post(&client, &service.base, key, body)
+                .await
+                .expect("retry after restart");
+            // A request killed mid-way left its key claimed: retry once the claim expires.
+            let in_flight = order["type"] == "/problems/idempotency-key-in-flight";
+            if status == StatusCode::CONFLICT && in_flight && Instant::now() < retry_until {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            break (status, order);
+        };
         match status {
             StatusCode::CREATED => {
                 created.insert(key.clone(), order["id"].as_str().expect("id").to_owned());
             }
-            StatusCode::CONFLICT => assert_eq!(order["type"], "/problems/insufficient-stock", "{order}"),
+            StatusCode::CONFLICT => {
+                assert_eq!(order["type"], "/problems/insufficient-stock", "{order}")
+            }
             other => panic!("{key}: unexpected {other}: {order}"),
         }
     }
@@ -208,7 +254,9 @@ async fn kill_9_during_load_then_restart_completes_every_order_with_the_invarian
     let deadline = Instant::now() + Duration::from_secs(30);
     let initial = BTreeMap::from([("LOAD-1".to_owned(), 400), ("LOAD-2".to_owned(), 400)]);
     let report = loop {
-        let report = invariants::check(&stores, Some(&initial)).await.expect("check");
+        let report = invariants::check(&stores, Some(&initial))
+            .await
+            .expect("check");
         if report.holds() || Instant::now() > deadline {
             break report;
         }
@@ -216,22 +264,41 @@ async fn kill_9_during_load_then_restart_completes_every_order_with_the_invarian
     };
     assert!(report.holds(), "{:#?}", report.violations);
     let total: u64 = report.orders_by_status.values().sum();
-    assert_eq!(total as usize, ids.len(), "one order per idempotency key, none lost, none duplicated");
-    assert!(in_flight_before_restart > 0 || results.len() == 500, "the kill happened during load");
+    assert_eq!(
+        total as usize,
+        ids.len(),
+        "one order per idempotency key, none lost, none duplicated"
+    );
+    assert!(
+        in_flight_before_restart > 0 || results.len() == 500,
+        "the kill happened during load"
+    );
     stores.close().await;
 }
 
 #[tokio::test]
 async fn sigterm_drains_and_exits_zero_and_nothing_is_lost() {
     let (database_url, amqp_url, _backing) = provision(false).await;
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().expect("client");
-    let mut service = ServiceProcess::start(&database_url, &amqp_url.expect("RabbitMQ"), &[("PAYMENT_DECLINE_RATE", "0")]);
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("client");
+    let mut service = ServiceProcess::start(
+        &database_url,
+        &amqp_url.expect("RabbitMQ"),
+        &[("PAYMENT_DECLINE_RATE", "0")],
+    );
     service.wait_ready(&client).await;
     let mut ids = Vec::new();
     for i in 0..20 {
-        let (status, order) = post(&client, &service.base, &format!("term-{i}"), &order_body(&[("CB-004", 1)]))
-            .await
-            .expect("POST");
+        let (status, order) = post(
+            &client,
+            &service.base,
+            &format!("term-{i}"),
+            &order_body(&[("CB-004", 1)]),
+        )
+        .await
+        .expect("POST");
         assert_eq!(status, StatusCode::CREATED);
         ids.push(order["id"].as_str().expect("id").to_owned());
     }
@@ -246,11 +313,18 @@ async fn sigterm_drains_and_exits_zero_and_nothing_is_lost() {
         if let Some(status) = service.child.try_wait().expect("wait") {
             break status;
         }
-        assert!(Instant::now() < deadline, "no exit after SIGTERM; log: {}", service.log_text());
+        assert!(
+            Instant::now() < deadline,
+            "no exit after SIGTERM; log: {}",
+            service.log_text()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(status.code(), Some(0), "log: {}", service.log_text());
-    assert!(service.log_text().contains("\"stopped\""), "clean stop logged");
+    assert!(
+        service.log_text().contains("\"stopped\""),
+        "clean stop logged"
+    );
 
     service.restart();
     service.wait_ready(&client).await;
@@ -259,64 +333,130 @@ async fn sigterm_drains_and_exits_zero_and_nothing_is_lost() {
 
 fn psql(sql: &str) {
     let out = Command::new("psql")
-        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-qAtc", sql])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-qAtc",
+            sql,
+        ])
         .output()
         .expect("psql");
-    assert!(out.status.success(), "{sql}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test]
 async fn a_postgresql_outage_is_reported_and_survived_without_losing_anything() {
-    let app = spawn_app_with(TestOptions { payment_decline_rate: 0.3, ..Default::default() }).await;
+    let app = spawn_app_with(TestOptions {
+        payment_decline_rate: 0.3,
+        ..Default::default()
+    })
+    .await;
     let database = app.database_name().expect("PostgreSQL app").to_owned();
     let mut ids = Vec::new();
     for i in 0..20 {
-        let r = app.post_order(Some(&format!("before-{i}")), &order_body(&[("KB-001", 1)])).await;
+        let r = app
+            .post_order(Some(&format!("before-{i}")), &order_body(&[("KB-001", 1)]))
+            .await;
         assert_eq!(r.status(), StatusCode::CREATED);
-        ids.push(r.json::<Value>().await.expect("JSON")["id"].as_str().expect("id").to_owned());
+        ids.push(
+            r.json::<Value>().await.expect("JSON")["id"]
+                .as_str()
+                .expect("id")
+                .to_owned(),
+        );
     }
 
     // The outage: existing connections cut, new ones refused, for four seconds.
-    psql(&format!("ALTER DATABASE \"{database}\" ALLOW_CONNECTIONS false"));
-    psql(&format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{database}'"));
+    psql(&format!(
+        "ALTER DATABASE \"{database}\" ALLOW_CONNECTIONS false"
+    ));
+    psql(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{database}'"
+    ));
     let outage_ends = Instant::now() + Duration::from_secs(4);
     let mut saw_unready = false;
     let mut during = 0;
     let mut refused = Vec::new();
     while Instant::now() < outage_ends {
-        let ready = app.client.get(app.url("/health/ready")).send().await.expect("ready answers");
+        let ready = app
+            .client
+            .get(app.url("/health/ready"))
+            .send()
+            .await
+            .expect("ready answers");
         saw_unready |= ready.status() == StatusCode::SERVICE_UNAVAILABLE;
         let started = Instant::now();
-        let r = app.post_order(Some(&format!("during-{during}")), &order_body(&[("KB-001", 1)])).await;
-        assert!(started.elapsed() < Duration::from_secs(10), "a request hung during the outage");
+        let r = app
+            .post_order(
+                Some(&format!("during-{during}")),
+                &order_body(&[("KB-001", 1)]),
+            )
+            .await;
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "a request hung during the outage"
+        );
         match r.status() {
             StatusCode::SERVICE_UNAVAILABLE => {
                 assert!(r.headers().contains_key("retry-after"));
                 refused.push(format!("during-{during}"));
             }
-            StatusCode::CREATED => ids.push(r.json::<Value>().await.expect("JSON")["id"].as_str().expect("id").to_owned()),
-            other => panic!("during the outage: {other} {}", r.text().await.unwrap_or_default()),
+            StatusCode::CREATED => ids.push(
+                r.json::<Value>().await.expect("JSON")["id"]
+                    .as_str()
+                    .expect("id")
+                    .to_owned(),
+            ),
+            other => panic!(
+                "during the outage: {other} {}",
+                r.text().await.unwrap_or_default()
+            ),
         }
         during += 1;
     }
-    psql(&format!("ALTER DATABASE \"{database}\" ALLOW_CONNECTIONS true"));
+    psql(&format!(
+        "ALTER DATABASE \"{database}\" ALLOW_CONNECTIONS true"
+    ));
     assert!(saw_unready, "/health/ready reported the outage");
 
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let ready = app.client.get(app.url("/health/ready")).send().await.expect("ready");
+        let ready = app
+            .client
+            .get(app.url("/health/ready"))
+            .send()
+            .await
+            .expect("ready");
         if ready.status() == StatusCode::OK {
             break;
         }
-        assert!(Instant::now() < deadline, "not ready again after the outage");
+        assert!(
+            Instant::now() < deadline,
+            "not ready again after the outage"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // A well-behaved client retries what was refused, with the same key.
     let retries = refused.iter().cloned();
     for key in retries.chain((0..10).map(|i| format!("after-{i}"))) {
-        let r = app.post_order(Some(&key), &order_body(&[("KB-001", 1)])).await;
+        let r = app
+            .post_order(Some(&key), &order_body(&[("KB-001", 1)]))
+            .await;
         assert_eq!(r.status(), StatusCode::CREATED, "{key}");
-        ids.push(r.json::<Value>().await.expect("JSON")["id"].as_str().expect("id").to_owned());
+        ids.push(
+            r.json::<Value>().await.expect("JSON")["id"]
+                .as_str()
+                .expect("id")
+                .to_owned(),
+        );
     }
     ids.sort();
     ids.dedup();
@@ -326,5 +466,9 @@ async fn a_postgresql_outage_is_reported_and_survived_without_losing_anything() 
     app.wait_until_quiet().await;
     let report = app.invariants(&[("KB-001", 100)]).await;
     assert!(report.holds(), "{:#?}", report.violations);
-    assert_eq!(app.order_count().await, ids.len(), "every 201 is an order; nothing else was created");
+    assert_eq!(
+        app.order_count().await,
+        ids.len(),
+        "every 201 is an order; nothing else was created"
+    );
 }
