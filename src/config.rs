@@ -100,7 +100,7 @@ pub struct Config {
     pub idempotency_claim_timeout_secs: u64,
 
     /// Maximum database connections per store (PostgreSQL).
-    #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 16)]
+    #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 8)]
     pub db_max_connections: u32,
 
     /// Log format.

@@ -109,7 +109,7 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
     config.payment_mode = options.payment_mode;
     config.dev_endpoints = options.dev_endpoints;
     config.admin_token = options.admin_token.clone();
-    config.db_max_connections = 8;
+    config.db_max_connections = 4;
     config.embedded_participants = options.participants;
     config.step_timeout_ms = options.step_timeout_ms;
     config.step_max_retries = options.step_max_retries;

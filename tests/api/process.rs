@@ -37,6 +37,8 @@ impl ServiceProcess {
             ("LISTEN_ADDR", format!("127.0.0.1:{port}")),
             ("ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
             ("LOG_FORMAT", "json".to_owned()),
+            // Several test apps share one PostgreSQL (max_connections 100).
+            ("DB_MAX_CONNECTIONS", "4".to_owned()),
             (
                 "RUST_LOG",
                 "info,sqlx=warn,sea_orm=warn,lapin=warn,ractor=warn".to_owned(),
