@@ -110,6 +110,7 @@ impl Application {
                 }
             });
         }
+        workers.spawn(monitor(stores.clone(), bus.clone(), shutdown.clone()));
         workers.spawn(sweep_idempotency_keys(
             stores.orders.clone(),
             config.idempotency_retention(),
@@ -120,6 +121,7 @@ impl Application {
             .await
             .with_context(|| format!("binding {}", config.listen_addr))?;
         let state = AppState {
+            metrics: crate::metrics::install(),
             orders,
             stores,
             inventory,
@@ -207,6 +209,43 @@ impl Application {
         state.stores.close().await;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Samples what no request path sees: database and broker reachability (counting the
+/// database coming back as a reconnect), the broker's reconnects, each outbox's backlog.
+async fn monitor(stores: Stores, bus: Bus, shutdown: CancellationToken) {
+    let mut database_was_up = true;
+    loop {
+        let database_up = tokio::time::timeout(Duration::from_secs(2), stores.ping())
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if database_up && !database_was_up {
+            metrics::counter!("database_reconnects_total").increment(1);
+            tracing::info!("database reachable again");
+        } else if !database_up && database_was_up {
+            tracing::warn!("database unreachable");
+        }
+        database_was_up = database_up;
+        metrics::gauge!("database_up").set(f64::from(u8::from(database_up)));
+        metrics::gauge!("broker_up").set(f64::from(u8::from(bus.is_connected())));
+        metrics::counter!("broker_reconnects_total").absolute(bus.reconnects());
+        if database_up {
+            for (store, db) in [
+                ("orders", &stores.orders),
+                ("inventory", &stores.inventory),
+                ("payment", &stores.payment),
+                ("shipping", &stores.shipping),
+            ] {
+                if let Ok(n) = crate::persistence::outbox::backlog(db).await {
+                    metrics::gauge!("outbox_backlog", "store" => store).set(n as f64);
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
     }
 }
 

@@ -20,6 +20,7 @@ pub mod domain;
 pub mod http;
 pub mod invariants;
 pub mod messaging;
+pub mod metrics;
 pub mod participants;
 pub mod persistence;
 pub mod telemetry;

@@ -293,6 +293,7 @@ impl OrderActor {
                 body: &body,
             });
         orders::create(&self.ctx.db, &record, &entry, &messages, completion).await?;
+        metrics::counter!("orders_created_total").increment(1);
         self.ctx.outbox_wake.notify_one();
         tracing::info!(
             status = "PENDING",
@@ -321,6 +322,8 @@ impl OrderActor {
         let transition = match saga::apply(&order.saga, &event, order.payment_mode) {
             Ok(t) => t,
             Err(refused) => {
+                metrics::counter!("order_events_refused_total", "event" => event.name())
+                    .increment(1);
                 tracing::info!(status = %order.saga.status, %refused, "event refused; nothing changed");
                 return Err(refused.into());
             }
@@ -365,6 +368,7 @@ impl OrderActor {
         if !messages.is_empty() {
             self.ctx.outbox_wake.notify_one();
         }
+        record_transition(order, &transition.saga, &event, now);
         tracing::info!(from = %order.saga.status, to = %transition.saga.status, reason = %transition.reason, "transition");
         next.version = version;
         next.updated_at = now;
@@ -439,6 +443,41 @@ impl OrderActor {
         order.version = version;
         order.timer = timer;
         Ok(())
+    }
+}
+
+/// Transition metrics: the event, how long the order waited on the step it leaves, and
+/// the whole saga's duration once terminal.
+fn record_transition(
+    before: &OrderRecord,
+    after: &Saga,
+    event: &Event,
+    now: chrono::DateTime<Utc>,
+) {
+    let (from, to) = (before.saga.status, after.status);
+    metrics::counter!(
+        "order_transitions_total",
+        "from" => from.as_str(),
+        "to" => to.as_str(),
+        "event" => event.name()
+    )
+    .increment(1);
+    let step = match from {
+        OrderStatus::Pending => Some("reservation"),
+        OrderStatus::StockReserved => Some("payment"),
+        OrderStatus::Paid => Some("shipment"),
+        OrderStatus::Compensating => Some("compensation"),
+        _ => None,
+    };
+    if let (Some(step), Ok(waited)) = (step, (now - before.updated_at).to_std()) {
+        metrics::histogram!("saga_step_duration_seconds", "step" => step)
+            .record(waited.as_secs_f64());
+    }
+    if to.is_terminal()
+        && let Ok(total) = (now - before.created_at).to_std()
+    {
+        metrics::histogram!("saga_duration_seconds", "outcome" => to.as_str())
+            .record(total.as_secs_f64());
     }
 }
 

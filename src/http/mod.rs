@@ -16,10 +16,13 @@ use crate::participants::inventory::Inventory;
 use crate::persistence::Stores;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{Method, StatusCode, Uri};
-use axum::response::Response;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use errors::{ApiError, problem, problem_response};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
@@ -43,15 +46,26 @@ pub struct AppState {
     pub inventory: Inventory,
     pub bus: Bus,
     pub settings: Arc<HttpSettings>,
+    /// Renders `/metrics`.
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
 }
 
 pub fn router(state: AppState) -> Router {
     let body_limit = state.settings.body_limit_bytes;
+    let metrics = state.metrics.clone();
     Router::new()
         .merge(orders::router())
         .merge(inventory::router())
         .merge(health::router())
         .merge(admin::router())
+        // Only matched routes: the route label stays a bounded set of templates.
+        .route_layer(middleware::from_fn(track_http))
+        .route(
+            "/metrics",
+            axum::routing::get(move |State(app): State<AppState>| {
+                render_metrics(app, metrics.clone())
+            }),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -69,6 +83,47 @@ pub fn router(state: AppState) -> Router {
         }))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// Counts and times every request by method, route template and status.
+async fn track_http(request: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let method = request.method().as_str().to_owned();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("http_request_duration_seconds", "method" => method, "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// `GET /metrics`: Prometheus text exposition. Gauges of in-memory state are sampled here.
+async fn render_metrics(
+    app: AppState,
+    handle: metrics_exporter_prometheus::PrometheusHandle,
+) -> Response {
+    let stats = app.orders.stats();
+    metrics::gauge!("order_actors_live").set(app.orders.live_actors() as f64);
+    metrics::counter!("order_actor_restarts_total")
+        .absolute(stats.restarts.load(Ordering::Relaxed));
+    metrics::counter!("orders_parked_total").absolute(stats.parked.load(Ordering::Relaxed));
+    metrics::counter!("saga_step_retries_total").absolute(stats.retries.load(Ordering::Relaxed));
+    metrics::counter!("saga_step_timeouts_total").absolute(stats.timeouts.load(Ordering::Relaxed));
+    handle.run_upkeep();
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        handle.render(),
+    )
+        .into_response()
 }
 
 async fn not_found(uri: Uri) -> ApiError {

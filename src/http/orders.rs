@@ -86,6 +86,7 @@ async fn create_order(
     match claim.await? {
         Claim::New => {}
         Claim::Replay { status, body } => {
+            metrics::counter!("idempotency_replays_total").increment(1);
             let order_id = serde_json::from_str::<serde_json::Value>(&body)
                 .ok()
                 .and_then(|v| {
@@ -96,6 +97,7 @@ async fn create_order(
             return Ok(created(status, body, order_id, true));
         }
         Claim::Mismatch => {
+            metrics::counter!("idempotency_conflicts_total", "kind" => "mismatch").increment(1);
             return Err(ApiError::unprocessable(
                 "idempotency-key-reused",
                 "Idempotency-Key reused with a different body",
@@ -103,6 +105,7 @@ async fn create_order(
             ));
         }
         Claim::InFlight => {
+            metrics::counter!("idempotency_conflicts_total", "kind" => "in_flight").increment(1);
             return Err(ApiError::conflict(
                 "idempotency-key-in-flight",
                 "Request with this Idempotency-Key is still in progress",

@@ -88,6 +88,8 @@ pub async fn run<F, Fut>(
                     Disposition::Ack => message.ack().await,
                     Disposition::DeadLetter(reason) => {
                         tracing::warn!(queue, %routing_key, %reason, "dead-lettering message");
+                        metrics::counter!("messages_dead_lettered_total", "queue" => queue)
+                            .increment(1);
                         message.dead_letter().await
                     }
                     Disposition::Retry(reason) => {

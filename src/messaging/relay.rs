@@ -50,7 +50,12 @@ impl OutboxRelay {
             return Ok(RelayOutcome::Empty);
         }
         let messages: Vec<_> = rows.iter().map(outbox::to_outgoing).collect();
+        let started = std::time::Instant::now();
         self.bus.publish_batch(&messages).await?;
+        metrics::histogram!("outbox_publish_duration_seconds", "store" => self.name)
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!("outbox_messages_published_total", "store" => self.name)
+            .increment(messages.len() as u64);
         let count = rows.len();
         outbox::delete_sent(&self.db, rows.into_iter().map(|r| r.id).collect()).await?;
         Ok(RelayOutcome::Published(count))

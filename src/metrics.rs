@@ -1,0 +1,111 @@
+//! Prometheus metrics through the `metrics` facade. One recorder per process (installed
+//! once, shared by every app a test process builds); `GET /metrics` renders it.
+//!
+//! Names follow Prometheus conventions (`_total` counters, `_seconds` histograms, base
+//! units) and every label has a small, fixed set of values — never an order id.
+
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Latency buckets (seconds): 0.5 ms … 60 s.
+const BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+
+/// Installs the recorder on first call and returns the handle to render it.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new();
+            let recorder = match builder.set_buckets(BUCKETS) {
+                Ok(b) => b.build_recorder(),
+                // Only fails for an empty bucket list, which BUCKETS is not.
+                Err(_) => PrometheusBuilder::new().build_recorder(),
+            };
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("a metrics recorder was already installed; /metrics may be empty");
+            }
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    describe_counter!(
+        "http_requests_total",
+        "HTTP requests by method, route and status."
+    );
+    describe_histogram!(
+        "http_request_duration_seconds",
+        Unit::Seconds,
+        "HTTP request latency by method and route."
+    );
+    describe_counter!("orders_created_total", "Orders created.");
+    describe_counter!(
+        "order_transitions_total",
+        "Applied saga events by status left, status entered and event."
+    );
+    describe_counter!(
+        "order_events_refused_total",
+        "Events the state machine refused (duplicates, late replies), by event."
+    );
+    describe_histogram!(
+        "saga_duration_seconds",
+        Unit::Seconds,
+        "Order creation to terminal status, by outcome."
+    );
+    describe_histogram!(
+        "saga_step_duration_seconds",
+        Unit::Seconds,
+        "Time an order spent waiting on a saga step (reservation, payment, shipment, compensation)."
+    );
+    describe_gauge!("order_actors_live", "Order actors alive (not passivated).");
+    describe_counter!(
+        "order_actor_restarts_total",
+        "Order actors restarted by the supervisor after a panic."
+    );
+    describe_counter!("orders_parked_total", "Orders parked after a crash loop.");
+    describe_counter!(
+        "saga_step_retries_total",
+        "Resends of pending commands after a step timeout."
+    );
+    describe_counter!(
+        "saga_step_timeouts_total",
+        "Forward steps given up after their retries (compensation started)."
+    );
+    describe_gauge!("outbox_backlog", "Unsent outbox messages, by store.");
+    describe_counter!(
+        "outbox_messages_published_total",
+        "Outbox messages published and confirmed, by store."
+    );
+    describe_histogram!(
+        "outbox_publish_duration_seconds",
+        Unit::Seconds,
+        "Publishing one outbox batch until the broker confirmed it, by store."
+    );
+    describe_counter!("broker_reconnects_total", "Reconnections to RabbitMQ.");
+    describe_gauge!("broker_up", "1 when the broker connection is usable.");
+    describe_counter!(
+        "database_reconnects_total",
+        "Times the database became reachable again after an outage."
+    );
+    describe_gauge!("database_up", "1 when every database store answers.");
+    describe_counter!(
+        "idempotency_replays_total",
+        "Create requests answered by replaying a stored response."
+    );
+    describe_counter!(
+        "idempotency_conflicts_total",
+        "Idempotency-Key reuse refused, by kind (mismatch = 422, in_flight = 409)."
+    );
+    describe_counter!(
+        "messages_dead_lettered_total",
+        "Deliveries sent to the dead-letter queue, by queue."
+    );
+}
