@@ -249,6 +249,77 @@ async fn monitor(stores: Stores, bus: Bus, shutdown: CancellationToken) {
     }
 }
 
+/// The participants as their own service: consumers and outbox relays, plus the health
+/// endpoints, until `signal`.
+pub async fn run_participants(
+    config: Config,
+    signal: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let stores = Stores::connect(&config.database_url, config.db_max_connections)
+        .await
+        .context("connecting to the database")?;
+    if config.migrate_on_start {
+        stores.migrate().await.context("applying migrations")?;
+    }
+    let bus = Bus::connect(config.amqp_url.as_deref())
+        .await
+        .context("connecting to the message broker")?;
+    let inventory = Inventory::new(stores.inventory.clone(), Arc::new(Notify::new()));
+    if config.seed_demo_catalogue && inventory.seed_demo_catalogue().await? {
+        tracing::info!("seeded the demo catalogue");
+    }
+    let shutdown = CancellationToken::new();
+    let mut workers = JoinSet::new();
+    spawn_participants(
+        &mut workers,
+        &stores,
+        &bus,
+        ParticipantSettings {
+            payment_decline_rate: config.payment_decline_rate,
+            shipping_failure_rate: config.shipping_failure_rate,
+            drop_commands: config.fault_drop_commands.clone(),
+        },
+        &shutdown,
+    );
+    let health = {
+        let (stores, bus) = (stores.clone(), bus.clone());
+        axum::Router::new()
+            .route("/health/live", axum::routing::get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
+            .route(
+                "/health/ready",
+                axum::routing::get(move || {
+                    let (stores, bus) = (stores.clone(), bus.clone());
+                    async move {
+                        let ready = bus.is_connected() && stores.ping().await.is_ok();
+                        let status = if ready {
+                            axum::http::StatusCode::OK
+                        } else {
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE
+                        };
+                        (status, axum::Json(serde_json::json!({"status": if ready { "ready" } else { "unavailable" }})))
+                    }
+                }),
+            )
+    };
+    let listener = TcpListener::bind(config.listen_addr)
+        .await
+        .with_context(|| format!("binding {}", config.listen_addr))?;
+    tracing::info!(addr = %listener.local_addr()?, "participants running");
+    axum::serve(listener, health)
+        .with_graceful_shutdown(signal)
+        .await
+        .context("health server")?;
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(config.shutdown_timeout_secs), async {
+        while workers.join_next().await.is_some() {}
+    })
+    .await;
+    bus.close().await;
+    stores.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
 /// Deletes idempotency keys past their retention, every half retention (at most hourly).
 async fn sweep_idempotency_keys(
     db: DatabaseConnection,

@@ -22,6 +22,10 @@ pub enum CliCommand {
     Serve,
     /// Apply all database migrations (orders, inventory, payment, shipping) and exit.
     Migrate,
+    /// Run only the participants (Inventory, Payment, Shipping) — their consumers and
+    /// outboxes — as a separate service next to an orchestrator started with
+    /// `EMBEDDED_PARTICIPANTS=false`. Needs AMQP_URL. Serves /health/* on LISTEN_ADDR.
+    Participants,
     /// Probe `GET /health/live` on LISTEN_ADDR; exit 0 if it answers 200 (for container
     /// health checks, so the runtime image needs no curl).
     Healthcheck,

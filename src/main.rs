@@ -9,7 +9,22 @@ use std::process::ExitCode;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(), // --help, --version
+        Err(e) => {
+            // One line naming the option, for log pipelines and humans alike.
+            let rendered = e.to_string();
+            eprintln!(
+                "{}",
+                rendered
+                    .lines()
+                    .next()
+                    .unwrap_or("error: invalid arguments")
+            );
+            return ExitCode::from(2);
+        }
+    };
     if let Err(e) = cli.config.validate() {
         eprintln!("error: {e}");
         return ExitCode::from(2);
@@ -25,6 +40,15 @@ async fn main() -> ExitCode {
             migrate(&cli.config.database_url, cli.config.db_max_connections).await
         }
         CliCommand::Serve => serve(cli.config).await,
+        CliCommand::Participants => {
+            if cli.config.amqp_url.is_none() {
+                eprintln!(
+                    "error: invalid AMQP_URL: `participants` runs as its own process and needs RabbitMQ"
+                );
+                return ExitCode::from(2);
+            }
+            order_service::app::run_participants(cli.config, shutdown_signal()).await
+        }
         CliCommand::Healthcheck => healthcheck(cli.config.listen_addr).await,
     };
     match result {

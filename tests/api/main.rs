@@ -5,8 +5,11 @@
 mod bad_input;
 mod broker;
 mod crash;
+mod deployment;
 mod helpers;
 mod idempotency;
 mod messaging;
+mod observability;
+mod openapi;
 mod process;
 mod saga;
