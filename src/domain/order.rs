@@ -11,19 +11,27 @@ pub const MAX_QUANTITY: i64 = 1_000;
 pub const SUPPORTED_CURRENCIES: &[&str] = &["USD"];
 
 /// Body of `POST /api/orders`. Prices are never taken from the client.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrderRequest {
+    #[schema(min_length = 1, max_length = 128, example = "customer-1")]
     pub customer_id: String,
+    /// Order lines; each SKU at most once.
+    #[schema(min_items = 1, max_items = 50)]
     pub items: Vec<OrderRequestItem>,
+    /// The catalogue's currency; only `USD` is supported.
+    #[schema(example = "USD")]
     pub currency: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrderRequestItem {
+    #[schema(max_length = 64, pattern = "^[A-Za-z0-9._-]+$", example = "KB-001")]
     pub sku: String,
-    /// Signed so that a negative quantity gets a clear message instead of a type error.
+    /// Units of this SKU.
+    // Signed so that a negative quantity gets a clear message instead of a type error.
+    #[schema(minimum = 1, maximum = 1000, example = 2)]
     pub quantity: i64,
 }
 

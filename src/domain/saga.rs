@@ -64,7 +64,7 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// Where the order is in its lifecycle. Serialized and stored as `SCREAMING_SNAKE_CASE` text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum OrderStatus {
     /// Created; waiting for Inventory to reserve the stock.
@@ -84,7 +84,7 @@ pub enum OrderStatus {
 }
 
 /// State of the Inventory step of one order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ReservationState {
     Requested,
@@ -95,7 +95,7 @@ pub enum ReservationState {
 }
 
 /// State of the Payment step of one order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum PaymentState {
     NotStarted,
@@ -109,7 +109,7 @@ pub enum PaymentState {
 }
 
 /// State of the Shipping step of one order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ShipmentState {
     NotStarted,
@@ -139,7 +139,7 @@ pub enum PaymentMode {
 }
 
 /// A forced outcome for a charge (dev pay endpoint); `None` lets the mock gateway decide.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PaymentOutcome {
     Approve,

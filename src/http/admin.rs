@@ -4,6 +4,7 @@
 use crate::http::AppState;
 use crate::http::errors::ApiError;
 use crate::http::extractors::Admin;
+use crate::http::openapi::{InvariantReportBody, Problem};
 use crate::invariants;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
@@ -17,6 +18,33 @@ pub fn router() -> Router<AppState> {
 
 /// Checks the DESIGN.md invariants now. Meaningful once the system is quiet (in-flight
 /// orders are reported as non-terminal). Reads every order: an operator tool, not a probe.
+#[utoipa::path(
+    get,
+    path = "/api/admin/invariants",
+    operation_id = "get_invariants",
+    tag = "admin",
+    summary = "The invariant report (admin)",
+    description = "Checks the invariants now: stock conserved per SKU, every `CONFIRMED` \
+        order paid and shipped, every `REVERSED`/`REJECTED` order holding no stock and no \
+        un-refunded payment, no order left non-terminal. Meaningful once the system is \
+        quiet; reads every order.",
+    security(("bearer_auth" = [])),
+    responses(
+        (status = 200, description = "The report", body = InvariantReportBody),
+        (status = 401, description = "No bearer token", body = Problem,
+            content_type = "application/problem+json",
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "Wrong bearer token", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 404, description = "Admin endpoints are disabled (no `ADMIN_TOKEN`)",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 500, description = "Unexpected failure (logged; no details)", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 503, description = "The database is unavailable; retry shortly",
+            body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = String, description = "Seconds to wait before retrying"))),
+    )
+)]
 async fn invariant_report(
     State(app): State<AppState>,
     _admin: Admin,

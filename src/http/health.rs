@@ -2,6 +2,7 @@
 //! now — every database store answers and the broker connection is open.
 
 use crate::http::AppState;
+use crate::http::openapi::{Liveness, Readiness};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -16,10 +17,33 @@ pub fn router() -> Router<AppState> {
         .route("/health/ready", get(ready))
 }
 
+#[utoipa::path(
+    get,
+    path = "/health/live",
+    operation_id = "health_live",
+    tag = "health",
+    summary = "Liveness: the process is up",
+    responses((status = 200, description = "Always `{\"status\": \"ok\"}`", body = Liveness))
+)]
 async fn live() -> Response {
     Json(json!({ "status": "ok" })).into_response()
 }
 
+#[utoipa::path(
+    get,
+    path = "/health/ready",
+    operation_id = "health_ready",
+    tag = "health",
+    summary = "Readiness: every database store and the broker are reachable",
+    description = "Also reports live order actors, restarts, parked orders, step retries and \
+        timeouts. Not ready is a 503 with the same JSON body (not a problem document), naming \
+        the check that failed.",
+    responses(
+        (status = 200, description = "Ready", body = Readiness),
+        (status = 503, description = "Not ready: `checks` names what is unavailable",
+            body = Readiness),
+    )
+)]
 async fn ready(State(app): State<AppState>) -> Response {
     let database =
         match tokio::time::timeout(std::time::Duration::from_secs(2), app.stores.ping()).await {

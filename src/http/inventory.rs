@@ -4,7 +4,8 @@ use crate::domain::order::valid_sku;
 use crate::http::AppState;
 use crate::http::errors::ApiError;
 use crate::http::extractors::{Admin, ApiJson, ApiPath};
-use crate::participants::inventory::StockUpdate;
+use crate::http::openapi::{Problem, StockList};
+use crate::participants::inventory::{StockUpdate, StockView};
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -21,10 +22,46 @@ pub fn router() -> Router<AppState> {
         .route("/api/inventory/{sku}", get(get_one).put(put))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/inventory",
+    operation_id = "list_inventory",
+    tag = "inventory",
+    summary = "List the catalogue and stock",
+    description = "Every SKU with its name, price and stock counts, ordered by SKU.",
+    responses(
+        (status = 200, description = "Every SKU", body = StockList),
+        (status = 500, description = "Unexpected failure (logged; no details)", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 503, description = "The database is unavailable; retry shortly",
+            body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = String, description = "Seconds to wait before retrying"))),
+    )
+)]
 async fn list(State(app): State<AppState>) -> Result<Response, ApiError> {
     Ok(Json(json!({ "items": app.inventory.list().await? })).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/inventory/{sku}",
+    operation_id = "get_stock",
+    tag = "inventory",
+    summary = "Get one SKU",
+    params(("sku" = String, Path, description = "The SKU", example = "KB-001")),
+    responses(
+        (status = 200, description = "The SKU", body = StockView),
+        (status = 400, description = "Undecodable path parameter", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 404, description = "No such SKU", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 500, description = "Unexpected failure (logged; no details)", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 503, description = "The database is unavailable; retry shortly",
+            body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = String, description = "Seconds to wait before retrying"))),
+    )
+)]
 async fn get_one(
     State(app): State<AppState>,
     ApiPath(sku): ApiPath<String>,
@@ -37,14 +74,56 @@ async fn get_one(
     Ok(Json(item).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PutStock {
+    /// Display name; absent: kept (or the SKU itself for a new SKU).
+    #[schema(min_length = 1, max_length = 200)]
     name: Option<String>,
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
     price_cents: i64,
+    /// Units available for sale (reserved and sold counts are left alone).
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
     available: i64,
 }
 
+#[utoipa::path(
+    put,
+    path = "/api/inventory/{sku}",
+    operation_id = "put_stock",
+    tag = "admin",
+    summary = "Set a SKU's stock and price (admin)",
+    description = "Sets the available count and the price, creating the SKU if it is new. \
+        Reserved and sold counts belong to orders and are left alone.",
+    params(("sku" = String, Path, description = "The SKU: 1-64 letters, digits, `-`, `_` or `.`",
+        example = "KB-001")),
+    request_body(content = PutStock, content_type = "application/json"),
+    security(("bearer_auth" = [])),
+    responses(
+        (status = 200, description = "The SKU after the change", body = StockView),
+        (status = 400, description = "Malformed JSON or undecodable path parameter",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No bearer token", body = Problem,
+            content_type = "application/problem+json",
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "Wrong bearer token", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 404, description = "Admin endpoints are disabled (no `ADMIN_TOKEN`)",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body larger than `BODY_LIMIT_BYTES`", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 415, description = "Body is not `Content-Type: application/json`",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid SKU, counts or name (`errors` lists every \
+            problem), wrong types or unknown fields", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 500, description = "Unexpected failure (logged; no details)", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 503, description = "The database is unavailable; retry shortly",
+            body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = String, description = "Seconds to wait before retrying"))),
+    )
+)]
 async fn put(
     State(app): State<AppState>,
     _admin: Admin,

@@ -7,6 +7,7 @@ pub mod errors;
 pub mod extractors;
 pub mod health;
 pub mod inventory;
+pub mod openapi;
 pub mod orders;
 
 use crate::actors::Orders;
@@ -58,6 +59,7 @@ pub fn router(state: AppState) -> Router {
         .merge(inventory::router())
         .merge(health::router())
         .merge(admin::router())
+        .merge(openapi::router())
         // Only matched routes: the route label stays a bounded set of templates.
         .route_layer(middleware::from_fn(track_http))
         .route(

@@ -6,9 +6,10 @@ use crate::domain::saga::{Event, OrderStatus, PaymentOutcome, TransitionError};
 use crate::http::AppState;
 use crate::http::errors::ApiError;
 use crate::http::extractors::{Admin, ApiJson, ApiPath, ApiQuery, RawBody, idempotency_key};
+use crate::http::openapi::{OrderList, Problem};
 use crate::participants::inventory::QuoteError;
 use crate::persistence::idempotency::{self, Claim};
-use crate::persistence::orders::{self, OrderLine};
+use crate::persistence::orders::{self, OrderDetails, OrderLine};
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -61,6 +62,57 @@ fn traceparent(headers: &HeaderMap) -> Option<String> {
     well_formed.then(|| value.to_ascii_lowercase())
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/orders",
+    operation_id = "create_order",
+    tag = "orders",
+    summary = "Create an order (idempotent)",
+    description = "Checks and prices the order against the catalogue (prices never come from \
+        the client), stores it and starts its saga. The `Idempotency-Key` header is required: \
+        the same key with the same body replays the first response (same status, body and \
+        `Location`, plus `Idempotent-Replayed: true`); with another body it is a 422; while \
+        the first request is still running, a 409. A request that failed without creating \
+        anything does not keep its key.",
+    params(
+        ("Idempotency-Key" = String, Header, min_length = 1, max_length = 255,
+            description = "Required. 1-255 visible ASCII characters (e.g. a UUID), unique per \
+                intended order; optionally in double quotes.",
+            example = "8e0b4b52-5bb6-4a1e-9b55-1a0f3c0f6d7e"),
+        ("traceparent" = Option<String>, Header, nullable = false,
+            description = "W3C trace context; when well-formed it is carried on every message \
+                the order causes."),
+    ),
+    request_body(content = OrderRequest, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The order was created (or this is a replay of the \
+            request that created it).", body = OrderDetails,
+            headers(
+                ("Location" = String, description = "`/api/orders/{id}` of the new order"),
+                ("Idempotent-Replayed" = String,
+                    description = "`true` when this response replays the first response for \
+                        the same `Idempotency-Key`; absent otherwise"),
+            )),
+        (status = 400, description = "Missing or invalid `Idempotency-Key`, malformed JSON \
+            or unreadable body", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Not enough stock (`sku`, `requested`, `available`), or a \
+            request with the same `Idempotency-Key` is still in progress",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body larger than `BODY_LIMIT_BYTES`", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 415, description = "Body is not `Content-Type: application/json`",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid order (wrong types, unknown fields, validation: \
+            `errors` lists every problem), unknown SKU (`sku`), total too large, or the \
+            `Idempotency-Key` was first used with a different body", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 500, description = "Unexpected failure (logged; no details)", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 503, description = "The database or the order actor is unavailable; retry \
+            shortly", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = String, description = "Seconds to wait before retrying"))),
+    )
+)]
 #[tracing::instrument(name = "http.create_order", skip_all, fields(order_id))]
 async fn create_order(
     State(app): State<AppState>,
@@ -244,6 +296,28 @@ fn order_error(error: OrderError) -> ApiError {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/orders/{id}",
+    operation_id = "get_order",
+    tag = "orders",
+    summary = "Get an order",
+    description = "The order: status, items, total, each saga step's state, the failure \
+        reason and the transition history.",
+    params(("id" = Uuid, Path, description = "Order id")),
+    responses(
+        (status = 200, description = "The order", body = OrderDetails),
+        (status = 400, description = "`id` is not a UUID", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 404, description = "No such order", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 500, description = "Unexpected failure (logged; no details)", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 503, description = "The database is unavailable; retry shortly",
+            body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = String, description = "Seconds to wait before retrying"))),
+    )
+)]
 #[tracing::instrument(name = "http.get_order", skip_all, fields(order_id = %id))]
 async fn get_order(
     State(app): State<AppState>,
@@ -255,12 +329,36 @@ async fn get_order(
     Ok(Json(details).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Only orders in this status.
+    #[param(value_type = Option<OrderStatus>)]
     status: Option<String>,
+    /// How many orders (newest first).
+    #[param(minimum = 1, maximum = 500, default = 50)]
     limit: Option<u64>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/orders",
+    operation_id = "list_orders",
+    tag = "orders",
+    summary = "List orders",
+    description = "Newest first, optionally only those in one status.",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "The orders", body = OrderList),
+        (status = 400, description = "Unknown status, `limit` outside 1-500, or a malformed \
+            query string", body = Problem, content_type = "application/problem+json"),
+        (status = 500, description = "Unexpected failure (logged; no details)", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 503, description = "The database is unavailable; retry shortly",
+            body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = String, description = "Seconds to wait before retrying"))),
+    )
+)]
 async fn list_orders(
     State(app): State<AppState>,
     ApiQuery(query): ApiQuery<ListQuery>,
@@ -288,13 +386,56 @@ async fn list_orders(
     Ok(Json(json!({ "orders": list })).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct StatusOverride {
+    /// The target status; only `REVERSED` is ever allowed (cancel and compensate).
+    #[schema(value_type = OrderStatus)]
     status: String,
+    /// Recorded in the order's history; default "admin override".
+    #[schema(max_length = 500)]
     reason: Option<String>,
 }
 
+#[utoipa::path(
+    patch,
+    path = "/api/orders/{id}/status",
+    operation_id = "override_status",
+    tag = "admin",
+    summary = "Override an order's status (admin)",
+    description = "Drives the order through the state machine: cancelling to `REVERSED` \
+        triggers the matching compensation. Anything else, or any change of a terminal or \
+        compensating order, is a 409 listing the `allowed` targets.",
+    params(("id" = Uuid, Path, description = "Order id")),
+    request_body(content = StatusOverride, content_type = "application/json"),
+    security(("bearer_auth" = [])),
+    responses(
+        (status = 200, description = "The order after the change", body = OrderDetails),
+        (status = 400, description = "`id` is not a UUID, or malformed JSON", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 401, description = "No bearer token", body = Problem,
+            content_type = "application/problem+json",
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "Wrong bearer token", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 404, description = "No such order, or admin endpoints are disabled (no \
+            `ADMIN_TOKEN`)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Change not allowed from the current status \
+            (`current_status`, `allowed`), or the order is parked", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 413, description = "Body larger than `BODY_LIMIT_BYTES`", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 415, description = "Body is not `Content-Type: application/json`",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Unknown status, reason over 500 characters, wrong \
+            types or unknown fields", body = Problem, content_type = "application/problem+json"),
+        (status = 500, description = "Unexpected failure (logged; no details)", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 503, description = "The database or the order actor is unavailable; retry \
+            shortly", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = String, description = "Seconds to wait before retrying"))),
+    )
+)]
 #[tracing::instrument(name = "http.override_status", skip_all, fields(order_id = %id))]
 async fn override_status(
     State(app): State<AppState>,
@@ -323,13 +464,46 @@ async fn override_status(
     get_order(State(app), ApiPath(id)).await
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PayRequest {
     /// Force the mock gateway's answer; absent: it declines at the configured rate.
     outcome: Option<PaymentOutcome>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/orders/{id}/pay",
+    operation_id = "pay_order",
+    tag = "dev",
+    summary = "Submit the payment of an order awaiting manual payment (dev only)",
+    description = "Exists only with `DEV_ENDPOINTS=true`, for orders created in \
+        `PAYMENT_MODE=manual` that are waiting in `STOCK_RESERVED`. The body is optional and \
+        its content type is not checked; without `outcome` the mock gateway declines at \
+        `PAYMENT_DECLINE_RATE`. The charge happens asynchronously.",
+    params(("id" = Uuid, Path, description = "Order id")),
+    request_body(content = PayRequest, content_type = "application/json",
+        description = "Optional: an empty body is the same as `{}`"),
+    responses(
+        (status = 202, description = "Payment submitted; the order as it is now",
+            body = OrderDetails),
+        (status = 400, description = "`id` is not a UUID, malformed JSON or unreadable body",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such order, or dev endpoints are disabled",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The order is not awaiting a manual payment, or is \
+            parked", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body larger than `BODY_LIMIT_BYTES`", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 422, description = "Unknown `outcome` or unknown fields", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 500, description = "Unexpected failure (logged; no details)", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 503, description = "The database or the order actor is unavailable; retry \
+            shortly", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = String, description = "Seconds to wait before retrying"))),
+    )
+)]
 #[tracing::instrument(name = "http.pay", skip_all, fields(order_id = %id))]
 async fn pay(
     State(app): State<AppState>,

@@ -41,7 +41,7 @@ const RELEASED: &str = "RELEASED";
 const CONSUMED: &str = "CONSUMED";
 
 /// One SKU as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct StockView {
     pub sku: String,
     pub name: String,

@@ -58,17 +58,19 @@ pub struct StepTimer {
 }
 
 /// One row of the transition history.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct HistoryEntry {
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = OrderStatus)]
     pub from: Option<String>,
+    #[schema(value_type = OrderStatus)]
     pub status: String,
     pub event: String,
     pub reason: String,
     pub at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ItemView {
     pub sku: String,
     pub quantity: i64,
@@ -77,15 +79,18 @@ pub struct ItemView {
 }
 
 /// State of each saga step, as shown by the API.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct StepsView {
+    #[schema(value_type = ReservationState)]
     pub reservation: &'static str,
+    #[schema(value_type = PaymentState)]
     pub payment: &'static str,
+    #[schema(value_type = ShipmentState)]
     pub shipment: &'static str,
 }
 
 /// The API representation of one order (`GET /api/orders/:id`, and the create response).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct OrderDetails {
     pub id: Uuid,
     pub customer_id: String,
@@ -94,6 +99,7 @@ pub struct OrderDetails {
     pub total_cents: i64,
     pub items: Vec<ItemView>,
     pub steps: StepsView,
+    #[schema(required = true)]
     pub failure_reason: Option<String>,
     /// Why the order is parked (crash loop), if it is.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -105,13 +111,14 @@ pub struct OrderDetails {
 }
 
 /// One line of `GET /api/orders`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct OrderSummary {
     pub id: Uuid,
     pub customer_id: String,
     pub status: OrderStatus,
     pub total_cents: i64,
     pub currency: String,
+    #[schema(required = true)]
     pub failure_reason: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
