@@ -64,6 +64,7 @@ impl Application {
             panic_fault: config.actor_panic_fault()?,
             panicked: Default::default(),
             stats: Default::default(),
+            watchers: Default::default(),
         })
         .await?;
 

@@ -26,12 +26,14 @@ pub struct Orders {
     supervisor: ActorRef<SupervisorMsg>,
     registry: Registry,
     stats: Arc<ActorStats>,
+    watchers: order_actor::Watchers,
 }
 
 impl Orders {
     pub async fn start(ctx: OrderContext) -> anyhow::Result<Orders> {
         let registry: Registry = Arc::default();
         let stats = ctx.stats.clone();
+        let watchers = ctx.watchers.clone();
         let (supervisor, _handle) = Actor::spawn(
             None,
             OrderSupervisor {
@@ -45,6 +47,7 @@ impl Orders {
             supervisor,
             registry,
             stats,
+            watchers,
         })
     }
 
@@ -118,6 +121,33 @@ impl Orders {
     /// Resumes a non-terminal order after a restart.
     pub async fn resume(&self, id: Uuid) -> Result<(), OrderError> {
         self.ask(id, OrderMsg::Resume).await
+    }
+
+    /// Waits until `is_terminal` says the order finished or `timeout` passes. The check runs
+    /// once after registering (so a terminal transition in between is not missed) and again
+    /// on each wake-up from the order's actor. Another replica's actor does not wake us:
+    /// the check is also repeated every second.
+    pub async fn wait_terminal<F, Fut, T>(&self, id: Uuid, timeout: Duration, mut check: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = (bool, T)>,
+    {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notify = self.watchers.entry(id).or_default().clone();
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let (done, value) = check().await;
+            let now = tokio::time::Instant::now();
+            if done || now >= deadline {
+                self.watchers
+                    .remove_if(&id, |_, n| Arc::strong_count(n) <= 2);
+                return value;
+            }
+            let pause = (deadline - now).min(Duration::from_secs(1));
+            let _ = tokio::time::timeout(pause, notified).await;
+        }
     }
 
     pub fn stats(&self) -> &ActorStats {

@@ -17,7 +17,7 @@ use crate::persistence::orders::{
 };
 use crate::persistence::outbox::NewMessage;
 use chrono::Utc;
-use dashmap::DashSet;
+use dashmap::{DashMap, DashSet};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use sea_orm::{DatabaseConnection, DbErr};
 use std::sync::Arc;
@@ -41,7 +41,12 @@ pub struct OrderContext {
     /// Orders that already panicked once (for `PanicMode::OncePerOrder`); outlives actors.
     pub panicked: DashSet<Uuid>,
     pub stats: Arc<ActorStats>,
+    /// Clients waiting (long poll) for an order to finish; woken on its terminal transition.
+    pub watchers: Watchers,
 }
+
+/// Per-order wake-ups for clients waiting for a terminal status.
+pub type Watchers = Arc<DashMap<Uuid, Arc<Notify>>>;
 
 /// Counters an operator needs to see (restarts, parked orders).
 #[derive(Debug, Default)]
@@ -369,6 +374,11 @@ impl OrderActor {
             self.ctx.outbox_wake.notify_one();
         }
         record_transition(order, &transition.saga, &event, now);
+        if transition.saga.status.is_terminal()
+            && let Some((_, waiting)) = self.ctx.watchers.remove(&order.id)
+        {
+            waiting.notify_waiters();
+        }
         tracing::info!(from = %order.saga.status, to = %transition.saga.status, reason = %transition.reason, "transition");
         next.version = version;
         next.updated_at = now;

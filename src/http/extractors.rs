@@ -141,6 +141,18 @@ pub fn require_admin(configured: Option<&str>, headers: &HeaderMap) -> Result<()
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 const MAX_KEY_LEN: usize = 255;
 
+/// The `Idempotency-Key` header as an extractor: it runs before the body is read, so a
+/// request without a key is a 400 whatever its body.
+pub struct IdempotencyKey(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        idempotency_key(&parts.headers).map(IdempotencyKey)
+    }
+}
+
 /// The `Idempotency-Key` header: required, 1–255 visible ASCII characters.
 pub fn idempotency_key(headers: &HeaderMap) -> Result<String, ApiError> {
     let value = headers.get(IDEMPOTENCY_KEY).ok_or_else(|| {

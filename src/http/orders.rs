@@ -5,7 +5,7 @@ use crate::domain::order::{OrderRequest, total_cents};
 use crate::domain::saga::{Event, OrderStatus, PaymentOutcome, TransitionError};
 use crate::http::AppState;
 use crate::http::errors::ApiError;
-use crate::http::extractors::{Admin, ApiJson, ApiPath, ApiQuery, RawBody, idempotency_key};
+use crate::http::extractors::{Admin, ApiJson, ApiPath, ApiQuery, IdempotencyKey, RawBody};
 use crate::http::openapi::{OrderList, Problem};
 use crate::participants::inventory::QuoteError;
 use crate::persistence::idempotency::{self, Claim};
@@ -18,6 +18,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
+use std::time::Duration;
 use uuid::Uuid;
 
 pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
@@ -116,10 +117,10 @@ fn traceparent(headers: &HeaderMap) -> Option<String> {
 #[tracing::instrument(name = "http.create_order", skip_all, fields(order_id))]
 async fn create_order(
     State(app): State<AppState>,
+    IdempotencyKey(key): IdempotencyKey,
     headers: HeaderMap,
     ApiJson(request): ApiJson<OrderRequest>,
 ) -> Result<Response, ApiError> {
-    let key = idempotency_key(&headers)?;
     let valid = request.validate().map_err(|problems| {
         ApiError::validation(problems.join("; ")).with("errors", json!(problems))
     })?;
@@ -304,9 +305,12 @@ fn order_error(error: OrderError) -> ApiError {
     summary = "Get an order",
     description = "The order: status, items, total, each saga step's state, the failure \
         reason and the transition history.",
-    params(("id" = Uuid, Path, description = "Order id")),
+    params(
+        ("id" = Uuid, Path, description = "Order id"),
+        GetQuery,
+    ),
     responses(
-        (status = 200, description = "The order", body = OrderDetails),
+        (status = 200, description = "The order (with `wait`: once terminal, or as it is when the wait ran out)", body = OrderDetails),
         (status = 400, description = "`id` is not a UUID", body = Problem,
             content_type = "application/problem+json"),
         (status = 404, description = "No such order", body = Problem,
@@ -322,11 +326,48 @@ fn order_error(error: OrderError) -> ApiError {
 async fn get_order(
     State(app): State<AppState>,
     ApiPath(id): ApiPath<Uuid>,
+    ApiQuery(query): ApiQuery<GetQuery>,
 ) -> Result<Response, ApiError> {
+    let Some(wait_ms) = query.wait_ms.filter(|w| *w > 0) else {
+        return current_order(&app, id).await;
+    };
+    if wait_ms > MAX_WAIT_MS {
+        return Err(ApiError::bad_request(
+            "Invalid query string",
+            format!("wait_ms must be at most {MAX_WAIT_MS}"),
+        ));
+    }
+    let db = &app.stores.orders;
+    let details = app
+        .orders
+        .wait_terminal(id, Duration::from_millis(wait_ms), || async move {
+            match orders::details(db, id).await {
+                Ok(Some(d)) => (d.status.is_terminal(), Ok(Some(d))),
+                other => (true, other),
+            }
+        })
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("order {id} not found")))?;
+    Ok(Json(details).into_response())
+}
+
+async fn current_order(app: &AppState, id: Uuid) -> Result<Response, ApiError> {
     let details = orders::details(&app.stores.orders, id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("order {id} not found")))?;
     Ok(Json(details).into_response())
+}
+
+/// Longest long poll.
+const MAX_WAIT_MS: u64 = 60_000;
+
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct GetQuery {
+    /// Long poll: wait up to this many milliseconds for the order to reach a terminal
+    /// status before answering (instead of polling). 0 or absent: answer at once.
+    #[param(minimum = 0, maximum = 60000)]
+    wait_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -461,7 +502,7 @@ async fn override_status(
         .apply(id, Event::AdminOverride { target, reason })
         .await
         .map_err(order_error)?;
-    get_order(State(app), ApiPath(id)).await
+    current_order(&app, id).await
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]

@@ -519,3 +519,36 @@ async fn the_embedded_mode_runs_the_whole_saga_on_sqlite_and_the_in_process_bus(
     assert!(app.invariants(&[("KB-001", 100)]).await.holds());
     assert!(cancelled.invariants(&[("KB-001", 100)]).await.holds());
 }
+
+#[tokio::test]
+async fn a_long_poll_answers_once_the_order_is_terminal() {
+    let app = spawn_app().await;
+    let created = app.create_order(&[("KB-001", 1)]).await;
+    let id = created["id"].as_str().expect("id");
+
+    let started = std::time::Instant::now();
+    let response = app
+        .client
+        .get(app.url(&format!("/api/orders/{id}?wait_ms=20000")))
+        .send()
+        .await
+        .expect("GET with wait");
+
+    assert_eq!(response.status(), StatusCode::OK);
+    let order: Value = response.json().await.expect("JSON");
+    assert_eq!(
+        order["status"], "CONFIRMED",
+        "answered at the terminal status"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "woken by the transition, not the timeout"
+    );
+    let too_long = app
+        .client
+        .get(app.url(&format!("/api/orders/{id}?wait_ms=600000")))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(too_long.status(), StatusCode::BAD_REQUEST);
+}

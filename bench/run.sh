@@ -1,0 +1,334 @@
+#!/usr/bin/env bash
+# Benchmarks the order service with target/release/loadgen and writes the figures into
+# BENCHMARKS.md (between the bench:begin / bench:end markers; text outside them is kept).
+#
+#   bench/run.sh                      # 20 s per load
+#   BENCH_SECONDS=10 bench/run.sh     # shorter
+#
+# What it does:
+#   1. cargo build --release (order-service and loadgen);
+#   2. a fresh PostgreSQL database bench_<timestamp> on 127.0.0.1:5432 and a fresh RabbitMQ
+#      vhost bench_<timestamp> (guest gets all permissions on it);
+#   3. starts target/release/order-service on them (ADMIN_TOKEN, LOG_FORMAT=json,
+#      RUST_LOG=warn, PAYMENT_DECLINE_RATE) with a clean environment (env -i), and runs the
+#      loads: closed loop at concurrency 1, 16, 64, 256, open loop at 100, 300, 1000
+#      orders/s, each for BENCH_SECONDS after setting the SKU's stock to BENCH_STOCK;
+#   4. restarts the service in embedded mode (SQLite in a temp dir + in-process bus: no
+#      DATABASE_URL / AMQP_URL) and runs closed loop at concurrency 64;
+#   5. writes the table, the exact command of each row, CPU use per process during each
+#      load (from /proc), the machine, the versions, the git commit and the date.
+# On exit (also on error or Ctrl-C) it stops the service, drops the database, deletes the
+# vhost and the temp dir. It talks to 127.0.0.1 only.
+#
+# Environment: BENCH_SECONDS (20), BENCH_PORT (18080), BENCH_STOCK (10000000),
+# BENCH_SKU (CB-004), BENCH_DRAIN_TIMEOUT (120s), PAYMENT_DECLINE_RATE (0.3),
+# BENCH_OUT (BENCHMARKS.md), BENCH_ONLY (run only the rows whose label contains this),
+# KEEP_WORKDIR (set: keep the temp dir with the service logs and JSON reports).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+root=$(pwd)
+seconds=${BENCH_SECONDS:-20}
+port=${BENCH_PORT:-18080}
+stock=${BENCH_STOCK:-10000000}
+sku=${BENCH_SKU:-CB-004}
+drain=${BENCH_DRAIN_TIMEOUT:-120s}
+decline=${PAYMENT_DECLINE_RATE:-0.3}
+out=${BENCH_OUT:-BENCHMARKS.md}
+only=${BENCH_ONLY:-}
+url="http://127.0.0.1:$port"
+
+for tool in cargo curl jq psql createdb dropdb rabbitmqctl awk; do
+  command -v "$tool" >/dev/null || { echo "bench/run.sh needs $tool" >&2; exit 2; }
+done
+[[ $seconds =~ ^[0-9]+$ ]] && [ "$seconds" -ge 3 ] || { echo "BENCH_SECONDS must be a whole number >= 3" >&2; exit 2; }
+
+stamp=$(date -u +%Y%m%d_%H%M%S)
+db="bench_$stamp"
+vhost="bench_$stamp"
+token="bench-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+work=$(mktemp -d "${TMPDIR:-/tmp}/orderbench.XXXXXX")
+svc_pid=""
+db_created=""
+vhost_created=""
+
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+stop_service() {
+  [ -n "$svc_pid" ] || return 0
+  if kill -0 "$svc_pid" 2>/dev/null; then
+    kill -TERM "$svc_pid" 2>/dev/null || true
+    for _ in $(seq 1 300); do kill -0 "$svc_pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$svc_pid" 2>/dev/null || true
+  fi
+  wait "$svc_pid" 2>/dev/null || true
+  svc_pid=""
+}
+
+cleanup() {
+  local status=$?
+  stop_service
+  if [ -n "$db_created" ]; then
+    dropdb -h 127.0.0.1 -U postgres --if-exists --force "$db" || log "could not drop database $db"
+  fi
+  if [ -n "$vhost_created" ]; then
+    rabbitmqctl -q delete_vhost "$vhost" >/dev/null || log "could not delete vhost $vhost"
+  fi
+  if [ -n "${KEEP_WORKDIR:-}" ]; then log "kept $work"; else rm -rf "$work"; fi
+  exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+if curl -fsS -o /dev/null --max-time 2 "$url/health/live" 2>/dev/null; then
+  echo "something already listens on 127.0.0.1:$port; set BENCH_PORT" >&2
+  exit 2
+fi
+
+log "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+log "building (release)"
+cargo build --release --bin order-service --bin loadgen
+service_bin="$root/target/release/order-service"
+loadgen_bin="$root/target/release/loadgen"
+
+# --- start / stop ----------------------------------------------------------------------
+
+# start_service <pg|embedded>
+start_service() {
+  local mode=$1
+  local env_common=(PATH="$PATH" HOME="$HOME" LISTEN_ADDR="127.0.0.1:$port" ADMIN_TOKEN="$token"
+    LOG_FORMAT=json RUST_LOG=warn PAYMENT_DECLINE_RATE="$decline")
+  if [ "$mode" = pg ]; then
+    (cd "$work" && exec env -i "${env_common[@]}" \
+      DATABASE_URL="postgres://postgres@127.0.0.1:5432/$db" \
+      AMQP_URL="amqp://guest:guest@127.0.0.1:5672/$vhost" \
+      "$service_bin" >"$work/service-pg.log" 2>&1) &
+  else
+    mkdir -p "$work/embedded"
+    # No DATABASE_URL: the default sqlite://data/orders.db, relative to this temp dir.
+    (cd "$work/embedded" && exec env -i "${env_common[@]}" \
+      "$service_bin" >"$work/service-embedded.log" 2>&1) &
+  fi
+  svc_pid=$!
+  for _ in $(seq 1 600); do
+    if curl -fsS -o /dev/null --max-time 1 "$url/health/ready" 2>/dev/null; then
+      log "service ($mode) ready, pid $svc_pid"
+      return 0
+    fi
+    kill -0 "$svc_pid" 2>/dev/null || { tail -20 "$work/service-$mode.log" >&2; echo "service exited" >&2; exit 1; }
+    sleep 0.1
+  done
+  tail -20 "$work/service-$mode.log" >&2
+  echo "service ($mode) not ready after 60 s" >&2
+  exit 1
+}
+
+# --- CPU accounting from /proc ---------------------------------------------------------
+
+ticks_per_sec=$(getconf CLK_TCK)
+cores=$(nproc)
+
+proc_ticks() { # utime + stime of a process (all its threads), 0 if gone
+  awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat" 2>/dev/null || echo 0
+}
+
+# Prints: service postgres(our db) postgres(all) rabbitmq loadgen machine_busy machine_total
+snapshot() {
+  local svc=0 pgdb=0 pgall=0 rabbit=0 lg=0 p comm t pid
+  [ -n "$svc_pid" ] && svc=$(proc_ticks "$svc_pid")
+  for p in /proc/[0-9]*; do
+    comm=$(cat "$p/comm" 2>/dev/null) || continue
+    pid=${p#/proc/}
+    case $comm in
+      postgres)
+        t=$(proc_ticks "$pid"); pgall=$((pgall + t))
+        if tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -q " $db "; then pgdb=$((pgdb + t)); fi ;;
+      beam.smp) t=$(proc_ticks "$pid"); rabbit=$((rabbit + t)) ;;
+      loadgen) t=$(proc_ticks "$pid"); lg=$((lg + t)) ;;
+    esac
+  done
+  local _cpu user nice system idle iowait irq softirq steal _rest
+  read -r _cpu user nice system idle iowait irq softirq steal _rest </proc/stat
+  echo "$svc $pgdb $pgall $rabbit $lg $((user + nice + system + irq + softirq + steal)) $((user + nice + system + idle + iowait + irq + softirq + steal))"
+}
+
+# sample_cpu <file>: measures the steady part of the load phase (from 1 s to seconds-1 s,
+# by the clock), writes "service pg_db pg_all rabbitmq loadgen machine" in cores, and a top
+# snapshot from the middle of it.
+sample_cpu() {
+  local file=$1 a b end rest
+  sleep 1
+  a="$(date +%s%N) $(snapshot)"
+  end=$(($(date +%s%N) + (seconds - 2) * 1000000000))
+  sleep $(((seconds - 2) / 2))
+  top -b -n2 -d0.5 -w 160 2>/dev/null | awk '/^top -/{n++} n==2' | head -16 >"$file.top" || true
+  if [ "$2" = postgres ]; then
+    # What the database sessions are doing, and the outbox backlog of each store.
+    psql -h 127.0.0.1 -U postgres -d "$db" -qAt -F ' ' -c "
+      SELECT 'pg sessions: ' || string_agg(n || ' ' || what, ', ' ORDER BY n DESC) FROM (
+        SELECT count(*) AS n, state || coalesce(' (' || wait_event_type || ':' || wait_event || ')', '') AS what
+        FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()
+        GROUP BY 2) s;
+      SELECT 'outbox rows: orders ' || (SELECT count(*) FROM public.outbox) || ', inventory ' || (SELECT count(*) FROM inventory.outbox)
+        || ', payment ' || (SELECT count(*) FROM payment.outbox) || ', shipping ' || (SELECT count(*) FROM shipping.outbox);" \
+      >>"$file.top" 2>&1 || true
+  fi
+  rest=$(((end - $(date +%s%N)) / 1000000))
+  if [ "$rest" -gt 0 ]; then sleep "$(awk -v ms="$rest" 'BEGIN { printf "%.3f", ms / 1000 }')"; fi
+  b="$(date +%s%N) $(snapshot)"
+  if [ "$2" = postgres ]; then
+    # Queue depths while the load still runs (after the CPU window: rabbitmqctl is costly).
+    rabbitmqctl -q list_queues -p "$vhost" name messages messages_unacknowledged 2>/dev/null \
+      | awk 'NR > 1 { printf "%s%s %s ready/%s unacked", (n++ ? ", " : "queues: "), $1, $2, $3 } END { print "" }' >>"$file.top" || true
+  fi
+  awk -v a="$a" -v b="$b" -v hz="$ticks_per_sec" -v cores="$cores" 'BEGIN {
+    split(a, x, " "); split(b, y, " "); span = (y[1] - x[1]) / 1e9;
+    for (i = 2; i <= 6; i++) printf "%.2f ", (y[i] - x[i]) / hz / span;
+    printf "%.2f\n", (y[7] - x[7]) / (y[8] - x[8]) * cores }' >"$file"
+  printf 'raw (ns service pg_db pg_all rabbitmq loadgen busy total):\n%s\n%s\n' "$a" "$b" >>"$file"
+}
+
+# --- the loads -------------------------------------------------------------------------
+
+rows=()      # label|mode|json|cpu|loadavg|command
+# run_load <label> <mode> <loadgen args...>
+run_load() {
+  local label=$1 mode=$2; shift 2
+  if [ -n "$only" ] && [[ $label != *"$only"* ]]; then return 0; fi
+  local n=${#rows[@]}
+  local json="$work/load-$n.json" cpu="$work/load-$n.cpu" loadavg
+  local args=(--url "$url" --duration "${seconds}s" "$@" --sku "$sku" --stock "$stock"
+    --expect-decline-rate "$decline" --drain-timeout "$drain" --label "$label" --quiet)
+  loadavg=$(cut -d' ' -f1-3 /proc/loadavg)
+  log "$label ($mode): loadgen ${args[*]}   [load average $loadavg]"
+  sample_cpu "$cpu" "$mode" &
+  local sampler=$!
+  local status=0
+  ADMIN_TOKEN=$token "$loadgen_bin" "${args[@]}" --json "$json" | tee "$work/load-$n.txt" >&2 || status=$?
+  wait "$sampler" || true
+  [ -f "$json" ] || { echo "loadgen failed (exit $status) without a report" >&2; exit 1; }
+  rows+=("$label|$mode|$json|$cpu|$loadavg|ADMIN_TOKEN=… target/release/loadgen ${args[*]}|$status")
+  sleep 2
+}
+
+log "PostgreSQL database $db, RabbitMQ vhost $vhost"
+createdb -h 127.0.0.1 -U postgres "$db"
+db_created=1
+rabbitmqctl -q add_vhost "$vhost" >/dev/null
+vhost_created=1
+rabbitmqctl -q set_permissions -p "$vhost" guest ".*" ".*" ".*" >/dev/null
+
+bench_started=$(date +%s)
+start_service pg
+run_load "closed c=1" postgres --concurrency 1
+run_load "closed c=16" postgres --concurrency 16
+run_load "closed c=64" postgres --concurrency 64
+run_load "closed c=256" postgres --concurrency 256
+run_load "open 100/s" postgres --rate 100
+run_load "open 300/s" postgres --rate 300
+run_load "open 1000/s" postgres --rate 1000
+stop_service
+
+start_service embedded
+run_load "embedded closed c=64" "embedded (SQLite + in-process bus)" --concurrency 64
+stop_service
+bench_seconds=$(($(date +%s) - bench_started))
+
+# --- BENCHMARKS.md -----------------------------------------------------------------------
+
+ms() { awk -v us="$1" 'BEGIN { if (us == "" || us == "null") print "-"; else if (us < 10000) printf "%.2f", us / 1000; else printf "%.0f", us / 1000 }'; }
+
+generated="$work/generated.md"
+{
+  echo "<!-- bench:begin (generated by bench/run.sh; edit outside the markers) -->"
+  echo
+  echo "### Run of $(date -u '+%Y-%m-%d %H:%M UTC')"
+  echo
+  echo "- commit \`$(git describe --always --dirty 2>/dev/null || echo unknown)\` ($(git log -1 --format=%cI 2>/dev/null || echo '?'))"
+  echo "- machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')), memory $(free -h | awk '/^Mem:/ {print $2 " total, " $7 " available"}')"
+  echo "- PostgreSQL $(psql -h 127.0.0.1 -U postgres -Atc 'show server_version' 2>/dev/null || echo '?'), RabbitMQ $(rabbitmqctl -q version 2>/dev/null || echo '?'), $(rustc --version 2>/dev/null || echo rustc)"
+  echo "- service: \`PAYMENT_DECLINE_RATE=$decline LOG_FORMAT=json RUST_LOG=warn\`, other settings default (\`DB_MAX_CONNECTIONS=8\` per store); the service, PostgreSQL, RabbitMQ and loadgen share the machine"
+  echo "- each load: ${seconds} s of orders of one \`$sku\` (stock set to $stock first), then the drain until every saga is terminal, then the checks; the whole run took ${bench_seconds} s (build excluded)"
+  echo
+  echo "| # | mode | load | created/s | completed/s | create p50 / p99 (ms) | saga p50 / p99 (ms) | CONFIRMED / REVERSED / REJECTED | errors | not terminal | invariants | CPU cores: service / postgres / rabbitmq / loadgen (machine) | load avg before |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+  i=0
+  for row in "${rows[@]}"; do
+    IFS='|' read -r label mode json cpu loadavg command status <<<"$row"
+    i=$((i + 1))
+    jq -r --arg i "$i" --arg mode "$mode" --arg load "${label#embedded }" \
+      '[$i, $mode, $load,
+        (.created_per_sec | floor | tostring),
+        (.completed_per_sec | floor | tostring),
+        "\(.create_latency.p50_us // "null") \(.create_latency.p99_us // "null")",
+        "\(.saga_latency.p50_us // "null") \(.saga_latency.p99_us // "null")",
+        "\(.terminal.CONFIRMED // 0) / \(.terminal.REVERSED // 0) / \(.terminal.REJECTED // 0)",
+        (if .error_count == 0 then "0" else ([.errors | to_entries[] | "\(.value) × \(.key)"] | join(", ")) end)
+          + (if .dropped > 0 then ", \(.dropped) dropped" else "" end),
+        (.unfinished | tostring),
+        (if .invariants == null then "not checked" elif .invariants.holds and .passed then "holds" else "FAILS: " + (.failures | join("; ")) end)
+       ] | join("|")' "$json" >"$work/row"
+    IFS='|' read -r c1 c2 c3 c4 c5 create saga c8 c9 c10 c11 <"$work/row"
+    read -r cp50 cp99 <<<"$create"
+    read -r sp50 sp99 <<<"$saga"
+    read -r svc pgdb pgall rabbit lg machine <"$cpu" || { svc=?; pgdb=?; pgall=?; rabbit=?; lg=?; machine=?; }
+    if [[ $mode == embedded* ]]; then pgcol="–"; rbcol="–"; else pgcol="$pgdb (all pg $pgall)"; rbcol=$rabbit; fi
+    echo "| $c1 | $c2 | $c3 | $c4 | $c5 | $(ms "$cp50") / $(ms "$cp99") | $(ms "$sp50") / $(ms "$sp99") | $c8 | $c9 | $c10 | $c11 | $svc / $pgcol / $rbcol / $lg ($machine of $cores) | $loadavg |"
+  done
+  echo
+  echo "created/s and completed/s are per second of the load phase (completed/s counts the sagas"
+  echo "that became terminal during it); the backlog left at the end is drained before the checks."
+  echo "Open loop latencies count from each order's scheduled start. Saga latency is create start"
+  echo "→ terminal state seen by polling (first poll after 5 ms, then ×1.5 up to 100 ms). CPU is"
+  echo "measured from /proc over the load phase minus its first and last second; \"postgres\" is the"
+  echo "backends of the benchmark database (all postgres processes in brackets, including WAL writer"
+  echo "and checkpointer and anyone else's databases); \"machine\" is all busy CPU, other users included."
+  echo
+  echo "Commands (\`ADMIN_TOKEN\` set to the service's token):"
+  echo
+  i=0
+  for row in "${rows[@]}"; do
+    IFS='|' read -r label mode json cpu loadavg command status <<<"$row"
+    i=$((i + 1))
+    echo "$i. \`$command\` (exit $status)"
+  done
+  echo
+  echo "<details><summary>Full loadgen reports and top snapshots (middle of each load)</summary>"
+  echo
+  i=0
+  n=0
+  for row in "${rows[@]}"; do
+    IFS='|' read -r label mode json cpu loadavg command status <<<"$row"
+    i=$((i + 1))
+    echo "**$i. $mode, $label**"
+    echo
+    echo '```'
+    cat "$work/load-$n.txt"
+    echo
+    if [ -f "$cpu.top" ]; then sed -n '1,3p;7,$p' "$cpu.top"; fi
+    echo '```'
+    echo
+    n=$((n + 1))
+  done
+  echo "</details>"
+  echo
+  echo "<!-- bench:end -->"
+} >"$generated"
+
+if [ -f "$out" ] && grep -q '<!-- bench:begin' "$out" && grep -q '<!-- bench:end -->' "$out"; then
+  awk -v gen="$generated" '
+    /<!-- bench:begin/ { while ((getline line < gen) > 0) print line; skip = 1; next }
+    /<!-- bench:end -->/ { skip = 0; next }
+    !skip { print }' "$out" >"$work/out.md"
+  cat "$work/out.md" >"$out"
+else
+  { echo "# Benchmarks"; echo; echo "Generated by \`bench/run.sh\`; see README, \"Load generator and benchmarks\"."; echo; cat "$generated"; } >"$out"
+fi
+log "wrote $out (${bench_seconds} s of loads)"
+
+failed=0
+for row in "${rows[@]}"; do
+  IFS='|' read -r label mode json cpu loadavg command status <<<"$row"
+  [ "$status" = 0 ] || { log "$label: loadgen exit $status"; failed=1; }
+done
+exit "$failed"
