@@ -9,6 +9,7 @@ use crate::config::Config;
 use crate::http::{self, AppState, HttpSettings};
 use crate::messaging::relay::OutboxRelay;
 use crate::messaging::{Bus, IncomingMessage, consumer, replies, topology};
+use crate::participants::CommandHandler;
 use crate::participants::inventory::Inventory;
 use crate::participants::payment::Payment;
 use crate::participants::shipping::Shipping;
@@ -373,24 +374,23 @@ pub fn spawn_participants(
     }
     let drop_commands: Arc<[String]> = settings.drop_commands.clone().into();
     let inventory = Inventory::new(stores.inventory.clone(), inventory_wake);
-    let inv = inventory.clone();
-    let dropped = drop_commands.clone();
-    workers.spawn(consumer::run(
-        bus.clone(),
-        topology::INVENTORY_QUEUE,
-        CONSUMER_CONCURRENCY,
-        shutdown.clone(),
-        move |m| {
-            let inv = inv.clone();
-            let dropped = dropped.clone();
-            async move {
-                if let Some(d) = dropping(&dropped, &m) {
-                    return d;
-                }
-                inv.on_command(m).await
-            }
-        },
+    let payment = Payment::new(
+        stores.payment.clone(),
+        payment_wake,
+        settings.payment_decline_rate,
+    );
+    let shipping = Shipping::new(
+        stores.shipping.clone(),
+        shipping_wake,
+        settings.shipping_failure_rate,
+    );
+    let queue = |name| (bus.clone(), name, shutdown.clone(), drop_commands.clone());
+    workers.spawn(consume_commands(
+        queue(topology::INVENTORY_QUEUE),
+        inventory.clone(),
     ));
+    workers.spawn(consume_commands(queue(topology::PAYMENT_QUEUE), payment));
+    workers.spawn(consume_commands(queue(topology::SHIPPING_QUEUE), shipping));
     workers.spawn(consumer::run(
         bus.clone(),
         topology::INVENTORY_EVENTS_QUEUE,
@@ -401,49 +401,24 @@ pub fn spawn_participants(
             async move { inv.on_order_event(m).await }
         },
     ));
-    let payment = Payment::new(
-        stores.payment.clone(),
-        payment_wake,
-        settings.payment_decline_rate,
-    );
-    let dropped = drop_commands.clone();
-    workers.spawn(consumer::run(
-        bus.clone(),
-        topology::PAYMENT_QUEUE,
-        CONSUMER_CONCURRENCY,
-        shutdown.clone(),
-        move |m| {
-            let payment = payment.clone();
-            let dropped = dropped.clone();
-            async move {
-                if let Some(d) = dropping(&dropped, &m) {
-                    return d;
-                }
-                payment.on_command(m).await
+}
+
+/// Runs one participant's command queue; commands listed in `FAULT_DROP_COMMANDS` are
+/// acked without effect.
+async fn consume_commands<P: CommandHandler>(
+    (bus, queue, shutdown, dropped): (Bus, &'static str, CancellationToken, Arc<[String]>),
+    participant: P,
+) {
+    consumer::run(bus, queue, CONSUMER_CONCURRENCY, shutdown, move |m| {
+        let (participant, dropped) = (participant.clone(), dropped.clone());
+        async move {
+            if let Some(d) = dropping(&dropped, &m) {
+                return d;
             }
-        },
-    ));
-    let shipping = Shipping::new(
-        stores.shipping.clone(),
-        shipping_wake,
-        settings.shipping_failure_rate,
-    );
-    workers.spawn(consumer::run(
-        bus.clone(),
-        topology::SHIPPING_QUEUE,
-        CONSUMER_CONCURRENCY,
-        shutdown.clone(),
-        move |m| {
-            let shipping = shipping.clone();
-            let dropped = drop_commands.clone();
-            async move {
-                if let Some(d) = dropping(&dropped, &m) {
-                    return d;
-                }
-                shipping.on_command(m).await
-            }
-        },
-    ));
+            participant.on_command(m).await
+        }
+    })
+    .await
 }
 
 /// Fault injection: a command type configured to be dropped is acked without effect.

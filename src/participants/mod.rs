@@ -18,6 +18,32 @@ use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
+/// A participant's handling of its command queue.
+pub trait CommandHandler: Clone + Send + Sync + 'static {
+    fn on_command(
+        &self,
+        message: std::sync::Arc<IncomingMessage>,
+    ) -> impl std::future::Future<Output = Disposition> + Send;
+}
+
+impl CommandHandler for inventory::Inventory {
+    async fn on_command(&self, message: std::sync::Arc<IncomingMessage>) -> Disposition {
+        inventory::Inventory::on_command(self, message).await
+    }
+}
+
+impl CommandHandler for payment::Payment {
+    async fn on_command(&self, message: std::sync::Arc<IncomingMessage>) -> Disposition {
+        payment::Payment::on_command(self, message).await
+    }
+}
+
+impl CommandHandler for shipping::Shipping {
+    async fn on_command(&self, message: std::sync::Arc<IncomingMessage>) -> Disposition {
+        shipping::Shipping::on_command(self, message).await
+    }
+}
+
 /// A reply to the orchestrator, carrying the command's trace context along.
 pub(crate) fn reply(
     order_id: Uuid,
