@@ -11,8 +11,9 @@
 #      vhost bench_<timestamp> (guest gets all permissions on it);
 #   3. starts target/release/order-service on them (ADMIN_TOKEN, LOG_FORMAT=json,
 #      RUST_LOG=warn, PAYMENT_DECLINE_RATE) with a clean environment (env -i), and runs the
-#      loads: closed loop at concurrency 1, 16, 64, 256, open loop at 100, 300, 1000
-#      orders/s, each for BENCH_SECONDS after setting the SKU's stock to BENCH_STOCK;
+#      loads: closed loop at concurrency 1, 16, 64, 256 (each worker waits for its saga),
+#      open loop at 100, 300, 1000 orders/s, each for BENCH_SECONDS after setting the SKU's
+#      stock to BENCH_STOCK; loadgen follows every saga with the long poll (?wait_ms=);
 #   4. restarts the service in embedded mode (SQLite in a temp dir + in-process bus: no
 #      DATABASE_URL / AMQP_URL) and runs closed loop at concurrency 64;
 #   5. writes the table, the exact command of each row, CPU use per process during each
@@ -49,6 +50,7 @@ vhost="bench_$stamp"
 token="bench-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
 work=$(mktemp -d "${TMPDIR:-/tmp}/orderbench.XXXXXX")
 svc_pid=""
+loadgen_pid=""
 db_created=""
 vhost_created=""
 
@@ -67,6 +69,7 @@ stop_service() {
 
 cleanup() {
   local status=$?
+  if [ -n "$loadgen_pid" ]; then kill "$loadgen_pid" 2>/dev/null || true; fi
   stop_service
   if [ -n "$db_created" ]; then
     dropdb -h 127.0.0.1 -U postgres --if-exists --force "$db" || log "could not drop database $db"
@@ -136,6 +139,7 @@ proc_ticks() { # utime + stime of a process (all its threads), 0 if gone
 snapshot() {
   local svc=0 pgdb=0 pgall=0 rabbit=0 lg=0 p comm t pid
   [ -n "$svc_pid" ] && svc=$(proc_ticks "$svc_pid")
+  [ -n "$loadgen_pid" ] && lg=$(proc_ticks "$loadgen_pid")
   for p in /proc/[0-9]*; do
     comm=$(cat "$p/comm" 2>/dev/null) || continue
     pid=${p#/proc/}
@@ -144,7 +148,6 @@ snapshot() {
         t=$(proc_ticks "$pid"); pgall=$((pgall + t))
         if tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -q " $db "; then pgdb=$((pgdb + t)); fi ;;
       beam.smp) t=$(proc_ticks "$pid"); rabbit=$((rabbit + t)) ;;
-      loadgen) t=$(proc_ticks "$pid"); lg=$((lg + t)) ;;
     esac
   done
   local _cpu user nice system idle iowait irq softirq steal _rest
@@ -201,11 +204,14 @@ run_load() {
     --expect-decline-rate "$decline" --drain-timeout "$drain" --label "$label" --quiet)
   loadavg=$(cut -d' ' -f1-3 /proc/loadavg)
   log "$label ($mode): loadgen ${args[*]}   [load average $loadavg]"
+  local status=0
+  ADMIN_TOKEN=$token "$loadgen_bin" "${args[@]}" --json "$json" >"$work/load-$n.txt" 2>&1 &
+  loadgen_pid=$!
   sample_cpu "$cpu" "$mode" &
   local sampler=$!
-  local status=0
-  ADMIN_TOKEN=$token "$loadgen_bin" "${args[@]}" --json "$json" | tee "$work/load-$n.txt" >&2 || status=$?
+  wait "$loadgen_pid" || status=$?
   wait "$sampler" || true
+  cat "$work/load-$n.txt" >&2
   [ -f "$json" ] || { echo "loadgen failed (exit $status) without a report" >&2; exit 1; }
   rows+=("$label|$mode|$json|$cpu|$loadavg|ADMIN_TOKEN=… target/release/loadgen ${args[*]}|$status")
   sleep 2
@@ -276,13 +282,22 @@ generated="$work/generated.md"
     echo "| $c1 | $c2 | $c3 | $c4 | $c5 | $(ms "$cp50") / $(ms "$cp99") | $(ms "$sp50") / $(ms "$sp99") | $c8 | $c9 | $c10 | $c11 | $svc / $pgcol / $rbcol / $lg ($machine of $cores) | $loadavg |"
   done
   echo
-  echo "created/s and completed/s are per second of the load phase (completed/s counts the sagas"
-  echo "that became terminal during it); the backlog left at the end is drained before the checks."
-  echo "Open loop latencies count from each order's scheduled start. Saga latency is create start"
-  echo "→ terminal state seen by polling (first poll after 5 ms, then ×1.5 up to 100 ms). CPU is"
+  first=$(printf '%s\n' "${rows[@]}" | head -1 | cut -d'|' -f3)
+  follow_desc=$(jq -r 'if .follow_mode == "poll" or (.follow_mode == null and .follow) then "polling GET /api/orders/{id} (first poll after 5 ms, then ×1.5 up to 100 ms, at most \(.poll_budget) polls/s)"
+    elif .follow_mode == "wait" then "the long poll GET /api/orders/{id}?wait_ms=\(.long_poll_ms) (at most \(.max_waits) open at once)"
+    else "not followed" end' "$first" 2>/dev/null || echo "polling")
+  closed_desc=$(jq -r 'if .closed_on == "create" then "creates its next order as soon as the create call answered (sagas followed separately)"
+    else "creates its next order once its previous saga is terminal" end' "$first" 2>/dev/null || echo "?")
+  echo "Closed loop: each of the C workers $closed_desc. Open loop: orders are"
+  echo "scheduled at the rate, independent of the answers, and latencies count from each order's"
+  echo "scheduled start. created/s and completed/s are per second of the load phase (completed/s"
+  echo "counts the sagas that became terminal during it); the backlog left at the end is drained"
+  echo "before the checks. Sagas are followed with $follow_desc; saga latency is create start"
+  echo "→ terminal state seen by the follower. CPU is"
   echo "measured from /proc over the load phase minus its first and last second; \"postgres\" is the"
   echo "backends of the benchmark database (all postgres processes in brackets, including WAL writer"
-  echo "and checkpointer and anyone else's databases); \"machine\" is all busy CPU, other users included."
+  echo "and checkpointer and anyone else's databases); \"rabbitmq\" is the whole broker (other vhosts"
+  echo "included); \"machine\" is all busy CPU, other users included."
   echo
   echo "Commands (\`ADMIN_TOKEN\` set to the service's token):"
   echo

@@ -1,11 +1,12 @@
 //! Command line of the load generator.
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use std::path::PathBuf;
 use std::time::Duration;
 
 /// Load generator for the order service: creates orders (closed or open loop), follows each
-/// saga to its terminal state, and checks the invariants afterwards.
+/// saga to its terminal state (long poll `GET /api/orders/{id}?wait_ms=`, or short polling),
+/// and checks the invariants afterwards.
 ///
 /// Exit status: 0 when every check passed, 1 when an invariant failed or an order was left
 /// non-terminal after the drain timeout, 2 on a usage or setup error.
@@ -24,10 +25,18 @@ pub struct Args {
     #[arg(long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
 
-    /// Closed loop: this many workers, each creating one order after the other
-    /// (default 16 when --rate is not given).
+    /// Closed loop: this many workers, each creating an order and waiting for its saga to be
+    /// terminal before creating the next one, so at most this many sagas are in flight
+    /// (default 16 when --rate is not given; see --closed-on).
     #[arg(long, conflicts_with = "rate", value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub concurrency: Option<u32>,
+
+    /// Closed loop: what a worker waits for before creating its next order. `saga` (default):
+    /// the order's terminal state; `create`: only the create call's answer (the sagas are
+    /// followed separately and their number in flight is not bounded). With --no-follow
+    /// the default is `create`.
+    #[arg(long, value_enum, conflicts_with = "rate")]
+    pub closed_on: Option<ClosedOn>,
 
     /// Open loop: schedule this many orders per second, independent of the responses;
     /// latency is measured from each order's scheduled start (no coordinated omission).
@@ -74,8 +83,25 @@ pub struct Args {
     pub json: Option<PathBuf>,
 
     /// Only measure the create calls; do not follow the sagas.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "follow")]
     pub no_follow: bool,
+
+    /// How created orders are followed to their terminal state: `wait` long-polls
+    /// `GET /api/orders/{id}?wait_ms=…` (asked again until terminal); `poll` polls
+    /// `GET /api/orders/{id}` on a backoff schedule, for services without the long poll.
+    #[arg(long, value_enum, default_value_t = FollowMode::Wait)]
+    pub follow: FollowMode,
+
+    /// --follow wait: how long each long poll asks the service to wait (its `wait_ms`;
+    /// at most 60s). An order still not terminal then is asked for again.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub long_poll: Duration,
+
+    /// --follow wait: most long polls open at once; more followed orders wait their turn
+    /// (first come, first served), so a large backlog (open loop) does not hold thousands of
+    /// connections and waiters in the service.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_waits: u32,
 
     /// After the load: how long to wait for the followed orders to become terminal.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
@@ -86,21 +112,23 @@ pub struct Args {
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     pub settle_timeout: Duration,
 
-    /// First poll of an order after its create call; each next poll waits 1.5 times longer.
+    /// --follow poll: first poll of an order after its create call; each next poll waits
+    /// 1.5 times longer. (--follow wait: first back-off after a failed or premature answer.)
     #[arg(long, default_value = "5ms", value_parser = parse_duration)]
     pub poll_min: Duration,
 
-    /// Longest wait between two polls of one order.
+    /// --follow poll: longest wait between two polls of one order. (--follow wait: longest
+    /// back-off.)
     #[arg(long, default_value = "100ms", value_parser = parse_duration)]
     pub poll_max: Duration,
 
-    /// Most polls per second across all followed orders: when more are due, they wait
-    /// their turn (with N orders in flight, each is polled about every N / budget s), so a
-    /// growing backlog does not turn into a polling storm against the service.
+    /// --follow poll: most polls per second across all followed orders: when more are due,
+    /// they wait their turn (with N orders in flight, each is polled about every N / budget
+    /// s), so a growing backlog does not turn into a polling storm against the service.
     #[arg(long, default_value_t = 500.0)]
     pub poll_budget: f64,
 
-    /// Timeout of one HTTP request.
+    /// Timeout of one HTTP request (a long poll gets --long-poll more).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub timeout: Duration,
 
@@ -133,10 +161,46 @@ pub struct SkuWeight {
     pub weight: u32,
 }
 
+/// How created orders are followed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FollowMode {
+    /// Long poll `GET /api/orders/{id}?wait_ms=…`.
+    Wait,
+    /// Short polls of `GET /api/orders/{id}` with back-off.
+    Poll,
+}
+
+impl FollowMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FollowMode::Wait => "wait",
+            FollowMode::Poll => "poll",
+        }
+    }
+}
+
+/// What a closed-loop worker waits for before its next order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ClosedOn {
+    /// The saga's terminal state.
+    Saga,
+    /// The create call's answer only.
+    Create,
+}
+
+impl ClosedOn {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClosedOn::Saga => "saga",
+            ClosedOn::Create => "create",
+        }
+    }
+}
+
 /// How orders are produced.
 #[derive(Debug, Clone, Copy)]
 pub enum Mode {
-    Closed { concurrency: u32 },
+    Closed { concurrency: u32, on: ClosedOn },
     Open { rate: f64 },
 }
 
@@ -153,6 +217,11 @@ impl Args {
             (Some(rate), _) => Mode::Open { rate },
             (None, c) => Mode::Closed {
                 concurrency: c.unwrap_or(16),
+                on: self.closed_on.unwrap_or(if self.no_follow {
+                    ClosedOn::Create
+                } else {
+                    ClosedOn::Saga
+                }),
             },
         }
     }
@@ -205,6 +274,12 @@ impl Args {
             .is_some_and(|p| !(0..=1_000_000_000).contains(&p))
         {
             return Err("--price-cents must be between 0 and 1000000000".into());
+        }
+        if self.no_follow && self.closed_on == Some(ClosedOn::Saga) {
+            return Err("--closed-on saga needs the sagas followed: drop --no-follow".into());
+        }
+        if self.long_poll < Duration::from_millis(1) || self.long_poll > Duration::from_secs(60) {
+            return Err("--long-poll must be between 1ms and 60s (the service's limit)".into());
         }
         if self.poll_min.is_zero() || self.poll_min > self.poll_max {
             return Err("--poll-min must be positive and at most --poll-max".into());
@@ -302,6 +377,46 @@ mod tests {
         assert_eq!(parse_sku("KB-001").map(|s| s.weight), Ok(1));
         assert!(parse_sku("KB-001:0").is_err());
         assert!(parse_sku("bad sku").is_err());
+    }
+
+    #[test]
+    fn closed_loop_waits_for_the_saga_by_default() {
+        let mode = |argv: &[&str]| {
+            let args = Args::try_parse_from([&["loadgen"], argv].concat()).expect("valid");
+            assert_eq!(args.validate(), Ok(()));
+            args.mode()
+        };
+        assert!(matches!(
+            mode(&["--concurrency", "4"]),
+            Mode::Closed {
+                concurrency: 4,
+                on: ClosedOn::Saga
+            }
+        ));
+        assert!(matches!(
+            mode(&["--closed-on", "create"]),
+            Mode::Closed {
+                on: ClosedOn::Create,
+                ..
+            }
+        ));
+        assert!(matches!(
+            mode(&["--no-follow"]),
+            Mode::Closed {
+                on: ClosedOn::Create,
+                ..
+            }
+        ));
+        assert!(matches!(mode(&["--rate", "10"]), Mode::Open { .. }));
+        let args = Args::try_parse_from(["loadgen"]).expect("valid");
+        assert_eq!(args.follow, FollowMode::Wait);
+        assert_eq!(args.long_poll, Duration::from_secs(30));
+        let args = Args::try_parse_from(["loadgen", "--no-follow", "--closed-on", "saga"])
+            .expect("parses");
+        assert!(args.validate().is_err());
+        let args = Args::try_parse_from(["loadgen", "--long-poll", "61s"]).expect("parses");
+        assert!(args.validate().is_err());
+        assert!(Args::try_parse_from(["loadgen", "--rate", "5", "--closed-on", "saga"]).is_err());
     }
 
     #[test]

@@ -1,7 +1,7 @@
-//! The load itself: create calls (closed or open loop) and the followers that poll each
-//! created order until it is terminal.
+//! The load itself: create calls (closed or open loop) and the followers that long-poll
+//! (or poll) each created order until it is terminal.
 
-use crate::cli::{Mode, SkuWeight, Stop};
+use crate::cli::{ClosedOn, FollowMode, Mode, SkuWeight, Stop};
 use hdrhistogram::Histogram;
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use tokio::sync::Notify;
-use tokio::task::JoinSet;
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{Instant, sleep, sleep_until};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -132,12 +132,22 @@ impl Plan {
     }
 }
 
-/// Polling schedule of the followers.
+/// How the followers follow an order.
 #[derive(Debug, Clone, Copy)]
 pub struct PollConfig {
+    pub mode: FollowMode,
+    /// `wait_ms` of each long poll (`FollowMode::Wait`).
+    pub long_poll: Duration,
+    /// Most long polls open at once (`FollowMode::Wait`).
+    pub max_waits: u32,
+    /// Poll schedule (`FollowMode::Poll`), and the back-off of a long poll after an error or
+    /// a premature answer: `min`, then 1.5 times longer each time, up to `max`.
     pub min: Duration,
     pub max: Duration,
+    /// Most polls per second across all followers (`FollowMode::Poll`).
     pub budget_per_sec: f64,
+    /// Added to a long poll's wait for its HTTP timeout.
+    pub request_timeout: Duration,
 }
 
 /// Spaces all the followers' polls at least `1 / budget` apart (with a short burst
@@ -196,9 +206,17 @@ pub struct Counters {
     pub retries_in_flight_key: AtomicU64,
     pub replays: AtomicU64,
     pub dropped: AtomicU64,
+    /// `GET /api/orders/{id}` requests sent to follow orders (long polls included).
     pub polls: AtomicU64,
     /// Polls that waited for the --poll-budget.
     pub polls_delayed: AtomicU64,
+    /// Long polls answered with a non-terminal order after their whole wait.
+    pub waits_expired: AtomicU64,
+    /// Long polls answered with a non-terminal order well before their wait ran out (a
+    /// service without the long poll answers at once: see --follow poll).
+    pub waits_early: AtomicU64,
+    /// Long polls that waited for a free --max-waits slot.
+    pub waits_queued: AtomicU64,
     pub poll_errors: AtomicU64,
     pub following: AtomicU64,
     pub creates_in_flight: AtomicU64,
@@ -231,6 +249,9 @@ pub struct Shared {
     stop_following: CancellationToken,
     followers_done: Notify,
     limiter: PollLimiter,
+    waits: Semaphore,
+    /// `?wait_ms=…` of the long polls.
+    wait_query: String,
 }
 
 impl Shared {
@@ -265,6 +286,8 @@ impl Shared {
             stop_following: CancellationToken::new(),
             followers_done: Notify::new(),
             limiter: PollLimiter::new(poll.budget_per_sec),
+            waits: Semaphore::new(poll.max_waits as usize),
+            wait_query: format!("?wait_ms={}", poll.long_poll.as_millis().max(1)),
         }
     }
 
@@ -405,55 +428,145 @@ async fn problem_kind(response: reqwest::Response) -> String {
     }
 }
 
-/// Polls `GET /api/orders/{id}` until the order is terminal (or parked, or the
-/// followers are stopped), then records the saga.
+/// One answer to `GET /api/orders/{id}` while following.
+enum Answer {
+    Order(OrderBody),
+    /// Counted as a poll error; ask again after a back-off.
+    Failed,
+    /// The followers were stopped (end of the drain).
+    Stopped,
+}
+
+/// One `GET /api/orders/{id}` (a long poll when `long_poll`), abandoned when the followers
+/// are stopped.
+async fn get_order(sh: &Shared, url: &str, long_poll: bool) -> Answer {
+    sh.counters.polls.fetch_add(1, Ordering::Relaxed);
+    let mut request = sh.client.get(url);
+    if long_poll {
+        request = request.timeout(sh.poll.long_poll + sh.poll.request_timeout);
+    }
+    let call = async {
+        let response = request.send().await?;
+        let status = response.status();
+        if status != StatusCode::OK {
+            return Ok(Err(response));
+        }
+        response.bytes().await.map(Ok)
+    };
+    let result = tokio::select! {
+        () = sh.stop_following.cancelled() => return Answer::Stopped,
+        result = call => result,
+    };
+    match result {
+        Ok(Ok(bytes)) => match serde_json::from_slice::<OrderBody>(&bytes) {
+            Ok(order) => Answer::Order(order),
+            Err(_) => {
+                sh.poll_error("200 with an unreadable body".into());
+                Answer::Failed
+            }
+        },
+        Ok(Err(response)) => {
+            let code = response.status().as_u16();
+            let kind = problem_kind(response).await;
+            sh.poll_error(format!("{code} {kind}"));
+            Answer::Failed
+        }
+        Err(e) => {
+            let what = if e.is_timeout() {
+                "timeout"
+            } else if e.is_connect() {
+                "connect"
+            } else if e.is_body() || e.is_decode() {
+                "body"
+            } else {
+                "request"
+            };
+            sh.poll_error(format!("transport error ({what})"));
+            Answer::Failed
+        }
+    }
+}
+
+/// Follows an order until it is terminal (or parked, or the followers are stopped), then
+/// records the saga: with long polls `GET /api/orders/{id}?wait_ms=…`, each answered as soon
+/// as the order is terminal or when the wait runs out (then asked again), or with short polls
+/// on a back-off schedule. The saga latency runs from `started` to the answer that showed the
+/// terminal state.
 async fn follow(sh: Arc<Shared>, created: Created, sku: usize, started: Instant) {
-    let url = format!("{}/{}", sh.orders_url, created.id);
-    let mut delay = sh.poll.min;
+    let long_poll = sh.poll.mode == FollowMode::Wait;
+    let url = if long_poll {
+        format!("{}/{}{}", sh.orders_url, created.id, sh.wait_query)
+    } else {
+        format!("{}/{}", sh.orders_url, created.id)
+    };
     let mut last = created.status;
+    // Short polls: always this long before the next one. Long polls: only after an error or
+    // a premature non-terminal answer (the first long poll goes at once).
+    let mut delay = sh.poll.min;
+    let mut pause = !long_poll;
     loop {
         let wake = async {
-            sleep(delay).await;
-            if let Some(slot) = sh.limiter.reserve() {
-                sh.counters.polls_delayed.fetch_add(1, Ordering::Relaxed);
-                sleep_until(slot).await;
+            if pause {
+                sleep(delay).await;
+                delay = delay.mul_f64(1.5).min(sh.poll.max);
+            }
+            if long_poll {
+                let permit = match sh.waits.try_acquire() {
+                    Ok(permit) => permit,
+                    Err(_) => {
+                        sh.counters.waits_queued.fetch_add(1, Ordering::Relaxed);
+                        sh.waits
+                            .acquire()
+                            .await
+                            .expect("the semaphore is never closed")
+                    }
+                };
+                Some(permit)
+            } else {
+                if let Some(slot) = sh.limiter.reserve() {
+                    sh.counters.polls_delayed.fetch_add(1, Ordering::Relaxed);
+                    sleep_until(slot).await;
+                }
+                None
             }
         };
-        tokio::select! {
-            () = sh.stop_following.cancelled() => {
+        let permit = tokio::select! {
+            () = sh.stop_following.cancelled() => None,
+            permit = wake => Some(permit),
+        };
+        let answer = match permit {
+            None => Answer::Stopped,
+            Some(_permit) => {
+                let asked = Instant::now();
+                let answer = get_order(&sh, &url, long_poll).await;
+                if long_poll && let Answer::Order(order) = &answer {
+                    if order.status.is_terminal() {
+                        delay = sh.poll.min;
+                        pause = false;
+                    } else if asked.elapsed() < sh.poll.long_poll / 2 {
+                        // Not terminal, yet answered long before the wait ran out: the
+                        // service does not long-poll (or is shutting down). Back off.
+                        sh.counters.waits_early.fetch_add(1, Ordering::Relaxed);
+                        pause = true;
+                    } else {
+                        sh.counters.waits_expired.fetch_add(1, Ordering::Relaxed);
+                        delay = sh.poll.min;
+                        pause = false;
+                    }
+                } else if long_poll {
+                    pause = true;
+                }
+                answer
+            }
+        };
+        let order = match answer {
+            Answer::Order(order) => order,
+            Answer::Failed => continue,
+            Answer::Stopped => {
                 sh.stats()
                     .unfinished
                     .push((created.id, last.as_str().to_owned()));
                 break;
-            }
-            () = wake => {}
-        }
-        delay = delay.mul_f64(1.5).min(sh.poll.max);
-        sh.counters.polls.fetch_add(1, Ordering::Relaxed);
-        let order = match sh.client.get(&url).send().await {
-            Ok(response) if response.status() == StatusCode::OK => match response.bytes().await {
-                Ok(bytes) => match serde_json::from_slice::<OrderBody>(&bytes) {
-                    Ok(order) => order,
-                    Err(_) => {
-                        sh.poll_error("200 with an unreadable body".into());
-                        continue;
-                    }
-                },
-                Err(_) => {
-                    sh.poll_error("transport error (body)".into());
-                    continue;
-                }
-            },
-            Ok(response) => {
-                let code = response.status().as_u16();
-                let kind = problem_kind(response).await;
-                sh.poll_error(format!("{code} {kind}"));
-                continue;
-            }
-            Err(e) => {
-                let what = if e.is_timeout() { "timeout" } else { "request" };
-                sh.poll_error(format!("transport error ({what})"));
-                continue;
             }
         };
         last = order.status;
@@ -483,14 +596,12 @@ async fn follow(sh: Arc<Shared>, created: Created, sku: usize, started: Instant)
     }
 }
 
-/// Creates one order and hands it to a follower.
-async fn one_order(sh: &Arc<Shared>, index: u64, started: Instant) {
+/// Creates one order and hands it to a follower; returns the follower, if any.
+async fn one_order(sh: &Arc<Shared>, index: u64, started: Instant) -> Option<JoinHandle<()>> {
     let sku = sh.plan.pick(index);
-    let Some(created) = create(sh, sku, started).await else {
-        return;
-    };
+    let created = create(sh, sku, started).await?;
     if !sh.follow {
-        return;
+        return None;
     }
     if created.status.is_terminal() {
         // Unlikely (the saga is asynchronous), but then the create response is the answer.
@@ -502,14 +613,23 @@ async fn one_order(sh: &Arc<Shared>, index: u64, started: Instant) {
         }
         drop(stats);
         sh.counters.completed.fetch_add(1, Ordering::Relaxed);
-        return;
+        return None;
     }
     sh.counters.following.fetch_add(1, Ordering::AcqRel);
-    tokio::spawn(follow(Arc::clone(sh), created, sku, started));
+    Some(tokio::spawn(follow(Arc::clone(sh), created, sku, started)))
 }
 
-/// Runs the load phase; returns when every create call has answered.
-pub async fn run_load(sh: Arc<Shared>, mode: Mode, stop: Stop, max_in_flight: usize) {
+/// Runs the load phase; returns when every create call has answered (closed loop on the
+/// saga: at the end of --duration, or when every worker's last saga is terminal, or has
+/// taken longer than `saga_wait`, with --orders). The followers still running are left to
+/// [`drain`].
+pub async fn run_load(
+    sh: Arc<Shared>,
+    mode: Mode,
+    stop: Stop,
+    max_in_flight: usize,
+    saga_wait: Duration,
+) {
     let start = Instant::now();
     let deadline = match stop {
         Stop::Duration(d) => Some(start + d),
@@ -520,7 +640,8 @@ pub async fn run_load(sh: Arc<Shared>, mode: Mode, stop: Stop, max_in_flight: us
         Stop::Duration(_) => u64::MAX,
     };
     match mode {
-        Mode::Closed { concurrency } => {
+        Mode::Closed { concurrency, on } => {
+            let wait_saga = on == ClosedOn::Saga && sh.follow;
             let next = Arc::new(AtomicU64::new(0));
             let mut workers = JoinSet::new();
             for _ in 0..concurrency {
@@ -535,7 +656,22 @@ pub async fn run_load(sh: Arc<Shared>, mode: Mode, stop: Stop, max_in_flight: us
                         if index >= limit {
                             break;
                         }
-                        one_order(&sh, index, Instant::now()).await;
+                        let follower = one_order(&sh, index, Instant::now()).await;
+                        let Some(mut follower) = follower.filter(|_| wait_saga) else {
+                            continue;
+                        };
+                        // The next order only once this saga is terminal. At the end of the
+                        // load phase (or after `saga_wait` with --orders) the follower goes on
+                        // without the worker (dropping the handle detaches it) and is drained.
+                        let give_up = deadline.unwrap_or_else(|| Instant::now() + saga_wait);
+                        tokio::select! {
+                            _ = &mut follower => {}
+                            () = sleep_until(give_up) => {
+                                if deadline.is_some() {
+                                    break;
+                                }
+                            }
+                        }
                     }
                 });
             }
@@ -560,7 +696,8 @@ pub async fn run_load(sh: Arc<Shared>, mode: Mode, stop: Stop, max_in_flight: us
                     let sh = Arc::clone(&sh);
                     calls.spawn(async move {
                         // Latency counts from the scheduled start, not from when we got to it.
-                        one_order(&sh, index, scheduled).await;
+                        // Followed concurrently: the next order does not wait for this saga.
+                        drop(one_order(&sh, index, scheduled).await);
                         sh.counters
                             .creates_in_flight
                             .fetch_sub(1, Ordering::Relaxed);

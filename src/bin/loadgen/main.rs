@@ -1,10 +1,12 @@
 //! `loadgen`: load generator and end-to-end checker for the order service.
 //!
-//! Creates orders through `POST /api/orders` (closed loop: `--concurrency` workers; open
-//! loop: `--rate` orders/s, latency from the scheduled start), follows every created order
-//! to its terminal state by polling `GET /api/orders/{id}`, and at the end prints throughput,
-//! HDR latency percentiles, terminal states and errors, and checks the invariants through
-//! the API (`GET /api/admin/invariants`, stock conservation of the SKUs used).
+//! Creates orders through `POST /api/orders` (closed loop: `--concurrency` workers, each
+//! waiting for its order's saga to be terminal before the next one; open loop: `--rate`
+//! orders/s, latency from the scheduled start), follows every created order to its terminal
+//! state with the long poll `GET /api/orders/{id}?wait_ms=…` (or, `--follow poll`, by
+//! polling), and at the end prints throughput, HDR latency percentiles, terminal states and
+//! errors, and checks the invariants through the API (`GET /api/admin/invariants`, stock
+//! conservation of the SKUs used).
 //! `cargo run --release --bin loadgen -- --help`.
 
 mod checks;
@@ -14,7 +16,7 @@ mod report;
 
 use anyhow::Context;
 use clap::Parser;
-use cli::{Args, Mode, Stop};
+use cli::{Args, FollowMode, Mode, Stop};
 use driver::{Plan, PollConfig, Shared};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use report::{DeclineCheck, Latency, Report, Retries, SkuEntry, StockCheck};
@@ -100,9 +102,13 @@ async fn run(args: Args) -> anyhow::Result<Report> {
 
     let plan = Plan::new(mix.clone(), args.quantity, &args.customer_id)?;
     let poll = PollConfig {
+        mode: args.follow,
+        long_poll: args.long_poll,
+        max_waits: args.max_waits,
         min: args.poll_min,
         max: args.poll_max,
         budget_per_sec: args.poll_budget,
+        request_timeout: args.timeout,
     };
     let follow = !args.no_follow;
     let shared = Arc::new(Shared::new(
@@ -128,7 +134,14 @@ async fn run(args: Args) -> anyhow::Result<Report> {
     ));
 
     let start = Instant::now();
-    driver::run_load(Arc::clone(&shared), mode, stop, args.max_in_flight).await;
+    driver::run_load(
+        Arc::clone(&shared),
+        mode,
+        stop,
+        args.max_in_flight,
+        args.drain_timeout,
+    )
+    .await;
     let load_elapsed = start.elapsed();
     load_done.store(true, Ordering::Relaxed);
     let completed_during_load = shared.counters.completed.load(Ordering::Relaxed);
@@ -274,10 +287,11 @@ async fn run(args: Args) -> anyhow::Result<Report> {
         failures.push(format!("invariant report unavailable: {e}"));
     }
 
-    let (concurrency, rate) = match mode {
-        Mode::Closed { concurrency } => (Some(concurrency), None),
-        Mode::Open { rate } => (None, Some(rate)),
+    let (concurrency, closed_on, rate) = match mode {
+        Mode::Closed { concurrency, on } => (Some(concurrency), Some(on.as_str().to_owned()), None),
+        Mode::Open { rate } => (None, None, Some(rate)),
     };
+    let wait_mode = follow && args.follow == FollowMode::Wait;
     let report = Report {
         label: args.label.clone(),
         url: base.clone(),
@@ -287,6 +301,7 @@ async fn run(args: Args) -> anyhow::Result<Report> {
         }
         .to_owned(),
         concurrency,
+        closed_on,
         rate,
         duration_s: match stop {
             Stop::Duration(d) => Some(d.as_secs_f64()),
@@ -305,6 +320,10 @@ async fn run(args: Args) -> anyhow::Result<Report> {
             .collect(),
         quantity: args.quantity,
         follow,
+        follow_mode: follow.then(|| args.follow.as_str().to_owned()),
+        long_poll_ms: wait_mode
+            .then_some(u64::try_from(args.long_poll.as_millis()).unwrap_or(60_000)),
+        max_waits: wait_mode.then_some(args.max_waits),
         started_at: started_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         load_seconds: load_elapsed.as_secs_f64(),
         drain_seconds: drain_elapsed.as_secs_f64(),
@@ -327,6 +346,9 @@ async fn run(args: Args) -> anyhow::Result<Report> {
         polls_per_saga: polls as f64 / (completed + unfinished).max(1) as f64,
         polls_delayed: c.polls_delayed.load(Ordering::Relaxed),
         poll_budget: args.poll_budget,
+        waits_expired: c.waits_expired.load(Ordering::Relaxed),
+        waits_early: c.waits_early.load(Ordering::Relaxed),
+        waits_queued: c.waits_queued.load(Ordering::Relaxed),
         poll_errors: stats.poll_errors.clone(),
         create_latency: Latency::of(&stats.create),
         saga_latency: Latency::of(&stats.saga),

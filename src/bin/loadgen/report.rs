@@ -97,12 +97,20 @@ pub struct Report {
     /// `closed` or `open`.
     pub mode: String,
     pub concurrency: Option<u32>,
+    /// Closed loop: what a worker waits for before its next order, `saga` or `create`.
+    pub closed_on: Option<String>,
     pub rate: Option<f64>,
     pub duration_s: Option<f64>,
     pub orders_limit: Option<u64>,
     pub skus: Vec<SkuEntry>,
     pub quantity: u32,
     pub follow: bool,
+    /// How the sagas were followed: `wait` (long poll) or `poll`; `None` with --no-follow.
+    pub follow_mode: Option<String>,
+    /// `wait_ms` of each long poll.
+    pub long_poll_ms: Option<u64>,
+    /// Most long polls open at once.
+    pub max_waits: Option<u32>,
     pub started_at: String,
 
     pub load_seconds: f64,
@@ -121,15 +129,24 @@ pub struct Report {
     pub idempotent_replays: u64,
     /// Open loop: orders not sent because --max-in-flight create calls were pending.
     pub dropped: u64,
+    /// `GET /api/orders/{id}` requests made to follow the sagas (long polls included).
     pub polls: u64,
     pub polls_per_saga: f64,
-    /// Polls that waited for the --poll-budget.
+    /// Polls that waited for the --poll-budget (--follow poll).
     pub polls_delayed: u64,
     pub poll_budget: f64,
+    /// Long polls answered with a non-terminal order when their wait ran out.
+    pub waits_expired: u64,
+    /// Long polls answered with a non-terminal order long before their wait ran out (the
+    /// service does not seem to support `wait_ms`).
+    pub waits_early: u64,
+    /// Long polls that waited for a free --max-waits slot.
+    pub waits_queued: u64,
     pub poll_errors: BTreeMap<String, u64>,
 
     pub create_latency: Option<Latency>,
-    /// Create call start (scheduled start in open loop) → terminal state observed by polling.
+    /// Create call start (scheduled start in open loop) → the answer (long poll or poll) that
+    /// showed the terminal state.
     pub saga_latency: Option<Latency>,
     /// The service's own clock: order `created_at` → `updated_at` of the terminal state
     /// (free of the polling granularity).
@@ -195,7 +212,13 @@ impl Report {
     pub fn render(&self) -> String {
         let mut out = String::new();
         let load = match (self.mode.as_str(), self.concurrency, self.rate) {
-            ("closed", Some(c), _) => format!("closed loop, concurrency {c}"),
+            ("closed", Some(c), _) => match self.closed_on.as_deref() {
+                Some("saga") => format!("closed loop, concurrency {c}, each waiting for its saga"),
+                Some("create") if self.follow => format!(
+                    "closed loop, concurrency {c}, on the create call (sagas followed apart)"
+                ),
+                _ => format!("closed loop, concurrency {c}"),
+            },
             (_, _, Some(r)) => format!("open loop, {r} orders/s scheduled"),
             _ => self.mode.clone(),
         };
@@ -237,7 +260,12 @@ impl Report {
         }
         latency_line(&mut out, "create call", self.create_latency.as_ref());
         if self.follow {
-            latency_line(&mut out, "saga (polled)", self.saga_latency.as_ref());
+            let observed = if self.follow_mode.as_deref() == Some("wait") {
+                "saga (waited)"
+            } else {
+                "saga (polled)"
+            };
+            latency_line(&mut out, observed, self.saga_latency.as_ref());
             latency_line(&mut out, "saga (server)", self.saga_server_latency.as_ref());
             let total: u64 = self.terminal.values().sum();
             let terminal = if self.terminal.is_empty() {
@@ -268,7 +296,26 @@ impl Report {
             self.idempotent_replays,
             self.dropped
         );
-        if self.follow {
+        if let Some(wait_ms) = self.long_poll_ms {
+            let _ = writeln!(
+                out,
+                "  long polls      {} GET /api/orders/{{id}}?wait_ms={wait_ms} ({:.2} per saga; {} ran out, {} answered early without a terminal state, {} queued for the {} open at most); errors: {}",
+                self.polls,
+                self.polls_per_saga,
+                self.waits_expired,
+                self.waits_early,
+                self.waits_queued,
+                self.max_waits.unwrap_or(0),
+                counts(&self.poll_errors)
+            );
+            if self.waits_early > 0 {
+                let _ = writeln!(
+                    out,
+                    "  note            the service answered {} long polls early: if it ignores wait_ms, use --follow poll",
+                    self.waits_early
+                );
+            }
+        } else if self.follow {
             let _ = writeln!(
                 out,
                 "  polling         {} GET /api/orders/{{id}} ({:.1} per saga, {:.0}/s; {} waited for the {}/s budget); poll errors: {} — polling adds load to the service",
