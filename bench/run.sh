@@ -131,28 +131,27 @@ start_service() {
 ticks_per_sec=$(getconf CLK_TCK)
 cores=$(nproc)
 
-proc_ticks() { # utime + stime of a process (all its threads), 0 if gone
-  awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat" 2>/dev/null || echo 0
-}
-
-# Prints: service postgres(our db) postgres(all) rabbitmq loadgen machine_busy machine_total
+# Prints: now_ns service postgres(our db) postgres(all) rabbitmq loadgen machine_busy
+# machine_total, CPU in clock ticks. One quick pass (a few ms) so that every figure is read
+# at about the same moment, even on a loaded machine.
 snapshot() {
-  local svc=0 pgdb=0 pgall=0 rabbit=0 lg=0 p comm t pid
-  [ -n "$svc_pid" ] && svc=$(proc_ticks "$svc_pid")
-  [ -n "$loadgen_pid" ] && lg=$(proc_ticks "$loadgen_pid")
-  for p in /proc/[0-9]*; do
-    comm=$(cat "$p/comm" 2>/dev/null) || continue
-    pid=${p#/proc/}
-    case $comm in
-      postgres)
-        t=$(proc_ticks "$pid"); pgall=$((pgall + t))
-        if tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -q " $db "; then pgdb=$((pgdb + t)); fi ;;
-      beam.smp) t=$(proc_ticks "$pid"); rabbit=$((rabbit + t)) ;;
-    esac
-  done
-  local _cpu user nice system idle iowait irq softirq steal _rest
+  local now pgpids _cpu user nice system idle iowait irq softirq steal _rest
+  now=$(date +%s%N)
+  pgpids=$(pgrep -d, -f "^postgres: .* $db " || true)
   read -r _cpu user nice system idle iowait irq softirq steal _rest </proc/stat
-  echo "$svc $pgdb $pgall $rabbit $lg $((user + nice + system + irq + softirq + steal)) $((user + nice + system + idle + iowait + irq + softirq + steal))"
+  cat /proc/[0-9]*/stat 2>/dev/null | awk -v svc="${svc_pid:-x}" -v lg="${loadgen_pid:-x}" \
+    -v pg=",$pgpids," -v now="$now" \
+    -v busy="$((user + nice + system + irq + softirq + steal))" \
+    -v total="$((user + nice + system + idle + iowait + irq + softirq + steal))" '
+    {
+      pid = $1; comm = $0; sub(/^[^(]*\(/, "", comm); sub(/\) [^)]*$/, "", comm)
+      rest = $0; sub(/^.*\) /, "", rest); split(rest, f, " "); t = f[12] + f[13]
+      if (pid == svc) s += t
+      if (pid == lg) l += t
+      if (comm == "postgres") { pa += t; if (index(pg, "," pid ",")) pd += t }
+      if (comm == "beam.smp") r += t
+    }
+    END { printf "%s %d %d %d %d %d %s %s\n", now, s, pd, pa, r, l, busy, total }'
 }
 
 # sample_cpu <file>: measures the steady part of the load phase (from 1 s to seconds-1 s,
@@ -161,7 +160,7 @@ snapshot() {
 sample_cpu() {
   local file=$1 a b end rest
   sleep 1
-  a="$(date +%s%N) $(snapshot)"
+  a=$(snapshot)
   end=$(($(date +%s%N) + (seconds - 2) * 1000000000))
   sleep $(((seconds - 2) / 2))
   top -b -n2 -d0.5 -w 160 2>/dev/null | awk '/^top -/{n++} n==2' | head -16 >"$file.top" || true
@@ -178,7 +177,7 @@ sample_cpu() {
   fi
   rest=$(((end - $(date +%s%N)) / 1000000))
   if [ "$rest" -gt 0 ]; then sleep "$(awk -v ms="$rest" 'BEGIN { printf "%.3f", ms / 1000 }')"; fi
-  b="$(date +%s%N) $(snapshot)"
+  b=$(snapshot)
   if [ "$2" = postgres ]; then
     # Queue depths while the load still runs (after the CPU window: rabbitmqctl is costly).
     rabbitmqctl -q list_queues -p "$vhost" name messages messages_unacknowledged 2>/dev/null \

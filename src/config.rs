@@ -137,6 +137,16 @@ pub struct Config {
     /// effect, no reply), e.g. `payment.charge` — a participant that never answers.
     #[arg(long, env = "FAULT_DROP_COMMANDS", value_delimiter = ',')]
     pub fault_drop_commands: Vec<String>,
+
+    /// OpenTelemetry collector base URL (OTLP over HTTP/protobuf, e.g.
+    /// `http://127.0.0.1:4318`): spans are also exported as traces to `<url>/v1/traces`.
+    /// Unset or empty: no export.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otel_exporter_otlp_endpoint: Option<String>,
+
+    /// `service.name` of the exported traces.
+    #[arg(long, env = "OTEL_SERVICE_NAME", default_value = "order-service")]
+    pub otel_service_name: String,
 }
 
 /// When the order actor panics on purpose (fault injection).
@@ -255,6 +265,35 @@ impl Config {
             return Err(ConfigError {
                 option: "DB_MAX_CONNECTIONS",
                 problem: "must be at least 1".into(),
+            });
+        }
+        // Empty means unset, as the OpenTelemetry spec says for its variables.
+        if let Some(endpoint) = self
+            .otel_exporter_otlp_endpoint
+            .as_ref()
+            .filter(|e| !e.is_empty())
+        {
+            let bad = |problem: String| ConfigError {
+                option: "OTEL_EXPORTER_OTLP_ENDPOINT",
+                problem,
+            };
+            let parsed = url::Url::parse(endpoint)
+                .map_err(|e| bad(format!("{endpoint:?} is not a URL ({e})")))?;
+            if !matches!(parsed.scheme(), "http" | "https") || !parsed.has_host() {
+                return Err(bad(format!(
+                    "{endpoint:?} is not an http:// or https:// URL (e.g. http://127.0.0.1:4318)"
+                )));
+            }
+            if parsed.query().is_some() || parsed.fragment().is_some() {
+                return Err(bad(format!(
+                    "{endpoint:?}: a base URL takes no query or fragment (/v1/traces is appended)"
+                )));
+            }
+        }
+        if self.otel_service_name.trim().is_empty() {
+            return Err(ConfigError {
+                option: "OTEL_SERVICE_NAME",
+                problem: "must not be empty".into(),
             });
         }
         Ok(())

@@ -29,9 +29,19 @@ async fn main() -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }
-    if !matches!(cli.command, Some(CliCommand::Healthcheck)) {
-        telemetry::init(cli.config.log_format);
-    }
+    let telemetry = if matches!(cli.command, Some(CliCommand::Healthcheck)) {
+        telemetry::Telemetry::default()
+    } else {
+        match telemetry::init_from_config(&cli.config) {
+            Ok(telemetry) => telemetry,
+            Err(e) => {
+                // Config::validate checked the endpoint; what is left comes from the SDK's
+                // own OTEL_EXPORTER_OTLP_* variables (e.g. an unsupported compression).
+                eprintln!("error: invalid OTEL_EXPORTER_OTLP_* settings: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    };
     let result = match cli
         .command
         .unwrap_or(order_service::config::CliCommand::Serve)
@@ -51,14 +61,17 @@ async fn main() -> ExitCode {
         }
         CliCommand::Healthcheck => healthcheck(cli.config.listen_addr).await,
     };
-    match result {
+    let code = match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "fatal");
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // Export the spans still buffered (no-op when OTLP export is off).
+    telemetry.shutdown().await;
+    code
 }
 
 async fn serve(config: order_service::config::Config) -> anyhow::Result<()> {

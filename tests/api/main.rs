@@ -11,5 +11,6 @@ mod idempotency;
 mod messaging;
 mod observability;
 mod openapi;
+mod otlp;
 mod process;
 mod saga;
