@@ -160,6 +160,9 @@ pub async fn provision(embedded: bool) -> (String, Option<String>, Backing) {
         let url = format!("sqlite://{}/orders.db?mode=rwc", dir.display());
         (url, None, Backing::Sqlite { dir })
     } else {
+        // The vhost first: if creating the database fails, the vhost's Drop removes it
+        // (the other way round a failed vhost would leak the database).
+        let vhost = TestVhost::create();
         let database = format!("test_{}", Uuid::new_v4().simple());
         let admin = Database::connect(PG_ADMIN_URL)
             .await
@@ -169,7 +172,6 @@ pub async fn provision(embedded: bool) -> (String, Option<String>, Backing) {
             .await
             .unwrap_or_else(|e| panic!("cannot create test database ({e}). {PG_HOW}"));
         let _ = admin.close().await;
-        let vhost = TestVhost::create();
         let amqp = vhost.amqp_url.clone();
         (
             format!("postgres://postgres@127.0.0.1:5432/{database}"),
