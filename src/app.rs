@@ -42,21 +42,8 @@ impl Application {
     /// Connects, migrates (if configured), seeds, and starts the workers. The HTTP server
     /// starts with [`Application::run_until_stopped`].
     pub async fn build(config: Config) -> anyhow::Result<Application> {
-        let stores = Stores::connect(&config.database_url, config.db_max_connections)
-            .await
-            .context("connecting to the database")?;
-        if config.migrate_on_start {
-            stores.migrate().await.context("applying migrations")?;
-        }
-        let bus = Bus::connect(config.amqp_url.as_deref())
-            .await
-            .context("connecting to the message broker")?;
+        let (stores, bus, inventory) = connect(&config).await?;
         let orders_wake = Arc::new(Notify::new());
-        // The API reads stock through its own handle; the participant's consumer has another.
-        let inventory = Inventory::new(stores.inventory.clone(), Arc::new(Notify::new()));
-        if config.seed_demo_catalogue && inventory.seed_demo_catalogue().await? {
-            tracing::info!("seeded the demo catalogue");
-        }
         let orders = Orders::start(OrderContext {
             db: stores.orders.clone(),
             outbox_wake: orders_wake.clone(),
@@ -89,11 +76,7 @@ impl Application {
                 &mut workers,
                 &stores,
                 &bus,
-                ParticipantSettings {
-                    payment_decline_rate: config.payment_decline_rate,
-                    shipping_failure_rate: config.shipping_failure_rate,
-                    drop_commands: config.fault_drop_commands.clone(),
-                },
+                ParticipantSettings::from(&config),
                 &shutdown,
             );
         }
@@ -251,12 +234,9 @@ async fn monitor(stores: Stores, bus: Bus, shutdown: CancellationToken) {
     }
 }
 
-/// The participants as their own service: consumers and outbox relays, plus the health
-/// endpoints, until `signal`.
-pub async fn run_participants(
-    config: Config,
-    signal: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+/// Connects the stores (migrating them if configured) and the bus, and seeds the demo
+/// catalogue into an empty inventory. The inventory handle is the API's, for reading stock.
+async fn connect(config: &Config) -> anyhow::Result<(Stores, Bus, Inventory)> {
     let stores = Stores::connect(&config.database_url, config.db_max_connections)
         .await
         .context("connecting to the database")?;
@@ -270,17 +250,33 @@ pub async fn run_participants(
     if config.seed_demo_catalogue && inventory.seed_demo_catalogue().await? {
         tracing::info!("seeded the demo catalogue");
     }
+    Ok((stores, bus, inventory))
+}
+
+impl From<&Config> for ParticipantSettings {
+    fn from(config: &Config) -> Self {
+        ParticipantSettings {
+            payment_decline_rate: config.payment_decline_rate,
+            shipping_failure_rate: config.shipping_failure_rate,
+            drop_commands: config.fault_drop_commands.clone(),
+        }
+    }
+}
+
+/// The participants as their own service: consumers and outbox relays, plus the health
+/// endpoints, until `signal`.
+pub async fn run_participants(
+    config: Config,
+    signal: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (stores, bus, _inventory) = connect(&config).await?;
     let shutdown = CancellationToken::new();
     let mut workers = JoinSet::new();
     spawn_participants(
         &mut workers,
         &stores,
         &bus,
-        ParticipantSettings {
-            payment_decline_rate: config.payment_decline_rate,
-            shipping_failure_rate: config.shipping_failure_rate,
-            drop_commands: config.fault_drop_commands.clone(),
-        },
+        ParticipantSettings::from(&config),
         &shutdown,
     );
     let health = {
