@@ -27,6 +27,12 @@
 # KEEP_WORKDIR (set: keep the temp dir with the service logs and JSON reports).
 set -euo pipefail
 
+# bash reads a script as it runs it: run it from memory, so that editing this file during a
+# run (several minutes) cannot break the run.
+if [ -z "${BENCH_FROM_MEMORY:-}" ]; then
+  BENCH_FROM_MEMORY=1 exec bash -c "$(cat "$0")" "$0" "$@"
+fi
+
 cd "$(dirname "$0")/.."
 root=$(pwd)
 seconds=${BENCH_SECONDS:-20}
@@ -181,7 +187,7 @@ sample_cpu() {
   if [ "$2" = postgres ]; then
     # Queue depths while the load still runs (after the CPU window: rabbitmqctl is costly).
     rabbitmqctl -q list_queues -p "$vhost" name messages messages_unacknowledged 2>/dev/null \
-      | awk 'NR > 1 { printf "%s%s %s ready/%s unacked", (n++ ? ", " : "queues: "), $1, $2, $3 } END { print "" }' >>"$file.top" || true
+      | awk 'NR > 1 { printf "%s%s %s (%s unacked)", (n++ ? ", " : "queues (messages): "), $1, $2, $3 } END { print "" }' >>"$file.top" || true
   fi
   awk -v a="$a" -v b="$b" -v hz="$ticks_per_sec" -v cores="$cores" 'BEGIN {
     split(a, x, " "); split(b, y, " "); span = (y[1] - x[1]) / 1e9;
