@@ -5,9 +5,9 @@
 
 use crate::helpers::{TestApp, TestOptions, order_body, spawn_app_with};
 use futures::StreamExt;
+use lapin::BasicProperties;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Connection, ConnectionProperties};
 use order_service::domain::saga::PaymentMode;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -179,17 +179,7 @@ async fn duplicated_commands_and_replies_have_exactly_one_effect() {
     let created = app.create_order(&[("MN-003", 3)]).await;
     let id = created["id"].as_str().expect("id").to_owned();
     app.wait_for_status(&id, &["STOCK_RESERVED"]).await;
-    let connection = Connection::connect(
-        app.amqp_url.as_deref().expect("amqp"),
-        ConnectionProperties::default(),
-    )
-    .await
-    .expect("connect");
-    let channel = connection.create_channel().await.expect("channel");
-    channel
-        .confirm_select(Default::default())
-        .await
-        .expect("confirms");
+    let (_connection, channel) = app.broker_channel().await;
 
     // The same reserve command twice, and the same reply twice, on purpose.
     let reserve = envelope(
@@ -275,17 +265,7 @@ async fn duplicated_commands_and_replies_have_exactly_one_effect() {
 #[tokio::test]
 async fn poison_messages_go_to_the_dead_letter_queue_and_do_not_block_the_queue() {
     let app = spawn_app_with(TestOptions::default()).await;
-    let connection = Connection::connect(
-        app.amqp_url.as_deref().expect("amqp"),
-        ConnectionProperties::default(),
-    )
-    .await
-    .expect("connect");
-    let channel = connection.create_channel().await.expect("channel");
-    channel
-        .confirm_select(Default::default())
-        .await
-        .expect("confirms");
+    let (_connection, channel) = app.broker_channel().await;
 
     channel
         .basic_publish(

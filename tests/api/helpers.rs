@@ -326,6 +326,62 @@ impl TestApp {
         }
     }
 
+    /// A channel on the app's RabbitMQ vhost with publisher confirms on, for publishing
+    /// messages by hand. Keep the connection alive as long as the channel is used.
+    pub async fn broker_channel(&self) -> (lapin::Connection, lapin::Channel) {
+        let url = self
+            .amqp_url
+            .as_deref()
+            .expect("this test needs the RabbitMQ app");
+        let connection = lapin::Connection::connect(url, lapin::ConnectionProperties::default())
+            .await
+            .expect("connect to the test vhost");
+        let channel = connection.create_channel().await.expect("channel");
+        channel
+            .confirm_select(Default::default())
+            .await
+            .expect("publisher confirms");
+        (connection, channel)
+    }
+
+    /// A private queue bound to each `(exchange, pattern)`: sees a copy of every message the
+    /// service publishes there, without taking any from the service's own queues.
+    pub async fn tap(&self, bindings: &[(&str, &str)]) -> (lapin::Connection, lapin::Consumer) {
+        use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+        use lapin::types::FieldTable;
+        let (connection, channel) = self.broker_channel().await;
+        let exclusive = QueueDeclareOptions {
+            exclusive: true,
+            ..Default::default()
+        };
+        let queue = channel
+            .queue_declare("".into(), exclusive, FieldTable::default())
+            .await
+            .expect("declare a private queue");
+        for (exchange, pattern) in bindings {
+            channel
+                .queue_bind(
+                    queue.name().clone(),
+                    (*exchange).into(),
+                    (*pattern).into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .expect("bind the private queue");
+        }
+        let consumer = channel
+            .basic_consume(
+                queue.name().clone(),
+                "tap".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("consume the private queue");
+        (connection, consumer)
+    }
+
     /// Counts orders in the database (all statuses).
     pub async fn order_count(&self) -> usize {
         use sea_orm::{EntityTrait, PaginatorTrait};

@@ -4,8 +4,8 @@
 
 use crate::helpers::spawn_app;
 use futures::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::options::BasicAckOptions;
+use lapin::types::AMQPValue;
 use prometheus_parse::{Scrape, Value as Metric};
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -87,45 +87,9 @@ async fn metrics_parse_as_prometheus_text_and_count_a_short_load() {
 #[tokio::test]
 async fn a_traceparent_sent_with_the_order_travels_in_the_commands_and_replies() {
     let app = spawn_app().await;
-    let connection = lapin::Connection::connect(
-        app.amqp_url.as_deref().expect("amqp"),
-        lapin::ConnectionProperties::default(),
-    )
-    .await
-    .expect("connect");
-    let channel = connection.create_channel().await.expect("channel");
-    let queue = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("private queue");
-    for exchange in ["order.commands", "order.replies"] {
-        channel
-            .queue_bind(
-                queue.name().clone(),
-                exchange.into(),
-                "#".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .expect("bind");
-    }
-    let mut consumer = channel
-        .basic_consume(
-            queue.name().clone(),
-            "trace".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("consume");
+    let (_connection, mut consumer) = app
+        .tap(&[("order.commands", "#"), ("order.replies", "#")])
+        .await;
 
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let response = app

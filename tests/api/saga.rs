@@ -4,8 +4,7 @@
 
 use crate::helpers::{ADMIN_TOKEN, TestOptions, order_body, spawn_app, spawn_app_with};
 use futures::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
+use lapin::options::BasicAckOptions;
 use order_service::domain::saga::PaymentMode;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -59,41 +58,7 @@ async fn a_happy_order_is_confirmed_and_its_stock_sold() {
 #[tokio::test]
 async fn lifecycle_events_are_published_to_the_order_events_topic_exchange() {
     let app = spawn_app().await;
-    let amqp = app.amqp_url.clone().expect("RabbitMQ app");
-    let connection = lapin::Connection::connect(&amqp, lapin::ConnectionProperties::default())
-        .await
-        .expect("connect to the test vhost");
-    let channel = connection.create_channel().await.expect("channel");
-    let queue = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("declare a private queue");
-    channel
-        .queue_bind(
-            queue.name().clone(),
-            "order.events".into(),
-            "order.#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("bind to order.events");
-    let mut consumer = channel
-        .basic_consume(
-            queue.name().clone(),
-            "test".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("consume");
+    let (_connection, mut consumer) = app.tap(&[("order.events", "order.#")]).await;
 
     let created = app.create_order(&[("MS-002", 1)]).await;
     let id = created["id"].as_str().expect("id").to_owned();
