@@ -9,10 +9,10 @@ use crate::config::Config;
 use crate::http::{self, AppState, HttpSettings};
 use crate::messaging::relay::OutboxRelay;
 use crate::messaging::{Bus, IncomingMessage, consumer, replies, topology};
-use crate::participants::CommandHandler;
 use crate::participants::inventory::Inventory;
 use crate::participants::payment::Payment;
 use crate::participants::shipping::Shipping;
+use crate::participants::{self, CommandHandler, inventory};
 use crate::persistence::Stores;
 use crate::persistence::idempotency;
 use anyhow::Context;
@@ -27,6 +27,15 @@ use tokio_util::sync::CancellationToken;
 
 /// Deliveries handled at once per queue (also the AMQP prefetch).
 const CONSUMER_CONCURRENCY: u16 = 64;
+
+/// Participant queues: every delivery already waiting (up to 128) is applied in one
+/// transaction, two batches at a time, so one commit and one hold of a hot stock row serve
+/// many orders.
+const PARTICIPANT_BATCHING: consumer::Batching = consumer::Batching {
+    prefetch: 256,
+    max_batch: 128,
+    in_flight: 2,
+};
 
 pub struct Application {
     listener: TcpListener,
@@ -387,31 +396,43 @@ pub fn spawn_participants(
     ));
     workers.spawn(consume_commands(queue(topology::PAYMENT_QUEUE), payment));
     workers.spawn(consume_commands(queue(topology::SHIPPING_QUEUE), shipping));
-    workers.spawn(consumer::run(
-        bus.clone(),
-        topology::INVENTORY_EVENTS_QUEUE,
-        CONSUMER_CONCURRENCY,
-        shutdown.clone(),
-        move |m| {
-            let inv = inventory.clone();
-            async move { inv.on_order_event(m).await }
-        },
+    workers.spawn(consume_commands(
+        queue(topology::INVENTORY_EVENTS_QUEUE),
+        inventory::OrderEvents(inventory),
     ));
 }
 
-/// Runs one participant's command queue; commands listed in `FAULT_DROP_COMMANDS` are
+/// Runs one participant queue in batches; commands listed in `FAULT_DROP_COMMANDS` are
 /// acked without effect.
 async fn consume_commands<P: CommandHandler>(
     (bus, queue, shutdown, dropped): (Bus, &'static str, CancellationToken, Arc<[String]>),
     participant: P,
 ) {
-    consumer::run(bus, queue, CONSUMER_CONCURRENCY, shutdown, move |m| {
+    consumer::run_batched(bus, queue, PARTICIPANT_BATCHING, shutdown, move |batch| {
         let (participant, dropped) = (participant.clone(), dropped.clone());
         async move {
-            if let Some(d) = dropping(&dropped, &m) {
-                return d;
+            if dropped.is_empty() {
+                return participants::handle_batch(&participant, &batch).await;
             }
-            participant.on_command(m).await
+            let (kept, positions): (Vec<_>, Vec<_>) = batch
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| dropping(&dropped, m).is_none())
+                .map(|(i, m)| (m.clone(), i))
+                .unzip();
+            let mut handled = participants::handle_batch(&participant, &kept)
+                .await
+                .into_iter();
+            drop(kept);
+            let mut out: Vec<_> = (0..batch.len())
+                .map(|_| consumer::Disposition::Ack)
+                .collect();
+            for position in positions {
+                if let Some(d) = handled.next() {
+                    out[position] = d;
+                }
+            }
+            out
         }
     })
     .await

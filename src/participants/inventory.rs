@@ -6,16 +6,15 @@
 //! taken. Counters per SKU: `available + reserved + sold` stays equal to the stock put in.
 
 use crate::messaging::IncomingMessage;
-use crate::messaging::consumer::Disposition;
 use crate::messaging::messages::{CommandBody, Envelope, LineItem, OrderEventBody, ReplyBody};
-use crate::participants::{decode, reply, settle};
-use crate::persistence::outbox;
+use crate::participants::{Applied, CommandHandler, decode, reply};
+use crate::persistence::outbox::NewMessage;
 use chrono::Utc;
 use entity::{reservations, stock};
 use sea_orm::{
     ActiveValue::Set,
-    ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, PaginatorTrait,
-    QueryFilter, QueryOrder, TransactionTrait,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
+    PaginatorTrait, QueryFilter, QueryOrder, TransactionTrait,
     sea_query::{Expr, ExprTrait},
 };
 use serde::{Deserialize, Serialize};
@@ -208,54 +207,15 @@ impl Inventory {
             .collect()
     }
 
-    /// Handles one delivery from `inventory.commands`.
-    pub async fn on_command(&self, message: Arc<IncomingMessage>) -> Disposition {
-        let envelope: Envelope<CommandBody> = match decode(&message) {
-            Ok(e) => e,
-            Err(poison) => return poison,
-        };
-        let order_id = envelope.order_id;
-        let result = match envelope.body {
-            CommandBody::ReserveStock { items } => {
-                self.reserve(order_id, items, &message.headers).await
-            }
-            CommandBody::ReleaseStock {} => self.release(order_id, &message.headers).await,
-            other => {
-                return Disposition::DeadLetter(format!(
-                    "{} is not an inventory command",
-                    other.kind()
-                ));
-            }
-        };
-        if result.is_ok() {
-            self.outbox_wake.notify_one();
-        }
-        settle(result)
-    }
-
-    /// Handles one delivery from `inventory.order-events` (confirmed orders).
-    pub async fn on_order_event(&self, message: Arc<IncomingMessage>) -> Disposition {
-        let envelope: Envelope<OrderEventBody> = match decode(&message) {
-            Ok(e) => e,
-            Err(poison) => return poison,
-        };
-        if envelope.body.kind != "order.confirmed" {
-            return Disposition::Ack;
-        }
-        settle(self.consume(envelope.order_id).await)
-    }
-
     #[tracing::instrument(name = "inventory.reserve", skip_all, fields(order_id = %order_id))]
     async fn reserve(
         &self,
+        txn: &DatabaseTransaction,
         order_id: Uuid,
         items: Vec<LineItem>,
         headers: &BTreeMap<String, String>,
-    ) -> Result<(), DbErr> {
-        if let Some(existing) = reservations::Entity::find_by_id(order_id)
-            .one(&self.db)
-            .await?
-        {
+    ) -> Result<NewMessage, DbErr> {
+        if let Some(existing) = reservations::Entity::find_by_id(order_id).one(txn).await? {
             // Redelivered or retried command: answer as the first time, act no more.
             let answer = match existing.status.as_str() {
                 RESERVED | CONSUMED => ReplyBody::StockReserved {},
@@ -266,13 +226,13 @@ impl Inventory {
                     reason: existing.reason.unwrap_or_else(|| "rejected".into()),
                 },
             };
-            return outbox::enqueue(&self.db, &[reply(order_id, answer, headers)?]).await;
+            return reply(order_id, answer, headers);
         }
         let mut sorted = items.clone();
         // A fixed update order across SKUs: two multi-SKU reservations cannot deadlock.
         sorted.sort_by(|a, b| a.sku.cmp(&b.sku));
-        let txn = self.db.begin().await?;
         let mut refusal = None;
+        let mut taken: Vec<&LineItem> = Vec::with_capacity(sorted.len());
         for line in &sorted {
             if line.quantity <= 0 {
                 refusal = Some(format!(
@@ -281,67 +241,45 @@ impl Inventory {
                 ));
                 break;
             }
-            let moved = stock::Entity::update_many()
-                .col_expr(
-                    stock::Column::Available,
-                    Expr::col(stock::Column::Available).sub(line.quantity),
-                )
-                .col_expr(
-                    stock::Column::Reserved,
-                    Expr::col(stock::Column::Reserved).add(line.quantity),
-                )
-                .filter(stock::Column::Sku.eq(line.sku.as_str()))
-                .filter(stock::Column::Available.gte(line.quantity))
-                .exec(&txn)
-                .await?;
-            if moved.rows_affected != 1 {
+            if move_stock(txn, line, Move::Reserve).await? != 1 {
                 refusal = Some(format!("not enough stock for {}", line.sku));
                 break;
             }
+            taken.push(line);
         }
-        let (status, reason, answer, txn) = match refusal {
-            None => (RESERVED, None, ReplyBody::StockReserved {}, txn),
+        let (status, reason, answer) = match refusal {
+            None => (RESERVED, None, ReplyBody::StockReserved {}),
             Some(reason) => {
-                // All or nothing: undo the lines already taken.
-                txn.rollback().await?;
+                // All or nothing: give back the lines already taken. (The transaction is
+                // shared with the rest of the batch, so no rollback here.)
+                for line in taken {
+                    move_stock(txn, line, Move::Release).await?;
+                }
                 let answer = ReplyBody::StockRejected {
                     reason: reason.clone(),
                 };
-                (REJECTED, Some(reason), answer, self.db.begin().await?)
+                (REJECTED, Some(reason), answer)
             }
         };
-        insert_reservation(&txn, order_id, status, &items, reason).await?;
-        outbox::enqueue(&txn, &[reply(order_id, answer, headers)?]).await?;
-        txn.commit().await?;
+        insert_reservation(txn, order_id, status, &items, reason).await?;
         tracing::info!(status, "reservation decided");
-        Ok(())
+        reply(order_id, answer, headers)
     }
 
     #[tracing::instrument(name = "inventory.release", skip_all, fields(order_id = %order_id))]
     async fn release(
         &self,
+        txn: &DatabaseTransaction,
         order_id: Uuid,
         headers: &BTreeMap<String, String>,
-    ) -> Result<(), DbErr> {
-        let txn = self.db.begin().await?;
-        match reservations::Entity::find_by_id(order_id).one(&txn).await? {
+    ) -> Result<NewMessage, DbErr> {
+        match reservations::Entity::find_by_id(order_id).one(txn).await? {
             Some(r) if r.status == RESERVED => {
                 // Claim the transition first: a concurrent duplicate fails here, not after
                 // moving stock.
-                set_status(&txn, order_id, RESERVED, RELEASED).await?;
+                set_status(txn, order_id, RESERVED, RELEASED).await?;
                 for line in parse_items(&r.items)? {
-                    stock::Entity::update_many()
-                        .col_expr(
-                            stock::Column::Available,
-                            Expr::col(stock::Column::Available).add(line.quantity),
-                        )
-                        .col_expr(
-                            stock::Column::Reserved,
-                            Expr::col(stock::Column::Reserved).sub(line.quantity),
-                        )
-                        .filter(stock::Column::Sku.eq(line.sku.as_str()))
-                        .exec(&txn)
-                        .await?;
+                    move_stock(txn, &line, Move::Release).await?;
                 }
             }
             Some(_) => {} // Rejected, already released or sold: nothing held.
@@ -349,7 +287,7 @@ impl Inventory {
                 // Release before reserve (timeout, cancel): a tombstone makes the late
                 // reserve fail instead of holding stock for a dead order.
                 insert_reservation(
-                    &txn,
+                    txn,
                     order_id,
                     RELEASED,
                     &[],
@@ -358,39 +296,22 @@ impl Inventory {
                 .await?;
             }
         }
-        outbox::enqueue(
-            &txn,
-            &[reply(order_id, ReplyBody::StockReleased {}, headers)?],
-        )
-        .await?;
-        txn.commit().await
+        reply(order_id, ReplyBody::StockReleased {}, headers)
     }
 
     #[tracing::instrument(name = "inventory.consume", skip_all, fields(order_id = %order_id))]
-    async fn consume(&self, order_id: Uuid) -> Result<(), DbErr> {
-        let txn = self.db.begin().await?;
-        let Some(r) = reservations::Entity::find_by_id(order_id).one(&txn).await? else {
-            return txn.commit().await;
+    async fn consume(&self, txn: &DatabaseTransaction, order_id: Uuid) -> Result<(), DbErr> {
+        let Some(r) = reservations::Entity::find_by_id(order_id).one(txn).await? else {
+            return Ok(());
         };
         if r.status != RESERVED {
-            return txn.commit().await; // duplicate event, or nothing held
+            return Ok(()); // duplicate event, or nothing held
         }
-        set_status(&txn, order_id, RESERVED, CONSUMED).await?;
+        set_status(txn, order_id, RESERVED, CONSUMED).await?;
         for line in parse_items(&r.items)? {
-            stock::Entity::update_many()
-                .col_expr(
-                    stock::Column::Reserved,
-                    Expr::col(stock::Column::Reserved).sub(line.quantity),
-                )
-                .col_expr(
-                    stock::Column::Sold,
-                    Expr::col(stock::Column::Sold).add(line.quantity),
-                )
-                .filter(stock::Column::Sku.eq(line.sku.as_str()))
-                .exec(&txn)
-                .await?;
+            move_stock(txn, &line, Move::Sell).await?;
         }
-        txn.commit().await
+        Ok(())
     }
 
     /// Stock held per SKU by live reservations, from the reservation records (for the
@@ -408,6 +329,110 @@ impl Inventory {
         }
         Ok(held)
     }
+}
+
+impl CommandHandler for Inventory {
+    fn store(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    fn outbox_wake(&self) -> &Notify {
+        &self.outbox_wake
+    }
+
+    /// Applies one delivery from `inventory.commands`.
+    async fn apply(
+        &self,
+        txn: &DatabaseTransaction,
+        message: &IncomingMessage,
+    ) -> Result<Applied, DbErr> {
+        let envelope: Envelope<CommandBody> = match decode(message) {
+            Ok(e) => e,
+            Err(poison) => return Ok(poison),
+        };
+        let order_id = envelope.order_id;
+        let answer = match envelope.body {
+            CommandBody::ReserveStock { items } => {
+                self.reserve(txn, order_id, items, &message.headers).await?
+            }
+            CommandBody::ReleaseStock {} => self.release(txn, order_id, &message.headers).await?,
+            other => {
+                return Ok(Applied::Poison(format!(
+                    "{} is not an inventory command",
+                    other.kind()
+                )));
+            }
+        };
+        Ok(Applied::Replies(vec![answer]))
+    }
+}
+
+/// Inventory's consumer of `inventory.order-events`: confirmed orders turn their reserved
+/// stock into sold stock.
+#[derive(Clone)]
+pub struct OrderEvents(pub Inventory);
+
+impl CommandHandler for OrderEvents {
+    fn store(&self) -> &DatabaseConnection {
+        &self.0.db
+    }
+
+    fn outbox_wake(&self) -> &Notify {
+        &self.0.outbox_wake
+    }
+
+    async fn apply(
+        &self,
+        txn: &DatabaseTransaction,
+        message: &IncomingMessage,
+    ) -> Result<Applied, DbErr> {
+        let envelope: Envelope<OrderEventBody> = match decode(message) {
+            Ok(e) => e,
+            Err(poison) => return Ok(poison),
+        };
+        if envelope.body.kind == "order.confirmed" {
+            self.0.consume(txn, envelope.order_id).await?;
+        }
+        Ok(Applied::Replies(Vec::new()))
+    }
+}
+
+/// How a line moves between the stock counters.
+#[derive(Debug, Clone, Copy)]
+enum Move {
+    /// available → reserved, only if enough is available.
+    Reserve,
+    /// reserved → available.
+    Release,
+    /// reserved → sold.
+    Sell,
+}
+
+/// Moves one line's quantity by a conditional update (no read-modify-write); returns the
+/// rows changed (0: not enough available for a reservation).
+async fn move_stock<C: ConnectionTrait>(db: &C, line: &LineItem, how: Move) -> Result<u64, DbErr> {
+    let q = line.quantity;
+    let col = |c: stock::Column| Expr::col(c);
+    let update = stock::Entity::update_many().filter(stock::Column::Sku.eq(line.sku.as_str()));
+    let update = match how {
+        Move::Reserve => update
+            .col_expr(
+                stock::Column::Available,
+                col(stock::Column::Available).sub(q),
+            )
+            .col_expr(stock::Column::Reserved, col(stock::Column::Reserved).add(q))
+            .filter(stock::Column::Available.gte(q)),
+        Move::Release => update
+            .col_expr(
+                stock::Column::Available,
+                col(stock::Column::Available).add(q),
+            )
+            .col_expr(stock::Column::Reserved, col(stock::Column::Reserved).sub(q)),
+        Move::Sell => update
+            .col_expr(stock::Column::Reserved, col(stock::Column::Reserved).sub(q))
+            .col_expr(stock::Column::Sold, col(stock::Column::Sold).add(q)),
+    };
+    Ok(update.exec(db).await?.rows_affected)
 }
 
 fn parse_items(json: &str) -> Result<Vec<LineItem>, DbErr> {

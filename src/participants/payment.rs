@@ -5,15 +5,14 @@
 
 use crate::domain::saga::PaymentOutcome;
 use crate::messaging::IncomingMessage;
-use crate::messaging::consumer::Disposition;
 use crate::messaging::messages::{CommandBody, Envelope, ReplyBody};
-use crate::participants::{decode, reply, roll, settle};
-use crate::persistence::outbox;
+use crate::participants::{Applied, CommandHandler, decode, reply, roll};
+use crate::persistence::outbox::NewMessage;
 use chrono::Utc;
 use entity::payments;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait,
-    QueryFilter, TransactionTrait,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr,
+    EntityTrait, QueryFilter,
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -43,46 +42,17 @@ impl Payment {
         }
     }
 
-    /// Handles one delivery from `payment.commands`.
-    pub async fn on_command(&self, message: Arc<IncomingMessage>) -> Disposition {
-        let envelope: Envelope<CommandBody> = match decode(&message) {
-            Ok(e) => e,
-            Err(poison) => return poison,
-        };
-        let order_id = envelope.order_id;
-        let result = match envelope.body {
-            CommandBody::ChargePayment {
-                amount_cents,
-                currency,
-                forced,
-            } => {
-                self.charge(order_id, amount_cents, currency, forced, &message.headers)
-                    .await
-            }
-            CommandBody::RefundPayment {} => self.refund(order_id, &message.headers).await,
-            other => {
-                return Disposition::DeadLetter(format!(
-                    "{} is not a payment command",
-                    other.kind()
-                ));
-            }
-        };
-        if result.is_ok() {
-            self.outbox_wake.notify_one();
-        }
-        settle(result)
-    }
-
     #[tracing::instrument(name = "payment.charge", skip_all, fields(order_id = %order_id))]
     async fn charge(
         &self,
+        txn: &DatabaseTransaction,
         order_id: Uuid,
         amount_cents: i64,
         currency: String,
         forced: Option<PaymentOutcome>,
         headers: &BTreeMap<String, String>,
-    ) -> Result<(), DbErr> {
-        if let Some(existing) = payments::Entity::find_by_id(order_id).one(&self.db).await? {
+    ) -> Result<NewMessage, DbErr> {
+        if let Some(existing) = payments::Entity::find_by_id(order_id).one(txn).await? {
             let answer = match existing.status.as_str() {
                 CHARGED => ReplyBody::PaymentCharged {
                     amount_cents: existing.amount_cents,
@@ -94,7 +64,7 @@ impl Payment {
                     reason: existing.reason.unwrap_or_else(|| "declined".into()),
                 },
             };
-            return outbox::enqueue(&self.db, &[reply(order_id, answer, headers)?]).await;
+            return reply(order_id, answer, headers);
         }
         let declined = match forced {
             Some(PaymentOutcome::Approve) => false,
@@ -111,29 +81,26 @@ impl Payment {
         } else {
             (CHARGED, None, ReplyBody::PaymentCharged { amount_cents })
         };
-        let txn = self.db.begin().await?;
-        insert_payment(&txn, order_id, status, amount_cents, &currency, reason).await?;
-        outbox::enqueue(&txn, &[reply(order_id, answer, headers)?]).await?;
-        txn.commit().await?;
+        insert_payment(txn, order_id, status, amount_cents, &currency, reason).await?;
         tracing::info!(status, amount_cents, "charge decided");
-        Ok(())
+        reply(order_id, answer, headers)
     }
 
     #[tracing::instrument(name = "payment.refund", skip_all, fields(order_id = %order_id))]
     async fn refund(
         &self,
+        txn: &DatabaseTransaction,
         order_id: Uuid,
         headers: &BTreeMap<String, String>,
-    ) -> Result<(), DbErr> {
-        let txn = self.db.begin().await?;
-        let refunded = match payments::Entity::find_by_id(order_id).one(&txn).await? {
+    ) -> Result<NewMessage, DbErr> {
+        let refunded = match payments::Entity::find_by_id(order_id).one(txn).await? {
             Some(p) if p.status == CHARGED => {
                 let moved = payments::Entity::update_many()
                     .col_expr(payments::Column::Status, REFUNDED.into())
                     .col_expr(payments::Column::UpdatedAt, Utc::now().into())
                     .filter(payments::Column::OrderId.eq(order_id))
                     .filter(payments::Column::Status.eq(CHARGED))
-                    .exec(&txn)
+                    .exec(txn)
                     .await?;
                 if moved.rows_affected != 1 {
                     return Err(DbErr::Custom(format!(
@@ -146,7 +113,7 @@ impl Payment {
             Some(_) => 0,
             None => {
                 insert_payment(
-                    &txn,
+                    txn,
                     order_id,
                     VOIDED,
                     0,
@@ -160,8 +127,7 @@ impl Payment {
         let answer = ReplyBody::PaymentRefunded {
             amount_cents: refunded,
         };
-        outbox::enqueue(&txn, &[reply(order_id, answer, headers)?]).await?;
-        txn.commit().await
+        reply(order_id, answer, headers)
     }
 
     /// (order id, status, amount) of every payment record, for invariant checks.
@@ -196,4 +162,52 @@ async fn insert_payment<C: ConnectionTrait>(
     .exec_without_returning(db)
     .await?;
     Ok(())
+}
+
+impl CommandHandler for Payment {
+    fn store(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    fn outbox_wake(&self) -> &Notify {
+        &self.outbox_wake
+    }
+
+    /// Applies one delivery from `payment.commands`.
+    async fn apply(
+        &self,
+        txn: &DatabaseTransaction,
+        message: &IncomingMessage,
+    ) -> Result<Applied, DbErr> {
+        let envelope: Envelope<CommandBody> = match decode(message) {
+            Ok(e) => e,
+            Err(poison) => return Ok(poison),
+        };
+        let order_id = envelope.order_id;
+        let answer = match envelope.body {
+            CommandBody::ChargePayment {
+                amount_cents,
+                currency,
+                forced,
+            } => {
+                self.charge(
+                    txn,
+                    order_id,
+                    amount_cents,
+                    currency,
+                    forced,
+                    &message.headers,
+                )
+                .await?
+            }
+            CommandBody::RefundPayment {} => self.refund(txn, order_id, &message.headers).await?,
+            other => {
+                return Ok(Applied::Poison(format!(
+                    "{} is not a payment command",
+                    other.kind()
+                )));
+            }
+        };
+        Ok(Applied::Replies(vec![answer]))
+    }
 }

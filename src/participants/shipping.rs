@@ -3,15 +3,14 @@
 //! leaves a tombstone so the late schedule fails instead of shipping a dead order.
 
 use crate::messaging::IncomingMessage;
-use crate::messaging::consumer::Disposition;
 use crate::messaging::messages::{CommandBody, Envelope, ReplyBody};
-use crate::participants::{decode, reply, roll, settle};
-use crate::persistence::outbox;
+use crate::participants::{Applied, CommandHandler, decode, reply, roll};
+use crate::persistence::outbox::NewMessage;
 use chrono::Utc;
 use entity::shipments;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait,
-    QueryFilter, TransactionTrait,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr,
+    EntityTrait, QueryFilter,
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -39,39 +38,14 @@ impl Shipping {
         }
     }
 
-    /// Handles one delivery from `shipping.commands`.
-    pub async fn on_command(&self, message: Arc<IncomingMessage>) -> Disposition {
-        let envelope: Envelope<CommandBody> = match decode(&message) {
-            Ok(e) => e,
-            Err(poison) => return poison,
-        };
-        let order_id = envelope.order_id;
-        let result = match envelope.body {
-            CommandBody::ScheduleShipment { .. } => self.schedule(order_id, &message.headers).await,
-            CommandBody::CancelShipment {} => self.cancel(order_id, &message.headers).await,
-            other => {
-                return Disposition::DeadLetter(format!(
-                    "{} is not a shipping command",
-                    other.kind()
-                ));
-            }
-        };
-        if result.is_ok() {
-            self.outbox_wake.notify_one();
-        }
-        settle(result)
-    }
-
     #[tracing::instrument(name = "shipping.schedule", skip_all, fields(order_id = %order_id))]
     async fn schedule(
         &self,
+        txn: &DatabaseTransaction,
         order_id: Uuid,
         headers: &BTreeMap<String, String>,
-    ) -> Result<(), DbErr> {
-        if let Some(existing) = shipments::Entity::find_by_id(order_id)
-            .one(&self.db)
-            .await?
-        {
+    ) -> Result<NewMessage, DbErr> {
+        if let Some(existing) = shipments::Entity::find_by_id(order_id).one(txn).await? {
             let answer = match (existing.status.as_str(), existing.tracking_number) {
                 (SCHEDULED, Some(tracking_number)) => {
                     ReplyBody::ShipmentScheduled { tracking_number }
@@ -80,7 +54,7 @@ impl Shipping {
                     reason: existing.reason.unwrap_or_else(|| "shipment failed".into()),
                 },
             };
-            return outbox::enqueue(&self.db, &[reply(order_id, answer, headers)?]).await;
+            return reply(order_id, answer, headers);
         }
         let (status, tracking, reason, answer) = if roll(self.failure_rate) {
             let reason = "no carrier available for this shipment".to_owned();
@@ -101,34 +75,31 @@ impl Shipping {
                 },
             )
         };
-        let txn = self.db.begin().await?;
-        insert_shipment(&txn, order_id, status, tracking, reason).await?;
-        outbox::enqueue(&txn, &[reply(order_id, answer, headers)?]).await?;
-        txn.commit().await?;
+        insert_shipment(txn, order_id, status, tracking, reason).await?;
         tracing::info!(status, "shipment decided");
-        Ok(())
+        reply(order_id, answer, headers)
     }
 
     #[tracing::instrument(name = "shipping.cancel", skip_all, fields(order_id = %order_id))]
     async fn cancel(
         &self,
+        txn: &DatabaseTransaction,
         order_id: Uuid,
         headers: &BTreeMap<String, String>,
-    ) -> Result<(), DbErr> {
-        let txn = self.db.begin().await?;
-        match shipments::Entity::find_by_id(order_id).one(&txn).await? {
+    ) -> Result<NewMessage, DbErr> {
+        match shipments::Entity::find_by_id(order_id).one(txn).await? {
             Some(s) if s.status == SCHEDULED => {
                 shipments::Entity::update_many()
                     .col_expr(shipments::Column::Status, CANCELLED.into())
                     .col_expr(shipments::Column::UpdatedAt, Utc::now().into())
                     .filter(shipments::Column::OrderId.eq(order_id))
-                    .exec(&txn)
+                    .exec(txn)
                     .await?;
             }
             Some(_) => {}
             None => {
                 insert_shipment(
-                    &txn,
+                    txn,
                     order_id,
                     CANCELLED,
                     None,
@@ -137,12 +108,7 @@ impl Shipping {
                 .await?;
             }
         }
-        outbox::enqueue(
-            &txn,
-            &[reply(order_id, ReplyBody::ShipmentCancelled {}, headers)?],
-        )
-        .await?;
-        txn.commit().await
+        reply(order_id, ReplyBody::ShipmentCancelled {}, headers)
     }
 
     /// (order id, status) of every shipment record, for invariant checks.
@@ -175,4 +141,40 @@ async fn insert_shipment<C: ConnectionTrait>(
     .exec_without_returning(db)
     .await?;
     Ok(())
+}
+
+impl CommandHandler for Shipping {
+    fn store(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    fn outbox_wake(&self) -> &Notify {
+        &self.outbox_wake
+    }
+
+    /// Applies one delivery from `shipping.commands`.
+    async fn apply(
+        &self,
+        txn: &DatabaseTransaction,
+        message: &IncomingMessage,
+    ) -> Result<Applied, DbErr> {
+        let envelope: Envelope<CommandBody> = match decode(message) {
+            Ok(e) => e,
+            Err(poison) => return Ok(poison),
+        };
+        let order_id = envelope.order_id;
+        let answer = match envelope.body {
+            CommandBody::ScheduleShipment { .. } => {
+                self.schedule(txn, order_id, &message.headers).await?
+            }
+            CommandBody::CancelShipment {} => self.cancel(txn, order_id, &message.headers).await?,
+            other => {
+                return Ok(Applied::Poison(format!(
+                    "{} is not a shipping command",
+                    other.kind()
+                )));
+            }
+        };
+        Ok(Applied::Replies(vec![answer]))
+    }
 }
