@@ -14,6 +14,7 @@ use crate::participants::payment::Payment;
 use crate::participants::shipping::Shipping;
 use crate::participants::{self, CommandHandler, inventory};
 use crate::persistence::Stores;
+use crate::persistence::group_commit::OrderWriter;
 use crate::persistence::idempotency;
 use anyhow::Context;
 use sea_orm::DatabaseConnection;
@@ -27,6 +28,9 @@ use tokio_util::sync::CancellationToken;
 
 /// Deliveries handled at once per queue (also the AMQP prefetch).
 const CONSUMER_CONCURRENCY: u16 = 64;
+
+/// Group-commit writer tasks of the orders store (see `persistence::group_commit`).
+const ORDER_WRITERS: usize = 2;
 
 /// Participant queues: every delivery already waiting (up to 128) is applied in one
 /// transaction, two batches at a time, so one commit and one hold of a hot stock row serve
@@ -55,7 +59,7 @@ impl Application {
         let orders_wake = Arc::new(Notify::new());
         let orders = Orders::start(OrderContext {
             db: stores.orders.clone(),
-            outbox_wake: orders_wake.clone(),
+            writer: OrderWriter::start(stores.orders.clone(), orders_wake.clone(), ORDER_WRITERS),
             step_timeout: config.step_timeout(),
             max_retries: config.step_max_retries,
             panic_fault: config.actor_panic_fault()?,

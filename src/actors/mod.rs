@@ -20,6 +20,15 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Attempts when the actor stopped between lookup and send (passivation race).
 const ATTEMPTS: usize = 5;
 
+/// How a long poll ended.
+#[derive(Debug)]
+pub enum Waited<T> {
+    /// The actor that finished the order handed it over.
+    Finished(Arc<OrderDetails>),
+    /// The last check's answer (terminal, not found, or the wait ran out).
+    Checked(T),
+}
+
 /// Cheap, cloneable handle to the order actors.
 #[derive(Clone)]
 pub struct Orders {
@@ -123,30 +132,42 @@ impl Orders {
         self.ask(id, OrderMsg::Resume).await
     }
 
-    /// Waits until `is_terminal` says the order finished or `timeout` passes. The check runs
-    /// once after registering (so a terminal transition in between is not missed) and again
-    /// on each wake-up from the order's actor. Another replica's actor does not wake us:
-    /// the check is also repeated every second.
-    pub async fn wait_terminal<F, Fut, T>(&self, id: Uuid, timeout: Duration, mut check: F) -> T
+    /// Waits until the order is terminal or `timeout` passes. `check` says whether it is
+    /// (reading the database); it runs once after registering, so a terminal transition in
+    /// between is not missed, and again every second, because another replica's actor
+    /// does not wake us. When the actor that finished the order knew its whole history,
+    /// the waiter gets the final order from it, without a read.
+    pub async fn wait_terminal<F, Fut, T>(
+        &self,
+        id: Uuid,
+        timeout: Duration,
+        mut check: F,
+    ) -> Waited<T>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = (bool, T)>,
     {
         let deadline = tokio::time::Instant::now() + timeout;
+        let cleanup = |watchers: &order_actor::Watchers| {
+            watchers.remove_if(&id, |_, w| Arc::strong_count(w) <= 2);
+        };
         loop {
-            let notify = self.watchers.entry(id).or_default().clone();
-            let notified = notify.notified();
+            let watch = self.watchers.entry(id).or_default().clone();
+            let notified = watch.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             let (done, value) = check().await;
             let now = tokio::time::Instant::now();
             if done || now >= deadline {
-                self.watchers
-                    .remove_if(&id, |_, n| Arc::strong_count(n) <= 2);
-                return value;
+                cleanup(&self.watchers);
+                return Waited::Checked(value);
             }
             let pause = (deadline - now).min(Duration::from_secs(1));
             let _ = tokio::time::timeout(pause, notified).await;
+            if let Some(details) = watch.finished.get() {
+                cleanup(&self.watchers);
+                return Waited::Finished(details.clone());
+            }
         }
     }
 

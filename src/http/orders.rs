@@ -1,5 +1,6 @@
 //! Order endpoints: create (idempotent), read, list, admin status override, dev payment.
 
+use crate::actors::Waited;
 use crate::actors::order_actor::{NewOrder, OrderError};
 use crate::domain::order::{OrderRequest, total_cents};
 use crate::domain::saga::{Event, OrderStatus, PaymentOutcome, TransitionError};
@@ -338,17 +339,24 @@ async fn get_order(
         ));
     }
     let db = &app.stores.orders;
-    let details = app
+    // The check reads only the status; the whole order is read once, at the end, and not
+    // at all when the actor that finished it hands it over.
+    let waited = app
         .orders
         .wait_terminal(id, Duration::from_millis(wait_ms), || async move {
-            match orders::details(db, id).await {
-                Ok(Some(d)) => (d.status.is_terminal(), Ok(Some(d))),
-                other => (true, other),
+            match orders::status(db, id).await {
+                Ok(Some(status)) => (status.is_terminal(), Ok(true)),
+                Ok(None) => (true, Ok(false)),
+                Err(e) => (true, Err(e)),
             }
         })
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("order {id} not found")))?;
-    Ok(Json(details).into_response())
+        .await;
+    match waited {
+        Waited::Finished(details) => Ok(Json(details.as_ref()).into_response()),
+        Waited::Checked(Ok(true)) => current_order(&app, id).await,
+        Waited::Checked(Ok(false)) => Err(ApiError::NotFound(format!("order {id} not found"))),
+        Waited::Checked(Err(e)) => Err(e.into()),
+    }
 }
 
 async fn current_order(app: &AppState, id: Uuid) -> Result<Response, ApiError> {

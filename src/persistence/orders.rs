@@ -132,11 +132,54 @@ pub enum SaveError {
     Db(#[from] DbErr),
 }
 
-/// Completes an idempotency key in the creating transaction.
-pub struct IdempotencyCompletion<'a> {
-    pub key: &'a str,
+/// The response stored under an idempotency key by the creating transaction.
+#[derive(Debug, Clone)]
+pub struct IdempotencyCompletion {
+    pub key: String,
     pub status: u16,
-    pub body: &'a str,
+    pub body: String,
+}
+
+/// One write of an order actor. The group-commit writer
+/// ([`crate::persistence::group_commit`]) applies many of them in one transaction.
+#[derive(Debug, Clone)]
+pub enum OrderWrite {
+    /// A new order with its first history entry, its outbox messages and (optionally) the
+    /// idempotency key's response.
+    Create {
+        order: Box<OrderRecord>,
+        entry: HistoryEntry,
+        messages: Vec<outbox::NewMessage>,
+        idempotency: Option<IdempotencyCompletion>,
+    },
+    /// One transition: the new saga state (fenced by `expected_version`), its history
+    /// entry and its outbox messages.
+    Transition {
+        order_id: Uuid,
+        expected_version: i64,
+        saga: Saga,
+        timer: StepTimer,
+        entry: HistoryEntry,
+        messages: Vec<outbox::NewMessage>,
+    },
+    /// A retry of the pending step: the new timer and the resent commands (no status
+    /// change, no history entry), fenced like every update.
+    Retry {
+        order_id: Uuid,
+        expected_version: i64,
+        timer: StepTimer,
+        messages: Vec<outbox::NewMessage>,
+    },
+}
+
+impl OrderWrite {
+    pub fn has_messages(&self) -> bool {
+        match self {
+            OrderWrite::Create { messages, .. }
+            | OrderWrite::Transition { messages, .. }
+            | OrderWrite::Retry { messages, .. } => !messages.is_empty(),
+        }
+    }
 }
 
 impl OrderRecord {
@@ -208,17 +251,112 @@ fn history_row(order_id: Uuid, entry: &HistoryEntry) -> order_transitions::Activ
     }
 }
 
-/// Inserts a new order with its first history entry, its outbox messages and (optionally)
-/// the idempotency key's response, all in one transaction.
-pub async fn create<C: TransactionTrait>(
+/// Rows per multi-row INSERT: well under PostgreSQL's 65,535 and SQLite's 32,766 bind
+/// parameters for every table here.
+const ROWS_PER_INSERT: usize = 500;
+
+/// Applies `writes` in one transaction: every fenced update first (one statement each),
+/// then one multi-row INSERT per table for the new orders, their items, all history
+/// entries and all outbox messages. Returns, per write, the order's new version or
+/// [`SaveError::Conflict`] when its version fence failed (that write then changes
+/// nothing; the others still commit). A database error fails the whole transaction.
+pub async fn save_batch<C: TransactionTrait>(
     db: &C,
-    order: &OrderRecord,
-    entry: &HistoryEntry,
-    messages: &[outbox::NewMessage],
-    idempotency_key: Option<IdempotencyCompletion<'_>>,
-) -> Result<(), DbErr> {
+    writes: &[OrderWrite],
+) -> Result<Vec<Result<i64, SaveError>>, DbErr> {
     let txn = db.begin().await?;
-    orders::Entity::insert(orders::ActiveModel {
+    let mut results = Vec::with_capacity(writes.len());
+    let mut new_orders = Vec::new();
+    let mut lines = Vec::new();
+    let mut history = Vec::new();
+    let mut messages: Vec<&outbox::NewMessage> = Vec::new();
+    let mut completions = Vec::new();
+    for write in writes {
+        match write {
+            OrderWrite::Create {
+                order,
+                entry,
+                messages: m,
+                idempotency,
+            } => {
+                new_orders.push(order_row(order));
+                lines.extend(item_rows(order));
+                history.push(history_row(order.id, entry));
+                messages.extend(m);
+                if let Some(done) = idempotency {
+                    completions.push((order.id, done));
+                }
+                results.push(Ok(order.version));
+            }
+            OrderWrite::Transition {
+                order_id,
+                expected_version,
+                saga,
+                timer,
+                entry,
+                messages: m,
+            } => {
+                let fenced = FencedUpdate {
+                    order_id: *order_id,
+                    expected_version: *expected_version,
+                    timer: *timer,
+                    saga: Some((saga, entry.at)),
+                };
+                results.push(if fenced.apply(&txn).await? {
+                    history.push(history_row(*order_id, entry));
+                    messages.extend(m);
+                    Ok(expected_version + 1)
+                } else {
+                    Err(SaveError::Conflict(*order_id))
+                });
+            }
+            OrderWrite::Retry {
+                order_id,
+                expected_version,
+                timer,
+                messages: m,
+            } => {
+                let fenced = FencedUpdate {
+                    order_id: *order_id,
+                    expected_version: *expected_version,
+                    timer: *timer,
+                    saga: None,
+                };
+                results.push(if fenced.apply(&txn).await? {
+                    messages.extend(m);
+                    Ok(expected_version + 1)
+                } else {
+                    Err(SaveError::Conflict(*order_id))
+                });
+            }
+        }
+    }
+    // Parents before children: items and history reference their order.
+    for chunk in new_orders.chunks(ROWS_PER_INSERT) {
+        orders::Entity::insert_many(chunk.iter().cloned())
+            .exec_without_returning(&txn)
+            .await?;
+    }
+    for chunk in lines.chunks(ROWS_PER_INSERT) {
+        order_items::Entity::insert_many(chunk.iter().cloned())
+            .exec_without_returning(&txn)
+            .await?;
+    }
+    for chunk in history.chunks(ROWS_PER_INSERT) {
+        order_transitions::Entity::insert_many(chunk.iter().cloned())
+            .exec_without_returning(&txn)
+            .await?;
+    }
+    outbox::enqueue_all(&txn, messages).await?;
+    for (order_id, done) in completions {
+        idempotency::complete(&txn, &done.key, order_id, done.status, &done.body).await?;
+    }
+    txn.commit().await?;
+    Ok(results)
+}
+
+fn order_row(order: &OrderRecord) -> orders::ActiveModel {
+    orders::ActiveModel {
         id: Set(order.id),
         customer_id: Set(order.customer_id.clone()),
         currency: Set(order.currency.clone()),
@@ -236,10 +374,11 @@ pub async fn create<C: TransactionTrait>(
         parked_reason: Set(None),
         created_at: Set(order.created_at),
         updated_at: Set(order.updated_at),
-    })
-    .exec_without_returning(&txn)
-    .await?;
-    let lines = order
+    }
+}
+
+fn item_rows(order: &OrderRecord) -> impl Iterator<Item = order_items::ActiveModel> + '_ {
+    order
         .items
         .iter()
         .enumerate()
@@ -249,91 +388,47 @@ pub async fn create<C: TransactionTrait>(
             sku: Set(l.sku.clone()),
             quantity: Set(i32::try_from(l.quantity).unwrap_or(i32::MAX)),
             unit_price_cents: Set(l.unit_price_cents),
-        });
-    order_items::Entity::insert_many(lines)
-        .exec_without_returning(&txn)
-        .await?;
-    order_transitions::Entity::insert(history_row(order.id, entry))
-        .exec_without_returning(&txn)
-        .await?;
-    outbox::enqueue(&txn, messages).await?;
-    if let Some(done) = idempotency_key {
-        idempotency::complete(&txn, done.key, order.id, done.status, done.body).await?;
-    }
-    txn.commit().await
+        })
 }
 
-/// Persists one transition: the new saga state (fenced by `expected_version`), its history
-/// entry and its outbox messages, atomically. Returns the new version.
-pub async fn save_transition<C: TransactionTrait>(
-    db: &C,
-    order_id: Uuid,
-    expected_version: i64,
-    saga: &Saga,
-    timer: StepTimer,
-    entry: &HistoryEntry,
-    messages: &[outbox::NewMessage],
-) -> Result<i64, SaveError> {
-    let txn = db.begin().await?;
-    let next_version = expected_version + 1;
-    let updated = orders::Entity::update_many()
-        .col_expr(orders::Column::StepDeadlineAt, timer.deadline.into())
-        .col_expr(orders::Column::StepAttempts, timer.attempts.into())
-        .col_expr(orders::Column::Status, saga.status.as_str().into())
-        .col_expr(
-            orders::Column::ReservationState,
-            saga.reservation.as_str().into(),
-        )
-        .col_expr(orders::Column::PaymentState, saga.payment.as_str().into())
-        .col_expr(orders::Column::ShipmentState, saga.shipment.as_str().into())
-        .col_expr(
-            orders::Column::FailureReason,
-            saga.failure_reason.clone().into(),
-        )
-        .col_expr(orders::Column::Version, next_version.into())
-        .col_expr(orders::Column::UpdatedAt, entry.at.into())
-        .filter(orders::Column::Id.eq(order_id))
-        .filter(orders::Column::Version.eq(expected_version))
-        .exec(&txn)
-        .await?;
-    if updated.rows_affected != 1 {
-        txn.rollback().await?;
-        return Err(SaveError::Conflict(order_id));
-    }
-    order_transitions::Entity::insert(history_row(order_id, entry))
-        .exec_without_returning(&txn)
-        .await?;
-    outbox::enqueue(&txn, messages).await?;
-    txn.commit().await?;
-    Ok(next_version)
-}
-
-/// Persists a retry of the pending step: the new timer and the resent commands (no status
-/// change, no history entry). Fenced by `expected_version` like every update.
-pub async fn save_retry<C: TransactionTrait>(
-    db: &C,
+/// An update of one order guarded by its version (the fence against a second owner).
+struct FencedUpdate<'a> {
     order_id: Uuid,
     expected_version: i64,
     timer: StepTimer,
-    messages: &[outbox::NewMessage],
-) -> Result<i64, SaveError> {
-    let txn = db.begin().await?;
-    let next_version = expected_version + 1;
-    let updated = orders::Entity::update_many()
-        .col_expr(orders::Column::StepDeadlineAt, timer.deadline.into())
-        .col_expr(orders::Column::StepAttempts, timer.attempts.into())
-        .col_expr(orders::Column::Version, next_version.into())
-        .filter(orders::Column::Id.eq(order_id))
-        .filter(orders::Column::Version.eq(expected_version))
-        .exec(&txn)
-        .await?;
-    if updated.rows_affected != 1 {
-        txn.rollback().await?;
-        return Err(SaveError::Conflict(order_id));
+    /// The new saga state and the transition's time; `None` for a retry (timer only).
+    saga: Option<(&'a Saga, DateTime<Utc>)>,
+}
+
+impl FencedUpdate<'_> {
+    /// Returns whether the fence held (the row was at the expected version).
+    async fn apply<C: ConnectionTrait>(&self, db: &C) -> Result<bool, DbErr> {
+        let mut update = orders::Entity::update_many()
+            .col_expr(orders::Column::StepDeadlineAt, self.timer.deadline.into())
+            .col_expr(orders::Column::StepAttempts, self.timer.attempts.into())
+            .col_expr(orders::Column::Version, (self.expected_version + 1).into());
+        if let Some((saga, at)) = self.saga {
+            update = update
+                .col_expr(orders::Column::Status, saga.status.as_str().into())
+                .col_expr(
+                    orders::Column::ReservationState,
+                    saga.reservation.as_str().into(),
+                )
+                .col_expr(orders::Column::PaymentState, saga.payment.as_str().into())
+                .col_expr(orders::Column::ShipmentState, saga.shipment.as_str().into())
+                .col_expr(
+                    orders::Column::FailureReason,
+                    saga.failure_reason.clone().into(),
+                )
+                .col_expr(orders::Column::UpdatedAt, at.into());
+        }
+        let updated = update
+            .filter(orders::Column::Id.eq(self.order_id))
+            .filter(orders::Column::Version.eq(self.expected_version))
+            .exec(db)
+            .await?;
+        Ok(updated.rows_affected == 1)
     }
-    outbox::enqueue(&txn, messages).await?;
-    txn.commit().await?;
-    Ok(next_version)
 }
 
 /// Parks an order whose actor keeps crashing: it is left alone (no timers, no recovery)
@@ -426,6 +521,19 @@ pub async fn load<C: ConnectionTrait>(db: &C, id: Uuid) -> Result<Option<OrderRe
         created_at: row.created_at,
         updated_at: row.updated_at,
     }))
+}
+
+/// Just the order's status (`None`: no such order): the cheap check of a long poll.
+pub async fn status<C: ConnectionTrait>(db: &C, id: Uuid) -> Result<Option<OrderStatus>, DbErr> {
+    let status: Option<String> = orders::Entity::find_by_id(id)
+        .select_only()
+        .column(orders::Column::Status)
+        .into_tuple()
+        .one(db)
+        .await?;
+    status
+        .map(|s| OrderStatus::parse(&s).ok_or_else(|| corrupt("status", &s)))
+        .transpose()
 }
 
 /// The order with its full transition history, for the API.

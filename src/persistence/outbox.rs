@@ -46,6 +46,24 @@ impl NewMessage {
 
 /// Inserts the messages; call inside the transaction of the state change.
 pub async fn enqueue<C: ConnectionTrait>(db: &C, messages: &[NewMessage]) -> Result<(), DbErr> {
+    enqueue_all(db, messages.iter().collect()).await
+}
+
+/// Rows per multi-row INSERT (6 bind parameters each): far below every backend's limit.
+const ROWS_PER_INSERT: usize = 1000;
+
+/// [`enqueue`] for messages gathered from several writes.
+pub async fn enqueue_all<C: ConnectionTrait>(
+    db: &C,
+    messages: Vec<&NewMessage>,
+) -> Result<(), DbErr> {
+    for chunk in messages.chunks(ROWS_PER_INSERT) {
+        insert_rows(db, chunk).await?;
+    }
+    Ok(())
+}
+
+async fn insert_rows<C: ConnectionTrait>(db: &C, messages: &[&NewMessage]) -> Result<(), DbErr> {
     if messages.is_empty() {
         return Ok(());
     }

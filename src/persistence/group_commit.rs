@@ -1,0 +1,116 @@
+//! Group commit for the orders store. Order actors hand their writes (new order,
+//! transition, retry) to a few writer tasks, which apply every write waiting at that
+//! moment in one transaction ([`orders::save_batch`]) and answer each actor once it has
+//! committed. One commit — one WAL flush, a handful of statements — then serves many
+//! orders, instead of a transaction of five round trips per transition.
+//!
+//! Nothing waits for a batch to fill: a writer takes what is queued and goes, so under
+//! light load a batch holds one write and latency is a plain transaction's. Durability is
+//! unchanged: an actor hears back only after the commit (`synchronous_commit` stays on).
+
+use crate::persistence::orders::{self, OrderWrite, SaveError};
+use sea_orm::{DatabaseConnection, DbErr};
+use std::sync::Arc;
+use tokio::sync::{Mutex, Notify, mpsc, oneshot};
+
+/// Most writes in one transaction.
+const MAX_BATCH: usize = 256;
+/// Writes queued before senders wait (backpressure on the actors).
+const QUEUE: usize = 4096;
+
+struct Pending {
+    write: OrderWrite,
+    done: oneshot::Sender<Result<i64, SaveError>>,
+}
+
+/// Handle to the writer tasks; cheap to clone. The tasks end when every handle is gone.
+#[derive(Clone)]
+pub struct OrderWriter {
+    queue: mpsc::Sender<Pending>,
+}
+
+impl OrderWriter {
+    /// Starts `writers` tasks on `db`. Two let one batch's statements run while the
+    /// other's commit waits for its WAL flush. `outbox_wake` is notified after a commit
+    /// that wrote outbox rows.
+    pub fn start(db: DatabaseConnection, outbox_wake: Arc<Notify>, writers: usize) -> Self {
+        let (queue, receiver) = mpsc::channel(QUEUE);
+        let receiver = Arc::new(Mutex::new(receiver));
+        for _ in 0..writers.max(1) {
+            tokio::spawn(run(db.clone(), receiver.clone(), outbox_wake.clone()));
+        }
+        OrderWriter { queue }
+    }
+
+    /// Applies `write` durably (with the writes of other actors that arrived meanwhile)
+    /// and returns the order's new version.
+    pub async fn write(&self, write: OrderWrite) -> Result<i64, SaveError> {
+        let (done, result) = oneshot::channel();
+        self.queue
+            .send(Pending { write, done })
+            .await
+            .map_err(|_| stopped())?;
+        result.await.map_err(|_| stopped())?
+    }
+}
+
+fn stopped() -> SaveError {
+    SaveError::Db(DbErr::Custom("the order writer has stopped".into()))
+}
+
+async fn run(
+    db: DatabaseConnection,
+    receiver: Arc<Mutex<mpsc::Receiver<Pending>>>,
+    outbox_wake: Arc<Notify>,
+) {
+    loop {
+        // Only the collecting is under the lock: while this task writes, another collects.
+        let batch = {
+            let mut receiver = receiver.lock().await;
+            let Some(first) = receiver.recv().await else {
+                return;
+            };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match receiver.try_recv() {
+                    Ok(next) => batch.push(next),
+                    Err(_) => break,
+                }
+            }
+            batch
+        };
+        metrics::histogram!("order_writer_batch_size").record(batch.len() as f64);
+        let (writes, waiting): (Vec<_>, Vec<_>) =
+            batch.into_iter().map(|p| (p.write, p.done)).unzip();
+        let results = match orders::save_batch(&db, &writes).await {
+            Ok(results) => results,
+            Err(error) if writes.len() > 1 => {
+                // One write's failure (say, a duplicate key) must not fail the others:
+                // apply each on its own.
+                tracing::debug!(%error, size = writes.len(), "group commit failed; writing one by one");
+                let mut results = Vec::with_capacity(writes.len());
+                for write in &writes {
+                    results.push(
+                        match orders::save_batch(&db, std::slice::from_ref(write)).await {
+                            Ok(mut r) => r.pop().unwrap_or(Err(stopped())),
+                            Err(e) => Err(SaveError::Db(e)),
+                        },
+                    );
+                }
+                results
+            }
+            Err(error) => vec![Err(SaveError::Db(error))],
+        };
+        let wrote_messages = writes
+            .iter()
+            .zip(&results)
+            .any(|(w, r)| r.is_ok() && w.has_messages());
+        if wrote_messages {
+            outbox_wake.notify_one();
+        }
+        for (done, result) in waiting.into_iter().zip(results) {
+            // The actor may have given up waiting (timeout); the write stands anyway.
+            let _ = done.send(result);
+        }
+    }
+}
