@@ -7,14 +7,15 @@
 
 use crate::messaging::IncomingMessage;
 use crate::messaging::messages::{CommandBody, Envelope, LineItem, OrderEventBody, ReplyBody};
-use crate::participants::{Applied, CommandHandler, decode, reply};
+use crate::participants::{Applied, CommandHandler, Known, decode, reply};
 use crate::persistence::outbox::NewMessage;
 use chrono::Utc;
 use entity::{reservations, stock};
 use sea_orm::{
+    ActiveModelTrait,
     ActiveValue::Set,
     ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
-    PaginatorTrait, QueryFilter, QueryOrder, TransactionTrait,
+    IntoActiveModel, PaginatorTrait, QueryFilter, QueryOrder, TransactionTrait,
     sea_query::{Expr, ExprTrait},
 };
 use serde::{Deserialize, Serialize};
@@ -211,11 +212,12 @@ impl Inventory {
     async fn reserve(
         &self,
         txn: &DatabaseTransaction,
+        known: &mut Known<reservations::Model>,
         order_id: Uuid,
         items: Vec<LineItem>,
         headers: &BTreeMap<String, String>,
     ) -> Result<NewMessage, DbErr> {
-        if let Some(existing) = reservations::Entity::find_by_id(order_id).one(txn).await? {
+        if let Some(existing) = known.get(order_id) {
             // Redelivered or retried command: answer as the first time, act no more.
             let answer = match existing.status.as_str() {
                 RESERVED | CONSUMED => ReplyBody::StockReserved {},
@@ -223,7 +225,7 @@ impl Inventory {
                     reason: "reservation was already released".into(),
                 },
                 _ => ReplyBody::StockRejected {
-                    reason: existing.reason.unwrap_or_else(|| "rejected".into()),
+                    reason: existing.reason.clone().unwrap_or_else(|| "rejected".into()),
                 },
             };
             return reply(order_id, answer, headers);
@@ -261,7 +263,7 @@ impl Inventory {
                 (REJECTED, Some(reason), answer)
             }
         };
-        insert_reservation(txn, order_id, status, &items, reason).await?;
+        known.create(order_id, reservation(order_id, status, &items, reason)?);
         tracing::info!(status, "reservation decided");
         reply(order_id, answer, headers)
     }
@@ -270,15 +272,19 @@ impl Inventory {
     async fn release(
         &self,
         txn: &DatabaseTransaction,
+        known: &mut Known<reservations::Model>,
         order_id: Uuid,
         headers: &BTreeMap<String, String>,
     ) -> Result<NewMessage, DbErr> {
-        match reservations::Entity::find_by_id(order_id).one(txn).await? {
-            Some(r) if r.status == RESERVED => {
+        match known
+            .get(order_id)
+            .map(|r| (r.status.clone(), r.items.clone()))
+        {
+            Some((status, items)) if status == RESERVED => {
                 // Claim the transition first: a concurrent duplicate fails here, not after
                 // moving stock.
-                set_status(txn, order_id, RESERVED, RELEASED).await?;
-                for line in parse_items(&r.items)? {
+                set_status(txn, known, order_id, RESERVED, RELEASED).await?;
+                for line in parse_items(&items)? {
                     move_stock(txn, &line, Move::Release).await?;
                 }
             }
@@ -286,29 +292,34 @@ impl Inventory {
             None => {
                 // Release before reserve (timeout, cancel): a tombstone makes the late
                 // reserve fail instead of holding stock for a dead order.
-                insert_reservation(
-                    txn,
+                let tombstone = reservation(
                     order_id,
                     RELEASED,
                     &[],
                     Some("released before reservation".into()),
-                )
-                .await?;
+                )?;
+                known.create(order_id, tombstone);
             }
         }
         reply(order_id, ReplyBody::StockReleased {}, headers)
     }
 
     #[tracing::instrument(name = "inventory.consume", skip_all, fields(order_id = %order_id))]
-    async fn consume(&self, txn: &DatabaseTransaction, order_id: Uuid) -> Result<(), DbErr> {
-        let Some(r) = reservations::Entity::find_by_id(order_id).one(txn).await? else {
-            return Ok(());
-        };
-        if r.status != RESERVED {
+    async fn consume(
+        &self,
+        txn: &DatabaseTransaction,
+        known: &mut Known<reservations::Model>,
+        order_id: Uuid,
+    ) -> Result<(), DbErr> {
+        let Some(items) = known
+            .get(order_id)
+            .filter(|r| r.status == RESERVED)
+            .map(|r| r.items.clone())
+        else {
             return Ok(()); // duplicate event, or nothing held
-        }
-        set_status(txn, order_id, RESERVED, CONSUMED).await?;
-        for line in parse_items(&r.items)? {
+        };
+        set_status(txn, known, order_id, RESERVED, CONSUMED).await?;
+        for line in parse_items(&items)? {
             move_stock(txn, &line, Move::Sell).await?;
         }
         Ok(())
@@ -332,6 +343,8 @@ impl Inventory {
 }
 
 impl CommandHandler for Inventory {
+    type Record = reservations::Model;
+
     fn store(&self) -> &DatabaseConnection {
         &self.db
     }
@@ -340,10 +353,27 @@ impl CommandHandler for Inventory {
         &self.outbox_wake
     }
 
+    async fn load(
+        &self,
+        txn: &DatabaseTransaction,
+        order_ids: Vec<Uuid>,
+    ) -> Result<Vec<(Uuid, reservations::Model)>, DbErr> {
+        load_reservations(txn, order_ids).await
+    }
+
+    async fn insert(
+        &self,
+        txn: &DatabaseTransaction,
+        records: Vec<reservations::Model>,
+    ) -> Result<(), DbErr> {
+        insert_reservations(txn, records).await
+    }
+
     /// Applies one delivery from `inventory.commands`.
     async fn apply(
         &self,
         txn: &DatabaseTransaction,
+        known: &mut Known<reservations::Model>,
         message: &IncomingMessage,
     ) -> Result<Applied, DbErr> {
         let envelope: Envelope<CommandBody> = match decode(message) {
@@ -353,9 +383,12 @@ impl CommandHandler for Inventory {
         let order_id = envelope.order_id;
         let answer = match envelope.body {
             CommandBody::ReserveStock { items } => {
-                self.reserve(txn, order_id, items, &message.headers).await?
+                self.reserve(txn, known, order_id, items, &message.headers)
+                    .await?
             }
-            CommandBody::ReleaseStock {} => self.release(txn, order_id, &message.headers).await?,
+            CommandBody::ReleaseStock {} => {
+                self.release(txn, known, order_id, &message.headers).await?
+            }
             other => {
                 return Ok(Applied::Poison(format!(
                     "{} is not an inventory command",
@@ -373,6 +406,8 @@ impl CommandHandler for Inventory {
 pub struct OrderEvents(pub Inventory);
 
 impl CommandHandler for OrderEvents {
+    type Record = reservations::Model;
+
     fn store(&self) -> &DatabaseConnection {
         &self.0.db
     }
@@ -381,9 +416,26 @@ impl CommandHandler for OrderEvents {
         &self.0.outbox_wake
     }
 
+    async fn load(
+        &self,
+        txn: &DatabaseTransaction,
+        order_ids: Vec<Uuid>,
+    ) -> Result<Vec<(Uuid, reservations::Model)>, DbErr> {
+        load_reservations(txn, order_ids).await
+    }
+
+    async fn insert(
+        &self,
+        txn: &DatabaseTransaction,
+        records: Vec<reservations::Model>,
+    ) -> Result<(), DbErr> {
+        insert_reservations(txn, records).await
+    }
+
     async fn apply(
         &self,
         txn: &DatabaseTransaction,
+        known: &mut Known<reservations::Model>,
         message: &IncomingMessage,
     ) -> Result<Applied, DbErr> {
         let envelope: Envelope<OrderEventBody> = match decode(message) {
@@ -391,7 +443,7 @@ impl CommandHandler for OrderEvents {
             Err(poison) => return Ok(poison),
         };
         if envelope.body.kind == "order.confirmed" {
-            self.0.consume(txn, envelope.order_id).await?;
+            self.0.consume(txn, known, envelope.order_id).await?;
         }
         Ok(Applied::Replies(Vec::new()))
     }
@@ -440,26 +492,49 @@ fn parse_items(json: &str) -> Result<Vec<LineItem>, DbErr> {
         .map_err(|e| DbErr::Custom(format!("unreadable reservation items: {e}")))
 }
 
-async fn insert_reservation<C: ConnectionTrait>(
-    db: &C,
+/// A new reservation record (inserted when its batch ends).
+fn reservation(
     order_id: Uuid,
     status: &str,
     items: &[LineItem],
     reason: Option<String>,
-) -> Result<(), DbErr> {
+) -> Result<reservations::Model, DbErr> {
     let now = Utc::now();
     let items = serde_json::to_string(items)
         .map_err(|e| DbErr::Custom(format!("serializing reservation items: {e}")))?;
-    reservations::Entity::insert(reservations::ActiveModel {
-        order_id: Set(order_id),
-        status: Set(status.to_owned()),
-        items: Set(items),
-        reason: Set(reason),
-        created_at: Set(now),
-        updated_at: Set(now),
+    Ok(reservations::Model {
+        order_id,
+        status: status.to_owned(),
+        items,
+        reason,
+        created_at: now,
+        updated_at: now,
     })
-    .exec_without_returning(db)
-    .await?;
+}
+
+async fn load_reservations<C: ConnectionTrait>(
+    db: &C,
+    order_ids: Vec<Uuid>,
+) -> Result<Vec<(Uuid, reservations::Model)>, DbErr> {
+    Ok(reservations::Entity::find()
+        .filter(reservations::Column::OrderId.is_in(order_ids))
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|r| (r.order_id, r))
+        .collect())
+}
+
+async fn insert_reservations<C: ConnectionTrait>(
+    db: &C,
+    records: Vec<reservations::Model>,
+) -> Result<(), DbErr> {
+    let rows = records
+        .into_iter()
+        .map(|r| r.into_active_model().reset_all());
+    reservations::Entity::insert_many(rows)
+        .exec_without_returning(db)
+        .await?;
     Ok(())
 }
 
@@ -467,13 +542,22 @@ async fn insert_reservation<C: ConnectionTrait>(
 /// a no-op rather than a double effect.
 async fn set_status<C: ConnectionTrait>(
     db: &C,
+    known: &mut Known<reservations::Model>,
     order_id: Uuid,
     from: &str,
     to: &str,
 ) -> Result<(), DbErr> {
+    let now = Utc::now();
+    let stored = known.change(order_id, |r| {
+        r.status = to.to_owned();
+        r.updated_at = now;
+    });
+    if !stored {
+        return Ok(()); // created by this batch: the insert carries the new status
+    }
     let res = reservations::Entity::update_many()
         .col_expr(reservations::Column::Status, to.into())
-        .col_expr(reservations::Column::UpdatedAt, Utc::now().into())
+        .col_expr(reservations::Column::UpdatedAt, now.into())
         .filter(reservations::Column::OrderId.eq(order_id))
         .filter(reservations::Column::Status.eq(from))
         .exec(db)

@@ -15,7 +15,7 @@ use crate::messaging::topology::REPLIES_EXCHANGE;
 use crate::persistence::outbox::{self, NewMessage};
 use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr, TransactionTrait};
 use serde::de::DeserializeOwned;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::Arc;
 use tokio::sync::Notify;
@@ -31,18 +31,79 @@ pub enum Applied {
 }
 
 /// A participant's handling of one of its queues. Deliveries are applied in batches (see
-/// [`handle_batch`]); `apply` sees the batch's transaction, so everything it writes
-/// commits together with the other deliveries' writes and their replies.
+/// [`handle_batch`]): the participant's records of the batch's orders are read with one
+/// query, `apply` works on them through [`Known`] inside the batch's transaction, and the
+/// records it creates are inserted together at the end — everything commits with the
+/// other deliveries' writes and their replies.
 pub trait CommandHandler: Clone + Send + Sync + 'static {
+    /// The participant's record of one order (reservation, payment, shipment).
+    type Record: Clone + Send + Sync;
     /// The participant's own store.
     fn store(&self) -> &DatabaseConnection;
     /// Wakes the participant's outbox relay after a commit that wrote replies.
     fn outbox_wake(&self) -> &Notify;
+    /// Reads the records of these orders (one query).
+    fn load(
+        &self,
+        txn: &DatabaseTransaction,
+        order_ids: Vec<Uuid>,
+    ) -> impl Future<Output = Result<Vec<(Uuid, Self::Record)>, DbErr>> + Send;
     fn apply(
         &self,
         txn: &DatabaseTransaction,
+        known: &mut Known<Self::Record>,
         message: &IncomingMessage,
     ) -> impl Future<Output = Result<Applied, DbErr>> + Send;
+    /// Inserts the records the batch created (one multi-row INSERT).
+    fn insert(
+        &self,
+        txn: &DatabaseTransaction,
+        records: Vec<Self::Record>,
+    ) -> impl Future<Output = Result<(), DbErr>> + Send;
+}
+
+/// A batch's view of the participant's records: those read up front, and those the batch
+/// created (inserted when it ends). A later delivery for the same order in the same batch
+/// sees what an earlier one did.
+pub struct Known<R> {
+    records: HashMap<Uuid, (R, bool)>,
+}
+
+impl<R: Clone> Known<R> {
+    fn new(stored: Vec<(Uuid, R)>) -> Self {
+        Known {
+            records: stored.into_iter().map(|(id, r)| (id, (r, false))).collect(),
+        }
+    }
+
+    pub fn get(&self, order_id: Uuid) -> Option<&R> {
+        self.records.get(&order_id).map(|(r, _)| r)
+    }
+
+    /// Records a new record, inserted with the others when the batch ends.
+    pub fn create(&mut self, order_id: Uuid, record: R) {
+        self.records.insert(order_id, (record, true));
+    }
+
+    /// Changes a record in memory. Returns true when the record is stored already, so the
+    /// caller must also update its row; false when it is new in this batch (the insert at
+    /// the end carries the change).
+    pub fn change(&mut self, order_id: Uuid, change: impl FnOnce(&mut R)) -> bool {
+        match self.records.get_mut(&order_id) {
+            Some((record, new)) => {
+                change(record);
+                !*new
+            }
+            None => false,
+        }
+    }
+
+    fn into_new(self) -> Vec<R> {
+        self.records
+            .into_values()
+            .filter_map(|(r, new)| new.then_some(r))
+            .collect()
+    }
 }
 
 /// Applies a batch of deliveries in one transaction and returns one disposition per
@@ -72,42 +133,66 @@ pub async fn handle_batch<H: CommandHandler>(
     }
 }
 
+/// Just the order id of an envelope (undecodable ones are dealt with by `apply`).
+#[derive(serde::Deserialize)]
+struct OrderIdOnly {
+    order_id: Uuid,
+}
+
 async fn apply_in_one_transaction<H: CommandHandler>(
     handler: &H,
     messages: &[Arc<IncomingMessage>],
 ) -> Result<Vec<Disposition>, DbErr> {
     let txn = handler.store().begin().await?;
+    let result = apply_all(handler, &txn, messages).await;
+    match result {
+        Ok((dispositions, replies)) => {
+            txn.commit().await?;
+            if replies > 0 {
+                handler.outbox_wake().notify_one();
+            }
+            Ok(dispositions)
+        }
+        Err(error) => {
+            // Best effort: a dropped transaction is rolled back by the pool anyway.
+            let _ = txn.rollback().await;
+            Err(error)
+        }
+    }
+}
+
+/// The batch's work inside its transaction; returns the dispositions and how many replies
+/// were written.
+async fn apply_all<H: CommandHandler>(
+    handler: &H,
+    txn: &DatabaseTransaction,
+    messages: &[Arc<IncomingMessage>],
+) -> Result<(Vec<Disposition>, usize), DbErr> {
+    let mut order_ids: Vec<Uuid> = messages
+        .iter()
+        .filter_map(|m| serde_json::from_slice::<OrderIdOnly>(&m.payload).ok())
+        .map(|e| e.order_id)
+        .collect();
+    order_ids.sort_unstable();
+    order_ids.dedup();
+    let mut known = Known::new(handler.load(txn, order_ids).await?);
     let mut dispositions = Vec::with_capacity(messages.len());
     let mut replies = Vec::new();
-    let mut failure = None;
     for message in messages {
-        match handler.apply(&txn, message).await {
-            Ok(Applied::Replies(r)) => {
+        match handler.apply(txn, &mut known, message).await? {
+            Applied::Replies(r) => {
                 replies.extend(r);
                 dispositions.push(Disposition::Ack);
             }
-            Ok(Applied::Poison(reason)) => dispositions.push(Disposition::DeadLetter(reason)),
-            Err(error) => {
-                failure = Some(error);
-                break;
-            }
+            Applied::Poison(reason) => dispositions.push(Disposition::DeadLetter(reason)),
         }
     }
-    if failure.is_none()
-        && let Err(error) = outbox::enqueue(&txn, &replies).await
-    {
-        failure = Some(error);
+    let created = known.into_new();
+    if !created.is_empty() {
+        handler.insert(txn, created).await?;
     }
-    if let Some(error) = failure {
-        // Best effort: a dropped transaction is rolled back by the pool anyway.
-        let _ = txn.rollback().await;
-        return Err(error);
-    }
-    txn.commit().await?;
-    if !replies.is_empty() {
-        handler.outbox_wake().notify_one();
-    }
-    Ok(dispositions)
+    outbox::enqueue(txn, &replies).await?;
+    Ok((dispositions, replies.len()))
 }
 
 /// A reply to the orchestrator, carrying the command's trace context along.

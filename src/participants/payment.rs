@@ -6,13 +6,13 @@
 use crate::domain::saga::PaymentOutcome;
 use crate::messaging::IncomingMessage;
 use crate::messaging::messages::{CommandBody, Envelope, ReplyBody};
-use crate::participants::{Applied, CommandHandler, decode, reply, roll};
+use crate::participants::{Applied, CommandHandler, Known, decode, reply, roll};
 use crate::persistence::outbox::NewMessage;
 use chrono::Utc;
 use entity::payments;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr,
-    EntityTrait, QueryFilter,
+    ActiveModelTrait, ColumnTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
+    IntoActiveModel, QueryFilter,
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -45,14 +45,14 @@ impl Payment {
     #[tracing::instrument(name = "payment.charge", skip_all, fields(order_id = %order_id))]
     async fn charge(
         &self,
-        txn: &DatabaseTransaction,
+        known: &mut Known<payments::Model>,
         order_id: Uuid,
         amount_cents: i64,
         currency: String,
         forced: Option<PaymentOutcome>,
         headers: &BTreeMap<String, String>,
     ) -> Result<NewMessage, DbErr> {
-        if let Some(existing) = payments::Entity::find_by_id(order_id).one(txn).await? {
+        if let Some(existing) = known.get(order_id) {
             let answer = match existing.status.as_str() {
                 CHARGED => ReplyBody::PaymentCharged {
                     amount_cents: existing.amount_cents,
@@ -61,7 +61,7 @@ impl Payment {
                     reason: "payment was voided".into(),
                 },
                 _ => ReplyBody::PaymentDeclined {
-                    reason: existing.reason.unwrap_or_else(|| "declined".into()),
+                    reason: existing.reason.clone().unwrap_or_else(|| "declined".into()),
                 },
             };
             return reply(order_id, answer, headers);
@@ -81,7 +81,10 @@ impl Payment {
         } else {
             (CHARGED, None, ReplyBody::PaymentCharged { amount_cents })
         };
-        insert_payment(txn, order_id, status, amount_cents, &currency, reason).await?;
+        known.create(
+            order_id,
+            payment(order_id, status, amount_cents, &currency, reason),
+        );
         tracing::info!(status, amount_cents, "charge decided");
         reply(order_id, answer, headers)
     }
@@ -90,37 +93,47 @@ impl Payment {
     async fn refund(
         &self,
         txn: &DatabaseTransaction,
+        known: &mut Known<payments::Model>,
         order_id: Uuid,
         headers: &BTreeMap<String, String>,
     ) -> Result<NewMessage, DbErr> {
-        let refunded = match payments::Entity::find_by_id(order_id).one(txn).await? {
-            Some(p) if p.status == CHARGED => {
-                let moved = payments::Entity::update_many()
-                    .col_expr(payments::Column::Status, REFUNDED.into())
-                    .col_expr(payments::Column::UpdatedAt, Utc::now().into())
-                    .filter(payments::Column::OrderId.eq(order_id))
-                    .filter(payments::Column::Status.eq(CHARGED))
-                    .exec(txn)
-                    .await?;
-                if moved.rows_affected != 1 {
-                    return Err(DbErr::Custom(format!(
-                        "payment {order_id} changed concurrently; retrying"
-                    )));
+        let current = known
+            .get(order_id)
+            .map(|p| (p.status.clone(), p.amount_cents));
+        let refunded = match current {
+            Some((status, amount_cents)) if status == CHARGED => {
+                let now = Utc::now();
+                let stored = known.change(order_id, |p| {
+                    p.status = REFUNDED.to_owned();
+                    p.updated_at = now;
+                });
+                if stored {
+                    let moved = payments::Entity::update_many()
+                        .col_expr(payments::Column::Status, REFUNDED.into())
+                        .col_expr(payments::Column::UpdatedAt, now.into())
+                        .filter(payments::Column::OrderId.eq(order_id))
+                        .filter(payments::Column::Status.eq(CHARGED))
+                        .exec(txn)
+                        .await?;
+                    if moved.rows_affected != 1 {
+                        return Err(DbErr::Custom(format!(
+                            "payment {order_id} changed concurrently; retrying"
+                        )));
+                    }
                 }
-                p.amount_cents
+                amount_cents
             }
-            Some(p) if p.status == REFUNDED => p.amount_cents,
+            Some((status, amount_cents)) if status == REFUNDED => amount_cents,
             Some(_) => 0,
             None => {
-                insert_payment(
-                    txn,
+                let void = payment(
                     order_id,
                     VOIDED,
                     0,
                     "",
                     Some("refunded before any charge".into()),
-                )
-                .await?;
+                );
+                known.create(order_id, void);
                 0
             }
         };
@@ -141,30 +154,29 @@ impl Payment {
     }
 }
 
-async fn insert_payment<C: ConnectionTrait>(
-    db: &C,
+/// A new payment record (inserted when its batch ends).
+fn payment(
     order_id: Uuid,
     status: &str,
     amount_cents: i64,
     currency: &str,
     reason: Option<String>,
-) -> Result<(), DbErr> {
+) -> payments::Model {
     let now = Utc::now();
-    payments::Entity::insert(payments::ActiveModel {
-        order_id: Set(order_id),
-        status: Set(status.to_owned()),
-        amount_cents: Set(amount_cents),
-        currency: Set(currency.to_owned()),
-        reason: Set(reason),
-        created_at: Set(now),
-        updated_at: Set(now),
-    })
-    .exec_without_returning(db)
-    .await?;
-    Ok(())
+    payments::Model {
+        order_id,
+        status: status.to_owned(),
+        amount_cents,
+        currency: currency.to_owned(),
+        reason,
+        created_at: now,
+        updated_at: now,
+    }
 }
 
 impl CommandHandler for Payment {
+    type Record = payments::Model;
+
     fn store(&self) -> &DatabaseConnection {
         &self.db
     }
@@ -173,10 +185,39 @@ impl CommandHandler for Payment {
         &self.outbox_wake
     }
 
+    async fn load(
+        &self,
+        txn: &DatabaseTransaction,
+        order_ids: Vec<Uuid>,
+    ) -> Result<Vec<(Uuid, payments::Model)>, DbErr> {
+        Ok(payments::Entity::find()
+            .filter(payments::Column::OrderId.is_in(order_ids))
+            .all(txn)
+            .await?
+            .into_iter()
+            .map(|p| (p.order_id, p))
+            .collect())
+    }
+
+    async fn insert(
+        &self,
+        txn: &DatabaseTransaction,
+        records: Vec<payments::Model>,
+    ) -> Result<(), DbErr> {
+        let rows = records
+            .into_iter()
+            .map(|p| p.into_active_model().reset_all());
+        payments::Entity::insert_many(rows)
+            .exec_without_returning(txn)
+            .await?;
+        Ok(())
+    }
+
     /// Applies one delivery from `payment.commands`.
     async fn apply(
         &self,
         txn: &DatabaseTransaction,
+        known: &mut Known<payments::Model>,
         message: &IncomingMessage,
     ) -> Result<Applied, DbErr> {
         let envelope: Envelope<CommandBody> = match decode(message) {
@@ -191,7 +232,7 @@ impl CommandHandler for Payment {
                 forced,
             } => {
                 self.charge(
-                    txn,
+                    known,
                     order_id,
                     amount_cents,
                     currency,
@@ -200,7 +241,9 @@ impl CommandHandler for Payment {
                 )
                 .await?
             }
-            CommandBody::RefundPayment {} => self.refund(txn, order_id, &message.headers).await?,
+            CommandBody::RefundPayment {} => {
+                self.refund(txn, known, order_id, &message.headers).await?
+            }
             other => {
                 return Ok(Applied::Poison(format!(
                     "{} is not a payment command",

@@ -4,13 +4,13 @@
 
 use crate::messaging::IncomingMessage;
 use crate::messaging::messages::{CommandBody, Envelope, ReplyBody};
-use crate::participants::{Applied, CommandHandler, decode, reply, roll};
+use crate::participants::{Applied, CommandHandler, Known, decode, reply, roll};
 use crate::persistence::outbox::NewMessage;
 use chrono::Utc;
 use entity::shipments;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr,
-    EntityTrait, QueryFilter,
+    ActiveModelTrait, ColumnTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
+    IntoActiveModel, QueryFilter,
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -41,17 +41,20 @@ impl Shipping {
     #[tracing::instrument(name = "shipping.schedule", skip_all, fields(order_id = %order_id))]
     async fn schedule(
         &self,
-        txn: &DatabaseTransaction,
+        known: &mut Known<shipments::Model>,
         order_id: Uuid,
         headers: &BTreeMap<String, String>,
     ) -> Result<NewMessage, DbErr> {
-        if let Some(existing) = shipments::Entity::find_by_id(order_id).one(txn).await? {
-            let answer = match (existing.status.as_str(), existing.tracking_number) {
+        if let Some(existing) = known.get(order_id) {
+            let answer = match (existing.status.as_str(), existing.tracking_number.clone()) {
                 (SCHEDULED, Some(tracking_number)) => {
                     ReplyBody::ShipmentScheduled { tracking_number }
                 }
                 _ => ReplyBody::ShipmentFailed {
-                    reason: existing.reason.unwrap_or_else(|| "shipment failed".into()),
+                    reason: existing
+                        .reason
+                        .clone()
+                        .unwrap_or_else(|| "shipment failed".into()),
                 },
             };
             return reply(order_id, answer, headers);
@@ -75,7 +78,7 @@ impl Shipping {
                 },
             )
         };
-        insert_shipment(txn, order_id, status, tracking, reason).await?;
+        known.create(order_id, shipment(order_id, status, tracking, reason));
         tracing::info!(status, "shipment decided");
         reply(order_id, answer, headers)
     }
@@ -84,28 +87,35 @@ impl Shipping {
     async fn cancel(
         &self,
         txn: &DatabaseTransaction,
+        known: &mut Known<shipments::Model>,
         order_id: Uuid,
         headers: &BTreeMap<String, String>,
     ) -> Result<NewMessage, DbErr> {
-        match shipments::Entity::find_by_id(order_id).one(txn).await? {
-            Some(s) if s.status == SCHEDULED => {
-                shipments::Entity::update_many()
-                    .col_expr(shipments::Column::Status, CANCELLED.into())
-                    .col_expr(shipments::Column::UpdatedAt, Utc::now().into())
-                    .filter(shipments::Column::OrderId.eq(order_id))
-                    .exec(txn)
-                    .await?;
+        match known.get(order_id).map(|s| s.status == SCHEDULED) {
+            Some(true) => {
+                let now = Utc::now();
+                let stored = known.change(order_id, |s| {
+                    s.status = CANCELLED.to_owned();
+                    s.updated_at = now;
+                });
+                if stored {
+                    shipments::Entity::update_many()
+                        .col_expr(shipments::Column::Status, CANCELLED.into())
+                        .col_expr(shipments::Column::UpdatedAt, now.into())
+                        .filter(shipments::Column::OrderId.eq(order_id))
+                        .exec(txn)
+                        .await?;
+                }
             }
-            Some(_) => {}
+            Some(false) => {}
             None => {
-                insert_shipment(
-                    txn,
+                let tombstone = shipment(
                     order_id,
                     CANCELLED,
                     None,
                     Some("cancelled before scheduling".into()),
-                )
-                .await?;
+                );
+                known.create(order_id, tombstone);
             }
         }
         reply(order_id, ReplyBody::ShipmentCancelled {}, headers)
@@ -122,28 +132,27 @@ impl Shipping {
     }
 }
 
-async fn insert_shipment<C: ConnectionTrait>(
-    db: &C,
+/// A new shipment record (inserted when its batch ends).
+fn shipment(
     order_id: Uuid,
     status: &str,
     tracking_number: Option<String>,
     reason: Option<String>,
-) -> Result<(), DbErr> {
+) -> shipments::Model {
     let now = Utc::now();
-    shipments::Entity::insert(shipments::ActiveModel {
-        order_id: Set(order_id),
-        status: Set(status.to_owned()),
-        tracking_number: Set(tracking_number),
-        reason: Set(reason),
-        created_at: Set(now),
-        updated_at: Set(now),
-    })
-    .exec_without_returning(db)
-    .await?;
-    Ok(())
+    shipments::Model {
+        order_id,
+        status: status.to_owned(),
+        tracking_number,
+        reason,
+        created_at: now,
+        updated_at: now,
+    }
 }
 
 impl CommandHandler for Shipping {
+    type Record = shipments::Model;
+
     fn store(&self) -> &DatabaseConnection {
         &self.db
     }
@@ -152,10 +161,39 @@ impl CommandHandler for Shipping {
         &self.outbox_wake
     }
 
+    async fn load(
+        &self,
+        txn: &DatabaseTransaction,
+        order_ids: Vec<Uuid>,
+    ) -> Result<Vec<(Uuid, shipments::Model)>, DbErr> {
+        Ok(shipments::Entity::find()
+            .filter(shipments::Column::OrderId.is_in(order_ids))
+            .all(txn)
+            .await?
+            .into_iter()
+            .map(|s| (s.order_id, s))
+            .collect())
+    }
+
+    async fn insert(
+        &self,
+        txn: &DatabaseTransaction,
+        records: Vec<shipments::Model>,
+    ) -> Result<(), DbErr> {
+        let rows = records
+            .into_iter()
+            .map(|s| s.into_active_model().reset_all());
+        shipments::Entity::insert_many(rows)
+            .exec_without_returning(txn)
+            .await?;
+        Ok(())
+    }
+
     /// Applies one delivery from `shipping.commands`.
     async fn apply(
         &self,
         txn: &DatabaseTransaction,
+        known: &mut Known<shipments::Model>,
         message: &IncomingMessage,
     ) -> Result<Applied, DbErr> {
         let envelope: Envelope<CommandBody> = match decode(message) {
@@ -165,9 +203,11 @@ impl CommandHandler for Shipping {
         let order_id = envelope.order_id;
         let answer = match envelope.body {
             CommandBody::ScheduleShipment { .. } => {
-                self.schedule(txn, order_id, &message.headers).await?
+                self.schedule(known, order_id, &message.headers).await?
             }
-            CommandBody::CancelShipment {} => self.cancel(txn, order_id, &message.headers).await?,
+            CommandBody::CancelShipment {} => {
+                self.cancel(txn, known, order_id, &message.headers).await?
+            }
             other => {
                 return Ok(Applied::Poison(format!(
                     "{} is not a shipping command",

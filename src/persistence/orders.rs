@@ -13,8 +13,8 @@ use chrono::{DateTime, Utc};
 use entity::{order_items, order_transitions, orders};
 use sea_orm::{
     ActiveValue::{NotSet, Set},
-    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    TransactionSession, TransactionTrait,
+    ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, Statement, TransactionSession, TransactionTrait,
 };
 use serde::Serialize;
 use uuid::Uuid;
@@ -265,6 +265,10 @@ pub async fn save_batch<C: TransactionTrait>(
     writes: &[OrderWrite],
 ) -> Result<Vec<Result<i64, SaveError>>, DbErr> {
     let txn = db.begin().await?;
+    // First every fenced update (they decide which transitions and retries stand)...
+    let updates: Vec<FencedUpdate> = writes.iter().filter_map(FencedUpdate::of).collect();
+    let held = FencedUpdate::apply_all(&txn, &updates).await?;
+    // ...then the rows of the writes that stand.
     let mut results = Vec::with_capacity(writes.len());
     let mut new_orders = Vec::new();
     let mut lines = Vec::new();
@@ -291,18 +295,11 @@ pub async fn save_batch<C: TransactionTrait>(
             OrderWrite::Transition {
                 order_id,
                 expected_version,
-                saga,
-                timer,
                 entry,
                 messages: m,
+                ..
             } => {
-                let fenced = FencedUpdate {
-                    order_id: *order_id,
-                    expected_version: *expected_version,
-                    timer: *timer,
-                    saga: Some((saga, entry.at)),
-                };
-                results.push(if fenced.apply(&txn).await? {
+                results.push(if held.contains(order_id) {
                     history.push(history_row(*order_id, entry));
                     messages.extend(m);
                     Ok(expected_version + 1)
@@ -313,16 +310,10 @@ pub async fn save_batch<C: TransactionTrait>(
             OrderWrite::Retry {
                 order_id,
                 expected_version,
-                timer,
                 messages: m,
+                ..
             } => {
-                let fenced = FencedUpdate {
-                    order_id: *order_id,
-                    expected_version: *expected_version,
-                    timer: *timer,
-                    saga: None,
-                };
-                results.push(if fenced.apply(&txn).await? {
+                results.push(if held.contains(order_id) {
                     messages.extend(m);
                     Ok(expected_version + 1)
                 } else {
@@ -400,7 +391,117 @@ struct FencedUpdate<'a> {
     saga: Option<(&'a Saga, DateTime<Utc>)>,
 }
 
-impl FencedUpdate<'_> {
+/// All fenced updates of a batch as one statement on PostgreSQL: the values travel as
+/// one array per column (so the statement text, and its prepared plan, is the same for
+/// every batch size). Arrays cannot carry NULLs through the driver, hence the `has_`
+/// flags. Retries keep the saga columns as they are.
+const BULK_FENCED_UPDATE: &str = r#"UPDATE orders AS o SET
+    step_deadline_at = CASE WHEN v.has_deadline THEN v.deadline END,
+    step_attempts = v.attempts,
+    version = v.expected + 1,
+    status = CASE WHEN v.transition THEN v.status ELSE o.status END,
+    reservation_state = CASE WHEN v.transition THEN v.reservation ELSE o.reservation_state END,
+    payment_state = CASE WHEN v.transition THEN v.payment ELSE o.payment_state END,
+    shipment_state = CASE WHEN v.transition THEN v.shipment ELSE o.shipment_state END,
+    failure_reason = CASE WHEN NOT v.transition THEN o.failure_reason
+                          WHEN v.has_reason THEN v.reason END,
+    updated_at = CASE WHEN v.transition THEN v.at ELSE o.updated_at END
+FROM UNNEST($1::uuid[], $2::int8[], $3::bool[], $4::timestamptz[], $5::int4[], $6::bool[],
+            $7::text[], $8::text[], $9::text[], $10::text[], $11::bool[], $12::text[],
+            $13::timestamptz[])
+    AS v(id, expected, has_deadline, deadline, attempts, transition, status, reservation,
+         payment, shipment, has_reason, reason, at)
+WHERE o.id = v.id AND o.version = v.expected
+RETURNING o.id"#;
+
+impl<'a> FencedUpdate<'a> {
+    fn of(write: &'a OrderWrite) -> Option<Self> {
+        match write {
+            OrderWrite::Create { .. } => None,
+            OrderWrite::Transition {
+                order_id,
+                expected_version,
+                saga,
+                timer,
+                entry,
+                ..
+            } => Some(FencedUpdate {
+                order_id: *order_id,
+                expected_version: *expected_version,
+                timer: *timer,
+                saga: Some((saga, entry.at)),
+            }),
+            OrderWrite::Retry {
+                order_id,
+                expected_version,
+                timer,
+                ..
+            } => Some(FencedUpdate {
+                order_id: *order_id,
+                expected_version: *expected_version,
+                timer: *timer,
+                saga: None,
+            }),
+        }
+    }
+
+    /// Applies every update; returns the orders whose fence held.
+    async fn apply_all<C: ConnectionTrait>(
+        db: &C,
+        updates: &[FencedUpdate<'_>],
+    ) -> Result<std::collections::HashSet<Uuid>, DbErr> {
+        let mut held = std::collections::HashSet::with_capacity(updates.len());
+        if updates.len() > 1 && db.get_database_backend() == DbBackend::Postgres {
+            let rows = db.query_all_raw(Self::bulk_statement(updates)).await?;
+            for row in rows {
+                held.insert(row.try_get::<Uuid>("", "id")?);
+            }
+            return Ok(held);
+        }
+        for update in updates {
+            if update.apply(db).await? {
+                held.insert(update.order_id);
+            }
+        }
+        Ok(held)
+    }
+
+    fn bulk_statement(updates: &[FencedUpdate<'_>]) -> Statement {
+        use sea_orm::sea_query::{Value, ValueType};
+        fn array<T: ValueType>(values: Vec<Value>) -> Value {
+            Value::Array(T::array_type(), Some(Box::new(values)))
+        }
+        let column = |f: &dyn Fn(&FencedUpdate) -> Value| updates.iter().map(f).collect::<Vec<_>>();
+        let epoch = DateTime::<Utc>::UNIX_EPOCH;
+        let saga_text = |f: fn(&Saga) -> &'static str| {
+            column(&|u| Value::from(u.saga.map_or("", |(s, _)| f(s))))
+        };
+        let values: Vec<Value> = vec![
+            array::<Uuid>(column(&|u| Value::from(u.order_id))),
+            array::<i64>(column(&|u| Value::from(u.expected_version))),
+            array::<bool>(column(&|u| Value::from(u.timer.deadline.is_some()))),
+            array::<DateTime<Utc>>(column(&|u| Value::from(u.timer.deadline.unwrap_or(epoch)))),
+            array::<i32>(column(&|u| Value::from(u.timer.attempts))),
+            array::<bool>(column(&|u| Value::from(u.saga.is_some()))),
+            array::<String>(saga_text(|s| s.status.as_str())),
+            array::<String>(saga_text(|s| s.reservation.as_str())),
+            array::<String>(saga_text(|s| s.payment.as_str())),
+            array::<String>(saga_text(|s| s.shipment.as_str())),
+            array::<bool>(column(&|u| {
+                Value::from(u.saga.is_some_and(|(s, _)| s.failure_reason.is_some()))
+            })),
+            array::<String>(column(&|u| {
+                Value::from(
+                    u.saga
+                        .and_then(|(s, _)| s.failure_reason.clone())
+                        .unwrap_or_default(),
+                )
+            })),
+            array::<DateTime<Utc>>(column(&|u| Value::from(u.saga.map_or(epoch, |(_, at)| at)))),
+        ];
+        Statement::from_sql_and_values(DbBackend::Postgres, BULK_FENCED_UPDATE, values)
+    }
+
     /// Returns whether the fence held (the row was at the expected version).
     async fn apply<C: ConnectionTrait>(&self, db: &C) -> Result<bool, DbErr> {
         let mut update = orders::Entity::update_many()
