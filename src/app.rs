@@ -16,13 +16,13 @@ use crate::participants::{self, CommandHandler, inventory};
 use crate::persistence::Stores;
 use crate::persistence::group_commit::OrderWriter;
 use crate::persistence::idempotency;
+use crate::persistence::outbox::OutboxFeed;
 use anyhow::Context;
 use sea_orm::DatabaseConnection;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -56,10 +56,10 @@ impl Application {
     /// starts with [`Application::run_until_stopped`].
     pub async fn build(config: Config) -> anyhow::Result<Application> {
         let (stores, bus, inventory) = connect(&config).await?;
-        let orders_wake = Arc::new(Notify::new());
+        let orders_feed = OutboxFeed::default();
         let orders = Orders::start(OrderContext {
             db: stores.orders.clone(),
-            writer: OrderWriter::start(stores.orders.clone(), orders_wake.clone(), ORDER_WRITERS),
+            writer: OrderWriter::start(stores.orders.clone(), orders_feed.clone(), ORDER_WRITERS),
             step_timeout: config.step_timeout(),
             max_retries: config.step_max_retries,
             panic_fault: config.actor_panic_fault()?,
@@ -72,8 +72,8 @@ impl Application {
         let shutdown = CancellationToken::new();
         let mut workers = JoinSet::new();
         let relay =
-            |name, db, wake| OutboxRelay::new(name, db, bus.clone(), wake).run(shutdown.clone());
-        workers.spawn(relay("orders", stores.orders.clone(), orders_wake));
+            |name, db, feed| OutboxRelay::new(name, db, bus.clone(), feed).run(shutdown.clone());
+        workers.spawn(relay("orders", stores.orders.clone(), orders_feed));
         {
             let orders = orders.clone();
             workers.spawn(consumer::run(
@@ -259,7 +259,7 @@ async fn connect(config: &Config) -> anyhow::Result<(Stores, Bus, Inventory)> {
     let bus = Bus::connect(config.amqp_url.as_deref())
         .await
         .context("connecting to the message broker")?;
-    let inventory = Inventory::new(stores.inventory.clone(), Arc::new(Notify::new()));
+    let inventory = Inventory::new(stores.inventory.clone(), OutboxFeed::default());
     if config.seed_demo_catalogue && inventory.seed_demo_catalogue().await? {
         tracing::info!("seeded the demo catalogue");
     }
@@ -370,27 +370,27 @@ pub fn spawn_participants(
     settings: ParticipantSettings,
     shutdown: &CancellationToken,
 ) {
-    let wakes: [Arc<Notify>; 3] = Default::default();
-    let [inventory_wake, payment_wake, shipping_wake] = wakes;
-    for (name, db, wake) in [
-        ("inventory", &stores.inventory, &inventory_wake),
-        ("payment", &stores.payment, &payment_wake),
-        ("shipping", &stores.shipping, &shipping_wake),
+    let feeds: [OutboxFeed; 3] = Default::default();
+    let [inventory_feed, payment_feed, shipping_feed] = feeds;
+    for (name, db, feed) in [
+        ("inventory", &stores.inventory, &inventory_feed),
+        ("payment", &stores.payment, &payment_feed),
+        ("shipping", &stores.shipping, &shipping_feed),
     ] {
         workers.spawn(
-            OutboxRelay::new(name, db.clone(), bus.clone(), wake.clone()).run(shutdown.clone()),
+            OutboxRelay::new(name, db.clone(), bus.clone(), feed.clone()).run(shutdown.clone()),
         );
     }
     let drop_commands: Arc<[String]> = settings.drop_commands.clone().into();
-    let inventory = Inventory::new(stores.inventory.clone(), inventory_wake);
+    let inventory = Inventory::new(stores.inventory.clone(), inventory_feed);
     let payment = Payment::new(
         stores.payment.clone(),
-        payment_wake,
+        payment_feed,
         settings.payment_decline_rate,
     );
     let shipping = Shipping::new(
         stores.shipping.clone(),
-        shipping_wake,
+        shipping_feed,
         settings.shipping_failure_rate,
     );
     let queue = |name| (bus.clone(), name, shutdown.clone(), drop_commands.clone());

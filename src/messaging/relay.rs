@@ -1,72 +1,172 @@
-//! Outbox relay: publishes the rows of one store's outbox to the bus, in insertion order,
-//! with publisher confirms, and deletes them only once the broker has confirmed them.
-//! A crash after publishing and before deleting sends the batch again: delivery is
-//! at-least-once and every consumer dedupes.
+//! Outbox relay: publishes the rows of one store's outbox to the bus with publisher
+//! confirms, and deletes them only once the broker has confirmed them. A crash after
+//! publishing and before deleting sends them again: delivery is at-least-once and every
+//! consumer dedupes.
+//!
+//! Rows arrive two ways. Normally the writer that committed them hands them over in memory
+//! ([`OutboxFeed`]), so the relay never reads what it was just told, and publishes in
+//! hand-over order (per order, the order of its transitions). A sweep once a second reads
+//! the table for rows no hand-over will bring: those left by a crash (everything older
+//! than this relay's start) or dropped while the broker was away (older than
+//! [`STRAGGLER_AGE`]). Confirmed rows are deleted in bulk: at once when the relay has
+//! nothing else to do, at least every [`DELETE_EVERY`] under load.
 
 use crate::messaging::Bus;
-use crate::persistence::outbox;
+use crate::persistence::outbox::{self, OutboxFeed};
+use chrono::Utc;
+use entity::outbox::Model as Row;
 use sea_orm::DatabaseConnection;
-use std::sync::Arc;
+use std::collections::HashSet;
 use std::time::Duration;
-use tokio::sync::Notify;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// Largest batch published and confirmed at once.
-const BATCH: u64 = 256;
-/// Poll interval when nobody wakes the relay (rows left by a crash, lost wake-ups).
-const IDLE_POLL: Duration = Duration::from_millis(500);
+const BATCH: usize = 256;
+/// How often the table is swept for rows no hand-over brings.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// A row this old that is still in the table was not handed over (or its publication
+/// failed): the sweep takes it.
+const STRAGGLER_AGE: Duration = Duration::from_secs(5);
+/// Under load, confirmed rows are deleted at least this often (one statement for all).
+const DELETE_EVERY: Duration = Duration::from_millis(100);
+/// ...or once this many are waiting.
+const DELETE_AT: usize = 1024;
+/// Rows kept for another attempt after a failed publication; beyond that the sweep
+/// recovers them from the table.
+const RETRY_LIMIT: usize = 10_000;
 
-#[derive(Clone)]
 pub struct OutboxRelay {
-    /// Name of the store, for logs.
+    /// Name of the store, for logs and metrics.
     pub name: &'static str,
     db: DatabaseConnection,
     bus: Bus,
-    /// Woken after every commit that wrote outbox rows, so messages leave at once.
-    wake: Arc<Notify>,
-}
-
-/// What one pass of the relay did.
-#[derive(Debug, PartialEq, Eq)]
-pub enum RelayOutcome {
-    Empty,
-    Published(usize),
+    feed: OutboxFeed,
+    started: chrono::DateTime<Utc>,
+    /// Rows to publish (handed over, swept, or left by a failed attempt), oldest first.
+    queue: Vec<Row>,
+    /// Confirmed by the broker, not yet deleted.
+    confirmed: Vec<i64>,
+    last_delete: Instant,
+    last_sweep: Option<Instant>,
 }
 
 impl OutboxRelay {
-    pub fn new(name: &'static str, db: DatabaseConnection, bus: Bus, wake: Arc<Notify>) -> Self {
+    pub fn new(name: &'static str, db: DatabaseConnection, bus: Bus, feed: OutboxFeed) -> Self {
         OutboxRelay {
             name,
             db,
             bus,
-            wake,
+            feed,
+            started: Utc::now(),
+            queue: Vec::new(),
+            confirmed: Vec::new(),
+            last_delete: Instant::now(),
+            last_sweep: None,
         }
     }
 
-    /// Publishes one batch. Tests call this directly to drain the outbox without sleeping.
-    pub async fn try_execute(&self) -> anyhow::Result<RelayOutcome> {
-        let rows = outbox::fetch_batch(&self.db, BATCH).await?;
-        if rows.is_empty() {
-            return Ok(RelayOutcome::Empty);
+    /// Reads the rows no hand-over will bring; skips those queued or awaiting deletion.
+    async fn sweep(&mut self) -> anyhow::Result<()> {
+        self.last_sweep = Some(Instant::now());
+        let age = chrono::Duration::from_std(STRAGGLER_AGE).unwrap_or_default();
+        let before = self.started.max(Utc::now() - age);
+        let known: HashSet<i64> = self
+            .queue
+            .iter()
+            .map(|r| r.id)
+            .chain(self.confirmed.iter().copied())
+            .collect();
+        let limit = (BATCH + known.len()) as u64;
+        let rows = outbox::fetch_stragglers(&self.db, before, limit).await?;
+        let mut found: Vec<Row> = rows
+            .into_iter()
+            .filter(|r| !known.contains(&r.id))
+            .collect();
+        if !found.is_empty() {
+            tracing::info!(
+                relay = self.name,
+                rows = found.len(),
+                "publishing outbox rows found by the sweep"
+            );
+            // Older rows first: they were written before anything queued now.
+            found.append(&mut self.queue);
+            self.queue = found;
         }
-        let messages: Vec<_> = rows.iter().map(outbox::to_outgoing).collect();
+        Ok(())
+    }
+
+    /// Publishes up to one batch of the queue. Returns how many were published.
+    async fn publish_some(&mut self) -> anyhow::Result<usize> {
+        if self.queue.is_empty() {
+            return Ok(0);
+        }
+        let take = self.queue.len().min(BATCH);
+        let messages: Vec<_> = self.queue[..take].iter().map(outbox::to_outgoing).collect();
         let started = std::time::Instant::now();
         self.bus.publish_batch(&messages).await?;
         metrics::histogram!("outbox_publish_duration_seconds", "store" => self.name)
             .record(started.elapsed().as_secs_f64());
         metrics::counter!("outbox_messages_published_total", "store" => self.name)
-            .increment(messages.len() as u64);
-        let count = rows.len();
-        outbox::delete_sent(&self.db, rows.into_iter().map(|r| r.id).collect()).await?;
-        Ok(RelayOutcome::Published(count))
+            .increment(take as u64);
+        self.confirmed
+            .extend(self.queue.drain(..take).map(|r| r.id));
+        Ok(take)
     }
 
-    /// Shutdown: publishes what was committed since the last pass, while the bus is there.
-    async fn flush(&self) {
+    async fn delete_confirmed(&mut self) -> anyhow::Result<()> {
+        self.last_delete = Instant::now();
+        if self.confirmed.is_empty() {
+            return Ok(());
+        }
+        let ids = std::mem::take(&mut self.confirmed);
+        if let Err(error) = outbox::delete_sent(&self.db, ids.clone()).await {
+            self.confirmed = ids; // try again later; meanwhile nothing is lost
+            return Err(error.into());
+        }
+        Ok(())
+    }
+
+    /// One round: take what was handed over, sweep when due, publish, delete when due.
+    /// Returns whether there is more to do right away.
+    async fn round(&mut self) -> anyhow::Result<bool> {
+        self.queue.extend(self.feed.take());
+        if self.last_sweep.is_none_or(|at| at.elapsed() >= SWEEP_EVERY) {
+            self.sweep().await?;
+        }
+        let published = self.publish_some().await?;
+        if self.delete_due() == Some(Duration::ZERO) {
+            self.delete_confirmed().await?;
+        }
+        Ok(published > 0 && !self.queue.is_empty())
+    }
+
+    /// When the confirmed rows are to be deleted (`None`: there are none).
+    fn delete_due(&self) -> Option<Duration> {
+        if self.confirmed.is_empty() {
+            None
+        } else if self.confirmed.len() >= DELETE_AT {
+            Some(Duration::ZERO)
+        } else {
+            Some(DELETE_EVERY.saturating_sub(self.last_delete.elapsed()))
+        }
+    }
+
+    /// Shutdown: publishes and deletes what was committed since the last round, while the
+    /// bus is there.
+    async fn flush(&mut self) {
         for _ in 0..16 {
-            match self.try_execute().await {
-                Ok(RelayOutcome::Published(_)) => continue,
-                Ok(RelayOutcome::Empty) => return,
+            match self.round().await {
+                Ok(true) => continue,
+                Ok(false) => {
+                    self.queue.extend(self.feed.take());
+                    if self.queue.is_empty() {
+                        if let Err(error) = self.delete_confirmed().await {
+                            tracing::info!(relay = self.name, %error, "published rows left for the next start");
+                        }
+                        return;
+                    }
+                }
                 Err(error) => {
                     tracing::info!(relay = self.name, %error, "outbox left for the next start");
                     return;
@@ -75,34 +175,42 @@ impl OutboxRelay {
         }
     }
 
-    /// Runs until cancelled; a failed pass is retried with capped exponential backoff.
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// Runs until cancelled; a failed round is retried with capped exponential backoff.
+    pub async fn run(mut self, shutdown: CancellationToken) {
         let mut backoff = Duration::from_millis(100);
-        // While the broker is away every pass fails; warn about it at most once a second.
-        let mut last_warning: Option<tokio::time::Instant> = None;
+        // While the broker is away every round fails; warn about it at most once a second.
+        let mut last_warning: Option<Instant> = None;
         let mut suppressed = 0u32;
         loop {
-            match self.try_execute().await {
-                Ok(RelayOutcome::Published(_)) => {
+            match self.round().await {
+                Ok(true) => {
                     backoff = Duration::from_millis(100);
                     continue;
                 }
-                Ok(RelayOutcome::Empty) => {
+                Ok(false) => {
                     backoff = Duration::from_millis(100);
+                    let next_sweep = self.last_sweep.map_or(Duration::ZERO, |at| {
+                        SWEEP_EVERY.saturating_sub(at.elapsed())
+                    });
+                    let pause = self.delete_due().map_or(next_sweep, |d| d.min(next_sweep));
                     tokio::select! {
                         _ = shutdown.cancelled() => return self.flush().await,
-                        _ = self.wake.notified() => {}
-                        _ = tokio::time::sleep(IDLE_POLL) => {}
+                        _ = self.feed.ready() => {}
+                        _ = tokio::time::sleep(pause) => {}
                     }
                 }
                 Err(error) => {
                     if last_warning.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
-                        tracing::warn!(relay = self.name, %error, ?backoff, suppressed, "outbox relay pass failed; retrying");
-                        last_warning = Some(tokio::time::Instant::now());
+                        tracing::warn!(relay = self.name, %error, ?backoff, suppressed, "outbox relay round failed; retrying");
+                        last_warning = Some(Instant::now());
                         suppressed = 0;
                     } else {
-                        tracing::debug!(relay = self.name, %error, ?backoff, "outbox relay pass failed; retrying");
+                        tracing::debug!(relay = self.name, %error, ?backoff, "outbox relay round failed; retrying");
                         suppressed += 1;
+                    }
+                    if self.queue.len() > RETRY_LIMIT {
+                        // The table still has them; the sweep brings them back in order.
+                        self.queue.clear();
                     }
                     // While the broker is away, retry as soon as the bus has reconnected.
                     let pause = async {

@@ -8,7 +8,7 @@
 use crate::messaging::IncomingMessage;
 use crate::messaging::messages::{CommandBody, Envelope, LineItem, OrderEventBody, ReplyBody};
 use crate::participants::{Applied, CommandHandler, Known, decode, reply};
-use crate::persistence::outbox::NewMessage;
+use crate::persistence::outbox::{NewMessage, OutboxFeed};
 use chrono::Utc;
 use entity::{reservations, stock};
 use sea_orm::{
@@ -20,8 +20,6 @@ use sea_orm::{
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use tokio::sync::Notify;
 use uuid::Uuid;
 
 /// The demo catalogue: (sku, name, price in cents, initial stock).
@@ -90,12 +88,12 @@ pub enum QuoteError {
 #[derive(Clone)]
 pub struct Inventory {
     db: DatabaseConnection,
-    outbox_wake: Arc<Notify>,
+    outbox_feed: OutboxFeed,
 }
 
 impl Inventory {
-    pub fn new(db: DatabaseConnection, outbox_wake: Arc<Notify>) -> Self {
-        Inventory { db, outbox_wake }
+    pub fn new(db: DatabaseConnection, outbox_feed: OutboxFeed) -> Self {
+        Inventory { db, outbox_feed }
     }
 
     /// Seeds the demo catalogue into an empty inventory. Returns whether it did.
@@ -349,8 +347,8 @@ impl CommandHandler for Inventory {
         &self.db
     }
 
-    fn outbox_wake(&self) -> &Notify {
-        &self.outbox_wake
+    fn outbox_feed(&self) -> &OutboxFeed {
+        &self.outbox_feed
     }
 
     async fn load(
@@ -412,8 +410,8 @@ impl CommandHandler for OrderEvents {
         &self.0.db
     }
 
-    fn outbox_wake(&self) -> &Notify {
-        &self.0.outbox_wake
+    fn outbox_feed(&self) -> &OutboxFeed {
+        &self.0.outbox_feed
     }
 
     async fn load(

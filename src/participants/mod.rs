@@ -12,13 +12,12 @@ use crate::messaging::IncomingMessage;
 use crate::messaging::consumer::Disposition;
 use crate::messaging::messages::{Envelope, ReplyBody};
 use crate::messaging::topology::REPLIES_EXCHANGE;
-use crate::persistence::outbox::{self, NewMessage};
+use crate::persistence::outbox::{self, NewMessage, OutboxFeed};
 use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr, TransactionTrait};
 use serde::de::DeserializeOwned;
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::Arc;
-use tokio::sync::Notify;
 use uuid::Uuid;
 
 /// What one delivery did inside its batch's transaction.
@@ -40,8 +39,8 @@ pub trait CommandHandler: Clone + Send + Sync + 'static {
     type Record: Clone + Send + Sync;
     /// The participant's own store.
     fn store(&self) -> &DatabaseConnection;
-    /// Wakes the participant's outbox relay after a commit that wrote replies.
-    fn outbox_wake(&self) -> &Notify;
+    /// Hands the replies of each commit to the participant's outbox relay.
+    fn outbox_feed(&self) -> &OutboxFeed;
     /// Reads the records of these orders (one query).
     fn load(
         &self,
@@ -148,9 +147,7 @@ async fn apply_in_one_transaction<H: CommandHandler>(
     match result {
         Ok((dispositions, replies)) => {
             txn.commit().await?;
-            if replies > 0 {
-                handler.outbox_wake().notify_one();
-            }
+            handler.outbox_feed().push(replies);
             Ok(dispositions)
         }
         Err(error) => {
@@ -161,13 +158,13 @@ async fn apply_in_one_transaction<H: CommandHandler>(
     }
 }
 
-/// The batch's work inside its transaction; returns the dispositions and how many replies
-/// were written.
+/// The batch's work inside its transaction; returns the dispositions and the outbox rows
+/// of the replies.
 async fn apply_all<H: CommandHandler>(
     handler: &H,
     txn: &DatabaseTransaction,
     messages: &[Arc<IncomingMessage>],
-) -> Result<(Vec<Disposition>, usize), DbErr> {
+) -> Result<(Vec<Disposition>, Vec<entity::outbox::Model>), DbErr> {
     let mut order_ids: Vec<Uuid> = messages
         .iter()
         .filter_map(|m| serde_json::from_slice::<OrderIdOnly>(&m.payload).ok())
@@ -191,8 +188,8 @@ async fn apply_all<H: CommandHandler>(
     if !created.is_empty() {
         handler.insert(txn, created).await?;
     }
-    outbox::enqueue(txn, &replies).await?;
-    Ok((dispositions, replies.len()))
+    let rows = outbox::enqueue(txn, &replies).await?;
+    Ok((dispositions, rows))
 }
 
 /// A reply to the orchestrator, carrying the command's trace context along.

@@ -7,7 +7,7 @@ use crate::domain::saga::PaymentOutcome;
 use crate::messaging::IncomingMessage;
 use crate::messaging::messages::{CommandBody, Envelope, ReplyBody};
 use crate::participants::{Applied, CommandHandler, Known, decode, reply, roll};
-use crate::persistence::outbox::NewMessage;
+use crate::persistence::outbox::{NewMessage, OutboxFeed};
 use chrono::Utc;
 use entity::payments;
 use sea_orm::{
@@ -15,8 +15,6 @@ use sea_orm::{
     IntoActiveModel, QueryFilter,
 };
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use tokio::sync::Notify;
 use uuid::Uuid;
 
 pub const CHARGED: &str = "CHARGED";
@@ -28,16 +26,16 @@ pub const VOIDED: &str = "VOIDED";
 #[derive(Clone)]
 pub struct Payment {
     db: DatabaseConnection,
-    outbox_wake: Arc<Notify>,
+    outbox_feed: OutboxFeed,
     /// Fraction of charges the mock gateway declines.
     decline_rate: f64,
 }
 
 impl Payment {
-    pub fn new(db: DatabaseConnection, outbox_wake: Arc<Notify>, decline_rate: f64) -> Self {
+    pub fn new(db: DatabaseConnection, outbox_feed: OutboxFeed, decline_rate: f64) -> Self {
         Payment {
             db,
-            outbox_wake,
+            outbox_feed,
             decline_rate,
         }
     }
@@ -181,8 +179,8 @@ impl CommandHandler for Payment {
         &self.db
     }
 
-    fn outbox_wake(&self) -> &Notify {
-        &self.outbox_wake
+    fn outbox_feed(&self) -> &OutboxFeed {
+        &self.outbox_feed
     }
 
     async fn load(

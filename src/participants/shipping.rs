@@ -5,7 +5,7 @@
 use crate::messaging::IncomingMessage;
 use crate::messaging::messages::{CommandBody, Envelope, ReplyBody};
 use crate::participants::{Applied, CommandHandler, Known, decode, reply, roll};
-use crate::persistence::outbox::NewMessage;
+use crate::persistence::outbox::{NewMessage, OutboxFeed};
 use chrono::Utc;
 use entity::shipments;
 use sea_orm::{
@@ -13,8 +13,6 @@ use sea_orm::{
     IntoActiveModel, QueryFilter,
 };
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use tokio::sync::Notify;
 use uuid::Uuid;
 
 pub const SCHEDULED: &str = "SCHEDULED";
@@ -24,16 +22,16 @@ pub const CANCELLED: &str = "CANCELLED";
 #[derive(Clone)]
 pub struct Shipping {
     db: DatabaseConnection,
-    outbox_wake: Arc<Notify>,
+    outbox_feed: OutboxFeed,
     /// Fraction of shipments that fail.
     failure_rate: f64,
 }
 
 impl Shipping {
-    pub fn new(db: DatabaseConnection, outbox_wake: Arc<Notify>, failure_rate: f64) -> Self {
+    pub fn new(db: DatabaseConnection, outbox_feed: OutboxFeed, failure_rate: f64) -> Self {
         Shipping {
             db,
-            outbox_wake,
+            outbox_feed,
             failure_rate,
         }
     }
@@ -157,8 +155,8 @@ impl CommandHandler for Shipping {
         &self.db
     }
 
-    fn outbox_wake(&self) -> &Notify {
-        &self.outbox_wake
+    fn outbox_feed(&self) -> &OutboxFeed {
+        &self.outbox_feed
     }
 
     async fn load(

@@ -9,9 +9,10 @@
 //! unchanged: an actor hears back only after the commit (`synchronous_commit` stays on).
 
 use crate::persistence::orders::{self, OrderWrite, SaveError};
+use crate::persistence::outbox::OutboxFeed;
 use sea_orm::{DatabaseConnection, DbErr};
 use std::sync::Arc;
-use tokio::sync::{Mutex, Notify, mpsc, oneshot};
+use tokio::sync::{Mutex, mpsc, oneshot};
 
 /// Most writes in one transaction.
 const MAX_BATCH: usize = 256;
@@ -31,13 +32,13 @@ pub struct OrderWriter {
 
 impl OrderWriter {
     /// Starts `writers` tasks on `db`. Two let one batch's statements run while the
-    /// other's commit waits for its WAL flush. `outbox_wake` is notified after a commit
-    /// that wrote outbox rows.
-    pub fn start(db: DatabaseConnection, outbox_wake: Arc<Notify>, writers: usize) -> Self {
+    /// other's commit waits for its WAL flush. The outbox rows of each commit go to the
+    /// relay through `feed`.
+    pub fn start(db: DatabaseConnection, feed: OutboxFeed, writers: usize) -> Self {
         let (queue, receiver) = mpsc::channel(QUEUE);
         let receiver = Arc::new(Mutex::new(receiver));
         for _ in 0..writers.max(1) {
-            tokio::spawn(run(db.clone(), receiver.clone(), outbox_wake.clone()));
+            tokio::spawn(run(db.clone(), receiver.clone(), feed.clone()));
         }
         OrderWriter { queue }
     }
@@ -61,7 +62,7 @@ fn stopped() -> SaveError {
 async fn run(
     db: DatabaseConnection,
     receiver: Arc<Mutex<mpsc::Receiver<Pending>>>,
-    outbox_wake: Arc<Notify>,
+    feed: OutboxFeed,
 ) {
     loop {
         // Only the collecting is under the lock: while this task writes, another collects.
@@ -83,7 +84,10 @@ async fn run(
         let (writes, waiting): (Vec<_>, Vec<_>) =
             batch.into_iter().map(|p| (p.write, p.done)).unzip();
         let results = match orders::save_batch(&db, &writes).await {
-            Ok(results) => results,
+            Ok(saved) => {
+                feed.push(saved.outbox_rows);
+                saved.results
+            }
             Err(error) if writes.len() > 1 => {
                 // One write's failure (say, a duplicate key) must not fail the others:
                 // apply each on its own.
@@ -92,7 +96,10 @@ async fn run(
                 for write in &writes {
                     results.push(
                         match orders::save_batch(&db, std::slice::from_ref(write)).await {
-                            Ok(mut r) => r.pop().unwrap_or(Err(stopped())),
+                            Ok(mut saved) => {
+                                feed.push(saved.outbox_rows);
+                                saved.results.pop().unwrap_or(Err(stopped()))
+                            }
                             Err(e) => Err(SaveError::Db(e)),
                         },
                     );
@@ -101,13 +108,6 @@ async fn run(
             }
             Err(error) => vec![Err(SaveError::Db(error))],
         };
-        let wrote_messages = writes
-            .iter()
-            .zip(&results)
-            .any(|(w, r)| r.is_ok() && w.has_messages());
-        if wrote_messages {
-            outbox_wake.notify_one();
-        }
         for (done, result) in waiting.into_iter().zip(results) {
             // The actor may have given up waiting (timeout); the write stands anyway.
             let _ = done.send(result);

@@ -263,7 +263,7 @@ const ROWS_PER_INSERT: usize = 500;
 pub async fn save_batch<C: TransactionTrait>(
     db: &C,
     writes: &[OrderWrite],
-) -> Result<Vec<Result<i64, SaveError>>, DbErr> {
+) -> Result<SavedBatch, DbErr> {
     let txn = db.begin().await?;
     // First every fenced update (they decide which transitions and retries stand)...
     let updates: Vec<FencedUpdate> = writes.iter().filter_map(FencedUpdate::of).collect();
@@ -338,12 +338,24 @@ pub async fn save_batch<C: TransactionTrait>(
             .exec_without_returning(&txn)
             .await?;
     }
-    outbox::enqueue_all(&txn, messages).await?;
+    let outbox_rows = outbox::enqueue_all(&txn, messages).await?;
     for (order_id, done) in completions {
         idempotency::complete(&txn, &done.key, order_id, done.status, &done.body).await?;
     }
     txn.commit().await?;
-    Ok(results)
+    Ok(SavedBatch {
+        results,
+        outbox_rows,
+    })
+}
+
+/// What [`save_batch`] committed.
+#[derive(Debug)]
+pub struct SavedBatch {
+    /// Per write, in order: the order's new version, or the fence conflict.
+    pub results: Vec<Result<i64, SaveError>>,
+    /// The outbox rows written, for the relay's hand-over.
+    pub outbox_rows: Vec<entity::outbox::Model>,
 }
 
 fn order_row(order: &OrderRecord) -> orders::ActiveModel {

@@ -44,8 +44,13 @@ impl NewMessage {
     }
 }
 
-/// Inserts the messages; call inside the transaction of the state change.
-pub async fn enqueue<C: ConnectionTrait>(db: &C, messages: &[NewMessage]) -> Result<(), DbErr> {
+/// Inserts the messages; call inside the transaction of the state change. Returns the
+/// stored rows, to be handed to the relay ([`OutboxFeed::push`]) once the transaction has
+/// committed.
+pub async fn enqueue<C: ConnectionTrait>(
+    db: &C,
+    messages: &[NewMessage],
+) -> Result<Vec<outbox::Model>, DbErr> {
     enqueue_all(db, messages.iter().collect()).await
 }
 
@@ -56,16 +61,20 @@ const ROWS_PER_INSERT: usize = 1000;
 pub async fn enqueue_all<C: ConnectionTrait>(
     db: &C,
     messages: Vec<&NewMessage>,
-) -> Result<(), DbErr> {
+) -> Result<Vec<outbox::Model>, DbErr> {
+    let mut stored = Vec::with_capacity(messages.len());
     for chunk in messages.chunks(ROWS_PER_INSERT) {
-        insert_rows(db, chunk).await?;
+        stored.extend(insert_rows(db, chunk).await?);
     }
-    Ok(())
+    Ok(stored)
 }
 
-async fn insert_rows<C: ConnectionTrait>(db: &C, messages: &[&NewMessage]) -> Result<(), DbErr> {
+async fn insert_rows<C: ConnectionTrait>(
+    db: &C,
+    messages: &[&NewMessage],
+) -> Result<Vec<outbox::Model>, DbErr> {
     if messages.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let now = Utc::now();
     let rows = messages.iter().map(|m| outbox::ActiveModel {
@@ -82,21 +91,70 @@ async fn insert_rows<C: ConnectionTrait>(db: &C, messages: &[&NewMessage]) -> Re
         created_at: Set(now),
     });
     outbox::Entity::insert_many(rows)
-        .exec_without_returning(db)
-        .await?;
-    Ok(())
+        .exec_with_returning(db)
+        .await
 }
 
-/// The oldest unsent messages, in insertion order (per-order ordering is kept).
-pub async fn fetch_batch<C: ConnectionTrait>(
+/// Unsent messages written before `before`, oldest first: what no hand-off will bring
+/// (left by a crash, or dropped while the broker was away).
+pub async fn fetch_stragglers<C: ConnectionTrait>(
     db: &C,
+    before: chrono::DateTime<Utc>,
     limit: u64,
 ) -> Result<Vec<outbox::Model>, DbErr> {
     outbox::Entity::find()
+        .filter(outbox::Column::CreatedAt.lt(before))
         .order_by_asc(outbox::Column::Id)
         .limit(limit)
         .all(db)
         .await
+}
+
+/// How committed outbox rows reach the store's relay without the relay reading them back:
+/// a writer pushes the rows it stored once its transaction has committed. Rows that never
+/// arrive this way (a crash between commit and push, a full feed) are still in the table,
+/// and the relay's periodic sweep publishes them.
+#[derive(Clone, Debug, Default)]
+pub struct OutboxFeed {
+    inner: std::sync::Arc<FeedInner>,
+}
+
+#[derive(Debug, Default)]
+struct FeedInner {
+    rows: std::sync::Mutex<Vec<outbox::Model>>,
+    ready: tokio::sync::Notify,
+}
+
+/// Rows held in memory at most; beyond that they wait in the table for the sweep.
+const FEED_LIMIT: usize = 50_000;
+
+impl OutboxFeed {
+    /// Hands committed rows to the relay (call after the commit, never before).
+    pub fn push(&self, rows: Vec<outbox::Model>) {
+        if rows.is_empty() {
+            return;
+        }
+        if let Ok(mut queued) = self.inner.rows.lock()
+            && queued.len() < FEED_LIMIT
+        {
+            queued.extend(rows);
+        }
+        self.inner.ready.notify_one();
+    }
+
+    /// Everything handed over so far, in hand-over order.
+    pub(crate) fn take(&self) -> Vec<outbox::Model> {
+        self.inner
+            .rows
+            .lock()
+            .map(|mut queued| std::mem::take(&mut *queued))
+            .unwrap_or_default()
+    }
+
+    /// Resolves at the next hand-over (or at once if one happened since the last wait).
+    pub(crate) async fn ready(&self) {
+        self.inner.ready.notified().await;
+    }
 }
 
 /// Removes messages the broker has confirmed.
@@ -115,10 +173,12 @@ pub async fn delete_sent<C: TransactionTrait>(db: &C, ids: Vec<i64>) -> Result<(
         txn.execute_unprepared("SET LOCAL synchronous_commit = off")
             .await?;
     }
-    outbox::Entity::delete_many()
-        .filter(outbox::Column::Id.is_in(ids))
-        .exec(&txn)
-        .await?;
+    for chunk in ids.chunks(ROWS_PER_INSERT) {
+        outbox::Entity::delete_many()
+            .filter(outbox::Column::Id.is_in(chunk.iter().copied()))
+            .exec(&txn)
+            .await?;
+    }
     txn.commit().await
 }
 
