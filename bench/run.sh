@@ -14,9 +14,11 @@
 #      loads: closed loop at concurrency 1, 16, 64, 256 (each worker waits for its saga),
 #      open loop at 100, 300, 1000 orders/s, each for BENCH_SECONDS after setting the SKU's
 #      stock to BENCH_STOCK; loadgen follows every saga with the long poll (?wait_ms=);
-#   4. restarts the service in embedded mode (SQLite in a temp dir + in-process bus: no
+#   4. loads BENCH_PRELOAD finished orders into every store (bench/preload.sql, then VACUUM
+#      ANALYZE) and repeats closed loop at concurrency 64 on the grown tables;
+#   5. restarts the service in embedded mode (SQLite in a temp dir + in-process bus: no
 #      DATABASE_URL / AMQP_URL) and runs closed loop at concurrency 64;
-#   5. writes the table, the exact command of each row, CPU use per process during each
+#   6. writes the table, the exact command of each row, CPU use per process during each
 #      load (from /proc), the machine, the versions, the git commit and the date.
 # On exit (also on error or Ctrl-C) it stops the service, drops the database, deletes the
 # vhost and the temp dir. It talks to 127.0.0.1 only.
@@ -24,6 +26,8 @@
 # Environment: BENCH_SECONDS (20), BENCH_PORT (18080), BENCH_STOCK (10000000),
 # BENCH_SKU (CB-004), BENCH_DRAIN_TIMEOUT (120s), PAYMENT_DECLINE_RATE (0.3),
 # BENCH_OUT (BENCHMARKS.md), BENCH_ONLY (run only the rows whose label contains this),
+# BENCH_PRELOAD (1000000: finished orders loaded before repeating closed c=64 on grown
+# tables; 0 skips that row),
 # KEEP_WORKDIR (set: keep the temp dir with the service logs and JSON reports).
 set -euo pipefail
 
@@ -43,6 +47,7 @@ drain=${BENCH_DRAIN_TIMEOUT:-120s}
 decline=${PAYMENT_DECLINE_RATE:-0.3}
 out=${BENCH_OUT:-BENCHMARKS.md}
 only=${BENCH_ONLY:-}
+preload=${BENCH_PRELOAD:-1000000}
 url="http://127.0.0.1:$port"
 
 for tool in cargo curl jq psql createdb dropdb rabbitmqctl awk; do
@@ -109,7 +114,7 @@ start_service() {
     LOG_FORMAT=json RUST_LOG=warn PAYMENT_DECLINE_RATE="$decline")
   if [ "$mode" = pg ]; then
     (cd "$work" && exec env -i "${env_common[@]}" \
-      DATABASE_URL="postgres://postgres@127.0.0.1:5432/$db" \
+      DATABASE_URL="postgres://postgres@127.0.0.1:5432/$db?sslmode=disable" \
       AMQP_URL="amqp://guest:guest@127.0.0.1:5672/$vhost" \
       "$service_bin" >"$work/service-pg.log" 2>&1) &
   else
@@ -240,6 +245,18 @@ run_load "open 300/s" postgres --rate 300
 run_load "open 1000/s" postgres --rate 1000
 stop_service
 
+if [ "$preload" -gt 0 ] && { [ -z "$only" ] || [[ "closed c=64 grown" == *"$only"* ]]; }; then
+  log "preloading $preload finished orders into every store (bench/preload.sql)"
+  preload_started=$(date +%s)
+  psql -h 127.0.0.1 -U postgres -d "$db" -q -v n="$preload" -f bench/preload.sql >"$work/preload.log" 2>&1 \
+    || { cat "$work/preload.log" >&2; exit 1; }
+  preload_seconds=$(($(date +%s) - preload_started))
+  log "preloaded in ${preload_seconds}s; orders now: $(psql -h 127.0.0.1 -U postgres -d "$db" -Atc 'select count(*) from public.orders')"
+  start_service pg
+  run_load "closed c=64 grown" postgres --concurrency 64
+  stop_service
+fi
+
 start_service embedded
 run_load "embedded closed c=64" "embedded (SQLite + in-process bus)" --concurrency 64
 stop_service
@@ -287,6 +304,14 @@ generated="$work/generated.md"
     echo "| $c1 | $c2 | $c3 | $c4 | $c5 | $(ms "$cp50") / $(ms "$cp99") | $(ms "$sp50") / $(ms "$sp99") | $c8 | $c9 | $c10 | $c11 | $svc / $pgcol / $rbcol / $lg ($machine of $cores) | $loadavg |"
   done
   echo
+  fresh=$(printf '%s\n' "${rows[@]}" | awk -F'|' '$1 == "closed c=64" { print $3 }')
+  grown=$(printf '%s\n' "${rows[@]}" | awk -F'|' '$1 == "closed c=64 grown" { print $3 }')
+  if [ -n "$fresh" ] && [ -n "$grown" ]; then
+    jq -rn --slurpfile f "$fresh" --slurpfile g "$grown" --arg n "$preload" --arg secs "${preload_seconds:-?}" '
+      ($f[0].completed_per_sec) as $a | ($g[0].completed_per_sec) as $b |
+      "Growth: \"closed c=64 grown\" repeats \"closed c=64\" after \($n) finished orders were loaded into every store (bench/preload.sql, \($secs) s, then VACUUM ANALYZE): \($b | floor) vs \($a | floor) completed sagas/s, \((($b - $a) / $a * 100) | . * 10 | round / 10)% (saga p99 \($g[0].saga_latency.p99_us / 1000 | floor) ms vs \($f[0].saga_latency.p99_us / 1000 | floor) ms)."'
+    echo
+  fi
   first=$(printf '%s\n' "${rows[@]}" | head -1 | cut -d'|' -f3)
   follow_desc=$(jq -r 'if .follow_mode == "poll" or (.follow_mode == null and .follow) then "polling GET /api/orders/{id} (first poll after 5 ms, then ×1.5 up to 100 ms, at most \(.poll_budget) polls/s)"
     elif .follow_mode == "wait" then "the long poll GET /api/orders/{id}?wait_ms=\(.long_poll_ms) (at most \(.max_waits) open at once)"

@@ -62,6 +62,7 @@ impl Application {
             writer: OrderWriter::start(stores.orders.clone(), orders_feed.clone(), ORDER_WRITERS),
             step_timeout: config.step_timeout(),
             max_retries: config.step_max_retries,
+            idle_timeout: Duration::from_secs(config.actor_idle_secs),
             panic_fault: config.actor_panic_fault()?,
             panicked: Default::default(),
             stats: Default::default(),

@@ -116,6 +116,12 @@ pub struct Config {
     #[arg(long, env = "STEP_TIMEOUT_MS", default_value_t = 10_000)]
     pub step_timeout_ms: u64,
 
+    /// Seconds an order actor stays in memory without a message before it is passivated
+    /// (its state is in the database; the next message loads it again). Finished orders
+    /// are passivated at once.
+    #[arg(long, env = "ACTOR_IDLE_SECS", default_value_t = 60)]
+    pub actor_idle_secs: u64,
+
     /// Resends of a forward step (reserve, charge, schedule) before the saga gives up and
     /// compensates. Compensation itself is retried until it completes.
     #[arg(long, env = "STEP_MAX_RETRIES", default_value_t = 3)]
@@ -239,6 +245,12 @@ impl Config {
             return Err(ConfigError {
                 option: "BODY_LIMIT_BYTES",
                 problem: "must be at least 1024".into(),
+            });
+        }
+        if self.actor_idle_secs == 0 {
+            return Err(ConfigError {
+                option: "ACTOR_IDLE_SECS",
+                problem: "must be at least 1".into(),
             });
         }
         if self.step_timeout_ms < 10 {

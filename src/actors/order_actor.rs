@@ -39,6 +39,8 @@ pub struct OrderContext {
     pub step_timeout: Duration,
     /// Resends of a forward step before giving up and compensating.
     pub max_retries: u32,
+    /// An actor without a message for this long is passivated (bounded memory).
+    pub idle_timeout: Duration,
     /// Panic on purpose when handling this event (chaos tests). `None` in production.
     pub panic_fault: Option<ActorPanicFault>,
     /// Orders that already panicked once (for `PanicMode::OncePerOrder`); outlives actors.
@@ -159,6 +161,8 @@ pub enum OrderMsg {
     DeadlineExpired(RpcReplyPort<Result<(), OrderError>>),
     /// Start-up recovery: resend whatever the saga is waiting for and re-arm its timer.
     Resume(RpcReplyPort<Result<(), OrderError>>),
+    /// Self-sent: passivate if nothing happened for the idle timeout.
+    CheckIdle,
 }
 
 pub struct OrderActor {
@@ -175,6 +179,8 @@ pub struct OrderState {
     /// `None` for an order loaded from the database. Lets a finished saga be handed to
     /// long-polling clients without reading it back.
     history: Option<Vec<HistoryEntry>>,
+    /// When the last message other than [`OrderMsg::CheckIdle`] arrived.
+    last_active: std::time::Instant,
 }
 
 impl Actor for OrderActor {
@@ -191,8 +197,18 @@ impl Actor for OrderActor {
             id,
             order: None,
             history: None,
+            last_active: std::time::Instant::now(),
             loaded: false,
         })
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        _state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        myself.send_after(self.ctx.idle_timeout, || OrderMsg::CheckIdle);
+        Ok(())
     }
 
     async fn handle(
@@ -201,7 +217,19 @@ impl Actor for OrderActor {
         message: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        if let OrderMsg::CheckIdle = message {
+            let idle = state.last_active.elapsed();
+            if idle >= self.ctx.idle_timeout {
+                // Its state is in the database; the next message loads it again.
+                myself.stop(Some("idle".into()));
+            } else {
+                myself.send_after(self.ctx.idle_timeout - idle, || OrderMsg::CheckIdle);
+            }
+            return Ok(());
+        }
+        state.last_active = std::time::Instant::now();
         match message {
+            OrderMsg::CheckIdle => {}
             OrderMsg::Create(new, reply) => {
                 let result = self.create(state, *new).await;
                 let _ = reply.send(result);

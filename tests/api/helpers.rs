@@ -49,6 +49,8 @@ pub struct TestOptions {
     pub fault_drop_commands: Vec<String>,
     /// Idempotency key retention.
     pub idempotency_retention_secs: u64,
+    /// `ACTOR_IDLE_SECS`.
+    pub actor_idle_secs: u64,
 }
 
 impl Default for TestOptions {
@@ -66,6 +68,7 @@ impl Default for TestOptions {
             fault_actor_panic: None,
             fault_drop_commands: Vec::new(),
             idempotency_retention_secs: 86_400,
+            actor_idle_secs: 60,
         }
     }
 }
@@ -116,6 +119,7 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
     config.fault_actor_panic = options.fault_actor_panic.clone();
     config.fault_drop_commands = options.fault_drop_commands.clone();
     config.idempotency_retention_secs = options.idempotency_retention_secs;
+    config.actor_idle_secs = options.actor_idle_secs;
     config.idempotency_claim_timeout_secs = 60;
     config.shutdown_timeout_secs = 5;
     config.validate().expect("test configuration is valid");

@@ -314,6 +314,60 @@ async fn an_admin_can_cancel_an_order_awaiting_payment_and_the_stock_comes_back(
 }
 
 #[tokio::test]
+async fn an_idle_order_actor_is_passivated_and_the_order_resumes_from_storage() {
+    let app = spawn_app_with(TestOptions {
+        payment_mode: PaymentMode::Manual,
+        actor_idle_secs: 1,
+        ..Default::default()
+    })
+    .await;
+    let created = app.create_order(&[("KB-001", 1)]).await;
+    let id = created["id"].as_str().expect("id");
+    app.wait_for_status(id, &["STOCK_RESERVED"]).await;
+    let live = || async {
+        let health: Value = app
+            .client
+            .get(format!("{}/health/ready", app.address))
+            .send()
+            .await
+            .expect("health answers")
+            .json()
+            .await
+            .expect("health is JSON");
+        health["order_actors"]["live"].as_u64().expect("live count")
+    };
+    assert_eq!(
+        live().await,
+        1,
+        "the order waiting for payment has its actor"
+    );
+
+    // Nothing happens to the order for longer than ACTOR_IDLE_SECS: its actor goes away.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while live().await > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the idle actor was not passivated"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The next command loads the order again and the saga goes on.
+    let paid = app
+        .client
+        .post(format!("{}/api/orders/{id}/pay", app.address))
+        .json(&json!({"outcome": "approve"}))
+        .send()
+        .await
+        .expect("pay answers");
+    assert!(paid.status().is_success(), "pay: {}", paid.status());
+    let order = app.wait_for_terminal(id).await;
+    assert_eq!(order["status"], "CONFIRMED");
+    app.wait_until_quiet().await;
+    assert!(app.invariants(&[("KB-001", 100)]).await.holds());
+}
+
+#[tokio::test]
 async fn an_impossible_override_is_a_409_naming_the_allowed_transitions() {
     let app = spawn_app_with(TestOptions {
         payment_mode: PaymentMode::Manual,
