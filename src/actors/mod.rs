@@ -5,7 +5,7 @@ pub mod order_actor;
 pub mod supervisor;
 pub mod timers;
 
-use crate::domain::saga::{Event, Saga};
+use crate::domain::saga::{Event, OrderStatus, Saga};
 use crate::persistence::orders::OrderDetails;
 use order_actor::{ActorStats, NewOrder, OrderContext, OrderError, OrderMsg};
 use ractor::rpc::CallResult;
@@ -168,6 +168,16 @@ impl Orders {
                 cleanup(&self.watchers);
                 return Waited::Finished(details.clone());
             }
+        }
+    }
+
+    /// The status of an order whose actor is in memory, from the actor (no database read);
+    /// `None` when no actor holds the order (then ask the database).
+    pub async fn live_status(&self, id: Uuid) -> Option<OrderStatus> {
+        let actor = self.registry.get(&id).map(|a| a.clone())?;
+        match actor.call(OrderMsg::Peek, Some(CALL_TIMEOUT)).await {
+            Ok(CallResult::Success(status)) => status,
+            _ => None,
         }
     }
 

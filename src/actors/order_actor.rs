@@ -163,6 +163,8 @@ pub enum OrderMsg {
     Resume(RpcReplyPort<Result<(), OrderError>>),
     /// Self-sent: passivate if nothing happened for the idle timeout.
     CheckIdle,
+    /// The order's status as this actor holds it (`None` if not loaded); not activity.
+    Peek(RpcReplyPort<Option<OrderStatus>>),
 }
 
 pub struct OrderActor {
@@ -217,6 +219,10 @@ impl Actor for OrderActor {
         message: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        if let OrderMsg::Peek(reply) = message {
+            let _ = reply.send(state.order.as_ref().map(|o| o.saga.status));
+            return Ok(());
+        }
         if let OrderMsg::CheckIdle = message {
             let idle = state.last_active.elapsed();
             if idle >= self.ctx.idle_timeout {
@@ -229,7 +235,7 @@ impl Actor for OrderActor {
         }
         state.last_active = std::time::Instant::now();
         match message {
-            OrderMsg::CheckIdle => {}
+            OrderMsg::CheckIdle | OrderMsg::Peek(_) => {}
             OrderMsg::Create(new, reply) => {
                 let result = self.create(state, *new).await;
                 let _ = reply.send(result);

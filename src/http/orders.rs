@@ -339,12 +339,18 @@ async fn get_order(
         ));
     }
     let db = &app.stores.orders;
+    let actors = &app.orders;
     // The check reads only the status; the whole order is read once, at the end, and not
     // at all when the actor that finished it hands it over.
     let waited = app
         .orders
         .wait_terminal(id, Duration::from_millis(wait_ms), || async move {
-            match orders::status(db, id).await {
+            // A live actor knows the status; only an order without one is read.
+            let status = match actors.live_status(id).await {
+                Some(status) => Ok(Some(status)),
+                None => orders::status(db, id).await,
+            };
+            match status {
                 Ok(Some(status)) => (status.is_terminal(), Ok(true)),
                 Ok(None) => (true, Ok(false)),
                 Err(e) => (true, Err(e)),

@@ -89,11 +89,16 @@ pub enum QuoteError {
 pub struct Inventory {
     db: DatabaseConnection,
     outbox_feed: OutboxFeed,
+    stock_reader: StockReader,
 }
 
 impl Inventory {
     pub fn new(db: DatabaseConnection, outbox_feed: OutboxFeed) -> Self {
-        Inventory { db, outbox_feed }
+        Inventory {
+            stock_reader: StockReader::start(db.clone()),
+            db,
+            outbox_feed,
+        }
     }
 
     /// Seeds the demo catalogue into an empty inventory. Returns whether it did.
@@ -183,10 +188,7 @@ impl Inventory {
     /// (The reservation itself may still lose a race later; the saga then rejects.)
     pub async fn quote(&self, items: &[(String, i64)]) -> Result<Vec<i64>, QuoteError> {
         let skus: Vec<String> = items.iter().map(|(s, _)| s.clone()).collect();
-        let rows = stock::Entity::find()
-            .filter(stock::Column::Sku.is_in(skus))
-            .all(&self.db)
-            .await?;
+        let rows = self.stock_reader.read(skus).await?;
         items
             .iter()
             .map(|(sku, qty)| {
@@ -444,6 +446,69 @@ impl CommandHandler for OrderEvents {
             self.0.consume(txn, known, envelope.order_id).await?;
         }
         Ok(Applied::Replies(Vec::new()))
+    }
+}
+
+type StockRequest = (
+    Vec<String>,
+    tokio::sync::oneshot::Sender<Result<Vec<stock::Model>, DbErr>>,
+);
+
+/// Coalesces the stock checks of concurrent `POST /api/orders`: the checks that arrive
+/// while one query runs are all answered by the next single query (`SELECT … WHERE sku IN
+/// (…)` over their SKUs together). Every answer is still read after its request arrived.
+#[derive(Clone)]
+struct StockReader {
+    requests: tokio::sync::mpsc::UnboundedSender<StockRequest>,
+}
+
+/// Most checks answered by one query.
+const STOCK_READS_PER_QUERY: usize = 256;
+
+impl StockReader {
+    fn start(db: DatabaseConnection) -> Self {
+        let (requests, mut queue) = tokio::sync::mpsc::unbounded_channel::<StockRequest>();
+        tokio::spawn(async move {
+            while let Some(first) = queue.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < STOCK_READS_PER_QUERY {
+                    match queue.try_recv() {
+                        Ok(next) => batch.push(next),
+                        Err(_) => break,
+                    }
+                }
+                let mut skus: Vec<String> =
+                    batch.iter().flat_map(|(s, _)| s.iter().cloned()).collect();
+                skus.sort_unstable();
+                skus.dedup();
+                let read = stock::Entity::find()
+                    .filter(stock::Column::Sku.is_in(skus))
+                    .all(&db)
+                    .await;
+                for (wanted, reply) in batch {
+                    let answer = match &read {
+                        Ok(rows) => Ok(rows
+                            .iter()
+                            .filter(|r| wanted.contains(&r.sku))
+                            .cloned()
+                            .collect()),
+                        Err(e) => Err(DbErr::Custom(e.to_string())),
+                    };
+                    let _ = reply.send(answer);
+                }
+            }
+        });
+        StockReader { requests }
+    }
+
+    async fn read(&self, skus: Vec<String>) -> Result<Vec<stock::Model>, DbErr> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.requests
+            .send((skus, reply))
+            .map_err(|_| DbErr::Custom("the stock reader has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| DbErr::Custom("the stock reader has stopped".into()))?
     }
 }
 
