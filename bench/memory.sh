@@ -3,6 +3,7 @@
 #
 #   bench/memory.sh                       # 100000 orders through PostgreSQL + RabbitMQ
 #   MEM_ORDERS=200000 bench/memory.sh
+#   MEM_ORDERS=0 bench/memory.sh          # only the live-actor measurement
 #
 # 1. Long run: target/release/order-service on a fresh database and vhost, loadgen closed
 #    loop (concurrency 64) for MEM_ORDERS orders; every 10 s the service's RSS (VmRSS from
@@ -54,35 +55,47 @@ stop() { kill "$svc"; wait "$svc" || true; svc=""; }
 rss_kib() { awk '/^VmRSS/ { print $2 }' "/proc/$svc/status"; }
 live() { curl -fsS "$url/health/ready" | jq '.order_actors.live'; }
 
-echo "== long run: $orders orders, closed loop c=64 (RSS every 10 s)"
-start
-ADMIN_TOKEN=$token target/release/loadgen --url "$url" --orders "$orders" --concurrency 64 \
-  --sku CB-004 --stock 100000000 --expect-decline-rate 0.3 --quiet --json "/tmp/$db.json" \
-  >"/tmp/$db.loadgen" 2>&1 &
-lg=$!
-started=$(date +%s)
-echo "| elapsed (s) | orders created | RSS (MiB) | live actors |"
-echo "|---|---|---|---|"
-while kill -0 "$lg" 2>/dev/null; do
-  created=$(psql -h 127.0.0.1 -U postgres -d "$db" -Atc 'select count(*) from public.orders' 2>/dev/null || echo ?)
-  echo "| $(($(date +%s) - started)) | $created | $(($(rss_kib) / 1024)) | $(live) |"
-  sleep 10
-done
-wait "$lg" || echo "(loadgen exit $?)"
-grep -E "load phase|saga \(waited\)|invariants" "/tmp/$db.loadgen" || true
-echo "after the run: RSS $(($(rss_kib) / 1024)) MiB, live actors $(live)"
-stop
-
+if [ "$orders" -gt 0 ]; then
+  echo "== long run: $orders orders, closed loop c=64 (RSS every 10 s)"
+  start
+  ADMIN_TOKEN=$token target/release/loadgen --url "$url" --orders "$orders" --concurrency 64 \
+    --sku CB-004 --stock 100000000 --expect-decline-rate 0.3 --quiet --json "/tmp/$db.json" \
+    >"/tmp/$db.loadgen" 2>&1 &
+  lg=$!
+  started=$(date +%s)
+  echo "| elapsed (s) | orders created | RSS (MiB) | live actors |"
+  echo "|---|---|---|---|"
+  while kill -0 "$lg" 2>/dev/null; do
+    created=$(psql -h 127.0.0.1 -U postgres -d "$db" -Atc 'select count(*) from public.orders' 2>/dev/null || echo ?)
+    echo "| $(($(date +%s) - started)) | $created | $(($(rss_kib) / 1024)) | $(live) |"
+    sleep 10
+  done
+  wait "$lg" || echo "(loadgen exit $?)"
+  grep -E "load phase|saga \(waited\)|invariants" "/tmp/$db.loadgen" || true
+  echo "after the run: RSS $(($(rss_kib) / 1024)) MiB, live actors $(live)"
+  stop
+fi
 echo
 echo "== live actors: $actors orders waiting for a manual payment"
 start PAYMENT_MODE=manual
 sleep 2
 before=$(rss_kib)
 ADMIN_TOKEN=$token target/release/loadgen --url "$url" --orders "$actors" --concurrency 64 \
-  --closed-on create --no-follow --sku CB-004 --stock 100000000 --quiet >/dev/null 2>&1 || true
-sleep 3
+  --closed-on create --no-follow --sku CB-004 --stock 100000000 --quiet >/dev/null 2>&1 &
+lg=$!
+# Measured while the orders wait (before ACTOR_IDLE_SECS passivates them, and before
+# loadgen's end-of-run checks read every order through the API).
+n=0
+same=0
+for _ in $(seq 1 50); do
+  sleep 1
+  now=$(live)
+  if [ "$now" = "$n" ] && [ "$now" -gt 0 ]; then same=$((same + 1)); else same=0; fi
+  n=$now
+  if [ "$now" -ge "$actors" ] || [ "$same" -ge 3 ]; then break; fi
+done
 after=$(rss_kib)
-n=$(live)
+kill "$lg" 2>/dev/null || true
 echo "RSS before $((before / 1024)) MiB, after $((after / 1024)) MiB with $n live actors:" \
   "$(( (after - before) * 1024 / (n > 0 ? n : 1) )) bytes per live actor"
 stop

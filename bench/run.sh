@@ -275,7 +275,7 @@ generated="$work/generated.md"
   echo "- commit \`$(git describe --always --dirty 2>/dev/null || echo unknown)\` ($(git log -1 --format=%cI 2>/dev/null || echo '?'))"
   echo "- machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')), memory $(free -h | awk '/^Mem:/ {print $2 " total, " $7 " available"}')"
   echo "- PostgreSQL $(psql -h 127.0.0.1 -U postgres -Atc 'show server_version' 2>/dev/null || echo '?'), RabbitMQ $(rabbitmqctl -q version 2>/dev/null || echo '?'), $(rustc --version 2>/dev/null || echo rustc)"
-  echo "- service: \`PAYMENT_DECLINE_RATE=$decline LOG_FORMAT=json RUST_LOG=warn\`, other settings default (\`DB_MAX_CONNECTIONS=8\` per store); the service, PostgreSQL, RabbitMQ and loadgen share the machine"
+  echo "- service: \`PAYMENT_DECLINE_RATE=$decline LOG_FORMAT=json RUST_LOG=warn\`, other settings default (\`DB_MAX_CONNECTIONS=8\` per store); PostgreSQL over loopback with \`sslmode=disable\`; the service, PostgreSQL, RabbitMQ and loadgen share the machine"
   echo "- each load: ${seconds} s of orders of one \`$sku\` (stock set to $stock first), then the drain until every saga is terminal, then the checks; the whole run took ${bench_seconds} s (build excluded)"
   echo
   echo "| # | mode | load | created/s | completed/s | create p50 / p99 (ms) | saga p50 / p99 (ms) | CONFIRMED / REVERSED / REJECTED | errors | not terminal | invariants | CPU cores: service / postgres / rabbitmq / loadgen (machine) | load avg before |"

@@ -229,18 +229,6 @@ async fn monitor(stores: Stores, bus: Bus, shutdown: CancellationToken) {
         metrics::gauge!("database_up").set(f64::from(u8::from(database_up)));
         metrics::gauge!("broker_up").set(f64::from(u8::from(bus.is_connected())));
         metrics::counter!("broker_reconnects_total").absolute(bus.reconnects());
-        if database_up {
-            for (store, db) in [
-                ("orders", &stores.orders),
-                ("inventory", &stores.inventory),
-                ("payment", &stores.payment),
-                ("shipping", &stores.shipping),
-            ] {
-                if let Ok(n) = crate::persistence::outbox::backlog(db).await {
-                    metrics::gauge!("outbox_backlog", "store" => store).set(n as f64);
-                }
-            }
-        }
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}

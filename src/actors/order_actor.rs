@@ -183,6 +183,9 @@ pub struct OrderState {
     history: Option<Vec<HistoryEntry>>,
     /// When the last message other than [`OrderMsg::CheckIdle`] arrived.
     last_active: std::time::Instant,
+    /// The pending idle check; aborted when the actor stops, so a finished order's actor is
+    /// freed at once instead of living on in a sleeping timer task.
+    idle_check: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Actor for OrderActor {
@@ -200,6 +203,7 @@ impl Actor for OrderActor {
             order: None,
             history: None,
             last_active: std::time::Instant::now(),
+            idle_check: None,
             loaded: false,
         })
     }
@@ -207,9 +211,20 @@ impl Actor for OrderActor {
     async fn post_start(
         &self,
         myself: ActorRef<Self::Msg>,
-        _state: &mut Self::State,
+        state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        myself.send_after(self.ctx.idle_timeout, || OrderMsg::CheckIdle);
+        schedule_idle_check(&myself, state, self.ctx.idle_timeout);
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(timer) = state.idle_check.take() {
+            timer.abort();
+        }
         Ok(())
     }
 
@@ -229,7 +244,7 @@ impl Actor for OrderActor {
                 // Its state is in the database; the next message loads it again.
                 myself.stop(Some("idle".into()));
             } else {
-                myself.send_after(self.ctx.idle_timeout - idle, || OrderMsg::CheckIdle);
+                schedule_idle_check(&myself, state, self.ctx.idle_timeout - idle);
             }
             return Ok(());
         }
@@ -269,6 +284,15 @@ impl Actor for OrderActor {
         }
         Ok(())
     }
+}
+
+/// Arms the next idle check (a timer task holding a reference to the actor).
+fn schedule_idle_check(myself: &ActorRef<OrderMsg>, state: &mut OrderState, after: Duration) {
+    let cell = myself.clone();
+    state.idle_check = Some(tokio::spawn(async move {
+        tokio::time::sleep(after).await;
+        let _ = cell.cast(OrderMsg::CheckIdle);
+    }));
 }
 
 /// Sends the answer; after a storage error or a version conflict the in-memory state may

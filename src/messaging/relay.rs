@@ -134,7 +134,11 @@ impl OutboxRelay {
         if self.last_sweep.is_none_or(|at| at.elapsed() >= SWEEP_EVERY) {
             self.sweep().await?;
         }
-        let published = self.publish_some().await?;
+        let published = self.publish_some().await;
+        // Unsent rows this relay knows of (the sweep adds any others within a second). Kept
+        // here rather than counted in the table: a count scans it, dead rows included.
+        metrics::gauge!("outbox_backlog", "store" => self.name).set(self.queue.len() as f64);
+        let published = published?;
         if self.delete_due() == Some(Duration::ZERO) {
             self.delete_confirmed().await?;
         }

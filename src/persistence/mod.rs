@@ -112,7 +112,17 @@ async fn connect_store(
                     .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Full)
             });
     } else {
-        options.max_connections(max_connections).min_connections(1);
+        options
+            .max_connections(max_connections)
+            .min_connections(1)
+            // Our tables start empty and grow. A prepared statement's generic plan, chosen
+            // while a table was tiny (a sequential scan), would otherwise stay cached for
+            // the connection's life — and without autovacuum's ANALYZE nothing invalidates
+            // it, so throughput decays as the table grows. A custom plan per execution
+            // follows the table's current size for a few microseconds of planning.
+            .map_sqlx_postgres_opts(|opts| {
+                opts.options([("plan_cache_mode", "force_custom_plan")])
+            });
         if store != StoreName::Orders {
             // Database-per-service inside one PostgreSQL: each participant in its schema.
             let bootstrap = Database::connect(url.clone()).await?;
