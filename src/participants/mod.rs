@@ -143,7 +143,10 @@ async fn apply_in_one_transaction<H: CommandHandler>(
     messages: &[Arc<IncomingMessage>],
 ) -> Result<Vec<Disposition>, DbErr> {
     let txn = handler.store().begin().await?;
-    let result = apply_all(handler, &txn, messages).await;
+    let result = match crate::persistence::plan_per_execution(&txn).await {
+        Ok(()) => apply_all(handler, &txn, messages).await,
+        Err(error) => Err(error),
+    };
     match result {
         Ok((dispositions, replies)) => {
             txn.commit().await?;

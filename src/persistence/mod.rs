@@ -41,6 +41,22 @@ impl StoreName {
     }
 }
 
+/// Makes the rest of a batch transaction plan each statement for its actual arguments.
+///
+/// Batch statements join with a list of ids (`IN (…)`, `UNNEST(…)`). Their prepared
+/// generic plan, chosen while the tables were nearly empty (a hash join over a sequential
+/// scan), would stay cached for the connection's life — and without ANALYZE (autovacuum
+/// off) nothing replaces it, so every batch would scan the whole, growing table. A custom
+/// plan per execution follows the table's current size. Only batches pay the planning:
+/// the single-row statements elsewhere keep their cached plans (a unique-index lookup).
+pub async fn plan_per_execution<C: ConnectionTrait>(txn: &C) -> Result<(), DbErr> {
+    if txn.get_database_backend() == sea_orm::DbBackend::Postgres {
+        txn.execute_unprepared("SET LOCAL plan_cache_mode = force_custom_plan")
+            .await?;
+    }
+    Ok(())
+}
+
 pub fn is_sqlite(url: &str) -> bool {
     url.starts_with("sqlite:")
 }
@@ -112,17 +128,7 @@ async fn connect_store(
                     .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Full)
             });
     } else {
-        options
-            .max_connections(max_connections)
-            .min_connections(1)
-            // Our tables start empty and grow. A prepared statement's generic plan, chosen
-            // while a table was tiny (a sequential scan), would otherwise stay cached for
-            // the connection's life — and without autovacuum's ANALYZE nothing invalidates
-            // it, so throughput decays as the table grows. A custom plan per execution
-            // follows the table's current size for a few microseconds of planning.
-            .map_sqlx_postgres_opts(|opts| {
-                opts.options([("plan_cache_mode", "force_custom_plan")])
-            });
+        options.max_connections(max_connections).min_connections(1);
         if store != StoreName::Orders {
             // Database-per-service inside one PostgreSQL: each participant in its schema.
             let bootstrap = Database::connect(url.clone()).await?;
