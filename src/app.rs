@@ -56,10 +56,17 @@ impl Application {
     /// starts with [`Application::run_until_stopped`].
     pub async fn build(config: Config) -> anyhow::Result<Application> {
         let (stores, bus, inventory) = connect(&config).await?;
+        let writer_db = crate::persistence::connect_orders_writer(
+            &config.database_url,
+            &stores,
+            u32::try_from(ORDER_WRITERS).unwrap_or(2),
+        )
+        .await
+        .context("connecting the orders writer")?;
         let orders_feed = OutboxFeed::default();
         let orders = Orders::start(OrderContext {
             db: stores.orders.clone(),
-            writer: OrderWriter::start(stores.orders.clone(), orders_feed.clone(), ORDER_WRITERS),
+            writer: OrderWriter::start(writer_db, orders_feed.clone(), ORDER_WRITERS),
             step_timeout: config.step_timeout(),
             max_retries: config.step_max_retries,
             idle_timeout: Duration::from_secs(config.actor_idle_secs),

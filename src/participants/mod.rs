@@ -143,10 +143,7 @@ async fn apply_in_one_transaction<H: CommandHandler>(
     messages: &[Arc<IncomingMessage>],
 ) -> Result<Vec<Disposition>, DbErr> {
     let txn = handler.store().begin().await?;
-    let result = match crate::persistence::plan_per_execution(&txn).await {
-        Ok(()) => apply_all(handler, &txn, messages).await,
-        Err(error) => Err(error),
-    };
+    let result = apply_all(handler, &txn, messages).await;
     match result {
         Ok((dispositions, replies)) => {
             txn.commit().await?;

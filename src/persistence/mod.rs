@@ -41,22 +41,6 @@ impl StoreName {
     }
 }
 
-/// Makes the rest of a batch transaction plan each statement for its actual arguments.
-///
-/// Batch statements join with a list of ids (`IN (…)`, `UNNEST(…)`). Their prepared
-/// generic plan, chosen while the tables were nearly empty (a hash join over a sequential
-/// scan), would stay cached for the connection's life — and without ANALYZE (autovacuum
-/// off) nothing replaces it, so every batch would scan the whole, growing table. A custom
-/// plan per execution follows the table's current size. Only batches pay the planning:
-/// the single-row statements elsewhere keep their cached plans (a unique-index lookup).
-pub async fn plan_per_execution<C: ConnectionTrait>(txn: &C) -> Result<(), DbErr> {
-    if txn.get_database_backend() == sea_orm::DbBackend::Postgres {
-        txn.execute_unprepared("SET LOCAL plan_cache_mode = force_custom_plan")
-            .await?;
-    }
-    Ok(())
-}
-
 pub fn is_sqlite(url: &str) -> bool {
     url.starts_with("sqlite:")
 }
@@ -100,10 +84,43 @@ fn ensure_sqlite_dir(url: &str) -> std::io::Result<()> {
     }
 }
 
+/// Batch statements (group commit, participant batches, coalesced stock checks) join with
+/// lists of ids (`IN (…)`, `UNNEST(…)`). A prepared statement's generic plan, chosen while
+/// the tables were nearly empty (a hash join over a sequential scan), would stay cached for
+/// the connection's life — and without ANALYZE (autovacuum off) nothing replaces it, so
+/// every batch would scan the whole, growing table. Sessions that run batches therefore
+/// plan each statement for its arguments (`plan_cache_mode = force_custom_plan`); the
+/// orders store's single-row statements (API reads, idempotency keys) keep cached plans.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Plans {
+    Cached,
+    PerExecution,
+}
+
+/// The orders store's pool for the group-commit writer: on PostgreSQL its own sessions,
+/// planning per execution (see [`Plans`]); on SQLite the store's one connection.
+pub async fn connect_orders_writer(
+    database_url: &str,
+    stores: &Stores,
+    max_connections: u32,
+) -> Result<DatabaseConnection, DbErr> {
+    if is_sqlite(database_url) {
+        return Ok(stores.orders.clone());
+    }
+    connect_store(
+        database_url,
+        StoreName::Orders,
+        max_connections,
+        Plans::PerExecution,
+    )
+    .await
+}
+
 async fn connect_store(
     base: &str,
     store: StoreName,
     max_connections: u32,
+    plans: Plans,
 ) -> Result<DatabaseConnection, DbErr> {
     let url = store_url(base, store);
     let mut options = ConnectOptions::new(url.clone());
@@ -129,6 +146,11 @@ async fn connect_store(
             });
     } else {
         options.max_connections(max_connections).min_connections(1);
+        if plans == Plans::PerExecution {
+            options.map_sqlx_postgres_opts(|opts| {
+                opts.options([("plan_cache_mode", "force_custom_plan")])
+            });
+        }
         if store != StoreName::Orders {
             // Database-per-service inside one PostgreSQL: each participant in its schema.
             let bootstrap = Database::connect(url.clone()).await?;
@@ -145,10 +167,35 @@ async fn connect_store(
 impl Stores {
     pub async fn connect(database_url: &str, max_connections: u32) -> Result<Stores, DbErr> {
         Ok(Stores {
-            orders: connect_store(database_url, StoreName::Orders, max_connections).await?,
-            inventory: connect_store(database_url, StoreName::Inventory, max_connections).await?,
-            payment: connect_store(database_url, StoreName::Payment, max_connections).await?,
-            shipping: connect_store(database_url, StoreName::Shipping, max_connections).await?,
+            orders: connect_store(
+                database_url,
+                StoreName::Orders,
+                max_connections,
+                Plans::Cached,
+            )
+            .await?,
+            // Participants' stores serve batches (and the coalesced stock check) only.
+            inventory: connect_store(
+                database_url,
+                StoreName::Inventory,
+                max_connections,
+                Plans::PerExecution,
+            )
+            .await?,
+            payment: connect_store(
+                database_url,
+                StoreName::Payment,
+                max_connections,
+                Plans::PerExecution,
+            )
+            .await?,
+            shipping: connect_store(
+                database_url,
+                StoreName::Shipping,
+                max_connections,
+                Plans::PerExecution,
+            )
+            .await?,
         })
     }
 

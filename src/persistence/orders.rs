@@ -265,7 +265,6 @@ pub async fn save_batch<C: TransactionTrait>(
     writes: &[OrderWrite],
 ) -> Result<SavedBatch, DbErr> {
     let txn = db.begin().await?;
-    super::plan_per_execution(&txn).await?;
     // First every fenced update (they decide which transitions and retries stand)...
     let updates: Vec<FencedUpdate> = writes.iter().filter_map(FencedUpdate::of).collect();
     let held = FencedUpdate::apply_all(&txn, &updates).await?;
