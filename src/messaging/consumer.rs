@@ -25,7 +25,8 @@ pub enum Disposition {
 /// hammered in a tight redelivery loop.
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
 
-/// Consumes `queue` until `shutdown`, re-subscribing with backoff if the subscription ends.
+/// Consumes `queue` until `shutdown`, re-subscribing with backoff if the subscription ends:
+/// each delivery is handled on its own, `concurrency` at a time (also the AMQP prefetch).
 pub async fn run<F, Fut>(
     bus: Bus,
     queue: &'static str,
@@ -36,68 +37,22 @@ pub async fn run<F, Fut>(
     F: Fn(Arc<IncomingMessage>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Disposition> + Send + 'static,
 {
-    let limit = Arc::new(Semaphore::new(usize::from(concurrency.max(1))));
-    let mut backoff = Duration::from_millis(100);
-    while !shutdown.is_cancelled() {
-        let consumer_tag = format!("{queue}-{}", uuid::Uuid::new_v4().simple());
-        let mut subscription = match bus.subscribe(queue, &consumer_tag, concurrency).await {
-            Ok(s) => s,
-            Err(error) => {
-                tracing::warn!(queue, %error, ?backoff, "cannot subscribe; retrying");
-                // While the broker is away, retry as soon as the bus has reconnected.
-                let pause = async {
-                    if matches!(error, BusError::NotConnected { .. }) {
-                        bus.wait_connected(backoff).await;
-                    } else {
-                        tokio::time::sleep(backoff).await;
-                    }
-                };
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = pause => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                continue;
+    let one_at_a_time = Batching {
+        prefetch: concurrency,
+        max_batch: 1,
+        in_flight: usize::from(concurrency),
+    };
+    run_batched(bus, queue, one_at_a_time, shutdown, move |batch| {
+        let handler = handler.clone();
+        async move {
+            let mut dispositions = Vec::with_capacity(batch.len());
+            for message in batch {
+                dispositions.push(handler(message).await);
             }
-        };
-        let subscribed_at = tokio::time::Instant::now();
-        loop {
-            let message = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                m = subscription.next() => m,
-            };
-            if message.is_some() {
-                // Reset only once the subscription delivers, so one that keeps ending at once
-                // (the broker going away) is retried with growing pauses, not in a busy loop.
-                backoff = Duration::from_millis(100);
-            }
-            let Some(message) = message else {
-                tracing::warn!(queue, ?backoff, "subscription ended; re-subscribing");
-                break;
-            };
-            let Ok(permit) = limit.clone().acquire_owned().await else {
-                return;
-            };
-            let handler = handler.clone();
-            tokio::spawn(async move {
-                let message = Arc::new(message);
-                let disposition = handler(message.clone()).await;
-                let _permit = permit;
-                if matches!(disposition, Disposition::Retry(_)) {
-                    tokio::time::sleep(RETRY_PAUSE).await;
-                }
-                settle(queue, message, disposition).await;
-            });
+            dispositions
         }
-        if subscribed_at.elapsed() >= Duration::from_secs(30) {
-            backoff = Duration::from_millis(100);
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
-    }
+    })
+    .await
 }
 
 /// Settles one delivery as its handler decided.

@@ -7,15 +7,16 @@
 
 use crate::messaging::IncomingMessage;
 use crate::messaging::messages::{CommandBody, Envelope, LineItem, OrderEventBody, ReplyBody};
-use crate::participants::{Applied, CommandHandler, Known, decode, reply};
+use crate::participants::{
+    Applied, CommandHandler, Known, decode, insert_all, load_by_order, reply,
+};
 use crate::persistence::outbox::{NewMessage, OutboxFeed};
 use chrono::Utc;
 use entity::{reservations, stock};
 use sea_orm::{
-    ActiveModelTrait,
     ActiveValue::Set,
     ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
-    IntoActiveModel, PaginatorTrait, QueryFilter, QueryOrder, TransactionTrait,
+    PaginatorTrait, QueryFilter, QueryOrder, TransactionTrait,
     sea_query::{Expr, ExprTrait},
 };
 use serde::{Deserialize, Serialize};
@@ -579,26 +580,17 @@ async fn load_reservations<C: ConnectionTrait>(
     db: &C,
     order_ids: Vec<Uuid>,
 ) -> Result<Vec<(Uuid, reservations::Model)>, DbErr> {
-    Ok(reservations::Entity::find()
-        .filter(reservations::Column::OrderId.is_in(order_ids))
-        .all(db)
-        .await?
-        .into_iter()
-        .map(|r| (r.order_id, r))
-        .collect())
+    load_by_order::<reservations::Entity, _>(db, reservations::Column::OrderId, order_ids, |r| {
+        r.order_id
+    })
+    .await
 }
 
 async fn insert_reservations<C: ConnectionTrait>(
     db: &C,
     records: Vec<reservations::Model>,
 ) -> Result<(), DbErr> {
-    let rows = records
-        .into_iter()
-        .map(|r| r.into_active_model().reset_all());
-    reservations::Entity::insert_many(rows)
-        .exec_without_returning(db)
-        .await?;
-    Ok(())
+    insert_all::<reservations::Entity, _>(db, records).await
 }
 
 /// Moves a reservation from `from` to `to`; the `from` guard makes a concurrent duplicate

@@ -13,7 +13,10 @@ use crate::messaging::consumer::Disposition;
 use crate::messaging::messages::{Envelope, ReplyBody};
 use crate::messaging::topology::REPLIES_EXCHANGE;
 use crate::persistence::outbox::{self, NewMessage, OutboxFeed};
-use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr, TransactionTrait};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr,
+    EntityTrait, IntoActiveModel, QueryFilter, TransactionTrait,
+};
 use serde::de::DeserializeOwned;
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -59,6 +62,44 @@ pub trait CommandHandler: Clone + Send + Sync + 'static {
         txn: &DatabaseTransaction,
         records: Vec<Self::Record>,
     ) -> impl Future<Output = Result<(), DbErr>> + Send;
+}
+
+/// [`CommandHandler::load`] for a participant whose records are keyed by order id.
+pub(crate) async fn load_by_order<E, C>(
+    db: &C,
+    order_id: E::Column,
+    ids: Vec<Uuid>,
+    key: fn(&E::Model) -> Uuid,
+) -> Result<Vec<(Uuid, E::Model)>, DbErr>
+where
+    E: EntityTrait,
+    C: ConnectionTrait,
+{
+    Ok(E::find()
+        .filter(order_id.is_in(ids))
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|m| (key(&m), m))
+        .collect())
+}
+
+/// [`CommandHandler::insert`]: the batch's new records in one multi-row INSERT.
+pub(crate) async fn insert_all<E, C>(db: &C, records: Vec<E::Model>) -> Result<(), DbErr>
+where
+    E: EntityTrait,
+    E::Model: IntoActiveModel<E::ActiveModel>,
+    E::ActiveModel: ActiveModelTrait<Entity = E> + Send,
+    C: ConnectionTrait,
+{
+    if records.is_empty() {
+        return Ok(());
+    }
+    let rows = records
+        .into_iter()
+        .map(|m| m.into_active_model().reset_all());
+    E::insert_many(rows).exec_without_returning(db).await?;
+    Ok(())
 }
 
 /// A batch's view of the participant's records: those read up front, and those the batch

@@ -6,13 +6,14 @@
 use crate::domain::saga::PaymentOutcome;
 use crate::messaging::IncomingMessage;
 use crate::messaging::messages::{CommandBody, Envelope, ReplyBody};
-use crate::participants::{Applied, CommandHandler, Known, decode, reply, roll};
+use crate::participants::{
+    Applied, CommandHandler, Known, decode, insert_all, load_by_order, reply, roll,
+};
 use crate::persistence::outbox::{NewMessage, OutboxFeed};
 use chrono::Utc;
 use entity::payments;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
-    IntoActiveModel, QueryFilter,
+    ColumnTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait, QueryFilter,
 };
 use std::collections::BTreeMap;
 use uuid::Uuid;
@@ -188,13 +189,10 @@ impl CommandHandler for Payment {
         txn: &DatabaseTransaction,
         order_ids: Vec<Uuid>,
     ) -> Result<Vec<(Uuid, payments::Model)>, DbErr> {
-        Ok(payments::Entity::find()
-            .filter(payments::Column::OrderId.is_in(order_ids))
-            .all(txn)
-            .await?
-            .into_iter()
-            .map(|p| (p.order_id, p))
-            .collect())
+        load_by_order::<payments::Entity, _>(txn, payments::Column::OrderId, order_ids, |r| {
+            r.order_id
+        })
+        .await
     }
 
     async fn insert(
@@ -202,13 +200,7 @@ impl CommandHandler for Payment {
         txn: &DatabaseTransaction,
         records: Vec<payments::Model>,
     ) -> Result<(), DbErr> {
-        let rows = records
-            .into_iter()
-            .map(|p| p.into_active_model().reset_all());
-        payments::Entity::insert_many(rows)
-            .exec_without_returning(txn)
-            .await?;
-        Ok(())
+        insert_all::<payments::Entity, _>(txn, records).await
     }
 
     /// Applies one delivery from `payment.commands`.

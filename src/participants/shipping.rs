@@ -4,13 +4,14 @@
 
 use crate::messaging::IncomingMessage;
 use crate::messaging::messages::{CommandBody, Envelope, ReplyBody};
-use crate::participants::{Applied, CommandHandler, Known, decode, reply, roll};
+use crate::participants::{
+    Applied, CommandHandler, Known, decode, insert_all, load_by_order, reply, roll,
+};
 use crate::persistence::outbox::{NewMessage, OutboxFeed};
 use chrono::Utc;
 use entity::shipments;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
-    IntoActiveModel, QueryFilter,
+    ColumnTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait, QueryFilter,
 };
 use std::collections::BTreeMap;
 use uuid::Uuid;
@@ -164,13 +165,10 @@ impl CommandHandler for Shipping {
         txn: &DatabaseTransaction,
         order_ids: Vec<Uuid>,
     ) -> Result<Vec<(Uuid, shipments::Model)>, DbErr> {
-        Ok(shipments::Entity::find()
-            .filter(shipments::Column::OrderId.is_in(order_ids))
-            .all(txn)
-            .await?
-            .into_iter()
-            .map(|s| (s.order_id, s))
-            .collect())
+        load_by_order::<shipments::Entity, _>(txn, shipments::Column::OrderId, order_ids, |r| {
+            r.order_id
+        })
+        .await
     }
 
     async fn insert(
@@ -178,13 +176,7 @@ impl CommandHandler for Shipping {
         txn: &DatabaseTransaction,
         records: Vec<shipments::Model>,
     ) -> Result<(), DbErr> {
-        let rows = records
-            .into_iter()
-            .map(|s| s.into_active_model().reset_all());
-        shipments::Entity::insert_many(rows)
-            .exec_without_returning(txn)
-            .await?;
-        Ok(())
+        insert_all::<shipments::Entity, _>(txn, records).await
     }
 
     /// Applies one delivery from `shipping.commands`.
