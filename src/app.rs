@@ -142,6 +142,7 @@ impl Application {
                     i64::try_from(config.idempotency_claim_timeout_secs).unwrap_or(60),
                 ),
                 body_limit_bytes: config.body_limit_bytes,
+                max_orders_in_flight: config.max_orders_in_flight,
             }),
         };
         Ok(Application {

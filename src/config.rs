@@ -94,6 +94,12 @@ pub struct Config {
     #[arg(long, env = "BODY_LIMIT_BYTES", default_value_t = 64 * 1024)]
     pub body_limit_bytes: usize,
 
+    /// Admission control: `POST /api/orders` answers 503 with `Retry-After` while this many
+    /// orders are being worked on in memory (live order actors), so an overload cannot
+    /// starve the sagas already running. 0 turns it off.
+    #[arg(long, env = "MAX_ORDERS_IN_FLIGHT", default_value_t = 2_000)]
+    pub max_orders_in_flight: usize,
+
     /// How long idempotency keys are kept, in seconds (default 24 h).
     #[arg(long, env = "IDEMPOTENCY_RETENTION_SECS", default_value_t = 86_400)]
     pub idempotency_retention_secs: u64,

@@ -67,6 +67,10 @@ fn describe() {
     );
     describe_counter!("orders_created_total", "Orders created.");
     describe_counter!(
+        "orders_rejected_overload_total",
+        "New orders refused with 503 because MAX_ORDERS_IN_FLIGHT orders were in progress."
+    );
+    describe_counter!(
         "order_transitions_total",
         "Applied saga events by status left, status entered and event."
     );

@@ -37,6 +37,8 @@ pub struct HttpSettings {
     /// Age after which an unfinished claim counts as abandoned (its request crashed).
     pub idempotency_claim_timeout: chrono::Duration,
     pub body_limit_bytes: usize,
+    /// `MAX_ORDERS_IN_FLIGHT` (0: no limit).
+    pub max_orders_in_flight: usize,
 }
 
 /// Shared state of every handler.

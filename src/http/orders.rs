@@ -110,8 +110,9 @@ fn traceparent(headers: &HeaderMap) -> Option<String> {
             content_type = "application/problem+json"),
         (status = 500, description = "Unexpected failure (logged; no details)", body = Problem,
             content_type = "application/problem+json"),
-        (status = 503, description = "The database or the order actor is unavailable; retry \
-            shortly", body = Problem, content_type = "application/problem+json",
+        (status = 503, description = "Too many orders in progress (`MAX_ORDERS_IN_FLIGHT`), or \
+            the database or the order actor is unavailable; retry shortly with the same \
+            `Idempotency-Key`", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = String, description = "Seconds to wait before retrying"))),
     )
 )]
@@ -125,6 +126,15 @@ async fn create_order(
     let valid = request.validate().map_err(|problems| {
         ApiError::validation(problems.join("; ")).with("errors", json!(problems))
     })?;
+    let limit = app.settings.max_orders_in_flight;
+    if limit > 0 && app.orders.live_actors() >= limit {
+        // Shed load before any work (nothing is claimed or written): the sagas in flight
+        // keep the CPU and the database, and the client retries with the same key.
+        metrics::counter!("orders_rejected_overload_total").increment(1);
+        return Err(ApiError::Unavailable(format!(
+            "{limit} orders are in progress (MAX_ORDERS_IN_FLIGHT); retry shortly"
+        )));
+    }
     // Hash the parsed request, so formatting and key order do not make a "different body".
     let canonical = serde_json::to_vec(&request).map_err(|e| ApiError::Internal(e.into()))?;
     let hash = hex::encode(Sha256::digest(&canonical));

@@ -51,6 +51,8 @@ pub struct TestOptions {
     pub idempotency_retention_secs: u64,
     /// `ACTOR_IDLE_SECS`.
     pub actor_idle_secs: u64,
+    /// `MAX_ORDERS_IN_FLIGHT`.
+    pub max_orders_in_flight: usize,
 }
 
 impl Default for TestOptions {
@@ -69,6 +71,7 @@ impl Default for TestOptions {
             fault_drop_commands: Vec::new(),
             idempotency_retention_secs: 86_400,
             actor_idle_secs: 60,
+            max_orders_in_flight: 2_000,
         }
     }
 }
@@ -120,6 +123,7 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
     config.fault_drop_commands = options.fault_drop_commands.clone();
     config.idempotency_retention_secs = options.idempotency_retention_secs;
     config.actor_idle_secs = options.actor_idle_secs;
+    config.max_orders_in_flight = options.max_orders_in_flight;
     config.idempotency_claim_timeout_secs = 60;
     config.shutdown_timeout_secs = 5;
     config.validate().expect("test configuration is valid");

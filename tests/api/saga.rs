@@ -368,6 +368,86 @@ async fn an_idle_order_actor_is_passivated_and_the_order_resumes_from_storage() 
 }
 
 #[tokio::test]
+async fn above_max_orders_in_flight_new_orders_get_503_with_retry_after_and_nothing_changes() {
+    let app = spawn_app_with(TestOptions {
+        payment_mode: PaymentMode::Manual,
+        max_orders_in_flight: 1,
+        ..Default::default()
+    })
+    .await;
+    // The first order waits for its payment: one order in flight.
+    let first = app.create_order(&[("KB-001", 1)]).await;
+    let first_id = first["id"].as_str().expect("id");
+    app.wait_for_status(first_id, &["STOCK_RESERVED"]).await;
+
+    let key = Uuid::new_v4().to_string();
+    let refused = app
+        .client
+        .post(format!("{}/api/orders", app.address))
+        .header("Idempotency-Key", &key)
+        .json(&order_body(&[("KB-001", 1)]))
+        .send()
+        .await
+        .expect("create answers");
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        refused.headers().get("retry-after").map(|v| v.as_bytes()),
+        Some(&b"1"[..])
+    );
+    assert_eq!(
+        refused.headers().get("content-type").map(|v| v.as_bytes()),
+        Some(&b"application/problem+json"[..])
+    );
+    let problem: Value = refused.json().await.expect("problem+json");
+    assert_eq!(problem["status"], 503);
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("MAX_ORDERS_IN_FLIGHT")),
+        "{problem}"
+    );
+    let listed: Value = app
+        .client
+        .get(format!("{}/api/orders", app.address))
+        .send()
+        .await
+        .expect("list answers")
+        .json()
+        .await
+        .expect("list is JSON");
+    assert_eq!(
+        listed["orders"].as_array().map(Vec::len),
+        Some(1),
+        "the refused order was not created: {listed}"
+    );
+    assert_eq!(app.stock("KB-001").await["available"], 99);
+
+    // Once the first order is finished, the retry with the same key goes through.
+    app.pay(first_id, &json!({"outcome": "approve"})).await;
+    app.wait_for_terminal(first_id).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let retried = app
+            .client
+            .post(format!("{}/api/orders", app.address))
+            .header("Idempotency-Key", &key)
+            .json(&order_body(&[("KB-001", 1)]))
+            .send()
+            .await
+            .expect("create answers");
+        if retried.status() == StatusCode::CREATED {
+            break;
+        }
+        assert_eq!(retried.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still refused after the first order finished"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
 async fn an_impossible_override_is_a_409_naming_the_allowed_transitions() {
     let app = spawn_app_with(TestOptions {
         payment_mode: PaymentMode::Manual,
