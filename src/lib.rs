@@ -11,10 +11,12 @@
 //! - [`messaging`]: the bus (RabbitMQ or in-process), topology, wire schema, outbox relay
 //!   and consumers.
 //! - [`participants`]: Inventory, Payment and Shipping, each with its own store and queue.
-//! - [`config`], [`telemetry`], [`app`] (start-up and shutdown).
+//! - [`config`], [`telemetry`], [`app`] (start-up and shutdown), [`batching`] (the rule
+//!   every batcher follows).
 
 pub mod actors;
 pub mod app;
+pub mod batching;
 pub mod config;
 pub mod domain;
 pub mod http;

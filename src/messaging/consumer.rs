@@ -3,6 +3,7 @@
 //! handler reports its effect durable. Undecodable or unknown messages are dead-lettered
 //! with a log line instead of blocking the queue; transient failures are requeued.
 
+use crate::batching::take_ready;
 use crate::messaging::{Bus, BusError, IncomingMessage};
 use std::future::Future;
 use std::sync::Arc;
@@ -148,18 +149,17 @@ pub async fn run_batched<F, Fut>(
                 break;
             };
             backoff = Duration::from_millis(100);
-            let mut batch = vec![Arc::new(first)];
             let mut ended = false;
-            while batch.len() < max_batch {
+            let batch = take_ready(Arc::new(first), max_batch, || {
                 match subscription.next().now_or_never() {
-                    Some(Some(m)) => batch.push(Arc::new(m)),
+                    Some(Some(m)) => Some(Arc::new(m)),
                     Some(None) => {
                         ended = true;
-                        break;
+                        None
                     }
-                    None => break,
+                    None => None,
                 }
-            }
+            });
             metrics::histogram!("consumer_batch_size", "queue" => queue).record(batch.len() as f64);
             let handler = handler.clone();
             tokio::spawn(async move {

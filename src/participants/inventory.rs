@@ -471,13 +471,9 @@ impl StockReader {
         let (requests, mut queue) = tokio::sync::mpsc::unbounded_channel::<StockRequest>();
         tokio::spawn(async move {
             while let Some(first) = queue.recv().await {
-                let mut batch = vec![first];
-                while batch.len() < STOCK_READS_PER_QUERY {
-                    match queue.try_recv() {
-                        Ok(next) => batch.push(next),
-                        Err(_) => break,
-                    }
-                }
+                let batch = crate::batching::take_ready(first, STOCK_READS_PER_QUERY, || {
+                    queue.try_recv().ok()
+                });
                 let mut skus: Vec<String> =
                     batch.iter().flat_map(|(s, _)| s.iter().cloned()).collect();
                 skus.sort_unstable();

@@ -8,6 +8,7 @@
 //! light load a batch holds one write and latency is a plain transaction's. Durability is
 //! unchanged: an actor hears back only after the commit (`synchronous_commit` stays on).
 
+use crate::batching::take_ready;
 use crate::persistence::orders::{self, OrderWrite, SaveError};
 use crate::persistence::outbox::OutboxFeed;
 use sea_orm::{DatabaseConnection, DbErr};
@@ -71,14 +72,7 @@ async fn run(
             let Some(first) = receiver.recv().await else {
                 return;
             };
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match receiver.try_recv() {
-                    Ok(next) => batch.push(next),
-                    Err(_) => break,
-                }
-            }
-            batch
+            take_ready(first, MAX_BATCH, || receiver.try_recv().ok())
         };
         metrics::histogram!("order_writer_batch_size").record(batch.len() as f64);
         let (writes, waiting): (Vec<_>, Vec<_>) =
