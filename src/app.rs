@@ -33,12 +33,14 @@ const CONSUMER_CONCURRENCY: u16 = 64;
 const ORDER_WRITERS: usize = 2;
 
 /// Participant queues: every delivery already waiting (up to 128) is applied in one
-/// transaction, two batches at a time, so one commit and one hold of a hot stock row serve
-/// many orders.
+/// transaction, so one commit and one hold of a hot stock row serve many orders. One batch
+/// at a time: while it commits, the next one gathers everything that arrives meanwhile.
+/// Two at a time made batches half as big and had them queue for the same stock row
+/// (measured at closed-loop c=64: 323 sagas/s with two, 404/s with one).
 const PARTICIPANT_BATCHING: consumer::Batching = consumer::Batching {
     prefetch: 256,
     max_batch: 128,
-    in_flight: 2,
+    in_flight: 1,
 };
 
 pub struct Application {

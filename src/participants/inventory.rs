@@ -11,12 +11,12 @@ use crate::participants::{
     Applied, CommandHandler, Known, decode, insert_all, load_by_order, reply,
 };
 use crate::persistence::outbox::{NewMessage, OutboxFeed};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use entity::{reservations, stock};
 use sea_orm::{
     ActiveValue::Set,
-    ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
-    PaginatorTrait, QueryFilter, QueryOrder, TransactionTrait,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
+    EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, Statement, TransactionTrait,
     sea_query::{Expr, ExprTrait},
 };
 use serde::{Deserialize, Serialize};
@@ -214,6 +214,7 @@ impl Inventory {
         &self,
         txn: &DatabaseTransaction,
         known: &mut Known<reservations::Model>,
+        writes: &mut Deferred,
         order_id: Uuid,
         items: Vec<LineItem>,
         headers: &BTreeMap<String, String>,
@@ -244,7 +245,7 @@ impl Inventory {
                 ));
                 break;
             }
-            if move_stock(txn, line, Move::Reserve).await? != 1 {
+            if !writes.stock.reserve(txn, line).await? {
                 refusal = Some(format!("not enough stock for {}", line.sku));
                 break;
             }
@@ -256,7 +257,7 @@ impl Inventory {
                 // All or nothing: give back the lines already taken. (The transaction is
                 // shared with the rest of the batch, so no rollback here.)
                 for line in taken {
-                    move_stock(txn, line, Move::Release).await?;
+                    writes.stock.release(line);
                 }
                 let answer = ReplyBody::StockRejected {
                     reason: reason.clone(),
@@ -270,10 +271,10 @@ impl Inventory {
     }
 
     #[tracing::instrument(name = "inventory.release", skip_all, fields(order_id = %order_id))]
-    async fn release(
+    fn release(
         &self,
-        txn: &DatabaseTransaction,
         known: &mut Known<reservations::Model>,
+        writes: &mut Deferred,
         order_id: Uuid,
         headers: &BTreeMap<String, String>,
     ) -> Result<NewMessage, DbErr> {
@@ -282,11 +283,9 @@ impl Inventory {
             .map(|r| (r.status.clone(), r.items.clone()))
         {
             Some((status, items)) if status == RESERVED => {
-                // Claim the transition first: a concurrent duplicate fails here, not after
-                // moving stock.
-                set_status(txn, known, order_id, RESERVED, RELEASED).await?;
+                writes.set_status(known, order_id, RESERVED, RELEASED);
                 for line in parse_items(&items)? {
-                    move_stock(txn, &line, Move::Release).await?;
+                    writes.stock.release(&line);
                 }
             }
             Some(_) => {} // Rejected, already released or sold: nothing held.
@@ -306,10 +305,10 @@ impl Inventory {
     }
 
     #[tracing::instrument(name = "inventory.consume", skip_all, fields(order_id = %order_id))]
-    async fn consume(
+    fn consume(
         &self,
-        txn: &DatabaseTransaction,
         known: &mut Known<reservations::Model>,
+        writes: &mut Deferred,
         order_id: Uuid,
     ) -> Result<(), DbErr> {
         let Some(items) = known
@@ -319,9 +318,9 @@ impl Inventory {
         else {
             return Ok(()); // duplicate event, or nothing held
         };
-        set_status(txn, known, order_id, RESERVED, CONSUMED).await?;
+        writes.set_status(known, order_id, RESERVED, CONSUMED);
         for line in parse_items(&items)? {
-            move_stock(txn, &line, Move::Sell).await?;
+            writes.stock.sell(&line);
         }
         Ok(())
     }
@@ -345,6 +344,7 @@ impl Inventory {
 
 impl CommandHandler for Inventory {
     type Record = reservations::Model;
+    type Deferred = Deferred;
 
     fn store(&self) -> &DatabaseConnection {
         &self.db
@@ -370,11 +370,20 @@ impl CommandHandler for Inventory {
         insert_reservations(txn, records).await
     }
 
+    async fn write_deferred(
+        &self,
+        txn: &DatabaseTransaction,
+        writes: Deferred,
+    ) -> Result<(), DbErr> {
+        writes.write(txn).await
+    }
+
     /// Applies one delivery from `inventory.commands`.
     async fn apply(
         &self,
         txn: &DatabaseTransaction,
         known: &mut Known<reservations::Model>,
+        writes: &mut Deferred,
         message: &IncomingMessage,
     ) -> Result<Applied, DbErr> {
         let envelope: Envelope<CommandBody> = match decode(message) {
@@ -384,11 +393,11 @@ impl CommandHandler for Inventory {
         let order_id = envelope.order_id;
         let answer = match envelope.body {
             CommandBody::ReserveStock { items } => {
-                self.reserve(txn, known, order_id, items, &message.headers)
+                self.reserve(txn, known, writes, order_id, items, &message.headers)
                     .await?
             }
             CommandBody::ReleaseStock {} => {
-                self.release(txn, known, order_id, &message.headers).await?
+                self.release(known, writes, order_id, &message.headers)?
             }
             other => {
                 return Ok(Applied::Poison(format!(
@@ -408,6 +417,7 @@ pub struct OrderEvents(pub Inventory);
 
 impl CommandHandler for OrderEvents {
     type Record = reservations::Model;
+    type Deferred = Deferred;
 
     fn store(&self) -> &DatabaseConnection {
         &self.0.db
@@ -433,10 +443,19 @@ impl CommandHandler for OrderEvents {
         insert_reservations(txn, records).await
     }
 
-    async fn apply(
+    async fn write_deferred(
         &self,
         txn: &DatabaseTransaction,
+        writes: Deferred,
+    ) -> Result<(), DbErr> {
+        writes.write(txn).await
+    }
+
+    async fn apply(
+        &self,
+        _txn: &DatabaseTransaction,
         known: &mut Known<reservations::Model>,
+        writes: &mut Deferred,
         message: &IncomingMessage,
     ) -> Result<Applied, DbErr> {
         let envelope: Envelope<OrderEventBody> = match decode(message) {
@@ -444,7 +463,7 @@ impl CommandHandler for OrderEvents {
             Err(poison) => return Ok(poison),
         };
         if envelope.body.kind == "order.confirmed" {
-            self.0.consume(txn, known, envelope.order_id).await?;
+            self.0.consume(known, writes, envelope.order_id)?;
         }
         Ok(Applied::Replies(Vec::new()))
     }
@@ -509,44 +528,6 @@ impl StockReader {
     }
 }
 
-/// How a line moves between the stock counters.
-#[derive(Debug, Clone, Copy)]
-enum Move {
-    /// available → reserved, only if enough is available.
-    Reserve,
-    /// reserved → available.
-    Release,
-    /// reserved → sold.
-    Sell,
-}
-
-/// Moves one line's quantity by a conditional update (no read-modify-write); returns the
-/// rows changed (0: not enough available for a reservation).
-async fn move_stock<C: ConnectionTrait>(db: &C, line: &LineItem, how: Move) -> Result<u64, DbErr> {
-    let q = line.quantity;
-    let col = |c: stock::Column| Expr::col(c);
-    let update = stock::Entity::update_many().filter(stock::Column::Sku.eq(line.sku.as_str()));
-    let update = match how {
-        Move::Reserve => update
-            .col_expr(
-                stock::Column::Available,
-                col(stock::Column::Available).sub(q),
-            )
-            .col_expr(stock::Column::Reserved, col(stock::Column::Reserved).add(q))
-            .filter(stock::Column::Available.gte(q)),
-        Move::Release => update
-            .col_expr(
-                stock::Column::Available,
-                col(stock::Column::Available).add(q),
-            )
-            .col_expr(stock::Column::Reserved, col(stock::Column::Reserved).sub(q)),
-        Move::Sell => update
-            .col_expr(stock::Column::Reserved, col(stock::Column::Reserved).sub(q))
-            .col_expr(stock::Column::Sold, col(stock::Column::Sold).add(q)),
-    };
-    Ok(update.exec(db).await?.rows_affected)
-}
-
 fn parse_items(json: &str) -> Result<Vec<LineItem>, DbErr> {
     serde_json::from_str(json)
         .map_err(|e| DbErr::Custom(format!("unreadable reservation items: {e}")))
@@ -589,34 +570,212 @@ async fn insert_reservations<C: ConnectionTrait>(
     insert_all::<reservations::Entity, _>(db, records).await
 }
 
-/// Moves a reservation from `from` to `to`; the `from` guard makes a concurrent duplicate
-/// a no-op rather than a double effect.
-async fn set_status<C: ConnectionTrait>(
-    db: &C,
-    known: &mut Known<reservations::Model>,
+/// Writes an inventory batch defers to its end: the stock moves summed per SKU (one UPDATE
+/// per SKU instead of one per order line) and the reservation status changes (one
+/// statement on PostgreSQL).
+#[derive(Default)]
+pub struct Deferred {
+    stock: StockMoves,
+    statuses: Vec<StatusChange>,
+}
+
+struct StatusChange {
     order_id: Uuid,
-    from: &str,
-    to: &str,
-) -> Result<(), DbErr> {
-    let now = Utc::now();
-    let stored = known.change(order_id, |r| {
-        r.status = to.to_owned();
-        r.updated_at = now;
-    });
-    if !stored {
-        return Ok(()); // created by this batch: the insert carries the new status
+    from: &'static str,
+    to: &'static str,
+    at: DateTime<Utc>,
+}
+
+impl Deferred {
+    /// Moves a reservation from `from` to `to`: in the batch's view now, in the table when
+    /// the batch ends. There the `from` guard makes a concurrent duplicate fail the batch
+    /// (which is then applied delivery by delivery) instead of acting twice.
+    fn set_status(
+        &mut self,
+        known: &mut Known<reservations::Model>,
+        order_id: Uuid,
+        from: &'static str,
+        to: &'static str,
+    ) {
+        let at = Utc::now();
+        let stored = known.change(order_id, |r| {
+            r.status = to.to_owned();
+            r.updated_at = at;
+        });
+        // A record created by this batch is inserted with its final status.
+        if stored {
+            self.statuses.push(StatusChange {
+                order_id,
+                from,
+                to,
+                at,
+            });
+        }
     }
-    let res = reservations::Entity::update_many()
-        .col_expr(reservations::Column::Status, to.into())
-        .col_expr(reservations::Column::UpdatedAt, now.into())
-        .filter(reservations::Column::OrderId.eq(order_id))
-        .filter(reservations::Column::Status.eq(from))
-        .exec(db)
-        .await?;
-    if res.rows_affected != 1 {
+
+    /// Status changes first, stock last: the hot stock rows stay locked for the shortest
+    /// time before the commit.
+    async fn write(self, txn: &DatabaseTransaction) -> Result<(), DbErr> {
+        write_statuses(txn, &self.statuses).await?;
+        self.stock.write(txn).await
+    }
+}
+
+/// Every status change of a batch, guarded by the status it expects.
+const BULK_STATUS_UPDATE: &str = r#"UPDATE reservations AS r SET status = v.to_status, updated_at = v.at
+FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::timestamptz[]) AS v(order_id, from_status, to_status, at)
+WHERE r.order_id = v.order_id AND r.status = v.from_status"#;
+
+async fn write_statuses<C: ConnectionTrait>(db: &C, changes: &[StatusChange]) -> Result<(), DbErr> {
+    let changed = if changes.len() > 1 && db.get_database_backend() == DbBackend::Postgres {
+        use sea_orm::sea_query::{Value, ValueType};
+        fn array<T: ValueType>(values: Vec<Value>) -> Value {
+            Value::Array(T::array_type(), Some(Box::new(values)))
+        }
+        let column = |f: fn(&StatusChange) -> Value| changes.iter().map(f).collect::<Vec<_>>();
+        let values = vec![
+            array::<Uuid>(column(|c| c.order_id.into())),
+            array::<String>(column(|c| c.from.into())),
+            array::<String>(column(|c| c.to.into())),
+            array::<DateTime<Utc>>(column(|c| c.at.into())),
+        ];
+        db.execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            BULK_STATUS_UPDATE,
+            values,
+        ))
+        .await?
+        .rows_affected()
+    } else {
+        let mut changed = 0;
+        for c in changes {
+            changed += reservations::Entity::update_many()
+                .col_expr(reservations::Column::Status, c.to.into())
+                .col_expr(reservations::Column::UpdatedAt, c.at.into())
+                .filter(reservations::Column::OrderId.eq(c.order_id))
+                .filter(reservations::Column::Status.eq(c.from))
+                .exec(db)
+                .await?
+                .rows_affected;
+        }
+        changed
+    };
+    if changed != changes.len() as u64 {
         return Err(DbErr::Custom(format!(
-            "reservation {order_id} changed concurrently ({from} -> {to}); retrying"
+            "{} of {} reservations changed concurrently; retrying",
+            (changes.len() as u64).saturating_sub(changed),
+            changes.len()
         )));
     }
     Ok(())
+}
+
+/// A batch's stock moves, summed per SKU and written with one UPDATE per SKU at its end.
+///
+/// Releases and sales need no check: they are only summed. A reservation must see the
+/// true available count, so the batch's first reservation of a SKU is a conditional UPDATE
+/// (`… WHERE available >= q`) that also writes the moves summed so far and returns the
+/// new count. That UPDATE holds the row's lock until the commit: from then on nobody else
+/// can change the count, and the batch decides the SKU's further reservations in memory.
+/// No read-modify-write ever happens outside that lock, so orders cannot oversell.
+#[derive(Default)]
+struct StockMoves {
+    skus: BTreeMap<String, SkuMoves>,
+}
+
+/// Counter changes of one SKU not written yet, and its available count once this
+/// transaction holds the row.
+#[derive(Default)]
+struct SkuMoves {
+    available: i64,
+    reserved: i64,
+    sold: i64,
+    locked_available: Option<i64>,
+}
+
+impl StockMoves {
+    /// available → reserved, if enough is available. Returns whether it was.
+    async fn reserve<C: ConnectionTrait>(
+        &mut self,
+        db: &C,
+        line: &LineItem,
+    ) -> Result<bool, DbErr> {
+        let q = line.quantity;
+        let sku = self.skus.entry(line.sku.clone()).or_default();
+        if let Some(available) = sku.locked_available {
+            if available < q {
+                return Ok(false);
+            }
+            sku.locked_available = Some(available - q);
+            sku.available -= q;
+            sku.reserved += q;
+            return Ok(true);
+        }
+        let updated = counters_update(&line.sku, sku.available - q, sku.reserved + q, sku.sold)
+            .filter(
+                Expr::col(stock::Column::Available)
+                    .add(sku.available)
+                    .gte(q),
+            )
+            .exec_with_returning(db)
+            .await?;
+        let Some(row) = updated.into_iter().next() else {
+            return Ok(false); // not enough (or unknown SKU): nothing written, nothing held
+        };
+        *sku = SkuMoves {
+            locked_available: Some(row.available),
+            ..SkuMoves::default()
+        };
+        Ok(true)
+    }
+
+    /// reserved → available.
+    fn release(&mut self, line: &LineItem) {
+        let sku = self.skus.entry(line.sku.clone()).or_default();
+        sku.available += line.quantity;
+        sku.reserved -= line.quantity;
+        if let Some(available) = &mut sku.locked_available {
+            *available += line.quantity;
+        }
+    }
+
+    /// reserved → sold.
+    fn sell(&mut self, line: &LineItem) {
+        let sku = self.skus.entry(line.sku.clone()).or_default();
+        sku.reserved -= line.quantity;
+        sku.sold += line.quantity;
+    }
+
+    /// One UPDATE per SKU with moves left, in SKU order (two batches cannot deadlock here).
+    async fn write<C: ConnectionTrait>(self, db: &C) -> Result<(), DbErr> {
+        for (sku, m) in self.skus {
+            if (m.available, m.reserved, m.sold) != (0, 0, 0) {
+                counters_update(&sku, m.available, m.reserved, m.sold)
+                    .exec(db)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Adds to a SKU's counters (no read-modify-write).
+fn counters_update(
+    sku: &str,
+    available: i64,
+    reserved: i64,
+    sold: i64,
+) -> sea_orm::UpdateMany<stock::Entity> {
+    let add = |c: stock::Column, n: i64| Expr::col(c).add(n);
+    stock::Entity::update_many()
+        .col_expr(
+            stock::Column::Available,
+            add(stock::Column::Available, available),
+        )
+        .col_expr(
+            stock::Column::Reserved,
+            add(stock::Column::Reserved, reserved),
+        )
+        .col_expr(stock::Column::Sold, add(stock::Column::Sold, sold))
+        .filter(stock::Column::Sku.eq(sku))
 }

@@ -50,12 +50,24 @@ pub trait CommandHandler: Clone + Send + Sync + 'static {
         txn: &DatabaseTransaction,
         order_ids: Vec<Uuid>,
     ) -> impl Future<Output = Result<Vec<(Uuid, Self::Record)>, DbErr>> + Send;
+    /// Writes the batch's deliveries defer to its end (one statement for many orders).
+    type Deferred: Default + Send;
     fn apply(
         &self,
         txn: &DatabaseTransaction,
         known: &mut Known<Self::Record>,
+        deferred: &mut Self::Deferred,
         message: &IncomingMessage,
     ) -> impl Future<Output = Result<Applied, DbErr>> + Send;
+    /// Writes what the batch deferred, before its commit. Participants that defer nothing
+    /// keep this default.
+    fn write_deferred(
+        &self,
+        _txn: &DatabaseTransaction,
+        _deferred: Self::Deferred,
+    ) -> impl Future<Output = Result<(), DbErr>> + Send {
+        async { Ok(()) }
+    }
     /// Inserts the records the batch created (one multi-row INSERT).
     fn insert(
         &self,
@@ -214,10 +226,14 @@ async fn apply_all<H: CommandHandler>(
     order_ids.sort_unstable();
     order_ids.dedup();
     let mut known = Known::new(handler.load(txn, order_ids).await?);
+    let mut deferred = H::Deferred::default();
     let mut dispositions = Vec::with_capacity(messages.len());
     let mut replies = Vec::new();
     for message in messages {
-        match handler.apply(txn, &mut known, message).await? {
+        match handler
+            .apply(txn, &mut known, &mut deferred, message)
+            .await?
+        {
             Applied::Replies(r) => {
                 replies.extend(r);
                 dispositions.push(Disposition::Ack);
@@ -229,6 +245,7 @@ async fn apply_all<H: CommandHandler>(
     if !created.is_empty() {
         handler.insert(txn, created).await?;
     }
+    handler.write_deferred(txn, deferred).await?;
     let rows = outbox::enqueue(txn, &replies).await?;
     Ok((dispositions, rows))
 }

@@ -175,6 +175,7 @@ fn payment(
 
 impl CommandHandler for Payment {
     type Record = payments::Model;
+    type Deferred = ();
 
     fn store(&self) -> &DatabaseConnection {
         &self.db
@@ -208,6 +209,7 @@ impl CommandHandler for Payment {
         &self,
         txn: &DatabaseTransaction,
         known: &mut Known<payments::Model>,
+        _deferred: &mut (),
         message: &IncomingMessage,
     ) -> Result<Applied, DbErr> {
         let envelope: Envelope<CommandBody> = match decode(message) {

@@ -151,6 +151,7 @@ fn shipment(
 
 impl CommandHandler for Shipping {
     type Record = shipments::Model;
+    type Deferred = ();
 
     fn store(&self) -> &DatabaseConnection {
         &self.db
@@ -184,6 +185,7 @@ impl CommandHandler for Shipping {
         &self,
         txn: &DatabaseTransaction,
         known: &mut Known<shipments::Model>,
+        _deferred: &mut (),
         message: &IncomingMessage,
     ) -> Result<Applied, DbErr> {
         let envelope: Envelope<CommandBody> = match decode(message) {
