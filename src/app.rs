@@ -16,6 +16,7 @@ use crate::participants::{self, CommandHandler, inventory};
 use crate::persistence::Stores;
 use crate::persistence::group_commit::OrderWriter;
 use crate::persistence::idempotency;
+use crate::persistence::idempotency::Claims;
 use crate::persistence::outbox::OutboxFeed;
 use anyhow::Context;
 use sea_orm::DatabaseConnection;
@@ -128,8 +129,17 @@ impl Application {
         let listener = TcpListener::bind(config.listen_addr)
             .await
             .with_context(|| format!("binding {}", config.listen_addr))?;
+        let claims = Claims::start(
+            stores.orders.clone(),
+            chrono::Duration::from_std(config.idempotency_retention())
+                .unwrap_or(chrono::Duration::hours(24)),
+            chrono::Duration::seconds(
+                i64::try_from(config.idempotency_claim_timeout_secs).unwrap_or(60),
+            ),
+        );
         let state = AppState {
             metrics: crate::metrics::install(),
+            claims,
             orders,
             stores,
             inventory,
@@ -138,11 +148,6 @@ impl Application {
                 admin_token: config.admin_token.clone(),
                 dev_endpoints: config.dev_endpoints,
                 payment_mode: config.payment_mode,
-                idempotency_retention: chrono::Duration::from_std(config.idempotency_retention())
-                    .unwrap_or(chrono::Duration::hours(24)),
-                idempotency_claim_timeout: chrono::Duration::seconds(
-                    i64::try_from(config.idempotency_claim_timeout_secs).unwrap_or(60),
-                ),
                 body_limit_bytes: config.body_limit_bytes,
                 max_orders_in_flight: config.max_orders_in_flight,
             }),

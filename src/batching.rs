@@ -15,9 +15,75 @@ pub fn take_ready<T>(first: T, max: usize, mut try_next: impl FnMut() -> Option<
     batch
 }
 
+/// Answers concurrent calls in batches: calls made while a batch is being handled are
+/// handled together next, by one call of the handler (e.g. one query for many requests).
+/// Each caller waits for its own answer only.
+pub struct Coalescer<Req, Resp> {
+    requests: tokio::sync::mpsc::UnboundedSender<(Req, tokio::sync::oneshot::Sender<Resp>)>,
+}
+
+impl<Req, Resp> Clone for Coalescer<Req, Resp> {
+    fn clone(&self) -> Self {
+        Coalescer {
+            requests: self.requests.clone(),
+        }
+    }
+}
+
+impl<Req: Send + 'static, Resp: Send + 'static> Coalescer<Req, Resp> {
+    /// Starts the task that runs `handle` on batches of at most `max` requests. `handle`
+    /// returns one answer per request, in order. The task ends when every handle is dropped.
+    pub fn start<F, Fut>(max: usize, mut handle: F) -> Self
+    where
+        F: FnMut(Vec<Req>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Vec<Resp>> + Send,
+    {
+        let (requests, mut queue) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(first) = queue.recv().await {
+                let batch = take_ready(first, max, || queue.try_recv().ok());
+                let (inputs, replies): (Vec<Req>, Vec<tokio::sync::oneshot::Sender<Resp>>) =
+                    batch.into_iter().unzip();
+                for (answer, reply) in handle(inputs).await.into_iter().zip(replies) {
+                    let _ = reply.send(answer); // the caller may have given up
+                }
+            }
+        });
+        Coalescer { requests }
+    }
+
+    /// The answer to `request`; `None` if the task has stopped (or gave no answer).
+    pub async fn call(&self, request: Req) -> Option<Resp> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.requests.send((request, reply)).ok()?;
+        answer.await.ok()
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::take_ready;
+    use super::{Coalescer, take_ready};
+
+    #[tokio::test]
+    async fn concurrent_calls_share_one_handler_call_and_each_gets_its_own_answer() {
+        let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = calls.clone();
+        let double = Coalescer::start(100, move |batch: Vec<u32>| {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move {
+                // Slow enough that the other calls queue up behind the first batch.
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                batch.into_iter().map(|n| n * 2).collect::<Vec<_>>()
+            }
+        });
+        let answers = futures::future::join_all((1..=10).map(|n| double.call(n))).await;
+        assert_eq!(answers, (1..=10).map(|n| Some(n * 2)).collect::<Vec<_>>());
+        let handler_calls = calls.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            (1..=2).contains(&handler_calls),
+            "10 concurrent calls took {handler_calls} handler calls"
+        );
+    }
 
     #[test]
     fn takes_what_is_ready_up_to_the_limit() {

@@ -15,6 +15,7 @@ use crate::domain::saga::PaymentMode;
 use crate::messaging::Bus;
 use crate::participants::inventory::Inventory;
 use crate::persistence::Stores;
+use crate::persistence::idempotency::Claims;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::extract::{MatchedPath, Request, State};
@@ -33,9 +34,6 @@ pub struct HttpSettings {
     pub admin_token: Option<String>,
     pub dev_endpoints: bool,
     pub payment_mode: PaymentMode,
-    pub idempotency_retention: chrono::Duration,
-    /// Age after which an unfinished claim counts as abandoned (its request crashed).
-    pub idempotency_claim_timeout: chrono::Duration,
     pub body_limit_bytes: usize,
     /// `MAX_ORDERS_IN_FLIGHT` (0: no limit).
     pub max_orders_in_flight: usize,
@@ -47,6 +45,8 @@ pub struct AppState {
     pub orders: Orders,
     pub stores: Stores,
     pub inventory: Inventory,
+    /// Idempotency-key claims of `POST /api/orders`.
+    pub claims: Claims,
     pub bus: Bus,
     pub settings: Arc<HttpSettings>,
     /// Renders `/metrics`.

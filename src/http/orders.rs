@@ -139,15 +139,7 @@ async fn create_order(
     let canonical = serde_json::to_vec(&request).map_err(|e| ApiError::Internal(e.into()))?;
     let hash = hex::encode(Sha256::digest(&canonical));
     let db = &app.stores.orders;
-    let settings = &app.settings;
-    let claim = idempotency::claim(
-        db,
-        &key,
-        &hash,
-        settings.idempotency_retention,
-        settings.idempotency_claim_timeout,
-    );
-    match claim.await? {
+    match app.claims.claim(&key, &hash).await? {
         Claim::New => {}
         Claim::Replay { status, body } => {
             metrics::counter!("idempotency_replays_total").increment(1);

@@ -5,6 +5,7 @@
 //! never by read-modify-write, so concurrent orders cannot oversell and no row lock is
 //! taken. Counters per SKU: `available + reserved + sold` stays equal to the stock put in.
 
+use crate::batching::Coalescer;
 use crate::messaging::IncomingMessage;
 use crate::messaging::messages::{CommandBody, Envelope, LineItem, OrderEventBody, ReplyBody};
 use crate::participants::{
@@ -469,62 +470,50 @@ impl CommandHandler for OrderEvents {
     }
 }
 
-type StockRequest = (
-    Vec<String>,
-    tokio::sync::oneshot::Sender<Result<Vec<stock::Model>, DbErr>>,
-);
-
 /// Coalesces the stock checks of concurrent `POST /api/orders`: the checks that arrive
 /// while one query runs are all answered by the next single query (`SELECT … WHERE sku IN
 /// (…)` over their SKUs together). Every answer is still read after its request arrived.
 #[derive(Clone)]
-struct StockReader {
-    requests: tokio::sync::mpsc::UnboundedSender<StockRequest>,
-}
+struct StockReader(Coalescer<Vec<String>, Result<Vec<stock::Model>, DbErr>>);
 
 /// Most checks answered by one query.
 const STOCK_READS_PER_QUERY: usize = 256;
 
 impl StockReader {
     fn start(db: DatabaseConnection) -> Self {
-        let (requests, mut queue) = tokio::sync::mpsc::unbounded_channel::<StockRequest>();
-        tokio::spawn(async move {
-            while let Some(first) = queue.recv().await {
-                let batch = crate::batching::take_ready(first, STOCK_READS_PER_QUERY, || {
-                    queue.try_recv().ok()
-                });
-                let mut skus: Vec<String> =
-                    batch.iter().flat_map(|(s, _)| s.iter().cloned()).collect();
-                skus.sort_unstable();
-                skus.dedup();
-                let read = stock::Entity::find()
-                    .filter(stock::Column::Sku.is_in(skus))
-                    .all(&db)
-                    .await;
-                for (wanted, reply) in batch {
-                    let answer = match &read {
-                        Ok(rows) => Ok(rows
-                            .iter()
-                            .filter(|r| wanted.contains(&r.sku))
-                            .cloned()
-                            .collect()),
-                        Err(e) => Err(DbErr::Custom(e.to_string())),
-                    };
-                    let _ = reply.send(answer);
+        StockReader(Coalescer::start(
+            STOCK_READS_PER_QUERY,
+            move |batch: Vec<Vec<String>>| {
+                let db = db.clone();
+                async move {
+                    let mut skus: Vec<String> = batch.iter().flatten().cloned().collect();
+                    skus.sort_unstable();
+                    skus.dedup();
+                    let read = stock::Entity::find()
+                        .filter(stock::Column::Sku.is_in(skus))
+                        .all(&db)
+                        .await;
+                    batch
+                        .iter()
+                        .map(|wanted| match &read {
+                            Ok(rows) => Ok(rows
+                                .iter()
+                                .filter(|r| wanted.contains(&r.sku))
+                                .cloned()
+                                .collect()),
+                            Err(e) => Err(DbErr::Custom(e.to_string())),
+                        })
+                        .collect()
                 }
-            }
-        });
-        StockReader { requests }
+            },
+        ))
     }
 
     async fn read(&self, skus: Vec<String>) -> Result<Vec<stock::Model>, DbErr> {
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        self.requests
-            .send((skus, reply))
-            .map_err(|_| DbErr::Custom("the stock reader has stopped".into()))?;
-        answer
+        self.0
+            .call(skus)
             .await
-            .map_err(|_| DbErr::Custom("the stock reader has stopped".into()))?
+            .unwrap_or_else(|| Err(DbErr::Custom("the stock reader has stopped".into())))
     }
 }
 

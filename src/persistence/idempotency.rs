@@ -7,12 +7,16 @@
 //! crashed process is taken over once it is older than the claim timeout
 //! (`IDEMPOTENCY_CLAIM_TIMEOUT_SECS`, default [`ABANDONED_AFTER`]).
 
+use crate::batching::Coalescer;
 use chrono::{Duration as ChronoDuration, Utc};
 use entity::idempotency_keys as keys;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter,
-    sea_query::OnConflict,
+    ActiveValue::Set,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, QueryFilter,
+    Statement,
+    sea_query::{OnConflict, Query},
 };
+use std::collections::HashSet;
 use uuid::Uuid;
 
 /// Default age after which an in-flight claim is considered abandoned by a crashed request.
@@ -95,21 +99,140 @@ pub async fn claim<C: ConnectionTrait>(
     }
 }
 
-/// Records the response of a completed request; call in the transaction that created the order.
-pub async fn complete<C: ConnectionTrait>(
+/// The claims of concurrent requests, made together: every claim that arrives while the
+/// previous statement runs goes into one multi-row `INSERT … ON CONFLICT DO NOTHING
+/// RETURNING key` (one statement, one commit for all). The keys it inserted are new; every
+/// other (a replay, a mismatch, a key in flight, all but the first of equal keys in the
+/// batch) then goes through [`claim`] on its own, which decides as for a single request;
+/// so does every claim of a batch whose statement failed.
+#[derive(Clone)]
+pub struct Claims(Coalescer<(String, String), Result<Claim, DbErr>>);
+
+/// Most claims inserted by one statement.
+const CLAIMS_PER_INSERT: usize = 256;
+
+impl Claims {
+    pub fn start(
+        db: DatabaseConnection,
+        retention: ChronoDuration,
+        abandoned_after: ChronoDuration,
+    ) -> Self {
+        Claims(Coalescer::start(
+            CLAIMS_PER_INSERT,
+            move |batch: Vec<(String, String)>| {
+                let db = db.clone();
+                async move {
+                    // If the statement fails (database away), each claim is tried on its
+                    // own and fails with its own error.
+                    let inserted = insert_new(&db, &batch).await.unwrap_or_default();
+                    let mut answered = HashSet::new();
+                    let answers = batch.iter().map(|(key, hash)| {
+                        let new = inserted.contains(key) && answered.insert(key.as_str());
+                        let db = &db;
+                        async move {
+                            if new {
+                                Ok(Claim::New)
+                            } else {
+                                claim(db, key, hash, retention, abandoned_after).await
+                            }
+                        }
+                    });
+                    futures::future::join_all(answers).await
+                }
+            },
+        ))
+    }
+
+    /// [`claim`], coalesced with the concurrent ones.
+    pub async fn claim(&self, key: &str, request_hash: &str) -> Result<Claim, DbErr> {
+        self.0
+            .call((key.to_owned(), request_hash.to_owned()))
+            .await
+            .unwrap_or_else(|| Err(DbErr::Custom("the idempotency claimer has stopped".into())))
+    }
+}
+
+/// Inserts the claims whose keys are free; returns those keys.
+async fn insert_new<C: ConnectionTrait>(
     db: &C,
-    key: &str,
-    order_id: Uuid,
-    status: u16,
-    body: &str,
-) -> Result<(), DbErr> {
-    keys::Entity::update_many()
-        .col_expr(keys::Column::OrderId, Some(order_id).into())
-        .col_expr(keys::Column::ResponseStatus, Some(i32::from(status)).into())
-        .col_expr(keys::Column::ResponseBody, Some(body.to_owned()).into())
-        .filter(keys::Column::Key.eq(key))
-        .exec(db)
+    claims: &[(String, String)],
+) -> Result<HashSet<String>, DbErr> {
+    let now = Utc::now();
+    let mut insert = Query::insert();
+    insert.into_table(keys::Entity).columns([
+        keys::Column::Key,
+        keys::Column::RequestHash,
+        keys::Column::CreatedAt,
+    ]);
+    for (key, hash) in claims {
+        insert
+            .values([key.clone().into(), hash.clone().into(), now.into()])
+            .map_err(|e| DbErr::Custom(e.to_string()))?;
+    }
+    insert
+        .on_conflict(
+            OnConflict::column(keys::Column::Key)
+                .do_nothing()
+                .to_owned(),
+        )
+        .returning_col(keys::Column::Key);
+    let rows = db
+        .query_all_raw(db.get_database_backend().build(&insert))
         .await?;
+    rows.iter()
+        .map(|row| row.try_get::<String>("", "key"))
+        .collect()
+}
+
+/// The response of a request that created an order, for its key.
+pub struct Completed<'a> {
+    pub key: &'a str,
+    pub order_id: Uuid,
+    pub status: u16,
+    pub body: &'a str,
+}
+
+/// Same effect as one UPDATE per key, as one statement (the values travel as arrays).
+const BULK_COMPLETE: &str = r#"UPDATE idempotency_keys AS k
+SET order_id = v.order_id, response_status = v.status, response_body = v.body
+FROM UNNEST($1::text[], $2::uuid[], $3::int4[], $4::text[]) AS v(key, order_id, status, body)
+WHERE k.key = v.key"#;
+
+/// Records the responses of completed requests; call in the transaction that created the
+/// orders, so "order created" and "key completed" commit together.
+pub async fn complete_all<C: ConnectionTrait>(db: &C, done: &[Completed<'_>]) -> Result<(), DbErr> {
+    if done.len() > 1 && db.get_database_backend() == DbBackend::Postgres {
+        use sea_orm::sea_query::{Value, ValueType};
+        fn array<T: ValueType>(values: Vec<Value>) -> Value {
+            Value::Array(T::array_type(), Some(Box::new(values)))
+        }
+        let column = |f: fn(&Completed) -> Value| done.iter().map(f).collect::<Vec<_>>();
+        let values = vec![
+            array::<String>(column(|d| d.key.into())),
+            array::<Uuid>(column(|d| d.order_id.into())),
+            array::<i32>(column(|d| i32::from(d.status).into())),
+            array::<String>(column(|d| d.body.into())),
+        ];
+        db.execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            BULK_COMPLETE,
+            values,
+        ))
+        .await?;
+        return Ok(());
+    }
+    for d in done {
+        keys::Entity::update_many()
+            .col_expr(keys::Column::OrderId, Some(d.order_id).into())
+            .col_expr(
+                keys::Column::ResponseStatus,
+                Some(i32::from(d.status)).into(),
+            )
+            .col_expr(keys::Column::ResponseBody, Some(d.body.to_owned()).into())
+            .filter(keys::Column::Key.eq(d.key))
+            .exec(db)
+            .await?;
+    }
     Ok(())
 }
 

@@ -339,9 +339,16 @@ pub async fn save_batch<C: TransactionTrait>(
             .await?;
     }
     let outbox_rows = outbox::enqueue_all(&txn, messages).await?;
-    for (order_id, done) in completions {
-        idempotency::complete(&txn, &done.key, order_id, done.status, &done.body).await?;
-    }
+    let completions: Vec<idempotency::Completed> = completions
+        .into_iter()
+        .map(|(order_id, done)| idempotency::Completed {
+            key: &done.key,
+            order_id,
+            status: done.status,
+            body: &done.body,
+        })
+        .collect();
+    idempotency::complete_all(&txn, &completions).await?;
     txn.commit().await?;
     Ok(SavedBatch {
         results,
