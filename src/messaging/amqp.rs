@@ -29,8 +29,9 @@
 //! Deliveries left unacknowledged by a dead channel are redelivered by the broker; settling
 //! such a stale delivery is an error, never a panic.
 
-use std::collections::{BTreeMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -53,12 +54,16 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
+use super::bundle::{self, Wire};
 use super::bus::{Acker, BusError, IncomingMessage, OutgoingMessage, Settle};
 use super::topology::{self, ExchangeSpec, ExchangeType, QueueSpec};
 
 /// Publishing channels per connection: enough that concurrent publishers rarely queue behind
 /// one another's confirm round-trip, few enough to be negligible for the broker.
 const PUBLISH_CHANNELS: usize = 4;
+
+/// Content type of every message but bundles.
+const JSON: &str = "application/json";
 
 /// AMQP `delivery_mode` for messages that survive a broker restart.
 const PERSISTENT: u8 = 2;
@@ -568,7 +573,7 @@ impl AmqpBus {
             return Err(self.not_connected());
         };
         let outcome = timeout(CONFIRM_TIMEOUT, async {
-            let confirm = send(channel, spec, msg).await?;
+            let confirm = send(channel, spec, msg, JSON).await?;
             // Still holding the channel: see the module docs on returned messages.
             Ok::<_, BusError>(confirm.await)
         })
@@ -596,17 +601,31 @@ impl AmqpBus {
         if batch.is_empty() {
             return Ok(());
         }
-        let ours: HashSet<Uuid> = batch.iter().map(|(_, msg)| msg.message_id).collect();
+        // Messages going the same way travel as one (see `bundle`).
+        let mut outgoing: Vec<(&ExchangeSpec, Cow<'_, OutgoingMessage>, &str)> = Vec::new();
+        for wire in bundle::plan(batch) {
+            outgoing.push(match wire {
+                Wire::Single(spec, msg) => (spec, Cow::Borrowed(msg), JSON),
+                Wire::Bundle(spec, parts) => {
+                    let packed = bundle::encode(&parts)
+                        .map_err(|e| BusError::InvalidMessage(format!("bundling: {e}")))?;
+                    metrics::histogram!("amqp_bundle_parts", "exchange" => spec.name)
+                        .record(parts.len() as f64);
+                    (spec, Cow::Owned(packed), bundle::CONTENT_TYPE)
+                }
+            });
+        }
+        let ours: HashSet<Uuid> = outgoing.iter().map(|(_, msg, _)| msg.message_id).collect();
         let mut slot = self.publisher().await?;
         let Some(channel) = slot.as_ref() else {
             return Err(self.not_connected());
         };
         let outcome = timeout(CONFIRM_TIMEOUT, async {
             let mut pending: Vec<(&OutgoingMessage, PublisherConfirm)> =
-                Vec::with_capacity(batch.len());
+                Vec::with_capacity(outgoing.len());
             let mut first_error = None;
-            for (spec, msg) in batch {
-                match send(channel, spec, msg).await {
+            for (spec, msg, content_type) in &outgoing {
+                match send(channel, spec, msg, content_type).await {
                     Ok(confirm) => pending.push((msg, confirm)),
                     Err(error) => {
                         first_error = Some(error);
@@ -679,6 +698,7 @@ impl AmqpBus {
             consumer,
             lost: link.lost.clone(),
             finished: false,
+            unpacked: VecDeque::new(),
         })
     }
 }
@@ -706,8 +726,9 @@ async fn send(
     channel: &Channel,
     spec: &ExchangeSpec,
     msg: &OutgoingMessage,
+    content_type: &str,
 ) -> Result<PublisherConfirm, BusError> {
-    let properties = properties(msg)?;
+    let properties = properties(msg, content_type)?;
     let routing_key = short(&msg.routing_key, "routing key")?;
     channel
         .basic_publish(
@@ -783,7 +804,7 @@ fn publish_error(msg: &OutgoingMessage, source: lapin::Error) -> BusError {
     }
 }
 
-fn properties(msg: &OutgoingMessage) -> Result<BasicProperties, BusError> {
+fn properties(msg: &OutgoingMessage, content_type: &str) -> Result<BasicProperties, BusError> {
     let mut headers = FieldTable::default();
     for (name, value) in &msg.headers {
         headers.insert(
@@ -793,7 +814,7 @@ fn properties(msg: &OutgoingMessage) -> Result<BasicProperties, BusError> {
     }
     let mut properties = BasicProperties::default()
         .with_delivery_mode(PERSISTENT)
-        .with_content_type("application/json".into())
+        .with_content_type(short(content_type, "content type")?)
         .with_message_id(msg.message_id.to_string().into())
         .with_type(short(&msg.kind, "message type")?)
         .with_headers(headers);
@@ -808,6 +829,42 @@ fn properties(msg: &OutgoingMessage) -> Result<BasicProperties, BusError> {
 /// that, so caller-provided values go through the fallible constructor.
 fn short(value: &str, what: &str) -> Result<ShortString, BusError> {
     ShortString::try_new(value).map_err(|e| BusError::InvalidMessage(format!("{what}: {e}")))
+}
+
+/// Settles a bundle's delivery once every part is settled: acked if all parts were acked,
+/// requeued if any was requeued, dead-lettered if any was poison (and none requeued).
+#[derive(Debug)]
+pub(crate) struct BundleAcker {
+    acker: lapin::Acker,
+    unsettled: AtomicUsize,
+    /// The most severe settlement asked for so far ([`severity`]).
+    worst: AtomicU8,
+}
+
+fn severity(how: Settle) -> u8 {
+    match how {
+        Settle::Ack => 0,
+        Settle::DeadLetter => 1,
+        Settle::Requeue => 2,
+    }
+}
+
+impl BundleAcker {
+    pub(crate) async fn settle(&self, how: Settle) -> Result<(), BusError> {
+        if self.acker.poisoned() {
+            return Err(BusError::stale(how));
+        }
+        self.worst.fetch_max(severity(how), Ordering::SeqCst);
+        if self.unsettled.fetch_sub(1, Ordering::SeqCst) != 1 {
+            return Ok(()); // other parts are still being handled
+        }
+        let bundle = match self.worst.load(Ordering::SeqCst) {
+            0 => Settle::Ack,
+            1 => Settle::DeadLetter,
+            _ => Settle::Requeue,
+        };
+        settle(&self.acker, bundle).await
+    }
 }
 
 /// Settles an AMQP delivery. A delivery of a channel that has died (e.g. with its
@@ -855,12 +912,19 @@ pub struct AmqpSubscription {
     /// The link's token: cancelled when the connection is lost or the bus closed.
     lost: CancellationToken,
     finished: bool,
+    /// Parts of an unpacked bundle not handed out yet.
+    unpacked: VecDeque<IncomingMessage>,
 }
 
 impl AmqpSubscription {
     pub(crate) async fn next(&mut self) -> Option<IncomingMessage> {
         if self.finished {
             return None;
+        }
+        if !self.lost.is_cancelled()
+            && let Some(part) = self.unpacked.pop_front()
+        {
+            return Some(part);
         }
         let next = tokio::select! {
             // Checked first: deliveries still buffered from a dead connection cannot be
@@ -869,12 +933,16 @@ impl AmqpSubscription {
             _ = self.lost.cancelled() => {
                 info!(queue = self.queue, "connection lost or bus closed; subscription ended");
                 self.finished = true;
+                self.unpacked.clear();
                 return None;
             }
             next = self.consumer.next() => next,
         };
         match next {
-            Some(Ok(delivery)) => Some(incoming(delivery)),
+            Some(Ok(delivery)) => {
+                self.unpacked.extend(incoming(delivery));
+                self.unpacked.pop_front()
+            }
             Some(Err(error)) => {
                 // lapin follows an error with the end of the stream; report it once here.
                 warn!(queue = self.queue, %error, "consumer stopped");
@@ -914,7 +982,61 @@ impl AmqpSubscription {
     }
 }
 
-fn incoming(delivery: lapin::message::Delivery) -> IncomingMessage {
+/// A bundle part's message id, headers and payload, owned.
+type UnpackedPart = (String, BTreeMap<String, String>, Vec<u8>);
+
+/// The messages of a delivery: its parts if it is a bundle, else itself.
+fn incoming(delivery: lapin::message::Delivery) -> Vec<IncomingMessage> {
+    let properties = &delivery.properties;
+    let is_bundle = properties
+        .content_type()
+        .as_ref()
+        .is_some_and(|t| t.as_str() == bundle::CONTENT_TYPE);
+    let parts: Option<Vec<UnpackedPart>> = is_bundle
+        .then(|| bundle::decode(&delivery.data))
+        .flatten()
+        .map(|parts| {
+            parts
+                .into_iter()
+                .map(|p| (p.message_id, p.headers, p.payload.get().as_bytes().to_vec()))
+                .collect()
+        });
+    let Some(parts) = parts else {
+        return vec![single(delivery)];
+    };
+    let kind = properties.kind().as_ref().map(|s| s.as_str().to_owned());
+    // Headers of the bundle itself (e.g. the broker's `x-first-death-*` on a dead letter)
+    // apply to every part; each part's own headers come on top.
+    let outer = properties
+        .headers()
+        .as_ref()
+        .map(headers_from_table)
+        .unwrap_or_default();
+    let acker = Arc::new(BundleAcker {
+        acker: delivery.acker,
+        unsettled: AtomicUsize::new(parts.len()),
+        worst: AtomicU8::new(0),
+    });
+    parts
+        .into_iter()
+        .map(|(message_id, headers, payload)| {
+            let mut all = outer.clone();
+            all.remove("x-bundle-parts");
+            all.extend(headers);
+            IncomingMessage {
+                routing_key: delivery.routing_key.as_str().to_owned(),
+                message_id: Some(message_id),
+                kind: kind.clone(),
+                headers: all,
+                redelivered: delivery.redelivered,
+                payload,
+                acker: Acker::AmqpBundle(acker.clone()),
+            }
+        })
+        .collect()
+}
+
+fn single(delivery: lapin::message::Delivery) -> IncomingMessage {
     let properties = &delivery.properties;
     IncomingMessage {
         routing_key: delivery.routing_key.as_str().to_owned(),

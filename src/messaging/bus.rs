@@ -58,6 +58,8 @@ pub struct IncomingMessage {
 #[derive(Debug)]
 pub(crate) enum Acker {
     Amqp(lapin::Acker),
+    /// One part of a bundle (see `bundle`).
+    AmqpBundle(std::sync::Arc<amqp::BundleAcker>),
     InProcess(in_process::InProcessAcker),
 }
 
@@ -101,6 +103,7 @@ impl IncomingMessage {
     async fn settle(self, how: Settle) -> Result<(), BusError> {
         match self.acker {
             Acker::Amqp(acker) => amqp::settle(&acker, how).await,
+            Acker::AmqpBundle(bundle) => bundle.settle(how).await,
             Acker::InProcess(acker) => acker.settle(how),
         }
     }

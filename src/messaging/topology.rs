@@ -60,6 +60,11 @@ pub struct ExchangeSpec {
     /// event nobody subscribes to (e.g. `order.created` today) is normal, so it is dropped
     /// exactly as RabbitMQ drops it.
     pub mandatory: bool,
+    /// Whether messages with the same routing key published together may travel as one
+    /// AMQP message (a bundle, see `messaging::bundle`), which consumers of this service
+    /// unpack. Commands and replies: yes, they are internal to the saga and many go the
+    /// same way at once under load. Events: no, any subscriber reads them one by one.
+    pub bundles: bool,
 }
 
 /// A durable queue.
@@ -85,21 +90,25 @@ pub const EXCHANGES: &[ExchangeSpec] = &[
         name: COMMANDS_EXCHANGE,
         kind: ExchangeType::Topic,
         mandatory: true,
+        bundles: true,
     },
     ExchangeSpec {
         name: REPLIES_EXCHANGE,
         kind: ExchangeType::Topic,
         mandatory: true,
+        bundles: true,
     },
     ExchangeSpec {
         name: EVENTS_EXCHANGE,
         kind: ExchangeType::Topic,
         mandatory: false,
+        bundles: false,
     },
     ExchangeSpec {
         name: DLX_EXCHANGE,
         kind: ExchangeType::Fanout,
         mandatory: true,
+        bundles: false,
     },
 ];
 

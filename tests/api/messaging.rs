@@ -263,7 +263,8 @@ async fn dead_letter_lands_in_dead_letter_queue(bus: &Bus) {
     ack(got).await;
 }
 
-/// A batch of 500 arrives completely and in order.
+/// A batch of 500 arrives completely, in order per routing key (on RabbitMQ messages going
+/// the same way travel bundled, so two routing keys may interleave differently).
 async fn publish_batch_delivers_everything(bus: &Bus) {
     let batch: Vec<OutgoingMessage> = (0..500)
         .map(|i| {
@@ -279,11 +280,23 @@ async fn publish_batch_delivers_everything(bus: &Bus) {
         .collect();
     let mut replies = subscribe(bus, ORCHESTRATOR_QUEUE, 50).await;
     bus.publish_batch(&batch).await.expect("publish_batch");
-    for expected in &batch {
-        let got = recv(&mut replies).await;
-        assert_eq!(got.message_id, id(expected));
-        ack(got).await;
+    let mut got: BTreeMap<String, Vec<Option<String>>> = BTreeMap::new();
+    for _ in &batch {
+        let message = recv(&mut replies).await;
+        assert_eq!(message.kind.as_deref(), Some(message.routing_key.as_str()));
+        got.entry(message.routing_key.clone())
+            .or_default()
+            .push(message.message_id.clone());
+        ack(message).await;
     }
+    let mut expected: BTreeMap<String, Vec<Option<String>>> = BTreeMap::new();
+    for msg in &batch {
+        expected
+            .entry(msg.routing_key.clone())
+            .or_default()
+            .push(id(msg));
+    }
+    assert_eq!(got, expected);
     bus.publish_batch(&[])
         .await
         .expect("an empty batch is fine");
@@ -451,6 +464,118 @@ async fn rabbitmq_topology_declaration_is_idempotent() {
     ack(got).await;
     first.close().await;
     second.close().await;
+}
+
+/// Messages in the queue, as the broker counts them (one per AMQP message).
+async fn queue_depth(vhost: &TestVhost, queue: &str) -> u32 {
+    let connection = lapin::Connection::connect(&vhost.amqp_url, Default::default())
+        .await
+        .expect("connect to the test vhost");
+    let channel = connection.create_channel().await.expect("channel");
+    let passive = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let declared = channel
+        .queue_declare(queue.into(), passive, Default::default())
+        .await
+        .expect("the queue exists");
+    let _ = connection.close(200, "OK".into()).await;
+    declared.message_count()
+}
+
+/// Twenty commands published together going the same way are one AMQP message for the
+/// broker; the consumer still gets twenty messages, each with its own id, headers and
+/// payload, in order.
+#[tokio::test]
+async fn rabbitmq_a_batch_going_one_way_travels_as_one_bundle() {
+    let vhost = TestVhost::create();
+    let bus = rabbitmq(&vhost).await;
+    let batch: Vec<OutgoingMessage> = (0..20)
+        .map(|_| message(COMMANDS_EXCHANGE, "stock.reserve"))
+        .collect();
+    bus.publish_batch(&batch).await.expect("publish_batch");
+    assert_eq!(queue_depth(&vhost, INVENTORY_QUEUE).await, 1);
+    let mut inventory = subscribe(&bus, INVENTORY_QUEUE, 1).await;
+    for expected in &batch {
+        let got = recv(&mut inventory).await;
+        assert_eq!(got.message_id, id(expected));
+        assert_eq!(got.routing_key, "stock.reserve");
+        assert_eq!(got.kind.as_deref(), Some("stock.reserve"));
+        assert_eq!(got.payload, expected.payload);
+        assert_eq!(got.headers, expected.headers);
+        assert!(!got.redelivered);
+        ack(got).await;
+    }
+    bus.close().await;
+    assert_eq!(
+        queue_depth(&vhost, INVENTORY_QUEUE).await,
+        0,
+        "the bundle was acked"
+    );
+}
+
+/// A bundle is settled with the broker once all its parts are: if one part is requeued,
+/// the whole bundle comes back (the parts already handled are duplicates to their
+/// consumer, which recognises them).
+#[tokio::test]
+async fn rabbitmq_requeueing_one_part_redelivers_the_whole_bundle() {
+    let vhost = TestVhost::create();
+    let bus = rabbitmq(&vhost).await;
+    let batch: Vec<OutgoingMessage> = (0..3)
+        .map(|_| message(REPLIES_EXCHANGE, "payment.charged"))
+        .collect();
+    bus.publish_batch(&batch).await.expect("publish_batch");
+    let mut replies = subscribe(&bus, ORCHESTRATOR_QUEUE, 1).await;
+    let first = recv(&mut replies).await;
+    let second = recv(&mut replies).await;
+    let third = recv(&mut replies).await;
+    ack(first).await;
+    second.requeue().await.expect("requeue");
+    ack(third).await;
+    for expected in &batch {
+        let again = recv(&mut replies).await;
+        assert_eq!(again.message_id, id(expected));
+        assert!(again.redelivered, "redelivered as a whole");
+        ack(again).await;
+    }
+    bus.close().await;
+    assert_eq!(queue_depth(&vhost, ORCHESTRATOR_QUEUE).await, 0);
+}
+
+/// A poison part dead-letters its bundle; read from the dead-letter queue, the parts carry
+/// the broker's `x-first-death-*` headers and their own.
+#[tokio::test]
+async fn rabbitmq_a_poison_part_dead_letters_its_bundle() {
+    let vhost = TestVhost::create();
+    let bus = rabbitmq(&vhost).await;
+    let batch: Vec<OutgoingMessage> = (0..2)
+        .map(|_| message(COMMANDS_EXCHANGE, "shipping.schedule"))
+        .collect();
+    bus.publish_batch(&batch).await.expect("publish_batch");
+    let mut shipping = subscribe(&bus, SHIPPING_QUEUE, 1).await;
+    ack(recv(&mut shipping).await).await;
+    recv(&mut shipping)
+        .await
+        .dead_letter()
+        .await
+        .expect("dead_letter");
+    let mut dead = subscribe(&bus, DEAD_LETTER_QUEUE, 1).await;
+    for expected in &batch {
+        let got = recv(&mut dead).await;
+        assert_eq!(got.message_id, id(expected));
+        assert_eq!(got.payload, expected.payload);
+        assert_eq!(
+            got.headers.get("traceparent"),
+            expected.headers.get("traceparent")
+        );
+        assert_eq!(
+            got.headers.get("x-first-death-queue").map(String::as_str),
+            Some(SHIPPING_QUEUE)
+        );
+        ack(got).await;
+    }
+    bus.close().await;
 }
 
 #[tokio::test]
