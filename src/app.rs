@@ -30,8 +30,11 @@ use tokio_util::sync::CancellationToken;
 /// Deliveries handled at once per queue (also the AMQP prefetch).
 const CONSUMER_CONCURRENCY: u16 = 64;
 
-/// Group-commit writer tasks of the orders store (see `persistence::group_commit`).
-const ORDER_WRITERS: usize = 2;
+/// Group-commit writer tasks of the orders store (see `persistence::group_commit`). One:
+/// while its batch commits, the next one gathers every write that arrives meanwhile. Two
+/// made batches half as big for more commits in all (closed loop c=64, interleaved runs:
+/// 596 and 629 sagas/s with two, 666 and 709/s with one, at 15% less CPU per saga).
+const ORDER_WRITERS: usize = 1;
 
 /// Participant queues: every delivery already waiting (up to 128) is applied in one
 /// transaction, so one commit and one hold of a hot stock row serve many orders. One batch
@@ -62,7 +65,7 @@ impl Application {
         let writer_db = crate::persistence::connect_orders_writer(
             &config.database_url,
             &stores,
-            u32::try_from(ORDER_WRITERS).unwrap_or(2),
+            u32::try_from(ORDER_WRITERS).unwrap_or(1),
         )
         .await
         .context("connecting the orders writer")?;

@@ -32,9 +32,9 @@ pub struct OrderWriter {
 }
 
 impl OrderWriter {
-    /// Starts `writers` tasks on `db`. Two let one batch's statements run while the
-    /// other's commit waits for its WAL flush. The outbox rows of each commit go to the
-    /// relay through `feed`.
+    /// Starts `writers` tasks on `db`. More than one lets one batch's statements run while
+    /// another's commit waits for its WAL flush, at the price of smaller batches. The
+    /// outbox rows of each commit go to the relay through `feed`.
     pub fn start(db: DatabaseConnection, feed: OutboxFeed, writers: usize) -> Self {
         let (queue, receiver) = mpsc::channel(QUEUE);
         let receiver = Arc::new(Mutex::new(receiver));
