@@ -139,7 +139,13 @@ async fn create_order(
     let canonical = serde_json::to_vec(&request).map_err(|e| ApiError::Internal(e.into()))?;
     let hash = hex::encode(Sha256::digest(&canonical));
     let db = &app.stores.orders;
-    match app.claims.claim(&key, &hash).await? {
+    // The stock check does not depend on the claim: both run at once (a replayed or
+    // refused request merely wasted one shared read).
+    let (claim, quote) = tokio::join!(
+        app.claims.claim(&key, &hash),
+        app.inventory.quote(&valid.items)
+    );
+    match claim? {
         Claim::New => {}
         Claim::Replay { status, body } => {
             metrics::counter!("idempotency_replays_total").increment(1);
@@ -169,7 +175,7 @@ async fn create_order(
             ));
         }
     }
-    let result = place_order(&app, valid, key.clone(), traceparent(&headers)).await;
+    let result = place_order(&app, valid, quote, key.clone(), traceparent(&headers)).await;
     if result.is_err() {
         // Nothing was created: give the key back so a corrected retry may use it.
         if let Err(e) = idempotency::release(db, &key).await {
@@ -181,38 +187,35 @@ async fn create_order(
     Ok(created(201, body, Some(order_id), false))
 }
 
-/// Stock check, pricing and creation, once the key is claimed.
+/// Pricing (from the stock check's answer) and creation, once the key is claimed.
 async fn place_order(
     app: &AppState,
     valid: crate::domain::order::ValidOrder,
+    quote: Result<Vec<i64>, QuoteError>,
     key: String,
     trace_context: Option<String>,
 ) -> Result<(Uuid, String), ApiError> {
-    let prices = app
-        .inventory
-        .quote(&valid.items)
-        .await
-        .map_err(|e| match e {
-            QuoteError::UnknownSku(sku) => ApiError::unprocessable(
-                "unknown-sku",
-                "Unknown SKU",
-                format!("SKU {sku} is not in the catalogue"),
-            )
-            .with("sku", json!(sku)),
-            QuoteError::Insufficient {
-                sku,
-                requested,
-                available,
-            } => ApiError::conflict(
-                "insufficient-stock",
-                "Not enough stock",
-                format!("requested {requested} of {sku}, only {available} available"),
-            )
-            .with("sku", json!(sku))
-            .with("requested", json!(requested))
-            .with("available", json!(available)),
-            QuoteError::Db(e) => e.into(),
-        })?;
+    let prices = quote.map_err(|e| match e {
+        QuoteError::UnknownSku(sku) => ApiError::unprocessable(
+            "unknown-sku",
+            "Unknown SKU",
+            format!("SKU {sku} is not in the catalogue"),
+        )
+        .with("sku", json!(sku)),
+        QuoteError::Insufficient {
+            sku,
+            requested,
+            available,
+        } => ApiError::conflict(
+            "insufficient-stock",
+            "Not enough stock",
+            format!("requested {requested} of {sku}, only {available} available"),
+        )
+        .with("sku", json!(sku))
+        .with("requested", json!(requested))
+        .with("available", json!(available)),
+        QuoteError::Db(e) => e.into(),
+    })?;
     let items: Vec<OrderLine> = valid
         .items
         .iter()
