@@ -77,7 +77,8 @@ if [ "$orders" -gt 0 ]; then
 fi
 echo
 echo "== live actors: $actors orders waiting for a manual payment"
-start PAYMENT_MODE=manual
+# Admission control off: its default limit (2000 live orders) would refuse the rest.
+start PAYMENT_MODE=manual MAX_ORDERS_IN_FLIGHT=0
 sleep 2
 before=$(rss_kib)
 ADMIN_TOKEN=$token target/release/loadgen --url "$url" --orders "$actors" --concurrency 64 \
