@@ -12,6 +12,7 @@ use crate::participants::{
     Applied, CommandHandler, Known, decode, insert_all, load_by_order, reply,
 };
 use crate::persistence::outbox::{NewMessage, OutboxFeed};
+use crate::persistence::pg_array;
 use chrono::{DateTime, Utc};
 use entity::{reservations, stock};
 use sea_orm::{
@@ -617,16 +618,13 @@ WHERE r.order_id = v.order_id AND r.status = v.from_status"#;
 
 async fn write_statuses<C: ConnectionTrait>(db: &C, changes: &[StatusChange]) -> Result<(), DbErr> {
     let changed = if changes.len() > 1 && db.get_database_backend() == DbBackend::Postgres {
-        use sea_orm::sea_query::{Value, ValueType};
-        fn array<T: ValueType>(values: Vec<Value>) -> Value {
-            Value::Array(T::array_type(), Some(Box::new(values)))
-        }
+        use sea_orm::sea_query::Value;
         let column = |f: fn(&StatusChange) -> Value| changes.iter().map(f).collect::<Vec<_>>();
         let values = vec![
-            array::<Uuid>(column(|c| c.order_id.into())),
-            array::<String>(column(|c| c.from.into())),
-            array::<String>(column(|c| c.to.into())),
-            array::<DateTime<Utc>>(column(|c| c.at.into())),
+            pg_array::<Uuid>(column(|c| c.order_id.into())),
+            pg_array::<String>(column(|c| c.from.into())),
+            pg_array::<String>(column(|c| c.to.into())),
+            pg_array::<DateTime<Utc>>(column(|c| c.at.into())),
         ];
         db.execute_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,

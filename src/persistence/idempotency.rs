@@ -8,6 +8,7 @@
 //! (`IDEMPOTENCY_CLAIM_TIMEOUT_SECS`, default [`ABANDONED_AFTER`]).
 
 use crate::batching::Coalescer;
+use crate::persistence::pg_array;
 use chrono::{Duration as ChronoDuration, Utc};
 use entity::idempotency_keys as keys;
 use sea_orm::{
@@ -202,16 +203,13 @@ WHERE k.key = v.key"#;
 /// orders, so "order created" and "key completed" commit together.
 pub async fn complete_all<C: ConnectionTrait>(db: &C, done: &[Completed<'_>]) -> Result<(), DbErr> {
     if done.len() > 1 && db.get_database_backend() == DbBackend::Postgres {
-        use sea_orm::sea_query::{Value, ValueType};
-        fn array<T: ValueType>(values: Vec<Value>) -> Value {
-            Value::Array(T::array_type(), Some(Box::new(values)))
-        }
+        use sea_orm::sea_query::Value;
         let column = |f: fn(&Completed) -> Value| done.iter().map(f).collect::<Vec<_>>();
         let values = vec![
-            array::<String>(column(|d| d.key.into())),
-            array::<Uuid>(column(|d| d.order_id.into())),
-            array::<i32>(column(|d| i32::from(d.status).into())),
-            array::<String>(column(|d| d.body.into())),
+            pg_array::<String>(column(|d| d.key.into())),
+            pg_array::<Uuid>(column(|d| d.order_id.into())),
+            pg_array::<i32>(column(|d| i32::from(d.status).into())),
+            pg_array::<String>(column(|d| d.body.into())),
         ];
         db.execute_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,

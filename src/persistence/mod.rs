@@ -84,6 +84,15 @@ fn ensure_sqlite_dir(url: &str) -> std::io::Result<()> {
     }
 }
 
+/// One column of a bulk statement on PostgreSQL (`… FROM UNNEST($1::uuid[], $2::text[], …)`):
+/// the column's values for every row, as one array parameter. The statement text, and so
+/// its prepared plan, stays the same for every batch size.
+pub fn pg_array<T: sea_orm::sea_query::ValueType>(
+    values: Vec<sea_orm::sea_query::Value>,
+) -> sea_orm::sea_query::Value {
+    sea_orm::sea_query::Value::Array(T::array_type(), Some(Box::new(values)))
+}
+
 /// Batch statements (group commit, participant batches, coalesced stock checks) join with
 /// lists of ids (`IN (…)`, `UNNEST(…)`). A prepared statement's generic plan, chosen while
 /// the tables were nearly empty (a hash join over a sequential scan), would stay cached for

@@ -8,7 +8,7 @@
 use crate::domain::saga::{
     OrderStatus, PaymentMode, PaymentState, ReservationState, Saga, ShipmentState,
 };
-use crate::persistence::{idempotency, outbox};
+use crate::persistence::{idempotency, outbox, pg_array};
 use chrono::{DateTime, Utc};
 use entity::{order_items, order_transitions, orders};
 use sea_orm::{
@@ -486,37 +486,34 @@ impl<'a> FencedUpdate<'a> {
     }
 
     fn bulk_statement(updates: &[FencedUpdate<'_>]) -> Statement {
-        use sea_orm::sea_query::{Value, ValueType};
-        fn array<T: ValueType>(values: Vec<Value>) -> Value {
-            Value::Array(T::array_type(), Some(Box::new(values)))
-        }
+        use sea_orm::sea_query::Value;
         let column = |f: &dyn Fn(&FencedUpdate) -> Value| updates.iter().map(f).collect::<Vec<_>>();
         let epoch = DateTime::<Utc>::UNIX_EPOCH;
         let saga_text = |f: fn(&Saga) -> &'static str| {
             column(&|u| Value::from(u.saga.map_or("", |(s, _)| f(s))))
         };
         let values: Vec<Value> = vec![
-            array::<Uuid>(column(&|u| Value::from(u.order_id))),
-            array::<i64>(column(&|u| Value::from(u.expected_version))),
-            array::<bool>(column(&|u| Value::from(u.timer.deadline.is_some()))),
-            array::<DateTime<Utc>>(column(&|u| Value::from(u.timer.deadline.unwrap_or(epoch)))),
-            array::<i32>(column(&|u| Value::from(u.timer.attempts))),
-            array::<bool>(column(&|u| Value::from(u.saga.is_some()))),
-            array::<String>(saga_text(|s| s.status.as_str())),
-            array::<String>(saga_text(|s| s.reservation.as_str())),
-            array::<String>(saga_text(|s| s.payment.as_str())),
-            array::<String>(saga_text(|s| s.shipment.as_str())),
-            array::<bool>(column(&|u| {
+            pg_array::<Uuid>(column(&|u| Value::from(u.order_id))),
+            pg_array::<i64>(column(&|u| Value::from(u.expected_version))),
+            pg_array::<bool>(column(&|u| Value::from(u.timer.deadline.is_some()))),
+            pg_array::<DateTime<Utc>>(column(&|u| Value::from(u.timer.deadline.unwrap_or(epoch)))),
+            pg_array::<i32>(column(&|u| Value::from(u.timer.attempts))),
+            pg_array::<bool>(column(&|u| Value::from(u.saga.is_some()))),
+            pg_array::<String>(saga_text(|s| s.status.as_str())),
+            pg_array::<String>(saga_text(|s| s.reservation.as_str())),
+            pg_array::<String>(saga_text(|s| s.payment.as_str())),
+            pg_array::<String>(saga_text(|s| s.shipment.as_str())),
+            pg_array::<bool>(column(&|u| {
                 Value::from(u.saga.is_some_and(|(s, _)| s.failure_reason.is_some()))
             })),
-            array::<String>(column(&|u| {
+            pg_array::<String>(column(&|u| {
                 Value::from(
                     u.saga
                         .and_then(|(s, _)| s.failure_reason.clone())
                         .unwrap_or_default(),
                 )
             })),
-            array::<DateTime<Utc>>(column(&|u| Value::from(u.saga.map_or(epoch, |(_, at)| at)))),
+            pg_array::<DateTime<Utc>>(column(&|u| Value::from(u.saga.map_or(epoch, |(_, at)| at)))),
         ];
         Statement::from_sql_and_values(DbBackend::Postgres, BULK_FENCED_UPDATE, values)
     }
