@@ -733,7 +733,10 @@ impl StockMoves {
         sku.sold += line.quantity;
     }
 
-    /// One UPDATE per SKU with moves left, in SKU order (two batches cannot deadlock here).
+    /// One UPDATE per SKU with moves left, in SKU order. (A batch's first reservation of a
+    /// SKU locks that row earlier, in delivery order; should that ever deadlock with another
+    /// batch of the same store, PostgreSQL aborts one and it is retried delivery by
+    /// delivery.)
     async fn write<C: ConnectionTrait>(self, db: &C) -> Result<(), DbErr> {
         for (sku, m) in self.skus {
             if (m.available, m.reserved, m.sold) != (0, 0, 0) {
