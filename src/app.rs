@@ -17,7 +17,7 @@ use crate::persistence::Stores;
 use crate::persistence::group_commit::OrderWriter;
 use crate::persistence::idempotency;
 use crate::persistence::idempotency::Claims;
-use crate::persistence::outbox::OutboxFeed;
+use crate::persistence::outbox::{Lane, OutboxFeed};
 use anyhow::Context;
 use sea_orm::DatabaseConnection;
 use std::future::Future;
@@ -69,7 +69,8 @@ impl Application {
         )
         .await
         .context("connecting the orders writer")?;
-        let orders_feed = OutboxFeed::default();
+        // Lifecycle events get their own relay: commands never wait for their confirms.
+        let (orders_feed, events_feed) = OutboxFeed::with_events_lane();
         let orders = Orders::start(OrderContext {
             db: stores.orders.clone(),
             writer: OrderWriter::start(writer_db, orders_feed.clone(), ORDER_WRITERS),
@@ -85,9 +86,13 @@ impl Application {
 
         let shutdown = CancellationToken::new();
         let mut workers = JoinSet::new();
-        let relay =
-            |name, db, feed| OutboxRelay::new(name, db, bus.clone(), feed).run(shutdown.clone());
-        workers.spawn(relay("orders", stores.orders.clone(), orders_feed));
+        for (name, feed, lane) in [
+            ("orders", orders_feed, Lane::Saga),
+            ("orders-events", events_feed, Lane::Events),
+        ] {
+            let relay = OutboxRelay::new(name, stores.orders.clone(), bus.clone(), feed);
+            workers.spawn(relay.lane(lane).run(shutdown.clone()));
+        }
         {
             let orders = orders.clone();
             workers.spawn(consumer::run(

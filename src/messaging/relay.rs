@@ -12,7 +12,7 @@
 //! nothing else to do, at least every [`DELETE_EVERY`] under load.
 
 use crate::messaging::Bus;
-use crate::persistence::outbox::{self, OutboxFeed};
+use crate::persistence::outbox::{self, Lane, OutboxFeed};
 use chrono::Utc;
 use entity::outbox::Model as Row;
 use sea_orm::DatabaseConnection;
@@ -42,6 +42,7 @@ pub struct OutboxRelay {
     db: DatabaseConnection,
     bus: Bus,
     feed: OutboxFeed,
+    lane: Lane,
     started: chrono::DateTime<Utc>,
     /// Rows to publish (handed over, swept, or left by a failed attempt), oldest first.
     queue: Vec<Row>,
@@ -58,12 +59,19 @@ impl OutboxRelay {
             db,
             bus,
             feed,
+            lane: Lane::All,
             started: Utc::now(),
             queue: Vec::new(),
             confirmed: Vec::new(),
             last_delete: Instant::now(),
             last_sweep: None,
         }
+    }
+
+    /// Publishes only this lane's rows (the feed must carry only those).
+    pub fn lane(mut self, lane: Lane) -> Self {
+        self.lane = lane;
+        self
     }
 
     /// Reads the rows no hand-over will bring; skips those queued or awaiting deletion.
@@ -78,7 +86,7 @@ impl OutboxRelay {
             .chain(self.confirmed.iter().copied())
             .collect();
         let limit = (BATCH + known.len()) as u64;
-        let rows = outbox::fetch_stragglers(&self.db, before, limit).await?;
+        let rows = outbox::fetch_stragglers(&self.db, self.lane, before, limit).await?;
         let mut found: Vec<Row> = rows
             .into_iter()
             .filter(|r| !known.contains(&r.id))

@@ -3,6 +3,7 @@
 //! A crash between commit and publish loses nothing: the rows are still there.
 
 use crate::messaging::OutgoingMessage;
+use crate::messaging::topology::EVENTS_EXCHANGE;
 use chrono::Utc;
 use entity::outbox;
 use sea_orm::{
@@ -99,11 +100,17 @@ async fn insert_rows<C: ConnectionTrait>(
 /// (left by a crash, or dropped while the broker was away).
 pub async fn fetch_stragglers<C: ConnectionTrait>(
     db: &C,
+    lane: Lane,
     before: chrono::DateTime<Utc>,
     limit: u64,
 ) -> Result<Vec<outbox::Model>, DbErr> {
-    outbox::Entity::find()
-        .filter(outbox::Column::CreatedAt.lt(before))
+    let find = outbox::Entity::find();
+    let find = match lane {
+        Lane::All => find,
+        Lane::Events => find.filter(outbox::Column::Exchange.eq(EVENTS_EXCHANGE)),
+        Lane::Saga => find.filter(outbox::Column::Exchange.ne(EVENTS_EXCHANGE)),
+    };
+    find.filter(outbox::Column::CreatedAt.lt(before))
         .order_by_asc(outbox::Column::Id)
         .limit(limit)
         .all(db)
@@ -123,14 +130,49 @@ pub struct OutboxFeed {
 struct FeedInner {
     rows: std::sync::Mutex<Vec<outbox::Model>>,
     ready: tokio::sync::Notify,
+    /// Where lifecycle events go instead, when they have their own relay.
+    events: Option<OutboxFeed>,
+}
+
+/// Which rows of an outbox a relay publishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    All,
+    /// Lifecycle events (`order.events`) only.
+    Events,
+    /// Everything else: the saga's commands and replies.
+    Saga,
 }
 
 /// Rows held in memory at most; beyond that they wait in the table for the sweep.
 const FEED_LIMIT: usize = 50_000;
 
 impl OutboxFeed {
+    /// A feed whose lifecycle events go to a second feed: two relays, one per [`Lane`], so
+    /// the saga's commands never wait for the confirms of events published with them.
+    pub fn with_events_lane() -> (OutboxFeed, OutboxFeed) {
+        let events = OutboxFeed::default();
+        let saga = OutboxFeed {
+            inner: std::sync::Arc::new(FeedInner {
+                events: Some(events.clone()),
+                ..FeedInner::default()
+            }),
+        };
+        (saga, events)
+    }
+
     /// Hands committed rows to the relay (call after the commit, never before).
     pub fn push(&self, rows: Vec<outbox::Model>) {
+        let rows = match &self.inner.events {
+            Some(events) => {
+                let (lifecycle, saga): (Vec<_>, Vec<_>) = rows
+                    .into_iter()
+                    .partition(|r| r.exchange == EVENTS_EXCHANGE);
+                events.push(lifecycle);
+                saga
+            }
+            None => rows,
+        };
         if rows.is_empty() {
             return;
         }
