@@ -484,17 +484,26 @@ async fn queue_depth(vhost: &TestVhost, queue: &str) -> u32 {
     declared.message_count()
 }
 
+/// A fresh vhost and bus with `n` messages to `exchange`/`routing_key` published in one
+/// batch (so, on RabbitMQ, as one bundle).
+async fn bundle_published(
+    n: usize,
+    exchange: &str,
+    routing_key: &str,
+) -> (TestVhost, Bus, Vec<OutgoingMessage>) {
+    let vhost = TestVhost::create();
+    let bus = rabbitmq(&vhost).await;
+    let batch: Vec<OutgoingMessage> = (0..n).map(|_| message(exchange, routing_key)).collect();
+    bus.publish_batch(&batch).await.expect("publish_batch");
+    (vhost, bus, batch)
+}
+
 /// Twenty commands published together going the same way are one AMQP message for the
 /// broker; the consumer still gets twenty messages, each with its own id, headers and
 /// payload, in order.
 #[tokio::test]
 async fn rabbitmq_a_batch_going_one_way_travels_as_one_bundle() {
-    let vhost = TestVhost::create();
-    let bus = rabbitmq(&vhost).await;
-    let batch: Vec<OutgoingMessage> = (0..20)
-        .map(|_| message(COMMANDS_EXCHANGE, "stock.reserve"))
-        .collect();
-    bus.publish_batch(&batch).await.expect("publish_batch");
+    let (vhost, bus, batch) = bundle_published(20, COMMANDS_EXCHANGE, "stock.reserve").await;
     assert_eq!(queue_depth(&vhost, INVENTORY_QUEUE).await, 1);
     let mut inventory = subscribe(&bus, INVENTORY_QUEUE, 1).await;
     for expected in &batch {
@@ -520,12 +529,7 @@ async fn rabbitmq_a_batch_going_one_way_travels_as_one_bundle() {
 /// consumer, which recognises them).
 #[tokio::test]
 async fn rabbitmq_requeueing_one_part_redelivers_the_whole_bundle() {
-    let vhost = TestVhost::create();
-    let bus = rabbitmq(&vhost).await;
-    let batch: Vec<OutgoingMessage> = (0..3)
-        .map(|_| message(REPLIES_EXCHANGE, "payment.charged"))
-        .collect();
-    bus.publish_batch(&batch).await.expect("publish_batch");
+    let (vhost, bus, batch) = bundle_published(3, REPLIES_EXCHANGE, "payment.charged").await;
     let mut replies = subscribe(&bus, ORCHESTRATOR_QUEUE, 1).await;
     let first = recv(&mut replies).await;
     let second = recv(&mut replies).await;
@@ -547,12 +551,7 @@ async fn rabbitmq_requeueing_one_part_redelivers_the_whole_bundle() {
 /// the broker's `x-first-death-*` headers and their own.
 #[tokio::test]
 async fn rabbitmq_a_poison_part_dead_letters_its_bundle() {
-    let vhost = TestVhost::create();
-    let bus = rabbitmq(&vhost).await;
-    let batch: Vec<OutgoingMessage> = (0..2)
-        .map(|_| message(COMMANDS_EXCHANGE, "shipping.schedule"))
-        .collect();
-    bus.publish_batch(&batch).await.expect("publish_batch");
+    let (_vhost, bus, batch) = bundle_published(2, COMMANDS_EXCHANGE, "shipping.schedule").await;
     let mut shipping = subscribe(&bus, SHIPPING_QUEUE, 1).await;
     ack(recv(&mut shipping).await).await;
     recv(&mut shipping)
