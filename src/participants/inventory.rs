@@ -9,7 +9,7 @@ use crate::batching::Coalescer;
 use crate::messaging::IncomingMessage;
 use crate::messaging::messages::{CommandBody, Envelope, LineItem, OrderEventBody, ReplyBody};
 use crate::participants::{
-    Applied, CommandHandler, Known, decode, insert_all, load_by_order, reply,
+    Applied, CommandHandler, Known, ParticipantStore, decode, insert_all, load_by_order, reply,
 };
 use crate::persistence::outbox::{NewMessage, OutboxFeed};
 use crate::persistence::pg_array;
@@ -344,7 +344,7 @@ impl Inventory {
     }
 }
 
-impl CommandHandler for Inventory {
+impl ParticipantStore for Inventory {
     type Record = reservations::Model;
     type Deferred = Deferred;
 
@@ -361,7 +361,13 @@ impl CommandHandler for Inventory {
         txn: &DatabaseTransaction,
         order_ids: Vec<Uuid>,
     ) -> Result<Vec<(Uuid, reservations::Model)>, DbErr> {
-        load_reservations(txn, order_ids).await
+        load_by_order::<reservations::Entity, _>(
+            txn,
+            reservations::Column::OrderId,
+            order_ids,
+            |r| r.order_id,
+        )
+        .await
     }
 
     async fn insert(
@@ -369,7 +375,7 @@ impl CommandHandler for Inventory {
         txn: &DatabaseTransaction,
         records: Vec<reservations::Model>,
     ) -> Result<(), DbErr> {
-        insert_reservations(txn, records).await
+        insert_all::<reservations::Entity, _>(txn, records).await
     }
 
     async fn write_deferred(
@@ -378,6 +384,14 @@ impl CommandHandler for Inventory {
         writes: Deferred,
     ) -> Result<(), DbErr> {
         writes.write(txn).await
+    }
+}
+
+impl CommandHandler for Inventory {
+    type Store = Inventory;
+
+    fn participant(&self) -> &Inventory {
+        self
     }
 
     /// Applies one delivery from `inventory.commands`.
@@ -418,39 +432,10 @@ impl CommandHandler for Inventory {
 pub struct OrderEvents(pub Inventory);
 
 impl CommandHandler for OrderEvents {
-    type Record = reservations::Model;
-    type Deferred = Deferred;
+    type Store = Inventory;
 
-    fn store(&self) -> &DatabaseConnection {
-        &self.0.db
-    }
-
-    fn outbox_feed(&self) -> &OutboxFeed {
-        &self.0.outbox_feed
-    }
-
-    async fn load(
-        &self,
-        txn: &DatabaseTransaction,
-        order_ids: Vec<Uuid>,
-    ) -> Result<Vec<(Uuid, reservations::Model)>, DbErr> {
-        load_reservations(txn, order_ids).await
-    }
-
-    async fn insert(
-        &self,
-        txn: &DatabaseTransaction,
-        records: Vec<reservations::Model>,
-    ) -> Result<(), DbErr> {
-        insert_reservations(txn, records).await
-    }
-
-    async fn write_deferred(
-        &self,
-        txn: &DatabaseTransaction,
-        writes: Deferred,
-    ) -> Result<(), DbErr> {
-        writes.write(txn).await
+    fn participant(&self) -> &Inventory {
+        &self.0
     }
 
     async fn apply(
@@ -541,23 +526,6 @@ fn reservation(
         created_at: now,
         updated_at: now,
     })
-}
-
-async fn load_reservations<C: ConnectionTrait>(
-    db: &C,
-    order_ids: Vec<Uuid>,
-) -> Result<Vec<(Uuid, reservations::Model)>, DbErr> {
-    load_by_order::<reservations::Entity, _>(db, reservations::Column::OrderId, order_ids, |r| {
-        r.order_id
-    })
-    .await
-}
-
-async fn insert_reservations<C: ConnectionTrait>(
-    db: &C,
-    records: Vec<reservations::Model>,
-) -> Result<(), DbErr> {
-    insert_all::<reservations::Entity, _>(db, records).await
 }
 
 /// Writes an inventory batch defers to its end: the stock moves summed per SKU (one UPDATE

@@ -32,14 +32,16 @@ pub enum Applied {
     Poison(String),
 }
 
-/// A participant's handling of one of its queues. Deliveries are applied in batches (see
-/// [`handle_batch`]): the participant's records of the batch's orders are read with one
-/// query, `apply` works on them through [`Known`] inside the batch's transaction, and the
-/// records it creates are inserted together at the end — everything commits with the
-/// other deliveries' writes and their replies.
-pub trait CommandHandler: Clone + Send + Sync + 'static {
+/// A participant's store of per-order records (reservation, payment, shipment), read and
+/// written by its queue handlers in batches (see [`handle_batch`]): the batch's records are
+/// read with one query, the handler works on them through [`Known`] inside the batch's
+/// transaction, and the records it creates are inserted together at the end — everything
+/// commits with the other deliveries' writes and their replies.
+pub trait ParticipantStore: Clone + Send + Sync + 'static {
     /// The participant's record of one order (reservation, payment, shipment).
     type Record: Clone + Send + Sync;
+    /// Writes the batch's deliveries defer to its end (one statement for many orders).
+    type Deferred: Default + Send;
     /// The participant's own store.
     fn store(&self) -> &DatabaseConnection;
     /// Hands the replies of each commit to the participant's outbox relay.
@@ -50,15 +52,12 @@ pub trait CommandHandler: Clone + Send + Sync + 'static {
         txn: &DatabaseTransaction,
         order_ids: Vec<Uuid>,
     ) -> impl Future<Output = Result<Vec<(Uuid, Self::Record)>, DbErr>> + Send;
-    /// Writes the batch's deliveries defer to its end (one statement for many orders).
-    type Deferred: Default + Send;
-    fn apply(
+    /// Inserts the records the batch created (one multi-row INSERT).
+    fn insert(
         &self,
         txn: &DatabaseTransaction,
-        known: &mut Known<Self::Record>,
-        deferred: &mut Self::Deferred,
-        message: &IncomingMessage,
-    ) -> impl Future<Output = Result<Applied, DbErr>> + Send;
+        records: Vec<Self::Record>,
+    ) -> impl Future<Output = Result<(), DbErr>> + Send;
     /// Writes what the batch deferred, before its commit. Participants that defer nothing
     /// keep this default.
     fn write_deferred(
@@ -68,15 +67,24 @@ pub trait CommandHandler: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), DbErr>> + Send {
         async { Ok(()) }
     }
-    /// Inserts the records the batch created (one multi-row INSERT).
-    fn insert(
-        &self,
-        txn: &DatabaseTransaction,
-        records: Vec<Self::Record>,
-    ) -> impl Future<Output = Result<(), DbErr>> + Send;
 }
 
-/// [`CommandHandler::load`] for a participant whose records are keyed by order id.
+/// The handling of one queue of a participant (Inventory has two: its commands and its
+/// subscription to confirmed orders, on the same store).
+pub trait CommandHandler: Clone + Send + Sync + 'static {
+    type Store: ParticipantStore;
+    fn participant(&self) -> &Self::Store;
+    /// Applies one delivery inside its batch's transaction.
+    fn apply(
+        &self,
+        txn: &DatabaseTransaction,
+        known: &mut Known<<Self::Store as ParticipantStore>::Record>,
+        deferred: &mut <Self::Store as ParticipantStore>::Deferred,
+        message: &IncomingMessage,
+    ) -> impl Future<Output = Result<Applied, DbErr>> + Send;
+}
+
+/// [`ParticipantStore::load`] for a participant whose records are keyed by order id.
 pub(crate) async fn load_by_order<E, C>(
     db: &C,
     order_id: E::Column,
@@ -96,7 +104,7 @@ where
         .collect())
 }
 
-/// [`CommandHandler::insert`]: the batch's new records in one multi-row INSERT.
+/// [`ParticipantStore::insert`]: the batch's new records in one multi-row INSERT.
 pub(crate) async fn insert_all<E, C>(db: &C, records: Vec<E::Model>) -> Result<(), DbErr>
 where
     E: EntityTrait,
@@ -195,12 +203,13 @@ async fn apply_in_one_transaction<H: CommandHandler>(
     handler: &H,
     messages: &[Arc<IncomingMessage>],
 ) -> Result<Vec<Disposition>, DbErr> {
-    let txn = handler.store().begin().await?;
+    let store = handler.participant();
+    let txn = store.store().begin().await?;
     let result = apply_all(handler, &txn, messages).await;
     match result {
         Ok((dispositions, replies)) => {
             txn.commit().await?;
-            handler.outbox_feed().push(replies);
+            store.outbox_feed().push(replies);
             Ok(dispositions)
         }
         Err(error) => {
@@ -225,8 +234,9 @@ async fn apply_all<H: CommandHandler>(
         .collect();
     order_ids.sort_unstable();
     order_ids.dedup();
-    let mut known = Known::new(handler.load(txn, order_ids).await?);
-    let mut deferred = H::Deferred::default();
+    let store = handler.participant();
+    let mut known = Known::new(store.load(txn, order_ids).await?);
+    let mut deferred = <H::Store as ParticipantStore>::Deferred::default();
     let mut dispositions = Vec::with_capacity(messages.len());
     let mut replies = Vec::new();
     for message in messages {
@@ -243,9 +253,9 @@ async fn apply_all<H: CommandHandler>(
     }
     let created = known.into_new();
     if !created.is_empty() {
-        handler.insert(txn, created).await?;
+        store.insert(txn, created).await?;
     }
-    handler.write_deferred(txn, deferred).await?;
+    store.write_deferred(txn, deferred).await?;
     let rows = outbox::enqueue(txn, &replies).await?;
     Ok((dispositions, rows))
 }

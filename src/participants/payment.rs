@@ -7,7 +7,8 @@ use crate::domain::saga::PaymentOutcome;
 use crate::messaging::IncomingMessage;
 use crate::messaging::messages::{CommandBody, Envelope, ReplyBody};
 use crate::participants::{
-    Applied, CommandHandler, Known, decode, insert_all, load_by_order, reply, roll,
+    Applied, CommandHandler, Known, ParticipantStore, decode, insert_all, load_by_order, reply,
+    roll,
 };
 use crate::persistence::outbox::{NewMessage, OutboxFeed};
 use chrono::Utc;
@@ -173,7 +174,7 @@ fn payment(
     }
 }
 
-impl CommandHandler for Payment {
+impl ParticipantStore for Payment {
     type Record = payments::Model;
     type Deferred = ();
 
@@ -202,6 +203,14 @@ impl CommandHandler for Payment {
         records: Vec<payments::Model>,
     ) -> Result<(), DbErr> {
         insert_all::<payments::Entity, _>(txn, records).await
+    }
+}
+
+impl CommandHandler for Payment {
+    type Store = Payment;
+
+    fn participant(&self) -> &Payment {
+        self
     }
 
     /// Applies one delivery from `payment.commands`.

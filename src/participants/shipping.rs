@@ -5,7 +5,8 @@
 use crate::messaging::IncomingMessage;
 use crate::messaging::messages::{CommandBody, Envelope, ReplyBody};
 use crate::participants::{
-    Applied, CommandHandler, Known, decode, insert_all, load_by_order, reply, roll,
+    Applied, CommandHandler, Known, ParticipantStore, decode, insert_all, load_by_order, reply,
+    roll,
 };
 use crate::persistence::outbox::{NewMessage, OutboxFeed};
 use chrono::Utc;
@@ -149,7 +150,7 @@ fn shipment(
     }
 }
 
-impl CommandHandler for Shipping {
+impl ParticipantStore for Shipping {
     type Record = shipments::Model;
     type Deferred = ();
 
@@ -178,6 +179,14 @@ impl CommandHandler for Shipping {
         records: Vec<shipments::Model>,
     ) -> Result<(), DbErr> {
         insert_all::<shipments::Entity, _>(txn, records).await
+    }
+}
+
+impl CommandHandler for Shipping {
+    type Store = Shipping;
+
+    fn participant(&self) -> &Shipping {
+        self
     }
 
     /// Applies one delivery from `shipping.commands`.
