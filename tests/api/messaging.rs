@@ -67,6 +67,21 @@ async fn ack(msg: IncomingMessage) {
     msg.ack().await.expect("ack");
 }
 
+/// `got` is `original` as the dead-letter queue hands it back after `queue` rejected it:
+/// same id, payload and trace context, and the broker's note of where it died.
+fn assert_dead_lettered(got: &IncomingMessage, original: &OutgoingMessage, queue: &str) {
+    assert_eq!(got.message_id, id(original));
+    assert_eq!(got.payload, original.payload);
+    assert_eq!(
+        got.headers.get("traceparent"),
+        original.headers.get("traceparent")
+    );
+    assert_eq!(
+        got.headers.get("x-first-death-queue").map(String::as_str),
+        Some(queue)
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // Scenarios, run on both buses.
 // ---------------------------------------------------------------------------------------
@@ -238,18 +253,9 @@ async fn dead_letter_lands_in_dead_letter_queue(bus: &Bus) {
         .expect("dead_letter");
 
     let got = recv(&mut dead).await;
-    assert_eq!(got.message_id, id(&poison));
+    assert_dead_lettered(&got, &poison, PAYMENT_QUEUE);
     assert_eq!(got.routing_key, "payment.charge");
     assert_eq!(got.kind.as_deref(), Some("payment.charge"));
-    assert_eq!(got.payload, poison.payload);
-    assert_eq!(
-        got.headers.get("traceparent"),
-        poison.headers.get("traceparent")
-    );
-    assert_eq!(
-        got.headers.get("x-first-death-queue").map(String::as_str),
-        Some(PAYMENT_QUEUE)
-    );
     assert_eq!(
         got.headers.get("x-first-death-reason").map(String::as_str),
         Some("rejected")
@@ -562,16 +568,7 @@ async fn rabbitmq_a_poison_part_dead_letters_its_bundle() {
     let mut dead = subscribe(&bus, DEAD_LETTER_QUEUE, 1).await;
     for expected in &batch {
         let got = recv(&mut dead).await;
-        assert_eq!(got.message_id, id(expected));
-        assert_eq!(got.payload, expected.payload);
-        assert_eq!(
-            got.headers.get("traceparent"),
-            expected.headers.get("traceparent")
-        );
-        assert_eq!(
-            got.headers.get("x-first-death-queue").map(String::as_str),
-            Some(SHIPPING_QUEUE)
-        );
+        assert_dead_lettered(&got, expected, SHIPPING_QUEUE);
         ack(got).await;
     }
     bus.close().await;

@@ -327,7 +327,7 @@ async fn an_idle_order_actor_is_passivated_and_the_order_resumes_from_storage() 
     let live = || async {
         let health: Value = app
             .client
-            .get(format!("{}/health/ready", app.address))
+            .get(app.url("/health/ready"))
             .send()
             .await
             .expect("health answers")
@@ -353,13 +353,7 @@ async fn an_idle_order_actor_is_passivated_and_the_order_resumes_from_storage() 
     }
 
     // The next command loads the order again and the saga goes on.
-    let paid = app
-        .client
-        .post(format!("{}/api/orders/{id}/pay", app.address))
-        .json(&json!({"outcome": "approve"}))
-        .send()
-        .await
-        .expect("pay answers");
+    let paid = app.pay(id, &json!({"outcome": "approve"})).await;
     assert!(paid.status().is_success(), "pay: {}", paid.status());
     let order = app.wait_for_terminal(id).await;
     assert_eq!(order["status"], "CONFIRMED");
@@ -382,13 +376,8 @@ async fn above_max_orders_in_flight_new_orders_get_503_with_retry_after_and_noth
 
     let key = Uuid::new_v4().to_string();
     let refused = app
-        .client
-        .post(format!("{}/api/orders", app.address))
-        .header("Idempotency-Key", &key)
-        .json(&order_body(&[("KB-001", 1)]))
-        .send()
-        .await
-        .expect("create answers");
+        .post_order(Some(&key), &order_body(&[("KB-001", 1)]))
+        .await;
     assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(
         refused.headers().get("retry-after").map(|v| v.as_bytes()),
@@ -408,7 +397,7 @@ async fn above_max_orders_in_flight_new_orders_get_503_with_retry_after_and_noth
     );
     let listed: Value = app
         .client
-        .get(format!("{}/api/orders", app.address))
+        .get(app.url("/api/orders"))
         .send()
         .await
         .expect("list answers")
@@ -428,13 +417,8 @@ async fn above_max_orders_in_flight_new_orders_get_503_with_retry_after_and_noth
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let retried = app
-            .client
-            .post(format!("{}/api/orders", app.address))
-            .header("Idempotency-Key", &key)
-            .json(&order_body(&[("KB-001", 1)]))
-            .send()
-            .await
-            .expect("create answers");
+            .post_order(Some(&key), &order_body(&[("KB-001", 1)]))
+            .await;
         if retried.status() == StatusCode::CREATED {
             break;
         }
