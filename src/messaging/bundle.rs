@@ -47,7 +47,11 @@ pub(crate) struct Part<'a> {
 #[derive(Debug)]
 pub(crate) enum Wire<'a> {
     Single(&'static ExchangeSpec, &'a OutgoingMessage),
-    Bundle(&'static ExchangeSpec, Vec<&'a OutgoingMessage>),
+    /// The parts, each with its payload already checked to be JSON.
+    Bundle(
+        &'static ExchangeSpec,
+        Vec<(&'a OutgoingMessage, &'a RawValue)>,
+    ),
 }
 
 /// Groups a publish batch: messages of a bundling exchange with the same routing key and
@@ -58,43 +62,47 @@ pub(crate) fn plan<'a>(batch: &[(&'static ExchangeSpec, &'a OutgoingMessage)]) -
     // (exchange, routing key, type) → index in `wire` of the bundle being filled.
     let mut open: HashMap<(&str, &str, &str), usize> = HashMap::new();
     for &(spec, msg) in batch {
-        if !spec.bundles || serde_json::from_slice::<&RawValue>(&msg.payload).is_err() {
+        let json = spec
+            .bundles
+            .then(|| serde_json::from_slice::<&RawValue>(&msg.payload).ok())
+            .flatten();
+        let Some(json) = json else {
             wire.push(Wire::Single(spec, msg));
             continue;
-        }
+        };
         let key = (spec.name, msg.routing_key.as_str(), msg.kind.as_str());
         if let Some(&at) = open.get(&key)
             && let Wire::Bundle(_, parts) = &mut wire[at]
             && parts.len() < MAX_PARTS
         {
-            parts.push(msg);
+            parts.push((msg, json));
             continue;
         }
         open.insert(key, wire.len());
-        wire.push(Wire::Bundle(spec, vec![msg]));
+        wire.push(Wire::Bundle(spec, vec![(msg, json)]));
     }
     wire.into_iter()
         .map(|w| match w {
-            Wire::Bundle(spec, parts) if parts.len() == 1 => Wire::Single(spec, parts[0]),
+            Wire::Bundle(spec, parts) if parts.len() == 1 => Wire::Single(spec, parts[0].0),
             other => other,
         })
         .collect()
 }
 
 /// The AMQP message carrying `parts` (all of one exchange, routing key and type, with
-/// JSON payloads, as [`plan`] makes them).
-pub(crate) fn encode(parts: &[&OutgoingMessage]) -> Result<OutgoingMessage, serde_json::Error> {
-    let first = parts.first().copied();
-    let wire_parts = parts
+/// their JSON payloads, as [`plan`] makes them).
+pub(crate) fn encode(
+    parts: &[(&OutgoingMessage, &RawValue)],
+) -> Result<OutgoingMessage, serde_json::Error> {
+    let first = parts.first().map(|(m, _)| *m);
+    let wire_parts: Vec<Part> = parts
         .iter()
-        .map(|m| {
-            Ok(Part {
-                message_id: m.message_id.to_string(),
-                headers: m.headers.clone(),
-                payload: serde_json::from_slice(&m.payload)?,
-            })
+        .map(|(m, json)| Part {
+            message_id: m.message_id.to_string(),
+            headers: m.headers.clone(),
+            payload: json,
         })
-        .collect::<Result<Vec<_>, serde_json::Error>>()?;
+        .collect();
     let mut headers = BTreeMap::new();
     headers.insert("x-bundle-parts".to_owned(), parts.len().to_string());
     Ok(OutgoingMessage {
@@ -149,7 +157,7 @@ mod tests {
             .collect();
         let ids = |w: &Wire| match w {
             Wire::Single(_, m) => vec![m.message_id],
-            Wire::Bundle(_, parts) => parts.iter().map(|m| m.message_id).collect(),
+            Wire::Bundle(_, parts) => parts.iter().map(|(m, _)| m.message_id).collect(),
         };
         let plan = plan(&batch);
         let got: Vec<Vec<Uuid>> = plan.iter().map(ids).collect();
@@ -191,7 +199,10 @@ mod tests {
             br#"{"b": [1, 2], "a":"x"}"#,
         );
         let b = msg(COMMANDS_EXCHANGE, "stock.reserve", br#"{}"#);
-        let bundle = encode(&[&a, &b]).expect("encodes");
+        fn json(m: &OutgoingMessage) -> &RawValue {
+            serde_json::from_slice(&m.payload).expect("JSON payload")
+        }
+        let bundle = encode(&[(&a, json(&a)), (&b, json(&b))]).expect("encodes");
         assert_eq!(bundle.routing_key, "stock.reserve");
         assert_eq!(bundle.kind, "stock.reserve");
         let parts = decode(&bundle.payload).expect("decodes");
