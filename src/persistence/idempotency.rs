@@ -63,6 +63,19 @@ pub async fn claim<C: ConnectionTrait>(
     if inserted == 1 {
         return Ok(Claim::New);
     }
+    decide_taken(db, key, request_hash, retention, abandoned_after).await
+}
+
+/// [`claim`] for a key whose row already exists: replay, mismatch, in flight, or a take-over
+/// of an expired or abandoned claim.
+async fn decide_taken<C: ConnectionTrait>(
+    db: &C,
+    key: &str,
+    request_hash: &str,
+    retention: ChronoDuration,
+    abandoned_after: ChronoDuration,
+) -> Result<Claim, DbErr> {
+    let now = Utc::now();
     let Some(existing) = keys::Entity::find_by_id(key.to_owned()).one(db).await? else {
         // Deleted between our insert and read (expiry sweep): claim again once.
         return Box::pin(claim(db, key, request_hash, retention, abandoned_after)).await;
@@ -104,8 +117,8 @@ pub async fn claim<C: ConnectionTrait>(
 /// previous statement runs goes into one multi-row `INSERT … ON CONFLICT DO NOTHING
 /// RETURNING key` (one statement, one commit for all). The keys it inserted are new; every
 /// other (a replay, a mismatch, a key in flight, all but the first of equal keys in the
-/// batch) then goes through [`claim`] on its own, which decides as for a single request;
-/// so does every claim of a batch whose statement failed.
+/// batch) is then decided from its stored row as for a single request; every claim of a
+/// batch whose statement failed goes through [`claim`] on its own.
 #[derive(Clone)]
 pub struct Claims(Coalescer<(String, String), Result<Claim, DbErr>>);
 
@@ -125,16 +138,21 @@ impl Claims {
                 async move {
                     // If the statement fails (database away), each claim is tried on its
                     // own and fails with its own error.
-                    let inserted = insert_new(&db, &batch).await.unwrap_or_default();
+                    let inserted = insert_new(&db, &batch).await.ok();
                     let mut answered = HashSet::new();
                     let answers = batch.iter().map(|(key, hash)| {
-                        let new = inserted.contains(key) && answered.insert(key.as_str());
+                        let new = inserted
+                            .as_ref()
+                            .map(|keys| keys.contains(key) && answered.insert(key.as_str()));
                         let db = &db;
                         async move {
-                            if new {
-                                Ok(Claim::New)
-                            } else {
-                                claim(db, key, hash, retention, abandoned_after).await
+                            match new {
+                                Some(true) => Ok(Claim::New),
+                                // The row exists (another request's, or this batch's first).
+                                Some(false) => {
+                                    decide_taken(db, key, hash, retention, abandoned_after).await
+                                }
+                                None => claim(db, key, hash, retention, abandoned_after).await,
                             }
                         }
                     });
