@@ -92,13 +92,14 @@ pub enum QuoteError {
 pub struct Inventory {
     db: DatabaseConnection,
     outbox_feed: OutboxFeed,
-    stock_reader: StockReader,
+    /// Started by the first stock check: the participant's instance never makes one.
+    stock_reader: std::sync::Arc<std::sync::OnceLock<StockReader>>,
 }
 
 impl Inventory {
     pub fn new(db: DatabaseConnection, outbox_feed: OutboxFeed) -> Self {
         Inventory {
-            stock_reader: StockReader::start(db.clone()),
+            stock_reader: Default::default(),
             db,
             outbox_feed,
         }
@@ -191,7 +192,10 @@ impl Inventory {
     /// (The reservation itself may still lose a race later; the saga then rejects.)
     pub async fn quote(&self, items: &[(String, i64)]) -> Result<Vec<i64>, QuoteError> {
         let skus: Vec<String> = items.iter().map(|(s, _)| s.clone()).collect();
-        let rows = self.stock_reader.read(skus).await?;
+        let reader = self
+            .stock_reader
+            .get_or_init(|| StockReader::start(self.db.clone()));
+        let rows = reader.read(skus).await?;
         items
             .iter()
             .map(|(sku, qty)| {
