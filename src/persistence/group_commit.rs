@@ -1,7 +1,7 @@
 //! Group commit for the orders store. Order actors hand their writes (new order,
 //! transition, retry) to a few writer tasks, which apply every write waiting at that
 //! moment in one transaction ([`orders::save_batch`]) and answer each actor once it has
-//! committed. One commit — one WAL flush, a handful of statements — then serves many
+//! committed. One commit — one WAL flush, on PostgreSQL one statement — then serves many
 //! orders, instead of a transaction of five round trips per transition.
 //!
 //! Nothing waits for a batch to fill: a writer takes what is queued and goes, so under

@@ -14,10 +14,12 @@ use entity::{order_items, order_transitions, orders};
 use sea_orm::{
     ActiveValue::{NotSet, Set},
     ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, Statement, TransactionSession, TransactionTrait,
+    QuerySelect, TransactionSession, TransactionTrait,
 };
 use serde::Serialize;
 use uuid::Uuid;
+
+mod one_statement;
 
 /// One priced line of an order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -255,15 +257,19 @@ fn history_row(order_id: Uuid, entry: &HistoryEntry) -> order_transitions::Activ
 /// parameters for every table here.
 const ROWS_PER_INSERT: usize = 500;
 
-/// Applies `writes` in one transaction: every fenced update first (one statement each),
-/// then one multi-row INSERT per table for the new orders, their items, all history
-/// entries and all outbox messages. Returns, per write, the order's new version or
+/// Applies `writes` atomically: on PostgreSQL as one statement ([`one_statement`]); on
+/// SQLite in one transaction, every fenced update first (one statement each), then one
+/// multi-row INSERT per table for the new orders, their items, all history entries and
+/// all outbox messages. Returns, per write, the order's new version or
 /// [`SaveError::Conflict`] when its version fence failed (that write then changes
 /// nothing; the others still commit). A database error fails the whole transaction.
-pub async fn save_batch<C: TransactionTrait>(
+pub async fn save_batch<C: TransactionTrait + ConnectionTrait>(
     db: &C,
     writes: &[OrderWrite],
 ) -> Result<SavedBatch, DbErr> {
+    if db.get_database_backend() == DbBackend::Postgres {
+        return one_statement::save_batch(db, writes).await;
+    }
     let txn = db.begin().await?;
     // First every fenced update (they decide which transitions and retries stand)...
     let updates: Vec<FencedUpdate> = writes.iter().filter_map(FencedUpdate::of).collect();
@@ -410,29 +416,6 @@ struct FencedUpdate<'a> {
     saga: Option<(&'a Saga, DateTime<Utc>)>,
 }
 
-/// All fenced updates of a batch as one statement on PostgreSQL: the values travel as
-/// one array per column (so the statement text, and its prepared plan, is the same for
-/// every batch size). Arrays cannot carry NULLs through the driver, hence the `has_`
-/// flags. Retries keep the saga columns as they are.
-const BULK_FENCED_UPDATE: &str = r#"UPDATE orders AS o SET
-    step_deadline_at = CASE WHEN v.has_deadline THEN v.deadline END,
-    step_attempts = v.attempts,
-    version = v.expected + 1,
-    status = CASE WHEN v.transition THEN v.status ELSE o.status END,
-    reservation_state = CASE WHEN v.transition THEN v.reservation ELSE o.reservation_state END,
-    payment_state = CASE WHEN v.transition THEN v.payment ELSE o.payment_state END,
-    shipment_state = CASE WHEN v.transition THEN v.shipment ELSE o.shipment_state END,
-    failure_reason = CASE WHEN NOT v.transition THEN o.failure_reason
-                          WHEN v.has_reason THEN v.reason END,
-    updated_at = CASE WHEN v.transition THEN v.at ELSE o.updated_at END
-FROM UNNEST($1::uuid[], $2::int8[], $3::bool[], $4::timestamptz[], $5::int4[], $6::bool[],
-            $7::text[], $8::text[], $9::text[], $10::text[], $11::bool[], $12::text[],
-            $13::timestamptz[])
-    AS v(id, expected, has_deadline, deadline, attempts, transition, status, reservation,
-         payment, shipment, has_reason, reason, at)
-WHERE o.id = v.id AND o.version = v.expected
-RETURNING o.id"#;
-
 impl<'a> FencedUpdate<'a> {
     fn of(write: &'a OrderWrite) -> Option<Self> {
         match write {
@@ -470,13 +453,6 @@ impl<'a> FencedUpdate<'a> {
         updates: &[FencedUpdate<'_>],
     ) -> Result<std::collections::HashSet<Uuid>, DbErr> {
         let mut held = std::collections::HashSet::with_capacity(updates.len());
-        if updates.len() > 1 && db.get_database_backend() == DbBackend::Postgres {
-            let rows = db.query_all_raw(Self::bulk_statement(updates)).await?;
-            for row in rows {
-                held.insert(row.try_get::<Uuid>("", "id")?);
-            }
-            return Ok(held);
-        }
         for update in updates {
             if update.apply(db).await? {
                 held.insert(update.order_id);
@@ -485,14 +461,17 @@ impl<'a> FencedUpdate<'a> {
         Ok(held)
     }
 
-    fn bulk_statement(updates: &[FencedUpdate<'_>]) -> Statement {
+    /// The updates as one array per column, for the PostgreSQL statement
+    /// ([`one_statement`]): id, expected version, deadline (flag, value), attempts,
+    /// transition flag, the four saga states, failure reason (flag, value), time.
+    fn columns(updates: &[FencedUpdate<'_>]) -> Vec<sea_orm::sea_query::Value> {
         use sea_orm::sea_query::Value;
         let column = |f: &dyn Fn(&FencedUpdate) -> Value| updates.iter().map(f).collect::<Vec<_>>();
         let epoch = DateTime::<Utc>::UNIX_EPOCH;
         let saga_text = |f: fn(&Saga) -> &'static str| {
             column(&|u| Value::from(u.saga.map_or("", |(s, _)| f(s))))
         };
-        let values: Vec<Value> = vec![
+        vec![
             pg_array::<Uuid>(column(&|u| Value::from(u.order_id))),
             pg_array::<i64>(column(&|u| Value::from(u.expected_version))),
             pg_array::<bool>(column(&|u| Value::from(u.timer.deadline.is_some()))),
@@ -514,8 +493,7 @@ impl<'a> FencedUpdate<'a> {
                 )
             })),
             pg_array::<DateTime<Utc>>(column(&|u| Value::from(u.saga.map_or(epoch, |(_, at)| at)))),
-        ];
-        Statement::from_sql_and_values(DbBackend::Postgres, BULK_FENCED_UPDATE, values)
+        ]
     }
 
     /// Returns whether the fence held (the row was at the expected version).

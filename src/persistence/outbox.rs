@@ -26,6 +26,15 @@ pub struct NewMessage {
 }
 
 impl NewMessage {
+    /// The stored `headers` column: a JSON object, NULL when there are none.
+    pub fn headers_column(&self) -> Option<String> {
+        if self.headers.is_empty() {
+            None
+        } else {
+            serde_json::to_string(&self.headers).ok()
+        }
+    }
+
     /// Serializes `envelope`; `message_id` must be the envelope's own id.
     pub fn json<T: Serialize>(
         exchange: &'static str,
@@ -84,11 +93,7 @@ async fn insert_rows<C: ConnectionTrait>(
         exchange: Set(m.exchange.to_owned()),
         routing_key: Set(m.routing_key.clone()),
         payload: Set(m.payload.clone()),
-        headers: Set(if m.headers.is_empty() {
-            None
-        } else {
-            serde_json::to_string(&m.headers).ok()
-        }),
+        headers: Set(m.headers_column()),
         created_at: Set(now),
     });
     outbox::Entity::insert_many(rows)

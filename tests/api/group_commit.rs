@@ -1,0 +1,185 @@
+//! The group commit's batch write (`orders::save_batch`) against the real databases: on
+//! PostgreSQL it is one statement of CTEs, on SQLite a transaction of plain statements;
+//! both must keep the version fence — a stale write changes nothing (no state, no history,
+//! no outbox message) while the rest of its batch commits.
+
+use crate::helpers::provision;
+use chrono::Utc;
+use entity::outbox;
+use order_service::domain::saga::{self, OrderStatus, PaymentMode};
+use order_service::persistence::orders::{
+    self, HistoryEntry, OrderLine, OrderRecord, OrderWrite, SaveError, StepTimer,
+};
+use order_service::persistence::outbox::NewMessage;
+use order_service::persistence::{Stores, connect_orders_writer};
+use sea_orm::{DatabaseConnection, EntityTrait, QueryOrder};
+use uuid::Uuid;
+
+fn message(routing_key: &str) -> NewMessage {
+    let id = Uuid::new_v4();
+    let mut message = NewMessage::json(
+        "order.commands",
+        routing_key,
+        id,
+        &serde_json::json!({ "message_id": id }),
+    )
+    .expect("serializable");
+    message.headers.insert("x-test".into(), routing_key.into());
+    message
+}
+
+fn create(sku: &str, routing_key: &str) -> (OrderRecord, OrderWrite) {
+    let now = Utc::now();
+    let (saga, _) = saga::start();
+    let order = OrderRecord {
+        id: Uuid::new_v4(),
+        customer_id: "customer-1".into(),
+        currency: "USD".into(),
+        total_cents: 1234,
+        items: vec![OrderLine {
+            sku: sku.into(),
+            quantity: 2,
+            unit_price_cents: 617,
+        }],
+        saga,
+        payment_mode: PaymentMode::Auto,
+        version: 1,
+        trace_context: None,
+        timer: StepTimer {
+            deadline: Some(now),
+            attempts: 0,
+        },
+        parked_reason: None,
+        created_at: now,
+        updated_at: now,
+    };
+    let write = OrderWrite::Create {
+        order: Box::new(order.clone()),
+        entry: HistoryEntry {
+            from: None,
+            status: "PENDING".into(),
+            event: "created".into(),
+            reason: String::new(),
+            at: now,
+        },
+        messages: vec![message(routing_key)],
+        idempotency: None,
+    };
+    (order, write)
+}
+
+fn reject(order: &OrderRecord, expected_version: i64, routing_key: &str) -> OrderWrite {
+    let mut saga = order.saga.clone();
+    saga.status = OrderStatus::Rejected;
+    saga.failure_reason = Some("out of stock".into());
+    OrderWrite::Transition {
+        order_id: order.id,
+        expected_version,
+        saga,
+        timer: StepTimer::default(),
+        entry: HistoryEntry {
+            from: Some("PENDING".into()),
+            status: "REJECTED".into(),
+            event: "stock_rejected".into(),
+            reason: "out of stock".into(),
+            at: Utc::now(),
+        },
+        messages: vec![message(routing_key)],
+    }
+}
+
+async fn outbox_keys(db: &DatabaseConnection) -> Vec<String> {
+    outbox::Entity::find()
+        .order_by_asc(outbox::Column::Id)
+        .all(db)
+        .await
+        .expect("reading the outbox")
+        .into_iter()
+        .map(|row| row.routing_key)
+        .collect()
+}
+
+async fn a_stale_write_changes_nothing_and_the_rest_of_its_batch_commits(embedded: bool) {
+    let (url, _amqp, _backing) = provision(embedded).await;
+    let stores = Stores::connect(&url, 2).await.expect("connecting");
+    stores.migrate().await.expect("migrating");
+    let db = connect_orders_writer(&url, &stores, 2)
+        .await
+        .expect("connecting the writer");
+
+    let (a, create_a) = create("CB-001", "a.created");
+    let (b, create_b) = create("CB-002", "b.created");
+    let saved = orders::save_batch(&db, &[create_a, create_b])
+        .await
+        .expect("first batch");
+    assert!(
+        saved.results.iter().all(|r| matches!(r, Ok(1))),
+        "{saved:?}"
+    );
+    let first_ids: Vec<i64> = saved.outbox_rows.iter().map(|r| r.id).collect();
+    assert_eq!(first_ids.len(), 2);
+
+    // A's transition is at the right version; B's carries a stale one.
+    let saved = orders::save_batch(
+        &db,
+        &[reject(&a, 1, "a.rejected"), reject(&b, 0, "b.stale")],
+    )
+    .await
+    .expect("second batch");
+    assert!(matches!(saved.results[0], Ok(2)), "{:?}", saved.results);
+    assert!(
+        matches!(saved.results[1], Err(SaveError::Conflict(id)) if id == b.id),
+        "{:?}",
+        saved.results
+    );
+    let handed_over: Vec<&str> = saved
+        .outbox_rows
+        .iter()
+        .map(|r| r.routing_key.as_str())
+        .collect();
+    assert_eq!(handed_over, ["a.rejected"]);
+    let row = &saved.outbox_rows[0];
+    assert!(row.id > first_ids[1], "outbox ids keep commit order");
+    assert_eq!(row.headers.as_deref(), Some(r#"{"x-test":"a.rejected"}"#));
+
+    let a_now = orders::details(&db, a.id)
+        .await
+        .expect("read")
+        .expect("A exists");
+    assert_eq!(a_now.status, OrderStatus::Rejected);
+    assert_eq!(a_now.version, 2);
+    assert_eq!(a_now.failure_reason.as_deref(), Some("out of stock"));
+    assert_eq!(a_now.items.len(), 1);
+    let events: Vec<&str> = a_now.history.iter().map(|h| h.event.as_str()).collect();
+    assert_eq!(events, ["created", "stock_rejected"]);
+    assert_eq!(a_now.history[1].from.as_deref(), Some("PENDING"));
+
+    let b_now = orders::details(&db, b.id)
+        .await
+        .expect("read")
+        .expect("B exists");
+    assert_eq!(b_now.status, OrderStatus::Pending);
+    assert_eq!(b_now.version, 1);
+    assert_eq!(b_now.failure_reason, None);
+    assert_eq!(
+        b_now.history.len(),
+        1,
+        "no history entry for the stale write"
+    );
+
+    assert_eq!(
+        outbox_keys(&db).await,
+        ["a.created", "b.created", "a.rejected"],
+        "no outbox message for the stale write"
+    );
+}
+
+#[tokio::test]
+async fn postgres_a_stale_write_changes_nothing_and_the_rest_of_its_batch_commits() {
+    a_stale_write_changes_nothing_and_the_rest_of_its_batch_commits(false).await;
+}
+
+#[tokio::test]
+async fn sqlite_a_stale_write_changes_nothing_and_the_rest_of_its_batch_commits() {
+    a_stale_write_changes_nothing_and_the_rest_of_its_batch_commits(true).await;
+}
