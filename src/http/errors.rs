@@ -119,11 +119,10 @@ impl ApiError {
 
 impl From<sea_orm::DbErr> for ApiError {
     fn from(e: sea_orm::DbErr) -> Self {
-        match e {
-            sea_orm::DbErr::ConnectionAcquire(_) | sea_orm::DbErr::Conn(_) => {
-                ApiError::Unavailable("the database is unavailable; retry shortly".into())
-            }
-            other => ApiError::Internal(other.into()),
+        if crate::persistence::is_unavailable(&e) {
+            ApiError::Unavailable("the database is unavailable; retry shortly".into())
+        } else {
+            ApiError::Internal(e.into())
         }
     }
 }

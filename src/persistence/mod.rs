@@ -84,6 +84,33 @@ fn ensure_sqlite_dir(url: &str) -> std::io::Result<()> {
     }
 }
 
+/// Whether `error` says the database cannot be reached — no connection to be had, one lost
+/// mid-statement (a pooled connection is not pinged before use, so a restart or an outage
+/// shows up here), or the server shutting down or refusing connections — rather than that
+/// the statement itself failed. Callers answer the first with 503 and retry later.
+pub fn is_unavailable(error: &DbErr) -> bool {
+    use sea_orm::{RuntimeErr, sqlx};
+    match error {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
+        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => {
+            match e.as_ref() {
+                sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed => true,
+                // Class 08: connection exception; 57P01–57P03: admin or crash shutdown,
+                // cannot connect now.
+                sqlx::Error::Database(db) => db
+                    .code()
+                    .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
+                _ => false,
+            }
+        }
+        _ => false,
+    }
+}
+
 /// One column of a bulk statement on PostgreSQL (`… FROM UNNEST($1::uuid[], $2::text[], …)`):
 /// the column's values for every row, as one array parameter. The statement text, and so
 /// its prepared plan, stays the same for every batch size.
