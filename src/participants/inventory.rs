@@ -491,7 +491,8 @@ impl StockReader {
                                 .filter(|r| wanted.contains(&r.sku))
                                 .cloned()
                                 .collect()),
-                            Err(e) => Err(DbErr::Custom(e.to_string())),
+                            // The error itself (not its text): an outage must stay one.
+                            Err(e) => Err(e.clone()),
                         })
                         .collect()
                 }

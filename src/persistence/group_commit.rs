@@ -82,6 +82,14 @@ async fn run(
                 feed.push(saved.outbox_rows);
                 saved.results
             }
+            Err(error) if crate::persistence::is_unavailable(&error) => {
+                // The database is away: one by one would only wait out the pool's timeout
+                // once per write. Every actor hears it now and retries later.
+                writes
+                    .iter()
+                    .map(|_| Err(SaveError::Db(error.clone())))
+                    .collect()
+            }
             Err(error) if writes.len() > 1 => {
                 // One write's failure (say, a duplicate key) must not fail the others:
                 // apply each on its own.

@@ -8,13 +8,11 @@
 //! (`IDEMPOTENCY_CLAIM_TIMEOUT_SECS`, default [`ABANDONED_AFTER`]).
 
 use crate::batching::Coalescer;
-use crate::persistence::pg_array;
 use chrono::{Duration as ChronoDuration, Utc};
 use entity::idempotency_keys as keys;
 use sea_orm::{
     ActiveValue::Set,
-    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, QueryFilter,
-    Statement,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter,
     sea_query::{OnConflict, Query},
 };
 use std::collections::HashSet;
@@ -211,32 +209,10 @@ pub struct Completed<'a> {
     pub body: &'a str,
 }
 
-/// Same effect as one UPDATE per key, as one statement (the values travel as arrays).
-const BULK_COMPLETE: &str = r#"UPDATE idempotency_keys AS k
-SET order_id = v.order_id, response_status = v.status, response_body = v.body
-FROM UNNEST($1::text[], $2::uuid[], $3::int4[], $4::text[]) AS v(key, order_id, status, body)
-WHERE k.key = v.key"#;
-
 /// Records the responses of completed requests; call in the transaction that created the
-/// orders, so "order created" and "key completed" commit together.
+/// orders, so "order created" and "key completed" commit together. (On PostgreSQL the
+/// group commit's one statement does this itself: `orders::save_batch`.)
 pub async fn complete_all<C: ConnectionTrait>(db: &C, done: &[Completed<'_>]) -> Result<(), DbErr> {
-    if done.len() > 1 && db.get_database_backend() == DbBackend::Postgres {
-        use sea_orm::sea_query::Value;
-        let column = |f: fn(&Completed) -> Value| done.iter().map(f).collect::<Vec<_>>();
-        let values = vec![
-            pg_array::<String>(column(|d| d.key.into())),
-            pg_array::<Uuid>(column(|d| d.order_id.into())),
-            pg_array::<i32>(column(|d| i32::from(d.status).into())),
-            pg_array::<String>(column(|d| d.body.into())),
-        ];
-        db.execute_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            BULK_COMPLETE,
-            values,
-        ))
-        .await?;
-        return Ok(());
-    }
     for d in done {
         keys::Entity::update_many()
             .col_expr(keys::Column::OrderId, Some(d.order_id).into())

@@ -175,6 +175,15 @@ pub enum OrderWrite {
 }
 
 impl OrderWrite {
+    pub fn order_id(&self) -> Uuid {
+        match self {
+            OrderWrite::Create { order, .. } => order.id,
+            OrderWrite::Transition { order_id, .. } | OrderWrite::Retry { order_id, .. } => {
+                *order_id
+            }
+        }
+    }
+
     pub fn has_messages(&self) -> bool {
         match self {
             OrderWrite::Create { messages, .. }

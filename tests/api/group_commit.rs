@@ -1,7 +1,8 @@
 //! The group commit's batch write (`orders::save_batch`) against the real databases: on
 //! PostgreSQL it is one statement of CTEs, on SQLite a transaction of plain statements;
 //! both must keep the version fence — a stale write changes nothing (no state, no history,
-//! no outbox message) while the rest of its batch commits.
+//! no outbox message) while the rest of its batch commits — and store what they are given
+//! (NULL deadline and headers, a retry's timer without touching the saga).
 
 use crate::helpers::provision;
 use chrono::Utc;
@@ -109,7 +110,8 @@ async fn a_stale_write_changes_nothing_and_the_rest_of_its_batch_commits(embedde
 
     let (a, create_a) = create("CB-001", "a.created");
     let (b, create_b) = create("CB-002", "b.created");
-    let saved = orders::save_batch(&db, &[create_a, create_b])
+    let (c, create_c) = create("CB-003", "c.created");
+    let saved = orders::save_batch(&db, &[create_a, create_b, create_c])
         .await
         .expect("first batch");
     assert!(
@@ -117,12 +119,28 @@ async fn a_stale_write_changes_nothing_and_the_rest_of_its_batch_commits(embedde
         "{saved:?}"
     );
     let first_ids: Vec<i64> = saved.outbox_rows.iter().map(|r| r.id).collect();
-    assert_eq!(first_ids.len(), 2);
+    assert_eq!(first_ids.len(), 3);
 
-    // A's transition is at the right version; B's carries a stale one.
+    // A's transition is at the right version; B's carries a stale one; C's retry (timer
+    // only, a message without headers) is at the right version.
+    let mut resent = message("c.retry");
+    resent.headers.clear();
+    let retry_c = OrderWrite::Retry {
+        order_id: c.id,
+        expected_version: 1,
+        timer: StepTimer {
+            deadline: None,
+            attempts: 1,
+        },
+        messages: vec![resent],
+    };
     let saved = orders::save_batch(
         &db,
-        &[reject(&a, 1, "a.rejected"), reject(&b, 0, "b.stale")],
+        &[
+            reject(&a, 1, "a.rejected"),
+            reject(&b, 0, "b.stale"),
+            retry_c,
+        ],
     )
     .await
     .expect("second batch");
@@ -132,15 +150,40 @@ async fn a_stale_write_changes_nothing_and_the_rest_of_its_batch_commits(embedde
         "{:?}",
         saved.results
     );
+    assert!(matches!(saved.results[2], Ok(2)), "{:?}", saved.results);
     let handed_over: Vec<&str> = saved
         .outbox_rows
         .iter()
         .map(|r| r.routing_key.as_str())
         .collect();
-    assert_eq!(handed_over, ["a.rejected"]);
+    assert_eq!(handed_over, ["a.rejected", "c.retry"]);
     let row = &saved.outbox_rows[0];
-    assert!(row.id > first_ids[1], "outbox ids keep commit order");
+    assert!(row.id > first_ids[2], "outbox ids keep commit order");
+    assert!(
+        saved.outbox_rows[1].id > row.id,
+        "outbox ids keep commit order"
+    );
     assert_eq!(row.headers.as_deref(), Some(r#"{"x-test":"a.rejected"}"#));
+    assert_eq!(saved.outbox_rows[1].headers, None);
+
+    // A retry moves the timer and the version, nothing else.
+    let c_now = orders::load(&db, c.id)
+        .await
+        .expect("read")
+        .expect("C exists");
+    assert_eq!(c_now.version, 2);
+    assert_eq!(c_now.saga, c.saga);
+    assert_eq!(c_now.timer.deadline, None);
+    assert_eq!(c_now.timer.attempts, 1);
+    let c_history = orders::details(&db, c.id)
+        .await
+        .expect("read")
+        .expect("C exists");
+    assert_eq!(
+        c_history.history.len(),
+        1,
+        "a retry writes no history entry"
+    );
 
     let a_now = orders::details(&db, a.id)
         .await
@@ -169,7 +212,13 @@ async fn a_stale_write_changes_nothing_and_the_rest_of_its_batch_commits(embedde
 
     assert_eq!(
         outbox_keys(&db).await,
-        ["a.created", "b.created", "a.rejected"],
+        [
+            "a.created",
+            "b.created",
+            "c.created",
+            "a.rejected",
+            "c.retry"
+        ],
         "no outbox message for the stale write"
     );
 }

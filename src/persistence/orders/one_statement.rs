@@ -118,6 +118,16 @@ pub(super) async fn save_batch<C: ConnectionTrait>(
 ) -> Result<SavedBatch, DbErr> {
     let epoch = DateTime::<Utc>::UNIX_EPOCH;
     let now = Utc::now();
+    // The fence is matched by order id (`held`), so a batch carries at most one write per
+    // order — as it does: an actor awaits each write before it makes the next.
+    debug_assert!(
+        {
+            let mut ids: Vec<Uuid> = writes.iter().map(OrderWrite::order_id).collect();
+            ids.sort_unstable();
+            ids.windows(2).all(|w| w[0] != w[1])
+        },
+        "two writes for one order in a batch"
+    );
     let updates: Vec<FencedUpdate> = writes.iter().filter_map(FencedUpdate::of).collect();
     let mut created = Columns::with(19);
     let mut items = Columns::with(5);
@@ -203,7 +213,11 @@ pub(super) async fn save_batch<C: ConnectionTrait>(
         }
     }
     let mut outbox_columns = Columns::with(9);
-    for m in &messages {
+    let headers: Vec<Option<String>> = messages
+        .iter()
+        .map(|m| m.message.headers_column())
+        .collect();
+    for (m, headers) in messages.iter().zip(&headers) {
         outbox_columns.push([
             m.owner.into(),
             m.fenced.into(),
@@ -211,8 +225,8 @@ pub(super) async fn save_batch<C: ConnectionTrait>(
             m.message.exchange.into(),
             m.message.routing_key.clone().into(),
             m.message.payload.clone().into(),
-            (!m.message.headers.is_empty()).into(),
-            m.message.headers_column().unwrap_or_default().into(),
+            headers.is_some().into(),
+            headers.clone().unwrap_or_default().into(),
             now.into(),
         ]);
     }
@@ -333,7 +347,8 @@ pub(super) async fn save_batch<C: ConnectionTrait>(
     // The stored rows, in insertion order, for the relay's hand-over.
     let outbox_rows = messages
         .iter()
-        .filter_map(|m| {
+        .zip(headers)
+        .filter_map(|(m, headers)| {
             let id = *outbox_ids.get(&m.message.message_id)?;
             Some(outbox::Model {
                 id,
@@ -341,7 +356,7 @@ pub(super) async fn save_batch<C: ConnectionTrait>(
                 exchange: m.message.exchange.to_owned(),
                 routing_key: m.message.routing_key.clone(),
                 payload: m.message.payload.clone(),
-                headers: m.message.headers_column(),
+                headers,
                 created_at: now,
             })
         })
