@@ -17,6 +17,7 @@ use sea_orm::{
     QuerySelect, TransactionSession, TransactionTrait,
 };
 use serde::Serialize;
+use std::collections::HashSet;
 use uuid::Uuid;
 
 mod one_statement;
@@ -280,63 +281,24 @@ pub async fn save_batch<C: TransactionTrait + ConnectionTrait>(
         return one_statement::save_batch(db, writes).await;
     }
     let txn = db.begin().await?;
+    let rows = BatchRows::of(writes);
     // First every fenced update (they decide which transitions and retries stand)...
-    let updates: Vec<FencedUpdate> = writes.iter().filter_map(FencedUpdate::of).collect();
-    let held = FencedUpdate::apply_all(&txn, &updates).await?;
+    let held = FencedUpdate::apply_all(&txn, &rows.updates).await?;
     // ...then the rows of the writes that stand.
-    let mut results = Vec::with_capacity(writes.len());
-    let mut new_orders = Vec::new();
-    let mut lines = Vec::new();
-    let mut history = Vec::new();
-    let mut messages: Vec<&outbox::NewMessage> = Vec::new();
-    let mut completions = Vec::new();
-    for write in writes {
-        match write {
-            OrderWrite::Create {
-                order,
-                entry,
-                messages: m,
-                idempotency,
-            } => {
-                new_orders.push(order_row(order));
-                lines.extend(item_rows(order));
-                history.push(history_row(order.id, entry));
-                messages.extend(m);
-                if let Some(done) = idempotency {
-                    completions.push((order.id, done));
-                }
-                results.push(Ok(order.version));
-            }
-            OrderWrite::Transition {
-                order_id,
-                expected_version,
-                entry,
-                messages: m,
-                ..
-            } => {
-                results.push(if held.contains(order_id) {
-                    history.push(history_row(*order_id, entry));
-                    messages.extend(m);
-                    Ok(expected_version + 1)
-                } else {
-                    Err(SaveError::Conflict(*order_id))
-                });
-            }
-            OrderWrite::Retry {
-                order_id,
-                expected_version,
-                messages: m,
-                ..
-            } => {
-                results.push(if held.contains(order_id) {
-                    messages.extend(m);
-                    Ok(expected_version + 1)
-                } else {
-                    Err(SaveError::Conflict(*order_id))
-                });
-            }
-        }
-    }
+    let new_orders: Vec<_> = rows.new_orders.iter().map(|o| order_row(o)).collect();
+    let lines: Vec<_> = rows.new_orders.iter().flat_map(|o| item_rows(o)).collect();
+    let history: Vec<_> = rows
+        .history
+        .iter()
+        .filter(|h| h.stands(&held))
+        .map(|h| history_row(h.order_id, h.row))
+        .collect();
+    let messages: Vec<&outbox::NewMessage> = rows
+        .messages
+        .iter()
+        .filter(|m| m.stands(&held))
+        .map(|m| m.row)
+        .collect();
     // Parents before children: items and history reference their order.
     for chunk in new_orders.chunks(ROWS_PER_INSERT) {
         orders::Entity::insert_many(chunk.iter().cloned())
@@ -354,9 +316,10 @@ pub async fn save_batch<C: TransactionTrait + ConnectionTrait>(
             .await?;
     }
     let outbox_rows = outbox::enqueue_all(&txn, messages).await?;
-    let completions: Vec<idempotency::Completed> = completions
-        .into_iter()
-        .map(|(order_id, done)| idempotency::Completed {
+    let completions: Vec<idempotency::Completed> = rows
+        .completions
+        .iter()
+        .map(|&(order_id, done)| idempotency::Completed {
             key: &done.key,
             order_id,
             status: done.status,
@@ -366,9 +329,109 @@ pub async fn save_batch<C: TransactionTrait + ConnectionTrait>(
     idempotency::complete_all(&txn, &completions).await?;
     txn.commit().await?;
     Ok(SavedBatch {
-        results,
+        results: results(writes, &held),
         outbox_rows,
     })
+}
+
+/// A batch of writes taken apart by table, the same for both backends' statements.
+struct BatchRows<'a> {
+    /// The fenced updates of every transition and retry.
+    updates: Vec<FencedUpdate<'a>>,
+    new_orders: Vec<&'a OrderRecord>,
+    history: Vec<OfOrder<'a, HistoryEntry>>,
+    messages: Vec<OfOrder<'a, outbox::NewMessage>>,
+    completions: Vec<(Uuid, &'a IdempotencyCompletion)>,
+}
+
+/// A history entry or message of one order's write.
+struct OfOrder<'a, T> {
+    order_id: Uuid,
+    /// Written only if the order's fenced update holds (a new order has no fence).
+    fenced: bool,
+    row: &'a T,
+}
+
+impl<T> OfOrder<'_, T> {
+    fn stands(&self, held: &HashSet<Uuid>) -> bool {
+        !self.fenced || held.contains(&self.order_id)
+    }
+}
+
+impl<'a> BatchRows<'a> {
+    fn of(writes: &'a [OrderWrite]) -> Self {
+        let mut rows = BatchRows {
+            updates: writes.iter().filter_map(FencedUpdate::of).collect(),
+            new_orders: Vec::new(),
+            history: Vec::new(),
+            messages: Vec::new(),
+            completions: Vec::new(),
+        };
+        for write in writes {
+            let (order_id, fenced, entry, messages) = match write {
+                OrderWrite::Create {
+                    order,
+                    entry,
+                    messages,
+                    idempotency,
+                } => {
+                    rows.new_orders.push(order);
+                    if let Some(done) = idempotency {
+                        rows.completions.push((order.id, done));
+                    }
+                    (order.id, false, Some(entry), messages)
+                }
+                OrderWrite::Transition {
+                    order_id,
+                    entry,
+                    messages,
+                    ..
+                } => (*order_id, true, Some(entry), messages),
+                OrderWrite::Retry {
+                    order_id, messages, ..
+                } => (*order_id, true, None, messages),
+            };
+            if let Some(row) = entry {
+                rows.history.push(OfOrder {
+                    order_id,
+                    fenced,
+                    row,
+                });
+            }
+            rows.messages.extend(messages.iter().map(|row| OfOrder {
+                order_id,
+                fenced,
+                row,
+            }));
+        }
+        rows
+    }
+}
+
+/// Per write, in order: the order's new version, or the fence conflict.
+fn results(writes: &[OrderWrite], held: &HashSet<Uuid>) -> Vec<Result<i64, SaveError>> {
+    writes
+        .iter()
+        .map(|write| match write {
+            OrderWrite::Create { order, .. } => Ok(order.version),
+            OrderWrite::Transition {
+                order_id,
+                expected_version,
+                ..
+            }
+            | OrderWrite::Retry {
+                order_id,
+                expected_version,
+                ..
+            } => {
+                if held.contains(order_id) {
+                    Ok(expected_version + 1)
+                } else {
+                    Err(SaveError::Conflict(*order_id))
+                }
+            }
+        })
+        .collect()
 }
 
 /// What [`save_batch`] committed.
@@ -460,8 +523,8 @@ impl<'a> FencedUpdate<'a> {
     async fn apply_all<C: ConnectionTrait>(
         db: &C,
         updates: &[FencedUpdate<'_>],
-    ) -> Result<std::collections::HashSet<Uuid>, DbErr> {
-        let mut held = std::collections::HashSet::with_capacity(updates.len());
+    ) -> Result<HashSet<Uuid>, DbErr> {
+        let mut held = HashSet::with_capacity(updates.len());
         for update in updates {
             if update.apply(db).await? {
                 held.insert(update.order_id);

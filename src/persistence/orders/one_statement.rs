@@ -10,7 +10,7 @@
 //! History entries and messages of fenced writes carry their order id and are inserted
 //! only if that order's fenced update held (`held`); a new order has no fence.
 
-use super::{FencedUpdate, OrderWrite, SaveError, SavedBatch};
+use super::{BatchRows, FencedUpdate, OrderWrite, SavedBatch};
 use crate::persistence::pg_array;
 use chrono::{DateTime, Utc};
 use entity::outbox;
@@ -104,13 +104,6 @@ impl Columns {
     }
 }
 
-/// A message to insert; `fenced`: only if its order's fenced update holds.
-struct Message<'a> {
-    owner: Uuid,
-    fenced: bool,
-    message: &'a crate::persistence::outbox::NewMessage,
-}
-
 /// [`super::save_batch`] on PostgreSQL.
 pub(super) async fn save_batch<C: ConnectionTrait>(
     db: &C,
@@ -128,110 +121,83 @@ pub(super) async fn save_batch<C: ConnectionTrait>(
         },
         "two writes for one order in a batch"
     );
-    let updates: Vec<FencedUpdate> = writes.iter().filter_map(FencedUpdate::of).collect();
+    let rows = BatchRows::of(writes);
     let mut created = Columns::with(19);
     let mut items = Columns::with(5);
-    let mut history = Columns::with(8);
-    let mut completions = Columns::with(4);
-    let mut messages: Vec<Message> = Vec::new();
-    for write in writes {
-        match write {
-            OrderWrite::Create {
-                order,
-                entry,
-                messages: m,
-                idempotency,
-            } => {
-                let saga = &order.saga;
-                created.push([
-                    order.id.into(),
-                    order.customer_id.clone().into(),
-                    order.currency.clone().into(),
-                    order.total_cents.into(),
-                    saga.status.as_str().into(),
-                    saga.reservation.as_str().into(),
-                    saga.payment.as_str().into(),
-                    saga.shipment.as_str().into(),
-                    saga.failure_reason.is_some().into(),
-                    saga.failure_reason.clone().unwrap_or_default().into(),
-                    super::payment_mode_str(order.payment_mode).into(),
-                    order.version.into(),
-                    order.timer.deadline.is_some().into(),
-                    order.timer.deadline.unwrap_or(epoch).into(),
-                    order.timer.attempts.into(),
-                    order.trace_context.is_some().into(),
-                    order.trace_context.clone().unwrap_or_default().into(),
-                    order.created_at.into(),
-                    order.updated_at.into(),
-                ]);
-                for (line_no, line) in order.items.iter().enumerate() {
-                    items.push([
-                        order.id.into(),
-                        i32::try_from(line_no).unwrap_or(i32::MAX).into(),
-                        line.sku.clone().into(),
-                        i32::try_from(line.quantity).unwrap_or(i32::MAX).into(),
-                        line.unit_price_cents.into(),
-                    ]);
-                }
-                history.push(history_row(order.id, false, entry));
-                messages.extend(m.iter().map(|message| Message {
-                    owner: order.id,
-                    fenced: false,
-                    message,
-                }));
-                if let Some(done) = idempotency {
-                    completions.push([
-                        done.key.clone().into(),
-                        order.id.into(),
-                        i32::from(done.status).into(),
-                        done.body.clone().into(),
-                    ]);
-                }
-            }
-            OrderWrite::Transition {
-                order_id,
-                entry,
-                messages: m,
-                ..
-            } => {
-                history.push(history_row(*order_id, true, entry));
-                messages.extend(m.iter().map(|message| Message {
-                    owner: *order_id,
-                    fenced: true,
-                    message,
-                }));
-            }
-            OrderWrite::Retry {
-                order_id,
-                messages: m,
-                ..
-            } => messages.extend(m.iter().map(|message| Message {
-                owner: *order_id,
-                fenced: true,
-                message,
-            })),
+    for order in &rows.new_orders {
+        let saga = &order.saga;
+        created.push([
+            order.id.into(),
+            order.customer_id.clone().into(),
+            order.currency.clone().into(),
+            order.total_cents.into(),
+            saga.status.as_str().into(),
+            saga.reservation.as_str().into(),
+            saga.payment.as_str().into(),
+            saga.shipment.as_str().into(),
+            saga.failure_reason.is_some().into(),
+            saga.failure_reason.clone().unwrap_or_default().into(),
+            super::payment_mode_str(order.payment_mode).into(),
+            order.version.into(),
+            order.timer.deadline.is_some().into(),
+            order.timer.deadline.unwrap_or(epoch).into(),
+            order.timer.attempts.into(),
+            order.trace_context.is_some().into(),
+            order.trace_context.clone().unwrap_or_default().into(),
+            order.created_at.into(),
+            order.updated_at.into(),
+        ]);
+        for (line_no, line) in order.items.iter().enumerate() {
+            items.push([
+                order.id.into(),
+                i32::try_from(line_no).unwrap_or(i32::MAX).into(),
+                line.sku.clone().into(),
+                i32::try_from(line.quantity).unwrap_or(i32::MAX).into(),
+                line.unit_price_cents.into(),
+            ]);
         }
     }
+    let mut history = Columns::with(8);
+    for h in &rows.history {
+        let entry = h.row;
+        history.push([
+            h.order_id.into(),
+            h.fenced.into(),
+            entry.from.is_some().into(),
+            entry.from.clone().unwrap_or_default().into(),
+            entry.status.clone().into(),
+            entry.event.clone().into(),
+            entry.reason.clone().into(),
+            entry.at.into(),
+        ]);
+    }
+    let mut completions = Columns::with(4);
+    for &(order_id, done) in &rows.completions {
+        completions.push([
+            done.key.clone().into(),
+            order_id.into(),
+            i32::from(done.status).into(),
+            done.body.clone().into(),
+        ]);
+    }
+    let messages = &rows.messages;
     let mut outbox_columns = Columns::with(9);
-    let headers: Vec<Option<String>> = messages
-        .iter()
-        .map(|m| m.message.headers_column())
-        .collect();
+    let headers: Vec<Option<String>> = messages.iter().map(|m| m.row.headers_column()).collect();
     for (m, headers) in messages.iter().zip(&headers) {
         outbox_columns.push([
-            m.owner.into(),
+            m.order_id.into(),
             m.fenced.into(),
-            m.message.message_id.into(),
-            m.message.exchange.into(),
-            m.message.routing_key.clone().into(),
-            m.message.payload.clone().into(),
+            m.row.message_id.into(),
+            m.row.exchange.into(),
+            m.row.routing_key.clone().into(),
+            m.row.payload.clone().into(),
             headers.is_some().into(),
             headers.clone().unwrap_or_default().into(),
             now.into(),
         ]);
     }
 
-    let mut values = FencedUpdate::columns(&updates);
+    let mut values = FencedUpdate::columns(&rows.updates);
     let typed = |columns: Columns, types: &[fn(Vec<Value>) -> Value]| {
         columns
             .0
@@ -301,16 +267,16 @@ pub(super) async fn save_batch<C: ConnectionTrait>(
         &[a::<String>, a::<Uuid>, a::<i32>, a::<String>],
     ));
 
-    let rows = db
+    let returned = db
         .query_all_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
             SAVE_BATCH,
             values,
         ))
         .await?;
-    let mut held = HashSet::with_capacity(updates.len());
+    let mut held = HashSet::with_capacity(rows.updates.len());
     let mut outbox_ids = HashMap::with_capacity(messages.len());
-    for row in rows {
+    for row in returned {
         let id: Uuid = row.try_get("", "order_id")?;
         match row.try_get::<Option<i64>>("", "outbox_id")? {
             Some(outbox_id) => {
@@ -322,60 +288,25 @@ pub(super) async fn save_batch<C: ConnectionTrait>(
         }
     }
 
-    let results = writes
-        .iter()
-        .map(|write| match write {
-            OrderWrite::Create { order, .. } => Ok(order.version),
-            OrderWrite::Transition {
-                order_id,
-                expected_version,
-                ..
-            }
-            | OrderWrite::Retry {
-                order_id,
-                expected_version,
-                ..
-            } => {
-                if held.contains(order_id) {
-                    Ok(expected_version + 1)
-                } else {
-                    Err(SaveError::Conflict(*order_id))
-                }
-            }
-        })
-        .collect();
     // The stored rows, in insertion order, for the relay's hand-over.
     let outbox_rows = messages
         .iter()
         .zip(headers)
         .filter_map(|(m, headers)| {
-            let id = *outbox_ids.get(&m.message.message_id)?;
+            let id = *outbox_ids.get(&m.row.message_id)?;
             Some(outbox::Model {
                 id,
-                message_id: m.message.message_id,
-                exchange: m.message.exchange.to_owned(),
-                routing_key: m.message.routing_key.clone(),
-                payload: m.message.payload.clone(),
+                message_id: m.row.message_id,
+                exchange: m.row.exchange.to_owned(),
+                routing_key: m.row.routing_key.clone(),
+                payload: m.row.payload.clone(),
                 headers,
                 created_at: now,
             })
         })
         .collect();
     Ok(SavedBatch {
-        results,
+        results: super::results(writes, &held),
         outbox_rows,
     })
-}
-
-fn history_row(order_id: Uuid, fenced: bool, entry: &super::HistoryEntry) -> [Value; 8] {
-    [
-        order_id.into(),
-        fenced.into(),
-        entry.from.is_some().into(),
-        entry.from.clone().unwrap_or_default().into(),
-        entry.status.clone().into(),
-        entry.event.clone().into(),
-        entry.reason.clone().into(),
-        entry.at.into(),
-    ]
 }
