@@ -170,10 +170,13 @@ async fn connect_store(
         .connect_timeout(Duration::from_secs(5))
         .acquire_timeout(Duration::from_secs(5))
         // sqlx pings a connection on every checkout by default: one more round trip (and
-        // server wake-up) per transaction. Only a connection idle this long is checked; any
-        // other that died (a restart, an outage) fails its first statement instead, which
-        // `is_unavailable` classifies like a failed checkout (503, requeue, retry).
-        .test_before_acquire_if_idle_for(Duration::from_secs(30));
+        // server wake-up) per transaction. Only a connection idle for a second is checked:
+        // under load none is, while after an outage or a restart the pool's idle
+        // connections — killed with their server processes — are found dead and replaced
+        // before anyone uses them. One that died within the last second fails its first
+        // statement instead, which `is_unavailable` classifies like a failed checkout (503,
+        // requeue, retry).
+        .test_before_acquire_if_idle_for(Duration::from_secs(1));
     if is_sqlite(&url) {
         ensure_sqlite_dir(&url).map_err(|e| DbErr::Custom(format!("creating {url}: {e}")))?;
         // SQLite has one writer: a single connection serializes writes instead of failing
