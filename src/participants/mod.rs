@@ -12,6 +12,7 @@ use crate::messaging::IncomingMessage;
 use crate::messaging::consumer::Disposition;
 use crate::messaging::messages::{Envelope, ReplyBody};
 use crate::messaging::topology::REPLIES_EXCHANGE;
+use crate::persistence::apply_batch_or_each;
 use crate::persistence::outbox::{self, NewMessage, OutboxFeed};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr,
@@ -169,28 +170,21 @@ impl<R: Clone> Known<R> {
 /// Applies a batch of deliveries in one transaction and returns one disposition per
 /// delivery, in order. One commit (one WAL flush, one hold of a hot stock row) serves the
 /// whole batch. If the batch fails — a concurrent duplicate hitting a primary key, a
-/// deadlock, the database going away — it is rolled back and each delivery is applied
-/// again on its own, so one bad delivery cannot hold the others back.
+/// deadlock — it is rolled back and each delivery is applied again on its own, so one bad
+/// delivery cannot hold the others back; while the database is away every delivery is
+/// requeued at once ([`apply_batch_or_each`]).
 pub async fn handle_batch<H: CommandHandler>(
     handler: &H,
     messages: &[Arc<IncomingMessage>],
 ) -> Vec<Disposition> {
-    match apply_in_one_transaction(handler, messages).await {
-        Ok(dispositions) => dispositions,
-        Err(error) if messages.len() > 1 => {
-            tracing::debug!(%error, size = messages.len(), "batch failed; applying its deliveries one by one");
-            let mut dispositions = Vec::with_capacity(messages.len());
-            for message in messages {
-                let single = apply_in_one_transaction(handler, std::slice::from_ref(message)).await;
-                dispositions.push(match single {
-                    Ok(mut d) => d.pop().unwrap_or(Disposition::Ack),
-                    Err(e) => Disposition::Retry(e.to_string()),
-                });
-            }
-            dispositions
-        }
-        Err(error) => vec![Disposition::Retry(error.to_string())],
-    }
+    apply_batch_or_each("participant batch", messages, |batch| {
+        let handler = handler.clone();
+        Box::pin(async move { apply_in_one_transaction(&handler, batch).await })
+    })
+    .await
+    .into_iter()
+    .map(|result| result.unwrap_or_else(|e| Disposition::Retry(e.to_string())))
+    .collect()
 }
 
 /// Just the order id of an envelope (undecodable ones are dealt with by `apply`).

@@ -9,6 +9,7 @@
 //! unchanged: an actor hears back only after the commit (`synchronous_commit` stays on).
 
 use crate::batching::take_ready;
+use crate::persistence::apply_batch_or_each;
 use crate::persistence::orders::{self, OrderWrite, SaveError};
 use crate::persistence::outbox::OutboxFeed;
 use sea_orm::{DatabaseConnection, DbErr};
@@ -77,42 +78,18 @@ async fn run(
         metrics::histogram!("order_writer_batch_size").record(batch.len() as f64);
         let (writes, waiting): (Vec<_>, Vec<_>) =
             batch.into_iter().map(|p| (p.write, p.done)).unzip();
-        let results = match orders::save_batch(&db, &writes).await {
-            Ok(saved) => {
+        let results = apply_batch_or_each("group commit", &writes, |writes| {
+            let (db, feed) = (db.clone(), feed.clone());
+            Box::pin(async move {
+                let saved = orders::save_batch(&db, writes).await?;
                 feed.push(saved.outbox_rows);
-                saved.results
-            }
-            Err(error) if crate::persistence::is_unavailable(&error) => {
-                // The database is away: one by one would only wait out the pool's timeout
-                // once per write. Every actor hears it now and retries later.
-                writes
-                    .iter()
-                    .map(|_| Err(SaveError::Db(error.clone())))
-                    .collect()
-            }
-            Err(error) if writes.len() > 1 => {
-                // One write's failure (say, a duplicate key) must not fail the others:
-                // apply each on its own.
-                tracing::debug!(%error, size = writes.len(), "group commit failed; writing one by one");
-                let mut results = Vec::with_capacity(writes.len());
-                for write in &writes {
-                    results.push(
-                        match orders::save_batch(&db, std::slice::from_ref(write)).await {
-                            Ok(mut saved) => {
-                                feed.push(saved.outbox_rows);
-                                saved.results.pop().unwrap_or(Err(stopped()))
-                            }
-                            Err(e) => Err(SaveError::Db(e)),
-                        },
-                    );
-                }
-                results
-            }
-            Err(error) => vec![Err(SaveError::Db(error))],
-        };
+                Ok(saved.results)
+            })
+        })
+        .await;
         for (done, result) in waiting.into_iter().zip(results) {
             // The actor may have given up waiting (timeout); the write stands anyway.
-            let _ = done.send(result);
+            let _ = done.send(result.unwrap_or_else(|e| Err(SaveError::Db(e))));
         }
     }
 }

@@ -111,6 +111,35 @@ pub fn is_unavailable(error: &DbErr) -> bool {
     }
 }
 
+/// Applies `items` as one batch with `apply` (one result per item, in order). If the batch
+/// fails and holds more than one item, each is applied again on its own, so that one bad
+/// item (a duplicate key, a deadlock victim) cannot fail the others — unless the database
+/// is unavailable, when every item gets that error at once instead of each waiting out the
+/// pool's timeout. Used by the group commit and by the participants' batches.
+pub async fn apply_batch_or_each<T, O>(
+    what: &'static str,
+    items: &[T],
+    apply: impl for<'a> Fn(&'a [T]) -> futures::future::BoxFuture<'a, Result<Vec<O>, DbErr>>,
+) -> Vec<Result<O, DbErr>> {
+    match apply(items).await {
+        Ok(results) => results.into_iter().map(Ok).collect(),
+        Err(error) if items.len() > 1 && !is_unavailable(&error) => {
+            tracing::debug!(%error, size = items.len(), what, "batch failed; applying its items one by one");
+            let mut results = Vec::with_capacity(items.len());
+            for item in items {
+                results.push(match apply(std::slice::from_ref(item)).await {
+                    Ok(mut one) => one
+                        .pop()
+                        .ok_or_else(|| DbErr::Custom(format!("{what}: no result for an item"))),
+                    Err(e) => Err(e),
+                });
+            }
+            results
+        }
+        Err(error) => items.iter().map(|_| Err(error.clone())).collect(),
+    }
+}
+
 /// One column of a bulk statement on PostgreSQL (`… FROM UNNEST($1::uuid[], $2::text[], …)`):
 /// the column's values for every row, as one array parameter. The statement text, and so
 /// its prepared plan, stays the same for every batch size.
