@@ -9,7 +9,7 @@ use chrono::Utc;
 use entity::outbox;
 use order_service::domain::saga::{self, OrderStatus, PaymentMode};
 use order_service::persistence::orders::{
-    self, HistoryEntry, OrderLine, OrderRecord, OrderWrite, SaveError, StepTimer,
+    self, HistoryEntry, OrderDetails, OrderLine, OrderRecord, OrderWrite, SaveError, StepTimer,
 };
 use order_service::persistence::outbox::NewMessage;
 use order_service::persistence::{Stores, connect_orders_writer};
@@ -87,6 +87,13 @@ fn reject(order: &OrderRecord, expected_version: i64, routing_key: &str) -> Orde
         },
         messages: vec![message(routing_key)],
     }
+}
+
+async fn details(db: &DatabaseConnection, id: Uuid) -> OrderDetails {
+    orders::details(db, id)
+        .await
+        .expect("reading the order")
+        .expect("the order exists")
 }
 
 async fn outbox_keys(db: &DatabaseConnection) -> Vec<String> {
@@ -175,20 +182,14 @@ async fn a_stale_write_changes_nothing_and_the_rest_of_its_batch_commits(embedde
     assert_eq!(c_now.saga, c.saga);
     assert_eq!(c_now.timer.deadline, None);
     assert_eq!(c_now.timer.attempts, 1);
-    let c_history = orders::details(&db, c.id)
-        .await
-        .expect("read")
-        .expect("C exists");
+    let c_history = details(&db, c.id).await;
     assert_eq!(
         c_history.history.len(),
         1,
         "a retry writes no history entry"
     );
 
-    let a_now = orders::details(&db, a.id)
-        .await
-        .expect("read")
-        .expect("A exists");
+    let a_now = details(&db, a.id).await;
     assert_eq!(a_now.status, OrderStatus::Rejected);
     assert_eq!(a_now.version, 2);
     assert_eq!(a_now.failure_reason.as_deref(), Some("out of stock"));
@@ -197,10 +198,7 @@ async fn a_stale_write_changes_nothing_and_the_rest_of_its_batch_commits(embedde
     assert_eq!(events, ["created", "stock_rejected"]);
     assert_eq!(a_now.history[1].from.as_deref(), Some("PENDING"));
 
-    let b_now = orders::details(&db, b.id)
-        .await
-        .expect("read")
-        .expect("B exists");
+    let b_now = details(&db, b.id).await;
     assert_eq!(b_now.status, OrderStatus::Pending);
     assert_eq!(b_now.version, 1);
     assert_eq!(b_now.failure_reason, None);
