@@ -19,7 +19,11 @@
 #   5. restarts the service in embedded mode (SQLite in a temp dir + in-process bus: no
 #      DATABASE_URL / AMQP_URL) and runs closed loop at concurrency 64;
 #   6. writes the table, the exact command of each row, CPU use per process during each
-#      load (from /proc), the machine, the versions, the git commit and the date.
+#      load (from /proc), the machine, the versions, the git commit and the date;
+#   7. before the loads, measures the machine itself with pgbench (if installed): the issue's
+#      reference saga-step transaction (UPDATE by primary key + INSERT into a log,
+#      synchronous_commit on, prepared statements) with 8 clients for 10 s, in a throwaway database. This
+#      machine's speed drifts by ±15% over minutes; the figure says how fast it was.
 # On exit (also on error or Ctrl-C) it stops the service, drops the database, deletes the
 # vhost and the temp dir. It talks to 127.0.0.1 only.
 #
@@ -64,6 +68,7 @@ svc_pid=""
 loadgen_pid=""
 db_created=""
 vhost_created=""
+calib_db=""
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
@@ -84,6 +89,9 @@ cleanup() {
   stop_service
   if [ -n "$db_created" ]; then
     dropdb -h 127.0.0.1 -U postgres --if-exists --force "$db" || log "could not drop database $db"
+  fi
+  if [ -n "$calib_db" ]; then
+    dropdb -h 127.0.0.1 -U postgres --if-exists --force "$calib_db" || log "could not drop database $calib_db"
   fi
   if [ -n "$vhost_created" ]; then
     rabbitmqctl -q delete_vhost "$vhost" >/dev/null || log "could not delete vhost $vhost"
@@ -234,6 +242,39 @@ rabbitmqctl -q add_vhost "$vhost" >/dev/null
 vhost_created=1
 rabbitmqctl -q set_permissions -p "$vhost" guest ".*" ".*" ".*" >/dev/null
 
+# --- the machine's own speed ---------------------------------------------------------------
+
+# Sets machine_tps: the tps of the issue's reference transaction (8 clients, 10 s), or why
+# not. Runs in this shell (not a subshell) so that `cleanup` knows the database to drop.
+calibrate() {
+  if ! command -v pgbench >/dev/null; then
+    machine_tps="not measured (no pgbench)"
+    return 0
+  fi
+  calib_db="${db}_calib"
+  createdb -h 127.0.0.1 -U postgres "$calib_db"
+  psql -h 127.0.0.1 -U postgres -d "$calib_db" -q -v ON_ERROR_STOP=1 -c "
+    CREATE TABLE step (id int PRIMARY KEY, n bigint NOT NULL DEFAULT 0);
+    INSERT INTO step (id) SELECT g FROM generate_series(1, 10000) g;
+    CREATE TABLE step_log (id bigserial PRIMARY KEY, step_id int NOT NULL,
+                           at timestamptz NOT NULL DEFAULT now());" >/dev/null
+  cat >"$work/step.sql" <<'SQL'
+\set id random(1, 10000)
+BEGIN;
+UPDATE step SET n = n + 1 WHERE id = :id;
+INSERT INTO step_log (step_id) VALUES (:id);
+END;
+SQL
+  local tps
+  tps=$(pgbench -h 127.0.0.1 -U postgres -n -M prepared -c 8 -j 2 -T 10 -f "$work/step.sql" "$calib_db" 2>"$work/pgbench.err" \
+    | awk '/^tps = / { printf "%.0f", $3 }') || tps=""
+  dropdb -h 127.0.0.1 -U postgres --if-exists --force "$calib_db" && calib_db=""
+  machine_tps=${tps:-"not measured (pgbench failed: $(head -c 200 "$work/pgbench.err"))"}
+}
+log "measuring the machine (pgbench, 10 s)"
+calibrate
+log "machine: $machine_tps (transactions/s)"
+
 bench_started=$(date +%s)
 start_service pg
 run_load "closed c=1" postgres --concurrency 1
@@ -275,6 +316,7 @@ generated="$work/generated.md"
   echo "- commit \`$(git describe --always --dirty 2>/dev/null || echo unknown)\` ($(git log -1 --format=%cI 2>/dev/null || echo '?'))"
   echo "- machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')), memory $(free -h | awk '/^Mem:/ {print $2 " total, " $7 " available"}')"
   echo "- PostgreSQL $(psql -h 127.0.0.1 -U postgres -Atc 'show server_version' 2>/dev/null || echo '?'), RabbitMQ $(rabbitmqctl -q version 2>/dev/null || echo '?'), $(rustc --version 2>/dev/null || echo rustc)"
+  echo "- the machine's own speed at the start: $machine_tps transactions/s of the issue's reference saga step (\`UPDATE\` by primary key + \`INSERT\` into a log, \`synchronous_commit\` on; \`pgbench -M prepared -c 8 -j 2 -T 10\`; the issue quotes about 9,000 for this machine)"
   echo "- service: \`PAYMENT_DECLINE_RATE=$decline LOG_FORMAT=json RUST_LOG=warn\`, other settings default (\`DB_MAX_CONNECTIONS=8\` per store); PostgreSQL over loopback with \`sslmode=disable\`; the service, PostgreSQL, RabbitMQ and loadgen share the machine"
   echo "- each load: ${seconds} s of orders of one \`$sku\` (stock set to $stock first), then the drain until every saga is terminal, then the checks; the whole run took ${bench_seconds} s (build excluded)"
   echo
