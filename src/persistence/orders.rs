@@ -368,7 +368,8 @@ impl<'a> BatchRows<'a> {
             completions: Vec::new(),
         };
         for write in writes {
-            let (order_id, fenced, entry, messages) = match write {
+            let order_id = write.order_id();
+            let (fenced, entry, messages) = match write {
                 OrderWrite::Create {
                     order,
                     entry,
@@ -377,19 +378,14 @@ impl<'a> BatchRows<'a> {
                 } => {
                     rows.new_orders.push(order);
                     if let Some(done) = idempotency {
-                        rows.completions.push((order.id, done));
+                        rows.completions.push((order_id, done));
                     }
-                    (order.id, false, Some(entry), messages)
+                    (false, Some(entry), messages)
                 }
                 OrderWrite::Transition {
-                    order_id,
-                    entry,
-                    messages,
-                    ..
-                } => (*order_id, true, Some(entry), messages),
-                OrderWrite::Retry {
-                    order_id, messages, ..
-                } => (*order_id, true, None, messages),
+                    entry, messages, ..
+                } => (true, Some(entry), messages),
+                OrderWrite::Retry { messages, .. } => (true, None, messages),
             };
             if let Some(row) = entry {
                 rows.history.push(OfOrder {
