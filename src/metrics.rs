@@ -112,6 +112,17 @@ fn describe() {
         Unit::Seconds,
         "Publishing one outbox batch until the broker confirmed it, by store."
     );
+    describe_histogram!(
+        "order_create_phase_seconds",
+        Unit::Seconds,
+        "Phases of POST /api/orders: claim_and_stock_check (idempotency claim and stock \
+         check, together), create_and_commit (order actor created, order committed)."
+    );
+    describe_histogram!(
+        "order_writer_commit_seconds",
+        Unit::Seconds,
+        "One group commit of the orders store (all writes waiting at that moment)."
+    );
     describe_counter!("broker_reconnects_total", "Reconnections to RabbitMQ.");
     describe_gauge!("broker_up", "1 when the broker connection is usable.");
     describe_counter!(

@@ -141,10 +141,13 @@ async fn create_order(
     let db = &app.stores.orders;
     // The stock check does not depend on the claim: both run at once (a replayed or
     // refused request merely wasted one shared read).
+    let started = std::time::Instant::now();
     let (claim, quote) = tokio::join!(
         app.claims.claim(&key, &hash),
         app.inventory.quote(&valid.items)
     );
+    metrics::histogram!("order_create_phase_seconds", "phase" => "claim_and_stock_check")
+        .record(started.elapsed().as_secs_f64());
     match claim? {
         Claim::New => {}
         Claim::Replay { status, body } => {
@@ -245,7 +248,10 @@ async fn place_order(
         trace_context,
     };
     let id = order.id;
+    let started = std::time::Instant::now();
     let details = app.orders.create(order).await.map_err(order_error)?;
+    metrics::histogram!("order_create_phase_seconds", "phase" => "create_and_commit")
+        .record(started.elapsed().as_secs_f64());
     let body = serde_json::to_string(&details).map_err(|e| ApiError::Internal(e.into()))?;
     Ok((id, body))
 }

@@ -9,7 +9,7 @@ use crate::batching::Coalescer;
 use crate::messaging::IncomingMessage;
 use crate::messaging::messages::{CommandBody, Envelope, LineItem, OrderEventBody, ReplyBody};
 use crate::participants::{
-    Applied, CommandHandler, Known, ParticipantStore, decode, insert_all, load_by_order, reply,
+    Applied, CommandHandler, Known, ParticipantStore, Txn, decode, insert_all, load_by_order, reply,
 };
 use crate::persistence::outbox::{NewMessage, OutboxFeed};
 use crate::persistence::pg_array;
@@ -401,7 +401,7 @@ impl CommandHandler for Inventory {
     /// Applies one delivery from `inventory.commands`.
     async fn apply(
         &self,
-        txn: &DatabaseTransaction,
+        txn: Txn<'_>,
         known: &mut Known<reservations::Model>,
         writes: &mut Deferred,
         message: &IncomingMessage,
@@ -413,7 +413,7 @@ impl CommandHandler for Inventory {
         let order_id = envelope.order_id;
         let answer = match envelope.body {
             CommandBody::ReserveStock { items } => {
-                self.reserve(txn, known, writes, order_id, items, &message.headers)
+                self.reserve(txn.get()?, known, writes, order_id, items, &message.headers)
                     .await?
             }
             CommandBody::ReleaseStock {} => {
@@ -444,7 +444,7 @@ impl CommandHandler for OrderEvents {
 
     async fn apply(
         &self,
-        _txn: &DatabaseTransaction,
+        _txn: Txn<'_>,
         known: &mut Known<reservations::Model>,
         writes: &mut Deferred,
         message: &IncomingMessage,

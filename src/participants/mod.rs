@@ -19,7 +19,7 @@ use sea_orm::{
     EntityTrait, IntoActiveModel, QueryFilter, TransactionTrait,
 };
 use serde::de::DeserializeOwned;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use uuid::Uuid;
@@ -59,6 +59,25 @@ pub trait ParticipantStore: Clone + Send + Sync + 'static {
         txn: &DatabaseTransaction,
         records: Vec<Self::Record>,
     ) -> impl Future<Output = Result<(), DbErr>> + Send;
+    /// Whether [`Self::insert_if_absent`] is available (PostgreSQL stores of participants
+    /// that implement it).
+    fn inserts_if_absent(&self) -> bool {
+        false
+    }
+    /// One statement, no transaction: inserts the records of the orders that have none
+    /// yet, together with the replies of exactly those orders (`(order id, reply)`), and
+    /// skips the rest (see [`handle_batch`]). Only for participants that defer nothing.
+    fn insert_if_absent(
+        &self,
+        _records: Vec<Self::Record>,
+        _replies: Vec<(Uuid, NewMessage)>,
+    ) -> impl Future<Output = Result<Inserted, DbErr>> + Send {
+        async {
+            Err(DbErr::Custom(
+                "this participant has no one-statement path".into(),
+            ))
+        }
+    }
     /// Writes what the batch deferred, before its commit. Participants that defer nothing
     /// keep this default.
     fn write_deferred(
@@ -75,10 +94,11 @@ pub trait ParticipantStore: Clone + Send + Sync + 'static {
 pub trait CommandHandler: Clone + Send + Sync + 'static {
     type Store: ParticipantStore;
     fn participant(&self) -> &Self::Store;
-    /// Applies one delivery inside its batch's transaction.
+    /// Applies one delivery inside its batch's transaction ([`Txn::Open`]), or as a
+    /// statement batch's first try ([`Txn::None`], see [`handle_batch`]).
     fn apply(
         &self,
-        txn: &DatabaseTransaction,
+        txn: Txn<'_>,
         known: &mut Known<<Self::Store as ParticipantStore>::Record>,
         deferred: &mut <Self::Store as ParticipantStore>::Deferred,
         message: &IncomingMessage,
@@ -96,6 +116,11 @@ where
     E: EntityTrait,
     C: ConnectionTrait,
 {
+    if ids.is_empty() {
+        // `IN ()` would be a constant-false filter over a full index scan (sequential
+        // scans are off on these sessions): nothing to read.
+        return Ok(Vec::new());
+    }
     Ok(E::find()
         .filter(order_id.is_in(ids))
         .all(db)
@@ -167,24 +192,272 @@ impl<R: Clone> Known<R> {
     }
 }
 
-/// Applies a batch of deliveries in one transaction and returns one disposition per
-/// delivery, in order. One commit (one WAL flush, one hold of a hot stock row) serves the
-/// whole batch. If the batch fails — a concurrent duplicate hitting a primary key, a
-/// deadlock — it is rolled back and each delivery is applied again on its own, so one bad
-/// delivery cannot hold the others back; while the database is away every delivery is
-/// requeued at once ([`apply_batch_or_each`]).
+/// The transaction a delivery is applied in; none while a batch is tried as one statement.
+#[derive(Clone, Copy)]
+pub enum Txn<'a> {
+    Open(&'a DatabaseTransaction),
+    /// The batch's first try on the one-statement path: every order is taken to have no
+    /// record yet, and a handler that needs the database fails, which sends the batch to
+    /// the transaction path.
+    None,
+}
+
+impl<'a> Txn<'a> {
+    pub fn get(self) -> Result<&'a DatabaseTransaction, DbErr> {
+        match self {
+            Txn::Open(txn) => Ok(txn),
+            Txn::None => Err(DbErr::Custom(
+                "this delivery needs the transaction path".into(),
+            )),
+        }
+    }
+}
+
+/// What [`ParticipantStore::insert_if_absent`] stored.
+#[derive(Debug, Default)]
+pub struct Inserted {
+    /// The orders whose records it inserted (with their replies).
+    pub orders: HashSet<Uuid>,
+    /// The replies' outbox rows, in insertion order, for the relay.
+    pub outbox_rows: Vec<entity::outbox::Model>,
+}
+
+/// Applies a batch of deliveries and returns one disposition per delivery, in order.
+///
+/// On PostgreSQL, Payment and Shipping first try the batch as one statement: each delivery
+/// is applied as if its order had no record yet — true of nearly every first charge or
+/// schedule — and the records go in with their replies by one `INSERT … ON CONFLICT DO
+/// NOTHING` that also inserts the replies of the orders it inserted, atomically, without
+/// BEGIN, read and COMMIT (one round trip instead of five). The deliveries whose order did
+/// have a record (redeliveries, a refund of a charge), or a batch a handler cannot apply
+/// without the database, take the transaction path.
+///
+/// The transaction path applies the deliveries in one transaction: one commit (one WAL
+/// flush, one hold of a hot stock row) serves the whole batch. If the batch fails — a
+/// concurrent duplicate hitting a primary key, a deadlock — it is rolled back and each
+/// delivery is applied again on its own, so one bad delivery cannot hold the others back;
+/// while the database is away every delivery is requeued at once ([`apply_batch_or_each`]).
 pub async fn handle_batch<H: CommandHandler>(
     handler: &H,
     messages: &[Arc<IncomingMessage>],
 ) -> Vec<Disposition> {
-    apply_batch_or_each("participant batch", messages, |batch| {
-        let handler = handler.clone();
-        Box::pin(async move { apply_in_one_transaction(&handler, batch).await })
-    })
-    .await
-    .into_iter()
-    .map(|result| result.unwrap_or_else(|e| Disposition::Retry(e.to_string())))
-    .collect()
+    let mut decided = match in_one_statement(handler, messages).await {
+        Some(decided) => decided,
+        None => (0..messages.len()).map(|_| None).collect(),
+    };
+    let rest: Vec<Arc<IncomingMessage>> = messages
+        .iter()
+        .zip(&decided)
+        .filter(|(_, d)| d.is_none())
+        .map(|(m, _)| m.clone())
+        .collect();
+    let in_transaction = if rest.is_empty() {
+        Vec::new()
+    } else {
+        apply_batch_or_each("participant batch", &rest, |batch| {
+            let handler = handler.clone();
+            Box::pin(async move { apply_in_one_transaction(&handler, batch).await })
+        })
+        .await
+    };
+    let mut in_transaction = in_transaction
+        .into_iter()
+        .map(|result| result.unwrap_or_else(|e| Disposition::Retry(e.to_string())));
+    decided
+        .iter_mut()
+        .map(|d| {
+            d.take()
+                .or_else(|| in_transaction.next())
+                .unwrap_or_else(|| Disposition::Retry("no result for a delivery".into()))
+        })
+        .collect()
+}
+
+/// The one-statement path of [`handle_batch`]: a disposition for each delivery it settled,
+/// `None` for those left to the transaction path; `None` in all if it does not apply.
+async fn in_one_statement<H: CommandHandler>(
+    handler: &H,
+    messages: &[Arc<IncomingMessage>],
+) -> Option<Vec<Option<Disposition>>> {
+    let store = handler.participant();
+    if !store.inserts_if_absent() {
+        return None;
+    }
+    let mut known = Known::new(Vec::new());
+    let mut deferred = <H::Store as ParticipantStore>::Deferred::default();
+    // Per delivery: its order, or the reason it is poison.
+    let mut applied = Vec::with_capacity(messages.len());
+    let mut replies = Vec::new();
+    for message in messages {
+        match handler
+            .apply(Txn::None, &mut known, &mut deferred, message)
+            .await
+            .ok()?
+        {
+            Applied::Replies(r) => {
+                let owner = serde_json::from_slice::<OrderIdOnly>(&message.payload)
+                    .ok()?
+                    .order_id;
+                replies.extend(r.into_iter().map(|reply| (owner, reply)));
+                applied.push(Ok(owner));
+            }
+            Applied::Poison(reason) => applied.push(Err(reason)),
+        }
+    }
+    let inserted = match store.insert_if_absent(known.into_new(), replies).await {
+        Ok(inserted) => inserted,
+        Err(error) => {
+            tracing::debug!(%error, "one-statement batch failed; using a transaction");
+            return None;
+        }
+    };
+    store.outbox_feed().push(inserted.outbox_rows);
+    Some(
+        applied
+            .into_iter()
+            .map(|a| match a {
+                Ok(order) => inserted.orders.contains(&order).then_some(Disposition::Ack),
+                Err(reason) => Some(Disposition::DeadLetter(reason)),
+            })
+            .collect(),
+    )
+}
+
+/// [`ParticipantStore::insert_if_absent`] for a store whose records are keyed by order id
+/// (`key`), on PostgreSQL: the records' `INSERT … ON CONFLICT DO NOTHING RETURNING key`
+/// and the outbox rows of the orders it returned, as one statement.
+pub(crate) async fn insert_if_absent<E>(
+    db: &DatabaseConnection,
+    key: E::Column,
+    records: Vec<E::Model>,
+    replies: Vec<(Uuid, NewMessage)>,
+) -> Result<Inserted, DbErr>
+where
+    E: EntityTrait,
+    E::Model: IntoActiveModel<E::ActiveModel>,
+    E::ActiveModel: ActiveModelTrait<Entity = E> + Send,
+{
+    use sea_orm::sea_query::OnConflict;
+    use sea_orm::{DbBackend, IdenStatic, QueryTrait, Statement};
+    if records.is_empty() {
+        return Ok(Inserted::default());
+    }
+    let mut insert = E::insert_many(
+        records
+            .into_iter()
+            .map(|m| m.into_active_model().reset_all()),
+    );
+    insert
+        .query()
+        .on_conflict(OnConflict::column(key).do_nothing().to_owned())
+        .returning_col(key);
+    let records = insert.build(DbBackend::Postgres);
+    let mut values = records.values.map(|v| v.0).unwrap_or_default();
+    let first = values.len();
+    let now = chrono::Utc::now();
+    let headers: Vec<Option<String>> = replies.iter().map(|(_, m)| m.headers_column()).collect();
+    let mut columns: [Vec<sea_orm::Value>; 8] = Default::default();
+    for ((owner, m), h) in replies.iter().zip(&headers) {
+        let row: [sea_orm::Value; 8] = [
+            (*owner).into(),
+            m.message_id.into(),
+            m.exchange.into(),
+            m.routing_key.clone().into(),
+            m.payload.clone().into(),
+            h.is_some().into(),
+            h.clone().unwrap_or_default().into(),
+            now.into(),
+        ];
+        for (column, value) in columns.iter_mut().zip(row) {
+            column.push(value);
+        }
+    }
+    let [
+        owner,
+        message_id,
+        exchange,
+        routing_key,
+        payload,
+        has_headers,
+        headers_text,
+        at,
+    ] = columns;
+    use crate::persistence::pg_array as a;
+    values.extend([
+        a::<Uuid>(owner),
+        a::<Uuid>(message_id),
+        a::<String>(exchange),
+        a::<String>(routing_key),
+        a::<String>(payload),
+        a::<bool>(has_headers),
+        a::<String>(headers_text),
+        a::<chrono::DateTime<chrono::Utc>>(at),
+    ]);
+    let p = |i: usize| format!("${}", first + i);
+    let sql = format!(
+        r#"WITH inserted AS ({records}),
+messages AS (
+    INSERT INTO outbox (message_id, exchange, routing_key, payload, headers, created_at)
+    SELECT m.message_id, m.exchange, m.routing_key, m.payload,
+        CASE WHEN m.has_headers THEN m.headers END, m.created_at
+    FROM UNNEST({}::uuid[], {}::uuid[], {}::text[], {}::text[], {}::text[], {}::bool[],
+                {}::text[], {}::timestamptz[]) WITH ORDINALITY
+        AS m(owner, message_id, exchange, routing_key, payload, has_headers, headers,
+             created_at, n)
+    WHERE m.owner IN (SELECT "{key}" FROM inserted)
+    ORDER BY m.n
+    RETURNING id, message_id
+)
+SELECT "{key}" AS order_id, NULL::int8 AS outbox_id FROM inserted
+UNION ALL
+SELECT message_id, id FROM messages"#,
+        p(1),
+        p(2),
+        p(3),
+        p(4),
+        p(5),
+        p(6),
+        p(7),
+        p(8),
+        records = records.sql,
+        key = key.as_str(),
+    );
+    let returned = db
+        .query_all_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            sql,
+            values,
+        ))
+        .await?;
+    let mut inserted = Inserted::default();
+    let mut outbox_ids = HashMap::with_capacity(replies.len());
+    for row in returned {
+        let id: Uuid = row.try_get("", "order_id")?;
+        match row.try_get::<Option<i64>>("", "outbox_id")? {
+            Some(outbox_id) => {
+                outbox_ids.insert(id, outbox_id);
+            }
+            None => {
+                inserted.orders.insert(id);
+            }
+        }
+    }
+    inserted.outbox_rows = replies
+        .into_iter()
+        .zip(headers)
+        .filter_map(|((_, m), headers)| {
+            Some(entity::outbox::Model {
+                id: *outbox_ids.get(&m.message_id)?,
+                message_id: m.message_id,
+                exchange: m.exchange.to_owned(),
+                routing_key: m.routing_key,
+                payload: m.payload,
+                headers,
+                created_at: now,
+            })
+        })
+        .collect();
+    Ok(inserted)
 }
 
 /// Just the order id of an envelope (undecodable ones are dealt with by `apply`).
@@ -235,7 +508,7 @@ async fn apply_all<H: CommandHandler>(
     let mut replies = Vec::new();
     for message in messages {
         match handler
-            .apply(txn, &mut known, &mut deferred, message)
+            .apply(Txn::Open(txn), &mut known, &mut deferred, message)
             .await?
         {
             Applied::Replies(r) => {

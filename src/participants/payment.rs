@@ -7,14 +7,15 @@ use crate::domain::saga::PaymentOutcome;
 use crate::messaging::IncomingMessage;
 use crate::messaging::messages::{CommandBody, Envelope, ReplyBody};
 use crate::participants::{
-    Applied, CommandHandler, Known, ParticipantStore, decode, insert_all, load_by_order, reply,
-    roll,
+    Applied, CommandHandler, Inserted, Known, ParticipantStore, Txn, decode, insert_all,
+    insert_if_absent, load_by_order, reply, roll,
 };
 use crate::persistence::outbox::{NewMessage, OutboxFeed};
 use chrono::Utc;
 use entity::payments;
 use sea_orm::{
-    ColumnTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait, QueryFilter,
+    ColumnTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, EntityTrait,
+    QueryFilter,
 };
 use std::collections::BTreeMap;
 use uuid::Uuid;
@@ -92,7 +93,7 @@ impl Payment {
     #[tracing::instrument(name = "payment.refund", skip_all, fields(order_id = %order_id))]
     async fn refund(
         &self,
-        txn: &DatabaseTransaction,
+        txn: Txn<'_>,
         known: &mut Known<payments::Model>,
         order_id: Uuid,
         headers: &BTreeMap<String, String>,
@@ -113,7 +114,7 @@ impl Payment {
                         .col_expr(payments::Column::UpdatedAt, now.into())
                         .filter(payments::Column::OrderId.eq(order_id))
                         .filter(payments::Column::Status.eq(CHARGED))
-                        .exec(txn)
+                        .exec(txn.get()?)
                         .await?;
                     if moved.rows_affected != 1 {
                         return Err(DbErr::Custom(format!(
@@ -204,6 +205,19 @@ impl ParticipantStore for Payment {
     ) -> Result<(), DbErr> {
         insert_all::<payments::Entity, _>(txn, records).await
     }
+
+    fn inserts_if_absent(&self) -> bool {
+        self.db.get_database_backend() == DbBackend::Postgres
+    }
+
+    async fn insert_if_absent(
+        &self,
+        records: Vec<payments::Model>,
+        replies: Vec<(Uuid, NewMessage)>,
+    ) -> Result<Inserted, DbErr> {
+        insert_if_absent::<payments::Entity>(&self.db, payments::Column::OrderId, records, replies)
+            .await
+    }
 }
 
 impl CommandHandler for Payment {
@@ -216,7 +230,7 @@ impl CommandHandler for Payment {
     /// Applies one delivery from `payment.commands`.
     async fn apply(
         &self,
-        txn: &DatabaseTransaction,
+        txn: Txn<'_>,
         known: &mut Known<payments::Model>,
         _deferred: &mut (),
         message: &IncomingMessage,

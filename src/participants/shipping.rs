@@ -5,14 +5,15 @@
 use crate::messaging::IncomingMessage;
 use crate::messaging::messages::{CommandBody, Envelope, ReplyBody};
 use crate::participants::{
-    Applied, CommandHandler, Known, ParticipantStore, decode, insert_all, load_by_order, reply,
-    roll,
+    Applied, CommandHandler, Inserted, Known, ParticipantStore, Txn, decode, insert_all,
+    insert_if_absent, load_by_order, reply, roll,
 };
 use crate::persistence::outbox::{NewMessage, OutboxFeed};
 use chrono::Utc;
 use entity::shipments;
 use sea_orm::{
-    ColumnTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait, QueryFilter,
+    ColumnTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, EntityTrait,
+    QueryFilter,
 };
 use std::collections::BTreeMap;
 use uuid::Uuid;
@@ -86,7 +87,7 @@ impl Shipping {
     #[tracing::instrument(name = "shipping.cancel", skip_all, fields(order_id = %order_id))]
     async fn cancel(
         &self,
-        txn: &DatabaseTransaction,
+        txn: Txn<'_>,
         known: &mut Known<shipments::Model>,
         order_id: Uuid,
         headers: &BTreeMap<String, String>,
@@ -103,7 +104,7 @@ impl Shipping {
                         .col_expr(shipments::Column::Status, CANCELLED.into())
                         .col_expr(shipments::Column::UpdatedAt, now.into())
                         .filter(shipments::Column::OrderId.eq(order_id))
-                        .exec(txn)
+                        .exec(txn.get()?)
                         .await?;
                 }
             }
@@ -180,6 +181,24 @@ impl ParticipantStore for Shipping {
     ) -> Result<(), DbErr> {
         insert_all::<shipments::Entity, _>(txn, records).await
     }
+
+    fn inserts_if_absent(&self) -> bool {
+        self.db.get_database_backend() == DbBackend::Postgres
+    }
+
+    async fn insert_if_absent(
+        &self,
+        records: Vec<shipments::Model>,
+        replies: Vec<(Uuid, NewMessage)>,
+    ) -> Result<Inserted, DbErr> {
+        insert_if_absent::<shipments::Entity>(
+            &self.db,
+            shipments::Column::OrderId,
+            records,
+            replies,
+        )
+        .await
+    }
 }
 
 impl CommandHandler for Shipping {
@@ -192,7 +211,7 @@ impl CommandHandler for Shipping {
     /// Applies one delivery from `shipping.commands`.
     async fn apply(
         &self,
-        txn: &DatabaseTransaction,
+        txn: Txn<'_>,
         known: &mut Known<shipments::Model>,
         _deferred: &mut (),
         message: &IncomingMessage,

@@ -78,6 +78,7 @@ async fn run(
         metrics::histogram!("order_writer_batch_size").record(batch.len() as f64);
         let (writes, waiting): (Vec<_>, Vec<_>) =
             batch.into_iter().map(|p| (p.write, p.done)).unzip();
+        let started = std::time::Instant::now();
         let results = apply_batch_or_each("group commit", &writes, |writes| {
             let (db, feed) = (db.clone(), feed.clone());
             Box::pin(async move {
@@ -87,6 +88,7 @@ async fn run(
             })
         })
         .await;
+        metrics::histogram!("order_writer_commit_seconds").record(started.elapsed().as_secs_f64());
         for (done, result) in waiting.into_iter().zip(results) {
             // The actor may have given up waiting (timeout); the write stands anyway.
             let _ = done.send(result.unwrap_or_else(|e| Err(SaveError::Db(e))));

@@ -13,5 +13,6 @@ mod messaging;
 mod observability;
 mod openapi;
 mod otlp;
+mod participants;
 mod process;
 mod saga;

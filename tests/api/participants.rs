@@ -1,0 +1,194 @@
+//! A participant's batch against the real stores. On PostgreSQL, Payment and Shipping try a
+//! batch as one statement (the new records' `INSERT … ON CONFLICT DO NOTHING` with their
+//! replies) and send the deliveries whose order already has a record down the transaction
+//! path; on SQLite every batch takes the transaction path. Both must answer alike: a new
+//! charge is decided, a repeated one answers from the record (first outcome, first
+//! amount), a refund before any charge voids the order, a poison delivery is dead-lettered
+//! — with exactly one reply per delivery in the participant's outbox.
+//!
+//! The deliveries come through the in-process bus (it only carries them here); what is
+//! under test is the participant against the database.
+
+use crate::helpers::provision;
+use entity::{outbox, payments};
+use order_service::messaging::consumer::Disposition;
+use order_service::messaging::topology::{COMMANDS_EXCHANGE, PAYMENT_QUEUE};
+use order_service::messaging::{Bus, IncomingMessage, OutgoingMessage};
+use order_service::participants::handle_batch;
+use order_service::participants::payment::Payment;
+use order_service::persistence::Stores;
+use sea_orm::{EntityTrait, QueryOrder};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// Publishes these payment commands and hands them back as deliveries, in order.
+async fn deliveries(
+    bus: &Bus,
+    subscription: &mut order_service::messaging::Subscription,
+    commands: &[(Uuid, &str, Value)],
+) -> Vec<Arc<IncomingMessage>> {
+    let mut delivered = Vec::new();
+    for (order_id, kind, payload) in commands {
+        let message_id = Uuid::now_v7();
+        let envelope = json!({
+            "message_id": message_id, "order_id": order_id, "occurred_at": chrono::Utc::now(),
+            "version": 1, "type": kind, "payload": payload,
+        });
+        let body = if *kind == "poison" {
+            b"{ not json".to_vec()
+        } else {
+            serde_json::to_vec(&envelope).expect("serializable")
+        };
+        let routing_key = if *kind == "poison" {
+            "payment.charge"
+        } else {
+            kind
+        };
+        bus.publish(&OutgoingMessage {
+            exchange: COMMANDS_EXCHANGE.to_owned(),
+            routing_key: routing_key.to_owned(),
+            message_id,
+            kind: routing_key.to_owned(),
+            payload: body,
+            headers: BTreeMap::new(),
+        })
+        .await
+        .expect("publish");
+        let delivery = tokio::time::timeout(Duration::from_secs(10), subscription.next())
+            .await
+            .expect("delivered within 10 s")
+            .expect("subscription open");
+        delivered.push(Arc::new(delivery));
+    }
+    delivered
+}
+
+/// The replies in the participant's outbox, per order, in the order they were written:
+/// `(type, amount or reason)`.
+async fn replies(stores: &Stores) -> BTreeMap<Uuid, Vec<(String, Value)>> {
+    let mut by_order: BTreeMap<Uuid, Vec<(String, Value)>> = BTreeMap::new();
+    for row in outbox::Entity::find()
+        .order_by_asc(outbox::Column::Id)
+        .all(&stores.payment)
+        .await
+        .expect("outbox")
+    {
+        let envelope: Value = serde_json::from_str(&row.payload).expect("a JSON envelope");
+        let order_id = envelope["order_id"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .expect("order id");
+        let payload = &envelope["payload"];
+        let detail = if payload["amount_cents"].is_null() {
+            payload["reason"].clone()
+        } else {
+            payload["amount_cents"].clone()
+        };
+        assert_eq!(row.routing_key, envelope["type"], "routing key is the type");
+        by_order
+            .entry(order_id)
+            .or_default()
+            .push((row.routing_key, detail));
+    }
+    by_order
+}
+
+fn charge(order_id: Uuid, amount_cents: i64) -> (Uuid, &'static str, Value) {
+    (
+        order_id,
+        "payment.charge",
+        json!({"amount_cents": amount_cents, "currency": "USD"}),
+    )
+}
+
+async fn payment_batches_answer_new_and_repeated_commands_alike(embedded: bool) {
+    let (url, _amqp, _backing) = provision(embedded).await;
+    let stores = Stores::connect(&url, 2).await.expect("connecting");
+    stores.migrate().await.expect("migrating");
+    let payment = Payment::new(stores.payment.clone(), Default::default(), 0.0);
+    let bus = Bus::connect(None).await.expect("in-process bus");
+    let mut subscription = bus
+        .subscribe(PAYMENT_QUEUE, "test-payment", 64)
+        .await
+        .expect("subscribe");
+    let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+
+    let first = deliveries(&bus, &mut subscription, &[charge(a, 100)]).await;
+    assert_eq!(handle_batch(&payment, &first).await, [Disposition::Ack]);
+
+    // A's charge again (a redelivery, with a different amount on purpose), a new charge,
+    // a refund before any charge, and a poison delivery, in one batch.
+    let second = deliveries(
+        &bus,
+        &mut subscription,
+        &[
+            charge(a, 999),
+            charge(b, 200),
+            (c, "payment.refund", json!({})),
+            (Uuid::now_v7(), "poison", json!({})),
+        ],
+    )
+    .await;
+    let dispositions = handle_batch(&payment, &second).await;
+    assert_eq!(
+        dispositions[..3],
+        [Disposition::Ack, Disposition::Ack, Disposition::Ack],
+        "{dispositions:?}"
+    );
+    assert!(
+        matches!(&dispositions[3], Disposition::DeadLetter(reason) if reason.contains("undecodable")),
+        "{dispositions:?}"
+    );
+
+    // The late charge of the voided order.
+    let third = deliveries(&bus, &mut subscription, &[charge(c, 300)]).await;
+    assert_eq!(handle_batch(&payment, &third).await, [Disposition::Ack]);
+
+    let records: Vec<(Uuid, String, i64)> = payments::Entity::find()
+        .order_by_asc(payments::Column::OrderId)
+        .all(&stores.payment)
+        .await
+        .expect("payments")
+        .into_iter()
+        .map(|p| (p.order_id, p.status, p.amount_cents))
+        .collect();
+    assert_eq!(
+        records,
+        [
+            (a, "CHARGED".to_owned(), 100),
+            (b, "CHARGED".to_owned(), 200),
+            (c, "VOIDED".to_owned(), 0),
+        ],
+        "one record per order; the repeated charge changed nothing"
+    );
+    let charged = |amount: i64| ("payment.charged".to_owned(), json!(amount));
+    assert_eq!(
+        replies(&stores).await,
+        BTreeMap::from([
+            (a, vec![charged(100), charged(100)]),
+            (b, vec![charged(200)]),
+            (
+                c,
+                vec![
+                    ("payment.refunded".to_owned(), json!(0)),
+                    ("payment.declined".to_owned(), json!("payment was voided")),
+                ]
+            ),
+        ]),
+        "one reply per delivery; the repeat answers from the record"
+    );
+    stores.close().await;
+}
+
+#[tokio::test]
+async fn postgres_payment_batches_answer_new_and_repeated_commands_alike() {
+    payment_batches_answer_new_and_repeated_commands_alike(false).await;
+}
+
+#[tokio::test]
+async fn sqlite_payment_batches_answer_new_and_repeated_commands_alike() {
+    payment_batches_answer_new_and_repeated_commands_alike(true).await;
+}
