@@ -123,6 +123,11 @@ fn describe() {
         Unit::Seconds,
         "One group commit of the orders store (all writes waiting at that moment)."
     );
+    describe_counter!(
+        "participant_statement_fallbacks_total",
+        "Participant batches whose one-statement try failed and that were applied in a \
+         transaction instead (expected 0)."
+    );
     describe_counter!("broker_reconnects_total", "Reconnections to RabbitMQ.");
     describe_gauge!("broker_up", "1 when the broker connection is usable.");
     describe_counter!(

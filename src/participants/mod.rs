@@ -12,8 +12,8 @@ use crate::messaging::IncomingMessage;
 use crate::messaging::consumer::Disposition;
 use crate::messaging::messages::{Envelope, ReplyBody};
 use crate::messaging::topology::REPLIES_EXCHANGE;
-use crate::persistence::apply_batch_or_each;
 use crate::persistence::outbox::{self, NewMessage, OutboxFeed};
+use crate::persistence::{apply_batch_or_each, is_unavailable};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr,
     EntityTrait, IntoActiveModel, QueryFilter, TransactionTrait,
@@ -184,11 +184,16 @@ impl<R: Clone> Known<R> {
         }
     }
 
+    /// The records this batch created, in order-id order: two batches that share orders
+    /// (redeliveries) then insert them in the same order and cannot deadlock on them.
     fn into_new(self) -> Vec<R> {
-        self.records
-            .into_values()
-            .filter_map(|(r, new)| new.then_some(r))
-            .collect()
+        let mut created: Vec<(Uuid, R)> = self
+            .records
+            .into_iter()
+            .filter_map(|(id, (r, new))| new.then_some((id, r)))
+            .collect();
+        created.sort_unstable_by_key(|(id, _)| *id);
+        created.into_iter().map(|(_, r)| r).collect()
     }
 }
 
@@ -306,8 +311,20 @@ async fn in_one_statement<H: CommandHandler>(
     }
     let inserted = match store.insert_if_absent(known.into_new(), replies).await {
         Ok(inserted) => inserted,
+        // The transaction would wait out the pool's timeout too: requeue everything now.
+        Err(error) if is_unavailable(&error) => {
+            return Some(
+                messages
+                    .iter()
+                    .map(|_| Some(Disposition::Retry(error.to_string())))
+                    .collect(),
+            );
+        }
         Err(error) => {
-            tracing::debug!(%error, "one-statement batch failed; using a transaction");
+            // Expected never (a conflict is not an error): loud, since every batch would
+            // then pay for both paths.
+            metrics::counter!("participant_statement_fallbacks_total").increment(1);
+            tracing::warn!(%error, "one-statement batch failed; applying it in a transaction");
             return None;
         }
     };

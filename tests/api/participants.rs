@@ -10,12 +10,13 @@
 //! under test is the participant against the database.
 
 use crate::helpers::provision;
-use entity::{outbox, payments};
+use entity::{outbox, payments, shipments};
 use order_service::messaging::consumer::Disposition;
-use order_service::messaging::topology::{COMMANDS_EXCHANGE, PAYMENT_QUEUE};
+use order_service::messaging::topology::{COMMANDS_EXCHANGE, PAYMENT_QUEUE, SHIPPING_QUEUE};
 use order_service::messaging::{Bus, IncomingMessage, OutgoingMessage};
 use order_service::participants::handle_batch;
 use order_service::participants::payment::Payment;
+use order_service::participants::shipping::Shipping;
 use order_service::persistence::Stores;
 use sea_orm::{EntityTrait, QueryOrder};
 use serde_json::{Value, json};
@@ -24,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
-/// Publishes these payment commands and hands them back as deliveries, in order.
+/// Publishes these commands and hands them back as deliveries, in order.
 async fn deliveries(
     bus: &Bus,
     subscription: &mut order_service::messaging::Subscription,
@@ -66,13 +67,13 @@ async fn deliveries(
     delivered
 }
 
-/// The replies in the participant's outbox, per order, in the order they were written:
-/// `(type, amount or reason)`.
-async fn replies(stores: &Stores) -> BTreeMap<Uuid, Vec<(String, Value)>> {
-    let mut by_order: BTreeMap<Uuid, Vec<(String, Value)>> = BTreeMap::new();
+/// The replies in a participant's outbox, in the order they were written: `(outbox id,
+/// order, type, amount or reason or tracking number)`.
+async fn replies(store: &sea_orm::DatabaseConnection) -> Vec<(i64, Uuid, String, Value)> {
+    let mut written = Vec::new();
     for row in outbox::Entity::find()
         .order_by_asc(outbox::Column::Id)
-        .all(&stores.payment)
+        .all(store)
         .await
         .expect("outbox")
     {
@@ -82,16 +83,25 @@ async fn replies(stores: &Stores) -> BTreeMap<Uuid, Vec<(String, Value)>> {
             .and_then(|s| s.parse().ok())
             .expect("order id");
         let payload = &envelope["payload"];
-        let detail = if payload["amount_cents"].is_null() {
-            payload["reason"].clone()
-        } else {
-            payload["amount_cents"].clone()
-        };
+        let detail = ["amount_cents", "reason", "tracking_number"]
+            .iter()
+            .map(|field| payload[*field].clone())
+            .find(|v| !v.is_null())
+            .unwrap_or(Value::Null);
         assert_eq!(row.routing_key, envelope["type"], "routing key is the type");
+        written.push((row.id, order_id, row.routing_key, detail));
+    }
+    written
+}
+
+/// [`replies`] per order, each order's in the order they were written.
+fn by_order(replies: &[(i64, Uuid, String, Value)]) -> BTreeMap<Uuid, Vec<(String, Value)>> {
+    let mut by_order: BTreeMap<Uuid, Vec<(String, Value)>> = BTreeMap::new();
+    for (_, order_id, kind, detail) in replies {
         by_order
-            .entry(order_id)
+            .entry(*order_id)
             .or_default()
-            .push((row.routing_key, detail));
+            .push((kind.clone(), detail.clone()));
     }
     by_order
 }
@@ -114,13 +124,19 @@ async fn payment_batches_answer_new_and_repeated_commands_alike(embedded: bool) 
         .subscribe(PAYMENT_QUEUE, "test-payment", 64)
         .await
         .expect("subscribe");
-    let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    let (a, b, c, d) = (
+        Uuid::now_v7(),
+        Uuid::now_v7(),
+        Uuid::now_v7(),
+        Uuid::now_v7(),
+    );
 
     let first = deliveries(&bus, &mut subscription, &[charge(a, 100)]).await;
     assert_eq!(handle_batch(&payment, &first).await, [Disposition::Ack]);
 
     // A's charge again (a redelivery, with a different amount on purpose), a new charge,
-    // a refund before any charge, and a poison delivery, in one batch.
+    // a refund before any charge, a poison delivery, and a new order charged and refunded
+    // within the batch, in one batch.
     let second = deliveries(
         &bus,
         &mut subscription,
@@ -129,19 +145,23 @@ async fn payment_batches_answer_new_and_repeated_commands_alike(embedded: bool) 
             charge(b, 200),
             (c, "payment.refund", json!({})),
             (Uuid::now_v7(), "poison", json!({})),
+            charge(d, 400),
+            (d, "payment.refund", json!({})),
         ],
     )
     .await;
     let dispositions = handle_batch(&payment, &second).await;
-    assert_eq!(
-        dispositions[..3],
-        [Disposition::Ack, Disposition::Ack, Disposition::Ack],
-        "{dispositions:?}"
-    );
-    assert!(
-        matches!(&dispositions[3], Disposition::DeadLetter(reason) if reason.contains("undecodable")),
-        "{dispositions:?}"
-    );
+    assert_eq!(dispositions.len(), second.len(), "{dispositions:?}");
+    for (i, disposition) in dispositions.iter().enumerate() {
+        if i == 3 {
+            assert!(
+                matches!(disposition, Disposition::DeadLetter(reason) if reason.contains("undecodable")),
+                "{dispositions:?}"
+            );
+        } else {
+            assert_eq!(*disposition, Disposition::Ack, "{dispositions:?}");
+        }
+    }
 
     // The late charge of the voided order.
     let third = deliveries(&bus, &mut subscription, &[charge(c, 300)]).await;
@@ -161,12 +181,14 @@ async fn payment_batches_answer_new_and_repeated_commands_alike(embedded: bool) 
             (a, "CHARGED".to_owned(), 100),
             (b, "CHARGED".to_owned(), 200),
             (c, "VOIDED".to_owned(), 0),
+            (d, "REFUNDED".to_owned(), 400),
         ],
         "one record per order; the repeated charge changed nothing"
     );
     let charged = |amount: i64| ("payment.charged".to_owned(), json!(amount));
+    let written = replies(&stores.payment).await;
     assert_eq!(
-        replies(&stores).await,
+        by_order(&written),
         BTreeMap::from([
             (a, vec![charged(100), charged(100)]),
             (b, vec![charged(200)]),
@@ -177,8 +199,28 @@ async fn payment_batches_answer_new_and_repeated_commands_alike(embedded: bool) 
                     ("payment.declined".to_owned(), json!("payment was voided")),
                 ]
             ),
+            (
+                d,
+                vec![charged(400), ("payment.refunded".to_owned(), json!(400))]
+            ),
         ]),
         "one reply per delivery; the repeat answers from the record"
+    );
+    // Which path answered: on PostgreSQL the new orders' replies of the second batch are
+    // written by its one statement, before A's repeat goes the transaction path (although
+    // A came first in the batch); on SQLite the whole batch is one transaction, in order.
+    let id_of = |order: Uuid, nth: usize| {
+        written
+            .iter()
+            .filter(|(_, o, _, _)| *o == order)
+            .nth(nth)
+            .map(|(id, ..)| *id)
+            .expect("reply")
+    };
+    assert_eq!(
+        id_of(b, 0) < id_of(a, 1),
+        !embedded,
+        "on PostgreSQL the one-statement path wrote B's reply before A's repeat: {written:?}"
     );
     stores.close().await;
 }
@@ -191,4 +233,72 @@ async fn postgres_payment_batches_answer_new_and_repeated_commands_alike() {
 #[tokio::test]
 async fn sqlite_payment_batches_answer_new_and_repeated_commands_alike() {
     payment_batches_answer_new_and_repeated_commands_alike(true).await;
+}
+
+async fn shipping_batches_answer_a_repeated_schedule_from_the_record(embedded: bool) {
+    let (url, _amqp, _backing) = provision(embedded).await;
+    let stores = Stores::connect(&url, 2).await.expect("connecting");
+    stores.migrate().await.expect("migrating");
+    let shipping = Shipping::new(stores.shipping.clone(), Default::default(), 0.0);
+    let bus = Bus::connect(None).await.expect("in-process bus");
+    let mut subscription = bus
+        .subscribe(SHIPPING_QUEUE, "test-shipping", 64)
+        .await
+        .expect("subscribe");
+    let (e, f) = (Uuid::now_v7(), Uuid::now_v7());
+    let items = json!({"items": [{"sku": "CB-004", "quantity": 1}]});
+    let schedule = |order: Uuid| (order, "shipping.schedule", items.clone());
+
+    let first = deliveries(&bus, &mut subscription, &[schedule(e)]).await;
+    assert_eq!(handle_batch(&shipping, &first).await, [Disposition::Ack]);
+    let second = deliveries(
+        &bus,
+        &mut subscription,
+        &[schedule(e), schedule(f), (f, "shipping.cancel", json!({}))],
+    )
+    .await;
+    assert_eq!(
+        handle_batch(&shipping, &second).await,
+        [Disposition::Ack, Disposition::Ack, Disposition::Ack]
+    );
+
+    let records: Vec<(Uuid, String)> = shipments::Entity::find()
+        .order_by_asc(shipments::Column::OrderId)
+        .all(&stores.shipping)
+        .await
+        .expect("shipments")
+        .into_iter()
+        .map(|s| (s.order_id, s.status))
+        .collect();
+    assert_eq!(
+        records,
+        [(e, "SCHEDULED".to_owned()), (f, "CANCELLED".to_owned())]
+    );
+    let written = by_order(&replies(&stores.shipping).await);
+    let e_replies = &written[&e];
+    assert_eq!(e_replies.len(), 2, "{written:?}");
+    assert!(
+        e_replies
+            .iter()
+            .all(|(kind, tracking)| kind == "shipping.scheduled" && *tracking == e_replies[0].1),
+        "the repeat answers with the first tracking number: {written:?}"
+    );
+    assert_eq!(
+        written[&f]
+            .iter()
+            .map(|(kind, _)| kind.as_str())
+            .collect::<Vec<_>>(),
+        ["shipping.scheduled", "shipping.cancelled"]
+    );
+    stores.close().await;
+}
+
+#[tokio::test]
+async fn postgres_shipping_batches_answer_a_repeated_schedule_from_the_record() {
+    shipping_batches_answer_a_repeated_schedule_from_the_record(false).await;
+}
+
+#[tokio::test]
+async fn sqlite_shipping_batches_answer_a_repeated_schedule_from_the_record() {
+    shipping_batches_answer_a_repeated_schedule_from_the_record(true).await;
 }
