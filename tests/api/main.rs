@@ -9,6 +9,7 @@ mod deployment;
 mod group_commit;
 mod helpers;
 mod idempotency;
+mod invariants;
 mod messaging;
 mod observability;
 mod openapi;
