@@ -446,20 +446,8 @@ SELECT message_id, id FROM messages"#,
             values,
         ))
         .await?;
-    let mut inserted = Inserted::default();
-    let mut outbox_ids = HashMap::with_capacity(replies.len());
-    for row in returned {
-        let id: Uuid = row.try_get("", "order_id")?;
-        match row.try_get::<Option<i64>>("", "outbox_id")? {
-            Some(outbox_id) => {
-                outbox_ids.insert(id, outbox_id);
-            }
-            None => {
-                inserted.orders.insert(id);
-            }
-        }
-    }
-    inserted.outbox_rows = replies
+    let (orders, outbox_ids) = outbox::orders_and_outbox_ids(returned)?;
+    let outbox_rows = replies
         .into_iter()
         .zip(headers)
         .filter_map(|((_, m), headers)| {
@@ -474,7 +462,10 @@ SELECT message_id, id FROM messages"#,
             })
         })
         .collect();
-    Ok(inserted)
+    Ok(Inserted {
+        orders,
+        outbox_rows,
+    })
 }
 
 /// Just the order id of an envelope (undecodable ones are dealt with by `apply`).

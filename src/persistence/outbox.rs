@@ -12,7 +12,7 @@ use sea_orm::{
     QuerySelect, TransactionSession, TransactionTrait,
 };
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use uuid::Uuid;
 
 /// A message waiting to be written to the outbox.
@@ -99,6 +99,28 @@ async fn insert_rows<C: ConnectionTrait>(
     outbox::Entity::insert_many(rows)
         .exec_with_returning(db)
         .await
+}
+
+/// The answer of a one-statement batch whose final `SELECT` is `<order id> AS order_id,
+/// NULL AS outbox_id` for each order it wrote, `UNION ALL` `message_id, <outbox id>` for each
+/// message it inserted: the orders, and each message's outbox id.
+pub(crate) fn orders_and_outbox_ids(
+    rows: Vec<sea_orm::QueryResult>,
+) -> Result<(HashSet<Uuid>, HashMap<Uuid, i64>), DbErr> {
+    let mut orders = HashSet::new();
+    let mut outbox_ids = HashMap::new();
+    for row in rows {
+        let id: Uuid = row.try_get("", "order_id")?;
+        match row.try_get::<Option<i64>>("", "outbox_id")? {
+            Some(outbox_id) => {
+                outbox_ids.insert(id, outbox_id);
+            }
+            None => {
+                orders.insert(id);
+            }
+        }
+    }
+    Ok((orders, outbox_ids))
 }
 
 /// Unsent messages written before `before`, oldest first: what no hand-off will bring

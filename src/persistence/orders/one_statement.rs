@@ -16,7 +16,6 @@ use chrono::{DateTime, Utc};
 use entity::outbox;
 use sea_orm::sea_query::Value;
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement};
-use std::collections::{HashMap, HashSet};
 use uuid::Uuid;
 
 const SAVE_BATCH: &str = r#"WITH held AS (
@@ -274,19 +273,7 @@ pub(super) async fn save_batch<C: ConnectionTrait>(
             values,
         ))
         .await?;
-    let mut held = HashSet::with_capacity(rows.updates.len());
-    let mut outbox_ids = HashMap::with_capacity(messages.len());
-    for row in returned {
-        let id: Uuid = row.try_get("", "order_id")?;
-        match row.try_get::<Option<i64>>("", "outbox_id")? {
-            Some(outbox_id) => {
-                outbox_ids.insert(id, outbox_id);
-            }
-            None => {
-                held.insert(id);
-            }
-        }
-    }
+    let (held, outbox_ids) = crate::persistence::outbox::orders_and_outbox_ids(returned)?;
 
     // The stored rows, in insertion order, for the relay's hand-over.
     let outbox_rows = messages
