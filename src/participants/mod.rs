@@ -447,21 +447,11 @@ SELECT message_id, id FROM messages"#,
         ))
         .await?;
     let (orders, outbox_ids) = outbox::orders_and_outbox_ids(returned)?;
-    let outbox_rows = replies
-        .into_iter()
-        .zip(headers)
-        .filter_map(|((_, m), headers)| {
-            Some(entity::outbox::Model {
-                id: *outbox_ids.get(&m.message_id)?,
-                message_id: m.message_id,
-                exchange: m.exchange.to_owned(),
-                routing_key: m.routing_key,
-                payload: m.payload,
-                headers,
-                created_at: now,
-            })
-        })
-        .collect();
+    let outbox_rows = outbox::stored_rows(
+        replies.iter().map(|(_, m)| m).zip(headers),
+        &outbox_ids,
+        now,
+    );
     Ok(Inserted {
         orders,
         outbox_rows,

@@ -123,6 +123,30 @@ pub(crate) fn orders_and_outbox_ids(
     Ok((orders, outbox_ids))
 }
 
+/// The rows a one-statement batch stored for `messages` (each with its `headers` column),
+/// in their order, leaving out those it did not insert (`outbox_ids` from
+/// [`orders_and_outbox_ids`]): what the relay's hand-over takes.
+pub(crate) fn stored_rows<'a>(
+    messages: impl IntoIterator<Item = (&'a NewMessage, Option<String>)>,
+    outbox_ids: &HashMap<Uuid, i64>,
+    created_at: chrono::DateTime<Utc>,
+) -> Vec<outbox::Model> {
+    messages
+        .into_iter()
+        .filter_map(|(m, headers)| {
+            Some(outbox::Model {
+                id: *outbox_ids.get(&m.message_id)?,
+                message_id: m.message_id,
+                exchange: m.exchange.to_owned(),
+                routing_key: m.routing_key.clone(),
+                payload: m.payload.clone(),
+                headers,
+                created_at,
+            })
+        })
+        .collect()
+}
+
 /// Unsent messages written before `before`, oldest first: what no hand-off will bring
 /// (left by a crash, or dropped while the broker was away).
 pub async fn fetch_stragglers<C: ConnectionTrait>(

@@ -13,7 +13,6 @@
 use super::{BatchRows, FencedUpdate, OrderWrite, SavedBatch};
 use crate::persistence::pg_array;
 use chrono::{DateTime, Utc};
-use entity::outbox;
 use sea_orm::sea_query::Value;
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement};
 use uuid::Uuid;
@@ -275,23 +274,11 @@ pub(super) async fn save_batch<C: ConnectionTrait>(
         .await?;
     let (held, outbox_ids) = crate::persistence::outbox::orders_and_outbox_ids(returned)?;
 
-    // The stored rows, in insertion order, for the relay's hand-over.
-    let outbox_rows = messages
-        .iter()
-        .zip(headers)
-        .filter_map(|(m, headers)| {
-            let id = *outbox_ids.get(&m.row.message_id)?;
-            Some(outbox::Model {
-                id,
-                message_id: m.row.message_id,
-                exchange: m.row.exchange.to_owned(),
-                routing_key: m.row.routing_key.clone(),
-                payload: m.row.payload.clone(),
-                headers,
-                created_at: now,
-            })
-        })
-        .collect();
+    let outbox_rows = crate::persistence::outbox::stored_rows(
+        messages.iter().map(|m| m.row).zip(headers),
+        &outbox_ids,
+        now,
+    );
     Ok(SavedBatch {
         results: super::results(writes, &held),
         outbox_rows,
