@@ -46,58 +46,53 @@ pub async fn check(
     let mut report = InvariantReport::default();
     // Only the columns the rules need: at a million orders, fetching and decoding whole
     // rows was most of the check's time.
-    let all_orders: Vec<(Uuid, String, Option<String>)> = orders::Entity::find()
-        .select_only()
-        .columns([
+    let all_orders: Vec<(Uuid, String, Option<String>)> = columns::<orders::Entity, _, _>(
+        &stores.orders,
+        [
             orders::Column::Id,
             orders::Column::Status,
             orders::Column::ParkedReason,
-        ])
-        .into_tuple()
-        .all(&stores.orders)
-        .await?;
-    let items: Vec<(Uuid, String, i32)> = order_items::Entity::find()
-        .select_only()
-        .columns([
+        ],
+    )
+    .await?;
+    let items: Vec<(Uuid, String, i32)> = columns::<order_items::Entity, _, _>(
+        &stores.orders,
+        [
             order_items::Column::OrderId,
             order_items::Column::Sku,
             order_items::Column::Quantity,
-        ])
-        .into_tuple()
-        .all(&stores.orders)
-        .await?;
+        ],
+    )
+    .await?;
     let inventory = full_scans(&stores.inventory).await?;
     let stock_rows = stock::Entity::find().all(&inventory).await?;
-    let reservation_rows: Vec<(Uuid, String, String)> = reservations::Entity::find()
-        .select_only()
-        .columns([
+    let reservation_rows: Vec<(Uuid, String, String)> = columns::<reservations::Entity, _, _>(
+        &inventory,
+        [
             reservations::Column::OrderId,
             reservations::Column::Status,
             reservations::Column::Items,
-        ])
-        .into_tuple()
-        .all(&inventory)
-        .await?;
+        ],
+    )
+    .await?;
     inventory.commit().await?;
     let payment = full_scans(&stores.payment).await?;
-    let payment_rows: HashMap<Uuid, String> = payments::Entity::find()
-        .select_only()
-        .columns([payments::Column::OrderId, payments::Column::Status])
-        .into_tuple()
-        .all(&payment)
-        .await?
-        .into_iter()
-        .collect();
+    let payment_rows: HashMap<Uuid, String> = columns::<payments::Entity, _, _>(
+        &payment,
+        [payments::Column::OrderId, payments::Column::Status],
+    )
+    .await?
+    .into_iter()
+    .collect();
     payment.commit().await?;
     let shipping = full_scans(&stores.shipping).await?;
-    let shipment_rows: HashMap<Uuid, String> = shipments::Entity::find()
-        .select_only()
-        .columns([shipments::Column::OrderId, shipments::Column::Status])
-        .into_tuple()
-        .all(&shipping)
-        .await?
-        .into_iter()
-        .collect();
+    let shipment_rows: HashMap<Uuid, String> = columns::<shipments::Entity, _, _>(
+        &shipping,
+        [shipments::Column::OrderId, shipments::Column::Status],
+    )
+    .await?
+    .into_iter()
+    .collect();
     shipping.commit().await?;
     let reservation_of: HashMap<Uuid, &str> = reservation_rows
         .iter()
@@ -225,4 +220,22 @@ async fn full_scans(db: &DatabaseConnection) -> Result<DatabaseTransaction, DbEr
             .await?;
     }
     Ok(txn)
+}
+
+/// These columns of every row of `E`, as tuples.
+async fn columns<E, T, C>(
+    db: &C,
+    columns: impl IntoIterator<Item = E::Column>,
+) -> Result<Vec<T>, DbErr>
+where
+    E: EntityTrait,
+    T: sea_orm::TryGetableMany,
+    C: ConnectionTrait,
+{
+    E::find()
+        .select_only()
+        .columns(columns)
+        .into_tuple()
+        .all(db)
+        .await
 }
