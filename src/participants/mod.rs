@@ -256,18 +256,13 @@ pub async fn handle_batch<H: CommandHandler>(
         .filter(|(_, d)| d.is_none())
         .map(|(m, _)| m.clone())
         .collect();
-    let in_transaction = if rest.is_empty() {
-        Vec::new()
-    } else {
-        apply_batch_or_each("participant batch", &rest, |batch| {
-            let handler = handler.clone();
-            Box::pin(async move { apply_in_one_transaction(&handler, batch).await })
-        })
-        .await
-    };
-    let mut in_transaction = in_transaction
-        .into_iter()
-        .map(|result| result.unwrap_or_else(|e| Disposition::Retry(e.to_string())));
+    let mut in_transaction = apply_batch_or_each("participant batch", &rest, |batch| {
+        let handler = handler.clone();
+        Box::pin(async move { apply_in_one_transaction(&handler, batch).await })
+    })
+    .await
+    .into_iter()
+    .map(|result| result.unwrap_or_else(|e| Disposition::Retry(e.to_string())));
     decided
         .iter_mut()
         .map(|d| {

@@ -121,6 +121,9 @@ pub async fn apply_batch_or_each<T, O>(
     items: &[T],
     apply: impl for<'a> Fn(&'a [T]) -> futures::future::BoxFuture<'a, Result<Vec<O>, DbErr>>,
 ) -> Vec<Result<O, DbErr>> {
+    if items.is_empty() {
+        return Vec::new(); // nothing to apply: no transaction to open
+    }
     match apply(items).await {
         Ok(results) => results.into_iter().map(Ok).collect(),
         Err(error) if items.len() > 1 && !is_unavailable(&error) => {
