@@ -121,6 +121,9 @@ pub struct NewOrder {
     pub total_cents: i64,
     pub payment_mode: saga::PaymentMode,
     pub idempotency_key: Option<String>,
+    /// `Some(request hash)`: the key was not claimed beforehand; the create claims it with
+    /// the order and fails with [`OrderError::KeyTaken`] (writing nothing) if it is taken.
+    pub claims_key_with_hash: Option<String>,
     pub trace_context: Option<String>,
 }
 
@@ -131,6 +134,9 @@ pub enum OrderError {
     NotFound(Uuid),
     #[error("order {0} already exists")]
     AlreadyExists(Uuid),
+    /// The idempotency key the create was to claim is taken; nothing was written.
+    #[error("the idempotency key of order {0} is already taken")]
+    KeyTaken(Uuid),
     #[error(transparent)]
     Transition(#[from] TransitionError),
     #[error("order {0} was modified concurrently; retry")]
@@ -369,6 +375,7 @@ impl OrderActor {
             key,
             status: 201,
             body,
+            claims_with_hash: new.claims_key_with_hash,
         });
         let id = record.id;
         let write = OrderWrite::Create {
@@ -551,6 +558,7 @@ fn stored_now() -> chrono::DateTime<Utc> {
 fn saved_error(e: SaveError) -> OrderError {
     match e {
         SaveError::Conflict(id) => OrderError::Conflict(id),
+        SaveError::KeyTaken(id) => OrderError::KeyTaken(id),
         SaveError::Db(db) => OrderError::Storage(db.to_string()),
     }
 }

@@ -138,15 +138,28 @@ async fn create_order(
     // Hash the parsed request, so formatting and key order do not make a "different body".
     let canonical = serde_json::to_vec(&request).map_err(|e| ApiError::Internal(e.into()))?;
     let hash = hex::encode(Sha256::digest(&canonical));
-    let db = &app.stores.orders;
-    // The stock check does not depend on the claim: both run at once (a replayed or
-    // refused request merely wasted one shared read).
+    let trace_context = traceparent(&headers);
     let started = std::time::Instant::now();
-    let (claim, quote) = tokio::join!(
-        app.claims.claim(&key, &hash),
-        app.inventory.quote(&valid.items)
-    );
-    metrics::histogram!("order_create_phase_seconds", "phase" => "claim_and_stock_check")
+    let quote = app.inventory.quote(&valid.items).await.map_err(quote_error);
+    metrics::histogram!("order_create_phase_seconds", "phase" => "stock_check")
+        .record(started.elapsed().as_secs_f64());
+    if let Ok(prices) = &quote {
+        // The usual case, a key not seen before: the order's own write claims the key
+        // (inserts it with the response) and creates the order only if the key was free —
+        // one write, no claim before it.
+        let claim = Some(hash.as_str());
+        if let Some((order_id, body)) =
+            place_order(&app, &valid, prices, &key, claim, trace_context.clone()).await?
+        {
+            tracing::Span::current().record("order_id", tracing::field::display(order_id));
+            return Ok(created(201, body, Some(order_id), false));
+        }
+    }
+    // The key is in use, or the stock check refused the order (a repeated request must
+    // still get its first answer): claim the key on its own first and decide from its row.
+    let started = std::time::Instant::now();
+    let claim = app.claims.claim(&key, &hash).await;
+    metrics::histogram!("order_create_phase_seconds", "phase" => "claim")
         .record(started.elapsed().as_secs_f64());
     match claim? {
         Claim::New => {}
@@ -171,17 +184,20 @@ async fn create_order(
         }
         Claim::InFlight => {
             metrics::counter!("idempotency_conflicts_total", "kind" => "in_flight").increment(1);
-            return Err(ApiError::conflict(
-                "idempotency-key-in-flight",
-                "Request with this Idempotency-Key is still in progress",
-                "a request with this Idempotency-Key is still being processed; retry later",
-            ));
+            return Err(key_in_flight());
         }
     }
-    let result = place_order(&app, valid, quote, key.clone(), traceparent(&headers)).await;
+    let result = match quote {
+        Ok(prices) => place_order(&app, &valid, &prices, &key, None, trace_context)
+            .await
+            .and_then(|placed| {
+                placed.ok_or_else(|| ApiError::Internal(anyhow::anyhow!("claimed key taken")))
+            }),
+        Err(refused) => Err(refused),
+    };
     if result.is_err() {
         // Nothing was created: give the key back so a corrected retry may use it.
-        if let Err(e) = idempotency::release(db, &key).await {
+        if let Err(e) = idempotency::release(&app.stores.orders, &key).await {
             tracing::warn!(error = %e, "could not release idempotency key");
         }
     }
@@ -190,15 +206,17 @@ async fn create_order(
     Ok(created(201, body, Some(order_id), false))
 }
 
-/// Pricing (from the stock check's answer) and creation, once the key is claimed.
-async fn place_order(
-    app: &AppState,
-    valid: crate::domain::order::ValidOrder,
-    quote: Result<Vec<i64>, QuoteError>,
-    key: String,
-    trace_context: Option<String>,
-) -> Result<(Uuid, String), ApiError> {
-    let prices = quote.map_err(|e| match e {
+fn key_in_flight() -> ApiError {
+    ApiError::conflict(
+        "idempotency-key-in-flight",
+        "Request with this Idempotency-Key is still in progress",
+        "a request with this Idempotency-Key is still being processed; retry later",
+    )
+}
+
+/// The stock check's refusal at the HTTP boundary.
+fn quote_error(e: QuoteError) -> ApiError {
+    match e {
         QuoteError::UnknownSku(sku) => ApiError::unprocessable(
             "unknown-sku",
             "Unknown SKU",
@@ -218,11 +236,24 @@ async fn place_order(
         .with("requested", json!(requested))
         .with("available", json!(available)),
         QuoteError::Db(e) => e.into(),
-    })?;
+    }
+}
+
+/// Prices and creates the order. `claims_with_hash`: `Some(request hash)` when the key was
+/// not claimed beforehand and the order's write is to claim it; then `Ok(None)` means the
+/// key was taken and nothing was written. `None`: the key is claimed already.
+async fn place_order(
+    app: &AppState,
+    valid: &crate::domain::order::ValidOrder,
+    prices: &[i64],
+    key: &str,
+    claims_with_hash: Option<&str>,
+    trace_context: Option<String>,
+) -> Result<Option<(Uuid, String)>, ApiError> {
     let items: Vec<OrderLine> = valid
         .items
         .iter()
-        .zip(&prices)
+        .zip(prices)
         .map(|((sku, quantity), price)| OrderLine {
             sku: sku.clone(),
             quantity: *quantity,
@@ -239,21 +270,26 @@ async fn place_order(
         })?;
     let order = NewOrder {
         id: Uuid::now_v7(),
-        customer_id: valid.customer_id,
-        currency: valid.currency,
+        customer_id: valid.customer_id.clone(),
+        currency: valid.currency.clone(),
         items,
         total_cents: total,
         payment_mode: app.settings.payment_mode,
-        idempotency_key: Some(key),
+        idempotency_key: Some(key.to_owned()),
+        claims_key_with_hash: claims_with_hash.map(str::to_owned),
         trace_context,
     };
     let id = order.id;
     let started = std::time::Instant::now();
-    let details = app.orders.create(order).await.map_err(order_error)?;
+    let details = match app.orders.create(order).await {
+        Ok(details) => details,
+        Err(OrderError::KeyTaken(_)) => return Ok(None),
+        Err(other) => return Err(order_error(other)),
+    };
     metrics::histogram!("order_create_phase_seconds", "phase" => "create_and_commit")
         .record(started.elapsed().as_secs_f64());
     let body = serde_json::to_string(&details).map_err(|e| ApiError::Internal(e.into()))?;
-    Ok((id, body))
+    Ok(Some((id, body)))
 }
 
 /// Maps an order actor's answer to the HTTP boundary.
@@ -297,6 +333,7 @@ fn order_error(error: OrderError) -> ApiError {
             "Order exists",
             format!("order {id} already exists"),
         ),
+        OrderError::KeyTaken(_) => key_in_flight(),
         OrderError::Conflict(_)
         | OrderError::Timeout
         | OrderError::Unavailable(_)

@@ -42,23 +42,19 @@ pub async fn claim<C: ConnectionTrait>(
     retention: ChronoDuration,
     abandoned_after: ChronoDuration,
 ) -> Result<Claim, DbErr> {
-    let now = Utc::now();
-    let inserted = keys::Entity::insert(keys::ActiveModel {
-        key: Set(key.to_owned()),
-        request_hash: Set(request_hash.to_owned()),
-        order_id: Set(None),
-        response_status: Set(None),
-        response_body: Set(None),
-        created_at: Set(now),
-    })
-    .on_conflict(
-        OnConflict::column(keys::Column::Key)
-            .do_nothing()
-            .to_owned(),
+    let free = insert_if_free(
+        db,
+        keys::ActiveModel {
+            key: Set(key.to_owned()),
+            request_hash: Set(request_hash.to_owned()),
+            order_id: Set(None),
+            response_status: Set(None),
+            response_body: Set(None),
+            created_at: Set(Utc::now()),
+        },
     )
-    .exec_without_returning(db)
     .await?;
-    if inserted == 1 {
+    if free {
         return Ok(Claim::New);
     }
     decide_taken(db, key, request_hash, retention, abandoned_after).await
@@ -226,6 +222,42 @@ pub async fn complete_all<C: ConnectionTrait>(db: &C, done: &[Completed<'_>]) ->
             .await?;
     }
     Ok(())
+}
+
+/// Claims `done.key` already answered (the create that claims its key with the order,
+/// in the order's transaction): inserts the key with its response unless it exists.
+/// Returns whether it was free. (On PostgreSQL the group commit's one statement does this
+/// itself: `orders::save_batch`.)
+pub async fn claim_answered<C: ConnectionTrait>(
+    db: &C,
+    done: &Completed<'_>,
+    request_hash: &str,
+) -> Result<bool, DbErr> {
+    insert_if_free(
+        db,
+        keys::ActiveModel {
+            key: Set(done.key.to_owned()),
+            request_hash: Set(request_hash.to_owned()),
+            order_id: Set(Some(done.order_id)),
+            response_status: Set(Some(i32::from(done.status))),
+            response_body: Set(Some(done.body.to_owned())),
+            created_at: Set(Utc::now()),
+        },
+    )
+    .await
+}
+
+/// Inserts the key's row unless the key exists; returns whether it did.
+async fn insert_if_free<C: ConnectionTrait>(db: &C, row: keys::ActiveModel) -> Result<bool, DbErr> {
+    let inserted = keys::Entity::insert(row)
+        .on_conflict(
+            OnConflict::column(keys::Column::Key)
+                .do_nothing()
+                .to_owned(),
+        )
+        .exec_without_returning(db)
+        .await?;
+    Ok(inserted == 1)
 }
 
 /// Gives a claim back after a request that changed nothing (so a retry may run again).

@@ -131,6 +131,10 @@ pub struct OrderSummary {
 pub enum SaveError {
     #[error("order {0} was changed by someone else (version fence)")]
     Conflict(Uuid),
+    /// A create that was to claim its idempotency key found the key taken: nothing of the
+    /// order was written.
+    #[error("the idempotency key of order {0} is already taken")]
+    KeyTaken(Uuid),
     #[error(transparent)]
     Db(#[from] DbErr),
 }
@@ -141,6 +145,12 @@ pub struct IdempotencyCompletion {
     pub key: String,
     pub status: u16,
     pub body: String,
+    /// `Some(request hash)`: the key was not claimed beforehand; this write claims it
+    /// (inserts it, answered) and the order is created only if the key was free — otherwise
+    /// the write changes nothing and fails with [`SaveError::KeyTaken`]. `None`: the request
+    /// claimed the key first ([`crate::persistence::idempotency::claim`]); this write fills
+    /// in its response.
+    pub claims_with_hash: Option<String>,
 }
 
 /// One write of an order actor. The group-commit writer
@@ -282,11 +292,22 @@ pub async fn save_batch<C: TransactionTrait + ConnectionTrait>(
     }
     let txn = db.begin().await?;
     let rows = BatchRows::of(writes);
-    // First every fenced update (they decide which transitions and retries stand)...
-    let held = FencedUpdate::apply_all(&txn, &rows.updates).await?;
+    // First every fenced update and key claim (they decide which writes stand)...
+    let mut held = FencedUpdate::apply_all(&txn, &rows.updates).await?;
+    for &(order_id, done, hash) in &rows.claims {
+        if idempotency::claim_answered(&txn, &completed(order_id, done), hash).await? {
+            held.insert(order_id);
+        }
+    }
     // ...then the rows of the writes that stand.
-    let new_orders: Vec<_> = rows.new_orders.iter().map(|o| order_row(o)).collect();
-    let lines: Vec<_> = rows.new_orders.iter().flat_map(|o| item_rows(o)).collect();
+    let standing: Vec<&OrderRecord> = rows
+        .new_orders
+        .iter()
+        .filter(|o| o.stands(&held))
+        .map(|o| o.row)
+        .collect();
+    let new_orders: Vec<_> = standing.iter().map(|o| order_row(o)).collect();
+    let lines: Vec<_> = standing.iter().flat_map(|o| item_rows(o)).collect();
     let history: Vec<_> = rows
         .history
         .iter()
@@ -319,12 +340,7 @@ pub async fn save_batch<C: TransactionTrait + ConnectionTrait>(
     let completions: Vec<idempotency::Completed> = rows
         .completions
         .iter()
-        .map(|&(order_id, done)| idempotency::Completed {
-            key: &done.key,
-            order_id,
-            status: done.status,
-            body: &done.body,
-        })
+        .map(|&(order_id, done)| completed(order_id, done))
         .collect();
     idempotency::complete_all(&txn, &completions).await?;
     txn.commit().await?;
@@ -334,20 +350,34 @@ pub async fn save_batch<C: TransactionTrait + ConnectionTrait>(
     })
 }
 
+fn completed(order_id: Uuid, done: &IdempotencyCompletion) -> idempotency::Completed<'_> {
+    idempotency::Completed {
+        key: &done.key,
+        order_id,
+        status: done.status,
+        body: &done.body,
+    }
+}
+
 /// A batch of writes taken apart by table, the same for both backends' statements.
 struct BatchRows<'a> {
     /// The fenced updates of every transition and retry.
     updates: Vec<FencedUpdate<'a>>,
-    new_orders: Vec<&'a OrderRecord>,
+    /// New orders; `fenced`: created only if their key claim holds.
+    new_orders: Vec<OfOrder<'a, OrderRecord>>,
     history: Vec<OfOrder<'a, HistoryEntry>>,
     messages: Vec<OfOrder<'a, outbox::NewMessage>>,
+    /// Responses for keys claimed beforehand.
     completions: Vec<(Uuid, &'a IdempotencyCompletion)>,
+    /// Keys claimed by this batch, answered; `.2` is the request hash.
+    claims: Vec<(Uuid, &'a IdempotencyCompletion, &'a str)>,
 }
 
-/// A history entry or message of one order's write.
+/// A row of one order's write.
 struct OfOrder<'a, T> {
     order_id: Uuid,
-    /// Written only if the order's fenced update holds (a new order has no fence).
+    /// Written only if the order's write holds: the fenced update of a transition or
+    /// retry, the key claim of a create that claims its key (other creates have no fence).
     fenced: bool,
     row: &'a T,
 }
@@ -366,6 +396,7 @@ impl<'a> BatchRows<'a> {
             history: Vec::new(),
             messages: Vec::new(),
             completions: Vec::new(),
+            claims: Vec::new(),
         };
         for write in writes {
             let order_id = write.order_id();
@@ -376,11 +407,25 @@ impl<'a> BatchRows<'a> {
                     messages,
                     idempotency,
                 } => {
-                    rows.new_orders.push(order);
-                    if let Some(done) = idempotency {
-                        rows.completions.push((order_id, done));
-                    }
-                    (false, Some(entry), messages)
+                    let claims = match idempotency {
+                        Some(done) => match &done.claims_with_hash {
+                            Some(hash) => {
+                                rows.claims.push((order_id, done, hash));
+                                true
+                            }
+                            None => {
+                                rows.completions.push((order_id, done));
+                                false
+                            }
+                        },
+                        None => false,
+                    };
+                    rows.new_orders.push(OfOrder {
+                        order_id,
+                        fenced: claims,
+                        row: order,
+                    });
+                    (claims, Some(entry), messages)
                 }
                 OrderWrite::Transition {
                     entry, messages, ..
@@ -409,7 +454,18 @@ fn results(writes: &[OrderWrite], held: &HashSet<Uuid>) -> Vec<Result<i64, SaveE
     writes
         .iter()
         .map(|write| match write {
-            OrderWrite::Create { order, .. } => Ok(order.version),
+            OrderWrite::Create {
+                order, idempotency, ..
+            } => {
+                let claims = idempotency
+                    .as_ref()
+                    .is_some_and(|k| k.claims_with_hash.is_some());
+                if !claims || held.contains(&order.id) {
+                    Ok(order.version)
+                } else {
+                    Err(SaveError::KeyTaken(order.id))
+                }
+            }
             OrderWrite::Transition {
                 order_id,
                 expected_version,

@@ -2,18 +2,22 @@
 //! PostgreSQL it is one statement of CTEs, on SQLite a transaction of plain statements;
 //! both must keep the version fence — a stale write changes nothing (no state, no history,
 //! no outbox message) while the rest of its batch commits — and store what they are given
-//! (NULL deadline and headers, a retry's timer without touching the saga).
+//! (NULL deadline and headers, a retry's timer without touching the saga). A create that
+//! claims its idempotency key with the order is fenced by the key: if it is taken, nothing
+//! of that order is written.
 
 use crate::helpers::provision;
 use chrono::Utc;
-use entity::outbox;
+use entity::{idempotency_keys, order_items, order_transitions, outbox};
 use order_service::domain::saga::{self, OrderStatus, PaymentMode};
 use order_service::persistence::orders::{
     self, HistoryEntry, OrderDetails, OrderLine, OrderRecord, OrderWrite, SaveError, StepTimer,
 };
 use order_service::persistence::outbox::NewMessage;
 use order_service::persistence::{Stores, connect_orders_writer};
-use sea_orm::{DatabaseConnection, EntityTrait, QueryOrder};
+use sea_orm::{
+    ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
+};
 use uuid::Uuid;
 
 fn message(routing_key: &str) -> NewMessage {
@@ -229,4 +233,144 @@ async fn postgres_a_stale_write_changes_nothing_and_the_rest_of_its_batch_commit
 #[tokio::test]
 async fn sqlite_a_stale_write_changes_nothing_and_the_rest_of_its_batch_commits() {
     a_stale_write_changes_nothing_and_the_rest_of_its_batch_commits(true).await;
+}
+
+fn claiming(write: OrderWrite, key: &str, hash: &str) -> OrderWrite {
+    let OrderWrite::Create {
+        order,
+        entry,
+        messages,
+        ..
+    } = write
+    else {
+        unreachable!("only creates claim keys")
+    };
+    let body = serde_json::json!({ "id": order.id }).to_string();
+    OrderWrite::Create {
+        order,
+        entry,
+        messages,
+        idempotency: Some(orders::IdempotencyCompletion {
+            key: key.into(),
+            status: 201,
+            body,
+            claims_with_hash: Some(hash.into()),
+        }),
+    }
+}
+
+async fn stored_key(db: &DatabaseConnection, key: &str) -> idempotency_keys::Model {
+    idempotency_keys::Entity::find_by_id(key.to_owned())
+        .one(db)
+        .await
+        .expect("reading the key")
+        .expect("the key exists")
+}
+
+async fn a_create_whose_key_is_taken_writes_nothing_and_the_rest_of_its_batch_commits(
+    embedded: bool,
+) {
+    let (url, _amqp, _backing) = provision(embedded).await;
+    let stores = Stores::connect(&url, 2).await.expect("connecting");
+    stores.migrate().await.expect("migrating");
+    let db = connect_orders_writer(&url, &stores, 2)
+        .await
+        .expect("connecting the writer");
+
+    let (first, create_first) = create("CB-001", "first.created");
+    let saved = orders::save_batch(&db, &[claiming(create_first, "k-taken", "hash-1")])
+        .await
+        .expect("first batch");
+    assert!(matches!(saved.results[..], [Ok(1)]), "{saved:?}");
+
+    // X claims the taken key; Y and Z claim one new key in the same batch (the first
+    // wins); W has no key.
+    let (x, create_x) = create("CB-002", "x.created");
+    let (y, create_y) = create("CB-003", "y.created");
+    let (z, create_z) = create("CB-004", "z.created");
+    let (w, create_w) = create("CB-005", "w.created");
+    let saved = orders::save_batch(
+        &db,
+        &[
+            claiming(create_x, "k-taken", "hash-x"),
+            claiming(create_y, "k-new", "hash-y"),
+            claiming(create_z, "k-new", "hash-z"),
+            create_w,
+        ],
+    )
+    .await
+    .expect("second batch");
+    assert!(
+        matches!(saved.results[0], Err(SaveError::KeyTaken(id)) if id == x.id),
+        "{:?}",
+        saved.results
+    );
+    assert!(matches!(saved.results[1], Ok(1)), "{:?}", saved.results);
+    assert!(
+        matches!(saved.results[2], Err(SaveError::KeyTaken(id)) if id == z.id),
+        "{:?}",
+        saved.results
+    );
+    assert!(matches!(saved.results[3], Ok(1)), "{:?}", saved.results);
+    let handed_over: Vec<&str> = saved
+        .outbox_rows
+        .iter()
+        .map(|r| r.routing_key.as_str())
+        .collect();
+    assert_eq!(handed_over, ["y.created", "w.created"]);
+
+    for refused in [x.id, z.id] {
+        assert!(
+            orders::details(&db, refused)
+                .await
+                .expect("reading")
+                .is_none(),
+            "no order for a create whose key was taken"
+        );
+        let lines = order_items::Entity::find()
+            .filter(order_items::Column::OrderId.eq(refused))
+            .count(&db)
+            .await
+            .expect("counting items");
+        assert_eq!(lines, 0, "no items for a create whose key was taken");
+        let history = order_transitions::Entity::find()
+            .filter(order_transitions::Column::OrderId.eq(refused))
+            .count(&db)
+            .await
+            .expect("counting history");
+        assert_eq!(history, 0, "no history for a create whose key was taken");
+    }
+    for stood in [y.id, w.id] {
+        let order = details(&db, stood).await;
+        assert_eq!(order.items.len(), 1);
+        assert_eq!(order.history.len(), 1);
+    }
+    assert_eq!(
+        outbox_keys(&db).await,
+        ["first.created", "y.created", "w.created"],
+        "no outbox message for a create whose key was taken"
+    );
+
+    let taken = stored_key(&db, "k-taken").await;
+    assert_eq!(taken.order_id, Some(first.id), "the taken key is untouched");
+    assert_eq!(taken.request_hash, "hash-1");
+    let new = stored_key(&db, "k-new").await;
+    assert_eq!(new.order_id, Some(y.id));
+    assert_eq!(new.request_hash, "hash-y");
+    assert_eq!(new.response_status, Some(201));
+    assert_eq!(
+        new.response_body.as_deref(),
+        Some(serde_json::json!({ "id": y.id }).to_string().as_str()),
+        "the key is stored answered, with the order"
+    );
+}
+
+#[tokio::test]
+async fn postgres_a_create_whose_key_is_taken_writes_nothing_and_the_rest_of_its_batch_commits() {
+    a_create_whose_key_is_taken_writes_nothing_and_the_rest_of_its_batch_commits(false).await;
+}
+
+#[tokio::test]
+async fn sqlite_a_create_whose_key_is_taken_writes_nothing_and_the_rest_of_its_batch_commits() {
+    a_create_whose_key_is_taken_writes_nothing_and_the_rest_of_its_batch_commits(true).await;
 }

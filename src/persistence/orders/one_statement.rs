@@ -8,7 +8,9 @@
 //! Every column travels as one array parameter, so the statement text is the same for
 //! every batch. Arrays cannot carry NULLs through the driver, hence the `has_` flags.
 //! History entries and messages of fenced writes carry their order id and are inserted
-//! only if that order's fenced update held (`held`); a new order has no fence.
+//! only if that order's write stands (`stands`): its fenced update held (`held`), or — for
+//! a create that claims its idempotency key with the order — the key was free (`claimed`).
+//! Other creates have no fence.
 
 use super::{BatchRows, FencedUpdate, OrderWrite, SavedBatch};
 use crate::persistence::pg_array;
@@ -36,6 +38,17 @@ const SAVE_BATCH: &str = r#"WITH held AS (
              payment, shipment, has_reason, reason, at)
     WHERE o.id = v.id AND o.version = v.expected
     RETURNING o.id
+), claimed AS (
+    INSERT INTO idempotency_keys (key, request_hash, order_id, response_status, response_body,
+        created_at)
+    SELECT c.key, c.hash, c.order_id, c.status, c.body, c.at
+    FROM UNNEST($59::text[], $60::text[], $61::uuid[], $62::int4[], $63::text[],
+                $64::timestamptz[]) WITH ORDINALITY AS c(key, hash, order_id, status, body, at, n)
+    ORDER BY c.n
+    ON CONFLICT (key) DO NOTHING
+    RETURNING order_id
+), stands AS (
+    SELECT id FROM held UNION ALL SELECT order_id FROM claimed
 ), created AS (
     INSERT INTO orders (id, customer_id, currency, total_cents, status, reservation_state,
         payment_state, shipment_state, failure_reason, payment_mode, version,
@@ -47,15 +60,18 @@ const SAVE_BATCH: &str = r#"WITH held AS (
     FROM UNNEST($14::uuid[], $15::text[], $16::text[], $17::int8[], $18::text[], $19::text[],
                 $20::text[], $21::text[], $22::bool[], $23::text[], $24::text[], $25::int8[],
                 $26::bool[], $27::timestamptz[], $28::int4[], $29::bool[], $30::text[],
-                $31::timestamptz[], $32::timestamptz[])
+                $31::timestamptz[], $32::timestamptz[], $65::bool[])
         AS n(id, customer_id, currency, total_cents, status, reservation, payment, shipment,
              has_reason, reason, payment_mode, version, has_deadline, deadline, attempts,
-             has_trace, trace, created_at, updated_at)
+             has_trace, trace, created_at, updated_at, fenced)
+    WHERE NOT n.fenced OR n.id IN (SELECT order_id FROM claimed)
+    RETURNING id
 ), items AS (
     INSERT INTO order_items (order_id, line_no, sku, quantity, unit_price_cents)
     SELECT i.order_id, i.line_no, i.sku, i.quantity, i.unit_price_cents
     FROM UNNEST($33::uuid[], $34::int4[], $35::text[], $36::int4[], $37::int8[])
         AS i(order_id, line_no, sku, quantity, unit_price_cents)
+    WHERE i.order_id IN (SELECT id FROM created)
 ), history AS (
     INSERT INTO order_transitions (order_id, from_status, to_status, event, reason, at)
     SELECT h.order_id, CASE WHEN h.has_from THEN h.from_status END, h.to_status, h.event,
@@ -63,7 +79,7 @@ const SAVE_BATCH: &str = r#"WITH held AS (
     FROM UNNEST($38::uuid[], $39::bool[], $40::bool[], $41::text[], $42::text[], $43::text[],
                 $44::text[], $45::timestamptz[]) WITH ORDINALITY
         AS h(order_id, fenced, has_from, from_status, to_status, event, reason, at, n)
-    WHERE NOT h.fenced OR h.order_id IN (SELECT id FROM held)
+    WHERE NOT h.fenced OR h.order_id IN (SELECT id FROM stands)
     ORDER BY h.n
 ), messages AS (
     INSERT INTO outbox (message_id, exchange, routing_key, payload, headers, created_at)
@@ -73,7 +89,7 @@ const SAVE_BATCH: &str = r#"WITH held AS (
                 $52::bool[], $53::text[], $54::timestamptz[]) WITH ORDINALITY
         AS m(owner, fenced, message_id, exchange, routing_key, payload, has_headers, headers,
              created_at, n)
-    WHERE NOT m.fenced OR m.owner IN (SELECT id FROM held)
+    WHERE NOT m.fenced OR m.owner IN (SELECT id FROM stands)
     ORDER BY m.n
     RETURNING id, message_id
 ), completed AS (
@@ -82,7 +98,7 @@ const SAVE_BATCH: &str = r#"WITH held AS (
     FROM UNNEST($55::text[], $56::uuid[], $57::int4[], $58::text[]) AS c(key, order_id, status, body)
     WHERE k.key = c.key
 )
-SELECT id AS order_id, NULL::int8 AS outbox_id FROM held
+SELECT id AS order_id, NULL::int8 AS outbox_id FROM stands
 UNION ALL
 SELECT message_id, id FROM messages"#;
 
@@ -121,8 +137,11 @@ pub(super) async fn save_batch<C: ConnectionTrait>(
     );
     let rows = BatchRows::of(writes);
     let mut created = Columns::with(19);
+    let mut created_fenced = Vec::with_capacity(rows.new_orders.len());
     let mut items = Columns::with(5);
-    for order in &rows.new_orders {
+    for new in &rows.new_orders {
+        let order = new.row;
+        created_fenced.push(new.fenced.into());
         let saga = &order.saga;
         created.push([
             order.id.into(),
@@ -176,6 +195,17 @@ pub(super) async fn save_batch<C: ConnectionTrait>(
             order_id.into(),
             i32::from(done.status).into(),
             done.body.clone().into(),
+        ]);
+    }
+    let mut claims = Columns::with(6);
+    for &(order_id, done, hash) in &rows.claims {
+        claims.push([
+            done.key.clone().into(),
+            hash.to_owned().into(),
+            order_id.into(),
+            i32::from(done.status).into(),
+            done.body.clone().into(),
+            now.into(),
         ]);
     }
     let messages = &rows.messages;
@@ -264,6 +294,18 @@ pub(super) async fn save_batch<C: ConnectionTrait>(
         completions,
         &[a::<String>, a::<Uuid>, a::<i32>, a::<String>],
     ));
+    values.extend(typed(
+        claims,
+        &[
+            a::<String>,
+            a::<String>,
+            a::<Uuid>,
+            a::<i32>,
+            a::<String>,
+            a::<DateTime<Utc>>,
+        ],
+    ));
+    values.push(a::<bool>(created_fenced));
 
     let returned = db
         .query_all_raw(Statement::from_sql_and_values(
