@@ -1,5 +1,10 @@
 //! Idempotency keys (Stripe / IETF `Idempotency-Key` draft semantics).
 //!
+//! Usually the order's own write claims its key, already answered ([`claim_answered`]; on
+//! PostgreSQL inside the group commit's statement), and the order is created only if the
+//! key was free. When it was not — or the stock check refused the order — the request
+//! claims the key on its own first, as follows.
+//!
 //! A key is claimed by inserting its row (`order_id` still empty = in flight). The order's
 //! creating transaction fills in the response, so "order created" and "key completed" can
 //! never disagree after a crash. A claim whose request failed (stock check, validation) is
