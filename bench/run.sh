@@ -34,6 +34,7 @@
 # BENCH_OUT (BENCHMARKS.md), BENCH_ONLY (run only the rows whose label contains this),
 # BENCH_PRELOAD (1000000: finished orders loaded before repeating closed c=64 on grown
 # tables; 0 skips that row), BENCH_WARMUP (10: seconds of unrecorded load before that row),
+# BENCH_SETTLE (5: seconds of pause after each row, before the next),
 # KEEP_WORKDIR (set: keep the temp dir with the service logs and JSON reports).
 set -euo pipefail
 
@@ -55,6 +56,7 @@ out=${BENCH_OUT:-BENCHMARKS.md}
 only=${BENCH_ONLY:-}
 preload=${BENCH_PRELOAD:-1000000}
 warmup=${BENCH_WARMUP:-10}
+settle=${BENCH_SETTLE:-5}
 url="http://127.0.0.1:$port"
 
 for tool in cargo curl jq psql createdb dropdb rabbitmqctl awk; do
@@ -193,15 +195,17 @@ sample_cpu() {
         SELECT count(*) AS n, state || coalesce(' (' || wait_event_type || ':' || wait_event || ')', '') AS what
         FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()
         GROUP BY 2) s;
-      SELECT 'outbox rows: orders ' || (SELECT count(*) FROM public.outbox) || ', inventory ' || (SELECT count(*) FROM inventory.outbox)
-        || ', payment ' || (SELECT count(*) FROM payment.outbox) || ', shipping ' || (SELECT count(*) FROM shipping.outbox);" \
+      SELECT 'outbox rows (live, statistics): ' || string_agg(schemaname || ' ' || n_live_tup, ', ' ORDER BY schemaname)
+      FROM pg_stat_user_tables WHERE relname = 'outbox';" \
       >>"$file.top" 2>&1 || true
   fi
   rest=$(((end - $(date +%s%N)) / 1000000))
   if [ "$rest" -gt 0 ]; then sleep "$(awk -v ms="$rest" 'BEGIN { printf "%.3f", ms / 1000 }')"; fi
   b=$(snapshot)
   if [ "$2" = postgres ]; then
-    # Queue depths while the load still runs (after the CPU window: rabbitmqctl is costly).
+    # Queue depths right after the load phase: rabbitmqctl starts an Erlang VM (~0.4 s of
+    # CPU), which during the load would slow the orders of its last second.
+    sleep 1.2
     rabbitmqctl -q list_queues -p "$vhost" name messages messages_unacknowledged 2>/dev/null \
       | awk 'NR > 1 { printf "%s%s %s (%s unacked)", (n++ ? ", " : "queues (messages): "), $1, $2, $3 } END { print "" }' >>"$file.top" || true
   fi
@@ -235,7 +239,10 @@ run_load() {
   cat "$work/load-$n.txt" >&2
   [ -f "$json" ] || { echo "loadgen failed (exit $status) without a report" >&2; exit 1; }
   rows+=("$label|$mode|$json|$cpu|$loadavg|ADMIN_TOKEN=… target/release/loadgen ${args[*]}|$status")
-  sleep 2
+  # Let the previous load settle: the first seconds after a heavy row carry its after-effects
+  # (at open 300/s right after closed c=256: create p99.9 30–60 ms without a pause, ~13 ms
+  # with 5 s), which belong to that row, not to the next.
+  sleep "$settle"
 }
 
 log "PostgreSQL database $db, RabbitMQ vhost $vhost"
@@ -376,8 +383,8 @@ generated="$work/generated.md"
   echo "scheduled at the rate, independent of the answers, and latencies count from each order's"
   echo "scheduled start. created/s and completed/s are per second of the load phase (completed/s"
   echo "counts the sagas that became terminal during it); the backlog left at the end is drained"
-  echo "before the checks. Sagas are followed with $follow_desc; saga latency is create start"
-  echo "→ terminal state seen by the follower. CPU is"
+  echo "before the checks; the next row starts ${settle} s later. Sagas are followed with"
+  echo "$follow_desc; saga latency is create start → terminal state seen by the follower. CPU is"
   echo "measured from /proc over the load phase minus its first and last second; \"postgres\" is the"
   echo "backends of the benchmark database (all postgres processes in brackets, including WAL writer"
   echo "and checkpointer and anyone else's databases); \"rabbitmq\" is the whole broker (other vhosts"
