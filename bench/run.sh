@@ -240,8 +240,8 @@ run_load() {
   [ -f "$json" ] || { echo "loadgen failed (exit $status) without a report" >&2; exit 1; }
   rows+=("$label|$mode|$json|$cpu|$loadavg|ADMIN_TOKEN=… target/release/loadgen ${args[*]}|$status")
   # Let the previous load settle: the first seconds after a heavy row carry its after-effects
-  # (at open 300/s right after closed c=256: create p99.9 30–60 ms without a pause, ~13 ms
-  # with 5 s), which belong to that row, not to the next.
+  # (open 300/s starting 3 s after 20 s of closed c=256: create p99.9 30–60 ms, p99 10–12;
+  # starting 8 s after: p99.9 ~13 ms, p99 8.3–8.8), which belong to that row, not the next.
   sleep "$settle"
 }
 
