@@ -62,10 +62,12 @@ impl Application {
     /// starts with [`Application::run_until_stopped`].
     pub async fn build(config: Config) -> anyhow::Result<Application> {
         let (stores, bus, inventory) = connect(&config).await?;
+        // SQLite has one writer connection: a create lane would only queue for it.
+        let create_lane = !crate::persistence::is_sqlite(&config.database_url);
         let writer_db = crate::persistence::connect_orders_writer(
             &config.database_url,
             &stores,
-            u32::try_from(ORDER_WRITERS).unwrap_or(1),
+            u32::try_from(ORDER_WRITERS + usize::from(create_lane)).unwrap_or(1),
         )
         .await
         .context("connecting the orders writer")?;
@@ -73,7 +75,7 @@ impl Application {
         let (orders_feed, events_feed) = OutboxFeed::with_events_lane();
         let orders = Orders::start(OrderContext {
             db: stores.orders.clone(),
-            writer: OrderWriter::start(writer_db, orders_feed.clone(), ORDER_WRITERS),
+            writer: OrderWriter::start(writer_db, orders_feed.clone(), ORDER_WRITERS, create_lane),
             step_timeout: config.step_timeout(),
             max_retries: config.step_max_retries,
             idle_timeout: Duration::from_secs(config.actor_idle_secs),

@@ -7,6 +7,12 @@
 //! Nothing waits for a batch to fill: a writer takes what is queued and goes, so under
 //! light load a batch holds one write and latency is a plain transaction's. Durability is
 //! unchanged: an actor hears back only after the commit (`synchronous_commit` stays on).
+//!
+//! New orders can have a writer of their own (the create lane): a create is the one write
+//! a client waits for, and in the shared queue it waits for the batch of transitions being
+//! committed before its own. With its own writer it waits only for other creates (open
+//! loop 300 orders/s, interleaved runs: create p99 7.9 / 7.5 / 7.0 ms → 6.6 / 6.3 / 6.7;
+//! closed c=64 unchanged, 1305 / 1386 vs 1372 / 1356 sagas/s).
 
 use crate::batching::take_ready;
 use crate::persistence::apply_batch_or_each;
@@ -30,26 +36,43 @@ struct Pending {
 #[derive(Clone)]
 pub struct OrderWriter {
     queue: mpsc::Sender<Pending>,
+    /// The create lane's queue, if it has one.
+    creates: Option<mpsc::Sender<Pending>>,
 }
 
 impl OrderWriter {
-    /// Starts `writers` tasks on `db`. More than one lets one batch's statements run while
-    /// another's commit waits for its WAL flush, at the price of smaller batches. The
+    /// Starts `writers` tasks on `db`, plus one for new orders alone if `create_lane` (`db`
+    /// then needs a connection more). More than one writer lets one batch's statements run
+    /// while another's commit waits for its WAL flush, at the price of smaller batches. The
     /// outbox rows of each commit go to the relay through `feed`.
-    pub fn start(db: DatabaseConnection, feed: OutboxFeed, writers: usize) -> Self {
+    pub fn start(
+        db: DatabaseConnection,
+        feed: OutboxFeed,
+        writers: usize,
+        create_lane: bool,
+    ) -> Self {
         let (queue, receiver) = mpsc::channel(QUEUE);
         let receiver = Arc::new(Mutex::new(receiver));
         for _ in 0..writers.max(1) {
             tokio::spawn(run(db.clone(), receiver.clone(), feed.clone()));
         }
-        OrderWriter { queue }
+        let creates = create_lane.then(|| {
+            let (creates, receiver) = mpsc::channel(QUEUE);
+            tokio::spawn(run(db, Arc::new(Mutex::new(receiver)), feed));
+            creates
+        });
+        OrderWriter { queue, creates }
     }
 
     /// Applies `write` durably (with the writes of other actors that arrived meanwhile)
     /// and returns the order's new version.
     pub async fn write(&self, write: OrderWrite) -> Result<i64, SaveError> {
         let (done, result) = oneshot::channel();
-        self.queue
+        let queue = match (&write, &self.creates) {
+            (OrderWrite::Create { .. }, Some(creates)) => creates,
+            _ => &self.queue,
+        };
+        queue
             .send(Pending { write, done })
             .await
             .map_err(|_| stopped())?;
