@@ -11,7 +11,8 @@ use chrono::Utc;
 use entity::{idempotency_keys, order_items, order_transitions, outbox};
 use order_service::domain::saga::{self, OrderStatus, PaymentMode};
 use order_service::persistence::orders::{
-    self, HistoryEntry, OrderDetails, OrderLine, OrderRecord, OrderWrite, SaveError, StepTimer,
+    self, HistoryEntry, OrderDetails, OrderLine, OrderRecord, OrderWrite, SaveError, SavedBatch,
+    StepTimer,
 };
 use order_service::persistence::outbox::NewMessage;
 use order_service::persistence::{Stores, connect_orders_writer};
@@ -100,6 +101,15 @@ async fn details(db: &DatabaseConnection, id: Uuid) -> OrderDetails {
         .expect("the order exists")
 }
 
+/// The routing keys of the outbox rows a batch hands to the relay, in order.
+fn handed_over(saved: &SavedBatch) -> Vec<&str> {
+    saved
+        .outbox_rows
+        .iter()
+        .map(|r| r.routing_key.as_str())
+        .collect()
+}
+
 async fn outbox_keys(db: &DatabaseConnection) -> Vec<String> {
     outbox::Entity::find()
         .order_by_asc(outbox::Column::Id)
@@ -162,12 +172,7 @@ async fn a_stale_write_changes_nothing_and_the_rest_of_its_batch_commits(embedde
         saved.results
     );
     assert!(matches!(saved.results[2], Ok(2)), "{:?}", saved.results);
-    let handed_over: Vec<&str> = saved
-        .outbox_rows
-        .iter()
-        .map(|r| r.routing_key.as_str())
-        .collect();
-    assert_eq!(handed_over, ["a.rejected", "c.retry"]);
+    assert_eq!(handed_over(&saved), ["a.rejected", "c.retry"]);
     let row = &saved.outbox_rows[0];
     assert!(row.id > first_ids[2], "outbox ids keep commit order");
     assert!(
@@ -312,12 +317,7 @@ async fn a_create_whose_key_is_taken_writes_nothing_and_the_rest_of_its_batch_co
         saved.results
     );
     assert!(matches!(saved.results[3], Ok(1)), "{:?}", saved.results);
-    let handed_over: Vec<&str> = saved
-        .outbox_rows
-        .iter()
-        .map(|r| r.routing_key.as_str())
-        .collect();
-    assert_eq!(handed_over, ["y.created", "w.created"]);
+    assert_eq!(handed_over(&saved), ["y.created", "w.created"]);
 
     for refused in [x.id, z.id] {
         assert!(
