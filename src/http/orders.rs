@@ -187,15 +187,23 @@ async fn create_order(
             return Err(key_in_flight());
         }
     }
-    let result = match quote {
-        Ok(prices) => place_order(&app, &valid, &prices, &key, None, trace_context)
-            .await
-            .and_then(|placed| {
-                placed.ok_or_else(|| ApiError::Internal(anyhow::anyhow!("claimed key taken")))
-            }),
-        Err(refused) => Err(refused),
+    let (result, may_still_commit) = match quote {
+        Ok(prices) => {
+            let result = place_order(&app, &valid, &prices, &key, None, trace_context)
+                .await
+                .and_then(|placed| {
+                    placed.ok_or_else(|| ApiError::Internal(anyhow::anyhow!("claimed key taken")))
+                });
+            // After a timeout or an unavailable actor the order's write may still be queued
+            // and commit later, filling in this key: releasing it would let a retry create
+            // a second order. The claim is then completed by that write, or taken over
+            // once abandoned (IDEMPOTENCY_CLAIM_TIMEOUT_SECS).
+            let pending = matches!(&result, Err(e) if e.status().is_server_error());
+            (result, pending)
+        }
+        Err(refused) => (Err(refused), false),
     };
-    if result.is_err() {
+    if result.is_err() && !may_still_commit {
         // Nothing was created: give the key back so a corrected retry may use it.
         if let Err(e) = idempotency::release(&app.stores.orders, &key).await {
             tracing::warn!(error = %e, "could not release idempotency key");
