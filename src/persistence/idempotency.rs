@@ -182,7 +182,12 @@ async fn insert_new<C: ConnectionTrait>(
         keys::Column::RequestHash,
         keys::Column::CreatedAt,
     ]);
-    for (key, hash) in claims {
+    // Keys in sorted order, like the group commit's key inserts: two statements inserting
+    // the same keys concurrently then wait for each other instead of deadlocking. The sort
+    // is stable, so of equal keys the first claim is still inserted first.
+    let mut sorted: Vec<&(String, String)> = claims.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    for (key, hash) in sorted {
         insert
             .values([key.clone().into(), hash.clone().into(), now.into()])
             .map_err(|e| DbErr::Custom(e.to_string()))?;

@@ -44,7 +44,7 @@ const SAVE_BATCH: &str = r#"WITH held AS (
     SELECT c.key, c.hash, c.order_id, c.status, c.body, c.at
     FROM UNNEST($59::text[], $60::text[], $61::uuid[], $62::int4[], $63::text[],
                 $64::timestamptz[]) WITH ORDINALITY AS c(key, hash, order_id, status, body, at, n)
-    ORDER BY c.n
+    ORDER BY c.key, c.n
     ON CONFLICT (key) DO NOTHING
     RETURNING order_id
 ), stands AS (
