@@ -289,7 +289,8 @@ async fn a_create_whose_key_is_taken_writes_nothing_and_the_rest_of_its_batch_co
     assert!(matches!(saved.results[..], [Ok(1)]), "{saved:?}");
 
     // X claims the taken key; Y and Z claim one new key in the same batch (the first
-    // wins); W has no key.
+    // wins); W has no key; the first order's transition (fenced, at the right version)
+    // stands beside them.
     let (x, create_x) = create("CB-002", "x.created");
     let (y, create_y) = create("CB-003", "y.created");
     let (z, create_z) = create("CB-004", "z.created");
@@ -301,6 +302,7 @@ async fn a_create_whose_key_is_taken_writes_nothing_and_the_rest_of_its_batch_co
             claiming(create_y, "k-new", "hash-y"),
             claiming(create_z, "k-new", "hash-z"),
             create_w,
+            reject(&first, 1, "first.rejected"),
         ],
     )
     .await
@@ -317,7 +319,11 @@ async fn a_create_whose_key_is_taken_writes_nothing_and_the_rest_of_its_batch_co
         saved.results
     );
     assert!(matches!(saved.results[3], Ok(1)), "{:?}", saved.results);
-    assert_eq!(handed_over(&saved), ["y.created", "w.created"]);
+    assert!(matches!(saved.results[4], Ok(2)), "{:?}", saved.results);
+    assert_eq!(
+        handed_over(&saved),
+        ["y.created", "w.created", "first.rejected"]
+    );
 
     for refused in [x.id, z.id] {
         assert!(
@@ -347,10 +353,11 @@ async fn a_create_whose_key_is_taken_writes_nothing_and_the_rest_of_its_batch_co
     }
     assert_eq!(
         outbox_keys(&db).await,
-        ["first.created", "y.created", "w.created"],
+        ["first.created", "y.created", "w.created", "first.rejected"],
         "no outbox message for a create whose key was taken"
     );
 
+    assert_eq!(details(&db, first.id).await.status, OrderStatus::Rejected);
     let taken = stored_key(&db, "k-taken").await;
     assert_eq!(taken.order_id, Some(first.id), "the taken key is untouched");
     assert_eq!(taken.request_hash, "hash-1");
