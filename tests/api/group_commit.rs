@@ -6,7 +6,7 @@
 //! claims its idempotency key with the order is fenced by the key: if it is taken, nothing
 //! of that order is written.
 
-use crate::helpers::provision;
+use crate::helpers::{Backing, provision};
 use chrono::Utc;
 use entity::{idempotency_keys, order_items, order_transitions, outbox};
 use order_service::domain::saga::{self, OrderStatus, PaymentMode};
@@ -101,6 +101,18 @@ async fn details(db: &DatabaseConnection, id: Uuid) -> OrderDetails {
         .expect("the order exists")
 }
 
+/// A migrated orders store of its own (kept while the [`Backing`] lives) and the group
+/// commit's connection to it.
+async fn migrated_writer(embedded: bool) -> (DatabaseConnection, Backing) {
+    let (url, _amqp, backing) = provision(embedded).await;
+    let stores = Stores::connect(&url, 2).await.expect("connecting");
+    stores.migrate().await.expect("migrating");
+    let db = connect_orders_writer(&url, &stores, 2)
+        .await
+        .expect("connecting the writer");
+    (db, backing)
+}
+
 /// The routing keys of the outbox rows a batch hands to the relay, in order.
 fn handed_over(saved: &SavedBatch) -> Vec<&str> {
     saved
@@ -122,12 +134,7 @@ async fn outbox_keys(db: &DatabaseConnection) -> Vec<String> {
 }
 
 async fn a_stale_write_changes_nothing_and_the_rest_of_its_batch_commits(embedded: bool) {
-    let (url, _amqp, _backing) = provision(embedded).await;
-    let stores = Stores::connect(&url, 2).await.expect("connecting");
-    stores.migrate().await.expect("migrating");
-    let db = connect_orders_writer(&url, &stores, 2)
-        .await
-        .expect("connecting the writer");
+    let (db, _backing) = migrated_writer(embedded).await;
 
     let (a, create_a) = create("CB-001", "a.created");
     let (b, create_b) = create("CB-002", "b.created");
@@ -275,12 +282,7 @@ async fn stored_key(db: &DatabaseConnection, key: &str) -> idempotency_keys::Mod
 async fn a_create_whose_key_is_taken_writes_nothing_and_the_rest_of_its_batch_commits(
     embedded: bool,
 ) {
-    let (url, _amqp, _backing) = provision(embedded).await;
-    let stores = Stores::connect(&url, 2).await.expect("connecting");
-    stores.migrate().await.expect("migrating");
-    let db = connect_orders_writer(&url, &stores, 2)
-        .await
-        .expect("connecting the writer");
+    let (db, _backing) = migrated_writer(embedded).await;
 
     let (first, create_first) = create("CB-001", "first.created");
     let saved = orders::save_batch(&db, &[claiming(create_first, "k-taken", "hash-1")])
