@@ -115,8 +115,9 @@ fn describe() {
     describe_histogram!(
         "order_create_phase_seconds",
         Unit::Seconds,
-        "Phases of POST /api/orders: claim_and_stock_check (idempotency claim and stock \
-         check, together), create_and_commit (order actor created, order committed)."
+        "Phases of POST /api/orders: stock_check, claim (the separate idempotency claim, \
+         only for a key in use or a refused order), create_and_commit (order actor \
+         created, order and key committed)."
     );
     describe_histogram!(
         "order_writer_commit_seconds",
