@@ -191,9 +191,9 @@ async fn create_order(
         Ok(prices) => {
             let result = place_order(&app, &valid, &prices, &key, None, trace_context)
                 .await
-                .and_then(|placed| {
-                    placed.ok_or_else(|| ApiError::Internal(anyhow::anyhow!("claimed key taken")))
-                });
+                // A create without a claim never finds its key taken; if it did, the key
+                // would be another request's: answered like the actor's `KeyTaken`.
+                .and_then(|placed| placed.ok_or_else(key_in_flight));
             // After a timeout or an unavailable actor the order's write may still be queued
             // and commit later, filling in this key: releasing it would let a retry create
             // a second order. The claim is then completed by that write, or taken over
