@@ -25,7 +25,9 @@
 #   7. before the loads, measures the machine itself with pgbench (if installed): the issue's
 #      reference saga-step transaction (UPDATE by primary key + INSERT into a log,
 #      synchronous_commit on, prepared statements) with 8 clients for 10 s, in a throwaway database. This
-#      machine's speed drifts by ±15% over minutes; the figure says how fast it was.
+#      machine's speed drifts by ±15% over minutes; the figure says how fast it was. Then the
+#      same transaction at an open 300/s for 10 s, each one timed (p50 / p99 / p99.9 / max):
+#      the commit latency of one durable write on this machine, which bounds a create's.
 # On exit (also on error or Ctrl-C) it stops the service, drops the database, deletes the
 # vhost and the temp dir. It talks to 127.0.0.1 only.
 #
@@ -259,6 +261,7 @@ rabbitmqctl -q set_permissions -p "$vhost" guest ".*" ".*" ".*" >/dev/null
 calibrate() {
   if ! command -v pgbench >/dev/null; then
     machine_tps="not measured (no pgbench)"
+    machine_latency="not measured (no pgbench)"
     return 0
   fi
   calib_db="${db}_calib"
@@ -278,6 +281,16 @@ SQL
   local tps
   tps=$(pgbench -h 127.0.0.1 -U postgres -n -M prepared -c 8 -j 2 -T 10 -f "$work/step.sql" "$calib_db" 2>"$work/pgbench.err" \
     | awk '/^tps = / { printf "%.0f", $3 }') || tps=""
+  # The same transaction at an open 300/s (the open-loop row's rate), each one timed: the
+  # commit latency this machine's database and disk give one durable write at that rate
+  # with nothing else running. A create is one such commit, so its p99 cannot be below
+  # this one's.
+  if pgbench -h 127.0.0.1 -U postgres -n -M prepared -c 2 -j 1 -R 300 -T 10 -l \
+    --log-prefix="$work/pgbench-lat" -f "$work/step.sql" "$calib_db" >/dev/null 2>>"$work/pgbench.err"; then
+    machine_latency=$(cat "$work"/pgbench-lat.* 2>/dev/null | awk '{ print $3 / 1000 }' | sort -n \
+      | awk '{ v[NR] = $1 } END { if (NR) printf "p50 %.2f / p99 %.1f / p99.9 %.1f / max %.1f ms (%d transactions)", v[int(NR * 0.5) + 1], v[int(NR * 0.99) + 1], v[int(NR * 0.999) + 1], v[NR], NR }')
+  fi
+  machine_latency=${machine_latency:-"not measured (pgbench failed: $(head -c 200 "$work/pgbench.err"))"}
   dropdb -h 127.0.0.1 -U postgres --if-exists --force "$calib_db" && calib_db=""
   machine_tps=${tps:-"not measured (pgbench failed: $(head -c 200 "$work/pgbench.err"))"}
 }
@@ -336,6 +349,7 @@ generated="$work/generated.md"
   echo "- machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')), memory $(free -h | awk '/^Mem:/ {print $2 " total, " $7 " available"}')"
   echo "- PostgreSQL $(psql -h 127.0.0.1 -U postgres -Atc 'show server_version' 2>/dev/null || echo '?'), RabbitMQ $(rabbitmqctl -q version 2>/dev/null || echo '?'), $(rustc --version 2>/dev/null || echo rustc)"
   echo "- the machine's own speed at the start: $machine_tps transactions/s of the issue's reference saga step (\`UPDATE\` by primary key + \`INSERT\` into a log, \`synchronous_commit\` on; \`pgbench -M prepared -c 8 -j 2 -T 10\`; the issue quotes about 9,000 for this machine)"
+  echo "- the machine's own commit latency at the start: $machine_latency for the same transaction at an open 300/s with nothing else running (\`pgbench -M prepared -c 2 -j 1 -R 300 -T 10 -l\`, latency per transaction including its wait for the schedule); a create is one such commit"
   echo "- service: \`PAYMENT_DECLINE_RATE=$decline LOG_FORMAT=json RUST_LOG=warn\`, other settings default (\`DB_MAX_CONNECTIONS=8\` per store); PostgreSQL over loopback with \`sslmode=disable\`; the service, PostgreSQL, RabbitMQ and loadgen share the machine"
   echo "- each load: ${seconds} s of orders of one \`$sku\` (stock set to $stock first), then the drain until every saga is terminal, then the checks; the whole run took ${bench_seconds} s (build excluded)"
   echo

@@ -10,6 +10,7 @@ use crate::helpers::{Backing, provision};
 use chrono::Utc;
 use entity::{idempotency_keys, order_items, order_transitions, outbox};
 use order_service::domain::saga::{self, OrderStatus, PaymentMode};
+use order_service::persistence::idempotency::{self, ABANDONED_AFTER, Claim};
 use order_service::persistence::orders::{
     self, HistoryEntry, OrderDetails, OrderLine, OrderRecord, OrderWrite, SaveError, SavedBatch,
     StepTimer,
@@ -247,7 +248,9 @@ async fn sqlite_a_stale_write_changes_nothing_and_the_rest_of_its_batch_commits(
     a_stale_write_changes_nothing_and_the_rest_of_its_batch_commits(true).await;
 }
 
-fn claiming(write: OrderWrite, key: &str, hash: &str) -> OrderWrite {
+/// `write` (a create) answering `key` in its write: claiming the key there if
+/// `claims_with_hash` is given, otherwise completing a key claimed beforehand.
+fn answering(write: OrderWrite, key: &str, claims_with_hash: Option<&str>) -> OrderWrite {
     let OrderWrite::Create {
         order,
         entry,
@@ -255,7 +258,7 @@ fn claiming(write: OrderWrite, key: &str, hash: &str) -> OrderWrite {
         ..
     } = write
     else {
-        unreachable!("only creates claim keys")
+        unreachable!("only creates answer keys")
     };
     let body = serde_json::json!({ "id": order.id }).to_string();
     OrderWrite::Create {
@@ -266,9 +269,13 @@ fn claiming(write: OrderWrite, key: &str, hash: &str) -> OrderWrite {
             key: key.into(),
             status: 201,
             body,
-            claims_with_hash: Some(hash.into()),
+            claims_with_hash: claims_with_hash.map(str::to_owned),
         }),
     }
+}
+
+fn claiming(write: OrderWrite, key: &str, hash: &str) -> OrderWrite {
+    answering(write, key, Some(hash))
 }
 
 async fn stored_key(db: &DatabaseConnection, key: &str) -> idempotency_keys::Model {
@@ -382,4 +389,83 @@ async fn postgres_a_create_whose_key_is_taken_writes_nothing_and_the_rest_of_its
 #[tokio::test]
 async fn sqlite_a_create_whose_key_is_taken_writes_nothing_and_the_rest_of_its_batch_commits() {
     a_create_whose_key_is_taken_writes_nothing_and_the_rest_of_its_batch_commits(true).await;
+}
+
+/// The fallback protocol claims a key first and completes it with the order's write; a
+/// concurrent request with the same key takes the fast path, claiming it in its own write.
+/// In one batch, the completion must fill in the claimed key and the claimant must find it
+/// taken, whichever comes first in the batch.
+async fn a_claimant_of_a_key_claimed_beforehand_is_refused_beside_its_completion(embedded: bool) {
+    let (db, _backing) = migrated_writer(embedded).await;
+    let retention = chrono::Duration::hours(24);
+    for (key, claimant_first) in [("k-before", true), ("k-after", false)] {
+        let claimed = idempotency::claim(&db, key, "hash-1", retention, ABANDONED_AFTER)
+            .await
+            .expect("claiming");
+        assert_eq!(claimed, Claim::New);
+
+        let (completing, create_completing) = create("CB-001", "completing.created");
+        let (claimant, create_claimant) = create("CB-002", "claimant.created");
+        let completion = answering(create_completing, key, None);
+        let claim = claiming(create_claimant, key, "hash-1");
+        let batch = if claimant_first {
+            [claim, completion]
+        } else {
+            [completion, claim]
+        };
+        let saved = orders::save_batch(&db, &batch).await.expect("the batch");
+        let (claim_result, completion_result) = if claimant_first {
+            (&saved.results[0], &saved.results[1])
+        } else {
+            (&saved.results[1], &saved.results[0])
+        };
+        assert!(
+            matches!(claim_result, Err(SaveError::KeyTaken(id)) if *id == claimant.id),
+            "{key}: {:?}",
+            saved.results
+        );
+        assert!(
+            matches!(completion_result, Ok(1)),
+            "{key}: {:?}",
+            saved.results
+        );
+        assert_eq!(handed_over(&saved), ["completing.created"], "{key}");
+        assert!(
+            orders::details(&db, claimant.id)
+                .await
+                .expect("reading")
+                .is_none(),
+            "{key}: no order for the claimant"
+        );
+        assert_eq!(details(&db, completing.id).await.items.len(), 1, "{key}");
+
+        let stored = stored_key(&db, key).await;
+        assert_eq!(stored.order_id, Some(completing.id), "{key}");
+        assert_eq!(stored.request_hash, "hash-1", "{key}");
+        assert_eq!(stored.response_status, Some(201), "{key}");
+        assert_eq!(
+            stored.response_body.as_deref(),
+            Some(
+                serde_json::json!({ "id": completing.id })
+                    .to_string()
+                    .as_str()
+            ),
+            "{key}: the claimed key is answered with the completing order"
+        );
+    }
+    assert_eq!(
+        outbox_keys(&db).await,
+        ["completing.created", "completing.created"],
+        "no outbox message for a claimant"
+    );
+}
+
+#[tokio::test]
+async fn postgres_a_claimant_of_a_key_claimed_beforehand_is_refused_beside_its_completion() {
+    a_claimant_of_a_key_claimed_beforehand_is_refused_beside_its_completion(false).await;
+}
+
+#[tokio::test]
+async fn sqlite_a_claimant_of_a_key_claimed_beforehand_is_refused_beside_its_completion() {
+    a_claimant_of_a_key_claimed_beforehand_is_refused_beside_its_completion(true).await;
 }
