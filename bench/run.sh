@@ -28,6 +28,10 @@
 #      machine's speed drifts by ±15% over minutes; the figure says how fast it was. Then the
 #      same transaction at an open 300/s for 10 s, each one timed (p50 / p99 / p99.9 / max):
 #      the commit latency of one durable write on this machine, which bounds a create's.
+#      And, if perf is installed, the round trip of two processes waking each other
+#      (`perf bench sched pipe`): every hop of a saga is such a wake-up, which pgbench's
+#      figure does not show (two machines with the same pgbench figure ran the service at
+#      1245 and 754 sagas/s at c=64).
 # On exit (also on error or Ctrl-C) it stops the service, drops the database, deletes the
 # vhost and the temp dir. It talks to 127.0.0.1 only.
 #
@@ -291,11 +295,23 @@ SQL
       | awk '{ v[NR] = $1 } END { if (NR) printf "p50 %.2f / p99 %.1f / p99.9 %.1f / max %.1f ms (%d transactions)", v[int(NR * 0.5) + 1], v[int(NR * 0.99) + 1], v[int(NR * 0.999) + 1], v[NR], NR }')
   fi
   machine_latency=${machine_latency:-"not measured (pgbench failed: $(head -c 200 "$work/pgbench.err"))"}
+}
+# Sets machine_wakeup: the round trip of two processes waking each other through a pipe
+# (`perf bench sched pipe`), or why not. Every hop of a saga wakes a process on the other
+# side (service, PostgreSQL, RabbitMQ); pgbench's figure does not show what that costs.
+measure_wakeups() {
+  if ! command -v perf >/dev/null; then
+    machine_wakeup="not measured (no perf)"
+    return 0
+  fi
+  machine_wakeup=$(perf bench sched pipe -l 50000 2>/dev/null | awk '/usecs\/op/ { printf "%.1f µs", $1 }') || machine_wakeup=""
+  machine_wakeup=${machine_wakeup:-"not measured (perf bench failed)"}
   dropdb -h 127.0.0.1 -U postgres --if-exists --force "$calib_db" && calib_db=""
   machine_tps=${tps:-"not measured (pgbench failed: $(head -c 200 "$work/pgbench.err"))"}
 }
-log "measuring the machine (pgbench, 10 s)"
+log "measuring the machine (pgbench, 10 + 10 s; perf bench sched pipe)"
 calibrate
+measure_wakeups
 log "machine: $machine_tps (transactions/s)"
 
 bench_started=$(date +%s)
@@ -350,6 +366,7 @@ generated="$work/generated.md"
   echo "- PostgreSQL $(psql -h 127.0.0.1 -U postgres -Atc 'show server_version' 2>/dev/null || echo '?'), RabbitMQ $(rabbitmqctl -q version 2>/dev/null || echo '?'), $(rustc --version 2>/dev/null || echo rustc)"
   echo "- the machine's own speed at the start: $machine_tps transactions/s of the issue's reference saga step (\`UPDATE\` by primary key + \`INSERT\` into a log, \`synchronous_commit\` on; \`pgbench -M prepared -c 8 -j 2 -T 10\`; the issue quotes about 9,000 for this machine)"
   echo "- the machine's own commit latency at the start: $machine_latency for the same transaction at an open 300/s with nothing else running (\`pgbench -M prepared -c 2 -j 1 -R 300 -T 10 -l\`, latency per transaction including its wait for the schedule); a create is one such commit"
+  echo "- the machine's cross-process wake-up round trip: $machine_wakeup (\`perf bench sched pipe -l 50000\`: two processes waking each other through pipes; a saga's every hop wakes a process on the other side)"
   echo "- service: \`PAYMENT_DECLINE_RATE=$decline LOG_FORMAT=json RUST_LOG=warn\`, other settings default (\`DB_MAX_CONNECTIONS=8\` per store); PostgreSQL over loopback with \`sslmode=disable\`; the service, PostgreSQL, RabbitMQ and loadgen share the machine"
   echo "- each load: ${seconds} s of orders of one \`$sku\` (stock set to $stock first), then the drain until every saga is terminal, then the checks; the whole run took ${bench_seconds} s (build excluded)"
   echo
