@@ -295,7 +295,10 @@ SQL
       | awk '{ v[NR] = $1 } END { if (NR) printf "p50 %.2f / p99 %.1f / p99.9 %.1f / max %.1f ms (%d transactions)", v[int(NR * 0.5) + 1], v[int(NR * 0.99) + 1], v[int(NR * 0.999) + 1], v[NR], NR }')
   fi
   machine_latency=${machine_latency:-"not measured (pgbench failed: $(head -c 200 "$work/pgbench.err"))"}
+  dropdb -h 127.0.0.1 -U postgres --if-exists --force "$calib_db" && calib_db=""
+  machine_tps=${tps:-"not measured (pgbench failed: $(head -c 200 "$work/pgbench.err"))"}
 }
+
 # Sets machine_wakeup: the round trip of two processes waking each other through a pipe
 # (`perf bench sched pipe`), or why not. Every hop of a saga wakes a process on the other
 # side (service, PostgreSQL, RabbitMQ); pgbench's figure does not show what that costs.
@@ -306,8 +309,6 @@ measure_wakeups() {
   fi
   machine_wakeup=$(perf bench sched pipe -l 50000 2>/dev/null | awk '/usecs\/op/ { printf "%.1f µs", $1 }') || machine_wakeup=""
   machine_wakeup=${machine_wakeup:-"not measured (perf bench failed)"}
-  dropdb -h 127.0.0.1 -U postgres --if-exists --force "$calib_db" && calib_db=""
-  machine_tps=${tps:-"not measured (pgbench failed: $(head -c 200 "$work/pgbench.err"))"}
 }
 log "measuring the machine (pgbench, 10 + 10 s; perf bench sched pipe)"
 calibrate
