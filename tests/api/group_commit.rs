@@ -10,16 +10,19 @@ use crate::helpers::{Backing, provision};
 use chrono::Utc;
 use entity::{idempotency_keys, order_items, order_transitions, outbox};
 use order_service::domain::saga::{self, OrderStatus, PaymentMode};
+use order_service::persistence::group_commit::OrderWriter;
 use order_service::persistence::idempotency::{self, ABANDONED_AFTER, Claim};
 use order_service::persistence::orders::{
     self, HistoryEntry, OrderDetails, OrderLine, OrderRecord, OrderWrite, SaveError, SavedBatch,
     StepTimer,
 };
-use order_service::persistence::outbox::NewMessage;
+use order_service::persistence::outbox::{NewMessage, OutboxFeed};
 use order_service::persistence::{Stores, connect_orders_writer};
 use sea_orm::{
-    ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter,
+    QueryOrder, TransactionTrait,
 };
+use std::time::Duration;
 use uuid::Uuid;
 
 fn message(routing_key: &str) -> NewMessage {
@@ -105,13 +108,19 @@ async fn details(db: &DatabaseConnection, id: Uuid) -> OrderDetails {
 /// A migrated orders store of its own (kept while the [`Backing`] lives) and the group
 /// commit's connection to it.
 async fn migrated_writer(embedded: bool) -> (DatabaseConnection, Backing) {
+    let (_stores, db, backing) = migrated_stores_and_writer(embedded).await;
+    (db, backing)
+}
+
+/// [`migrated_writer`], with the stores' own connections too.
+async fn migrated_stores_and_writer(embedded: bool) -> (Stores, DatabaseConnection, Backing) {
     let (url, _amqp, backing) = provision(embedded).await;
     let stores = Stores::connect(&url, 2).await.expect("connecting");
     stores.migrate().await.expect("migrating");
     let db = connect_orders_writer(&url, &stores, 2)
         .await
         .expect("connecting the writer");
-    (db, backing)
+    (stores, db, backing)
 }
 
 /// The routing keys of the outbox rows a batch hands to the relay, in order.
@@ -468,4 +477,72 @@ async fn postgres_a_claimant_of_a_key_claimed_beforehand_is_refused_beside_its_c
 #[tokio::test]
 async fn sqlite_a_claimant_of_a_key_claimed_beforehand_is_refused_beside_its_completion() {
     a_claimant_of_a_key_claimed_beforehand_is_refused_beside_its_completion(true).await;
+}
+
+/// On PostgreSQL new orders have a writer (and connection) of their own, so that a create
+/// never waits for a batch of transitions. A transition held up by a row lock shows it: with
+/// the create lane, a create commits while that transition waits; with one shared writer,
+/// the create waits behind it.
+#[tokio::test]
+async fn postgres_a_create_does_not_wait_for_a_transition_batch_held_up_by_a_lock() {
+    let (stores, db, _backing) = migrated_stores_and_writer(false).await;
+    for create_lane in [true, false] {
+        let (held, create_held) = create("CB-001", "held.created");
+        orders::save_batch(&db, &[create_held])
+            .await
+            .expect("creating the order whose row gets locked");
+        let writer = OrderWriter::start(db.clone(), OutboxFeed::default(), 1, create_lane);
+
+        let lock = stores.orders.begin().await.expect("beginning");
+        lock.execute_unprepared(&format!(
+            "SELECT 1 FROM orders WHERE id = '{}' FOR UPDATE",
+            held.id
+        ))
+        .await
+        .expect("locking the order's row");
+        let transition = tokio::spawn({
+            let writer = writer.clone();
+            let write = reject(&held, 1, "held.rejected");
+            async move { writer.write(write).await }
+        });
+        // Give the writer time to take the transition into a batch (if the create came
+        // first, the lane-less case would still batch them together: same outcome).
+        tokio::time::sleep(Duration::from_millis(300)).await;
+
+        let (_, create_new) = create("CB-002", "new.created");
+        let new = tokio::spawn({
+            let writer = writer.clone();
+            async move { writer.write(create_new).await }
+        });
+        if create_lane {
+            let created = tokio::time::timeout(Duration::from_secs(10), new)
+                .await
+                .expect("with the create lane, the create commits while the transition waits")
+                .expect("the create's task");
+            assert!(matches!(created, Ok(1)), "{created:?}");
+            assert!(
+                !transition.is_finished(),
+                "the transition still waits for the lock"
+            );
+            lock.rollback().await.expect("releasing the lock");
+        } else {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            assert!(
+                !new.is_finished(),
+                "without the create lane, the create waits behind the held-up transition"
+            );
+            lock.rollback().await.expect("releasing the lock");
+            let created = tokio::time::timeout(Duration::from_secs(10), new)
+                .await
+                .expect("the create commits once the lock is released")
+                .expect("the create's task");
+            assert!(matches!(created, Ok(1)), "{created:?}");
+        }
+        let moved = tokio::time::timeout(Duration::from_secs(10), transition)
+            .await
+            .expect("the transition commits once the lock is released")
+            .expect("the transition's task");
+        assert!(matches!(moved, Ok(2)), "{moved:?}");
+        assert_eq!(details(&db, held.id).await.status, OrderStatus::Rejected);
+    }
 }
