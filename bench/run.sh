@@ -169,7 +169,9 @@ snapshot() {
   now=$(date +%s%N)
   pgpids=$(pgrep -d, -f "^postgres: .* $db " || true)
   read -r _cpu user nice system idle iowait irq softirq steal _rest </proc/stat
-  cat /proc/[0-9]*/stat 2>/dev/null | awk -v svc="${svc_pid:-x}" -v lg="${loadgen_pid:-x}" \
+  # A process may exit between the glob and the read; cat then fails, and under pipefail
+  # and `set -e` the background sampler would die without writing the row's CPU figures.
+  { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v svc="${svc_pid:-x}" -v lg="${loadgen_pid:-x}" \
     -v pg=",$pgpids," -v now="$now" \
     -v busy="$((user + nice + system + irq + softirq + steal))" \
     -v total="$((user + nice + system + idle + iowait + irq + softirq + steal))" '
