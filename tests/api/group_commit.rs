@@ -479,6 +479,15 @@ async fn sqlite_a_claimant_of_a_key_claimed_beforehand_is_refused_beside_its_com
     a_claimant_of_a_key_claimed_beforehand_is_refused_beside_its_completion(true).await;
 }
 
+/// The task's result once it has finished; fails with `what` if it has not within 10 s
+/// (a generous bound: only a task that cannot finish reaches it).
+async fn finished<T>(task: tokio::task::JoinHandle<T>, what: &str) -> T {
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap_or_else(|_| panic!("{what}"))
+        .expect("the task ran to its end")
+}
+
 /// On PostgreSQL new orders have a writer (and connection) of their own, so that a create
 /// never waits for a batch of transitions. A transition held up by a row lock shows it: with
 /// the create lane, a create commits while that transition waits; with one shared writer,
@@ -515,10 +524,11 @@ async fn postgres_a_create_does_not_wait_for_a_transition_batch_held_up_by_a_loc
             async move { writer.write(create_new).await }
         });
         if create_lane {
-            let created = tokio::time::timeout(Duration::from_secs(10), new)
-                .await
-                .expect("with the create lane, the create commits while the transition waits")
-                .expect("the create's task");
+            let created = finished(
+                new,
+                "with the create lane, the create commits while the transition waits",
+            )
+            .await;
             assert!(matches!(created, Ok(1)), "{created:?}");
             assert!(
                 !transition.is_finished(),
@@ -532,16 +542,14 @@ async fn postgres_a_create_does_not_wait_for_a_transition_batch_held_up_by_a_loc
                 "without the create lane, the create waits behind the held-up transition"
             );
             lock.rollback().await.expect("releasing the lock");
-            let created = tokio::time::timeout(Duration::from_secs(10), new)
-                .await
-                .expect("the create commits once the lock is released")
-                .expect("the create's task");
+            let created = finished(new, "the create commits once the lock is released").await;
             assert!(matches!(created, Ok(1)), "{created:?}");
         }
-        let moved = tokio::time::timeout(Duration::from_secs(10), transition)
-            .await
-            .expect("the transition commits once the lock is released")
-            .expect("the transition's task");
+        let moved = finished(
+            transition,
+            "the transition commits once the lock is released",
+        )
+        .await;
         assert!(matches!(moved, Ok(2)), "{moved:?}");
         assert_eq!(details(&db, held.id).await.status, OrderStatus::Rejected);
     }
