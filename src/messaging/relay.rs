@@ -21,8 +21,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// Largest batch published and confirmed at once.
-const BATCH: usize = 256;
+/// Rows per publish round at most.
+pub const BATCH: usize = 256;
 /// How often the table is swept for rows no hand-over brings.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// A row this old that is still in the table was not handed over (or its publication
@@ -161,10 +161,13 @@ impl OutboxRelay {
         // Unsent rows this relay knows of (the sweep adds any others within a second). Kept
         // here rather than counted in the table: a count scans it, dead rows included.
         metrics::gauge!("outbox_backlog", "store" => self.name).set(self.queue.len() as f64);
-        let published = published?;
+        // Deleting what the broker has confirmed needs only the database: a round that
+        // keeps failing (broker away, a row it cannot route) must not hold those rows back,
+        // or a restart would publish them all again.
         if self.delete_due() == Some(Duration::ZERO) {
             self.delete_confirmed().await?;
         }
+        let published = published?;
         Ok(published > 0 && !self.queue.is_empty())
     }
 

@@ -16,4 +16,5 @@ mod openapi;
 mod otlp;
 mod participants;
 mod process;
+mod relay;
 mod saga;
