@@ -195,6 +195,18 @@ impl OrderWrite {
         }
     }
 
+    /// The key this write claims with the order, and the request's hash: a create whose
+    /// key was not claimed beforehand (the order is created only if the key is free).
+    fn key_claim(&self) -> Option<(&IdempotencyCompletion, &str)> {
+        match self {
+            OrderWrite::Create {
+                idempotency: Some(done),
+                ..
+            } => done.claims_with_hash.as_deref().map(|hash| (done, hash)),
+            _ => None,
+        }
+    }
+
     pub fn has_messages(&self) -> bool {
         match self {
             OrderWrite::Create { messages, .. }
@@ -407,19 +419,13 @@ impl<'a> BatchRows<'a> {
                     messages,
                     idempotency,
                 } => {
-                    let claims = match idempotency {
-                        Some(done) => match &done.claims_with_hash {
-                            Some(hash) => {
-                                rows.claims.push((order_id, done, hash));
-                                true
-                            }
-                            None => {
-                                rows.completions.push((order_id, done));
-                                false
-                            }
-                        },
-                        None => false,
-                    };
+                    let claim = write.key_claim();
+                    match (claim, idempotency) {
+                        (Some((done, hash)), _) => rows.claims.push((order_id, done, hash)),
+                        (None, Some(done)) => rows.completions.push((order_id, done)),
+                        (None, None) => {}
+                    }
+                    let claims = claim.is_some();
                     rows.new_orders.push(OfOrder {
                         order_id,
                         fenced: claims,
@@ -454,13 +460,8 @@ fn results(writes: &[OrderWrite], held: &HashSet<Uuid>) -> Vec<Result<i64, SaveE
     writes
         .iter()
         .map(|write| match write {
-            OrderWrite::Create {
-                order, idempotency, ..
-            } => {
-                let claims = idempotency
-                    .as_ref()
-                    .is_some_and(|k| k.claims_with_hash.is_some());
-                if !claims || held.contains(&order.id) {
+            OrderWrite::Create { order, .. } => {
+                if write.key_claim().is_none() || held.contains(&order.id) {
                     Ok(order.version)
                 } else {
                     Err(SaveError::KeyTaken(order.id))
