@@ -25,13 +25,15 @@
 #   7. before the loads, measures the machine itself with pgbench (if installed): the issue's
 #      reference saga-step transaction (UPDATE by primary key + INSERT into a log,
 #      synchronous_commit on, prepared statements) with 8 clients for 10 s, in a throwaway database. This
-#      machine's speed drifts by ±15% over minutes; the figure says how fast it was. Then the
+#      machine's speed drifts over minutes; the figure says how fast it was. Then the
 #      same transaction at an open 300/s for 10 s, each one timed (p50 / p99 / p99.9 / max):
 #      the commit latency of one durable write on this machine, which bounds a create's.
 #      And, if perf is installed, the round trip of two processes waking each other
 #      (`perf bench sched pipe`): every hop of a saga is such a wake-up, which pgbench's
 #      figure does not show (two machines with the same pgbench figure ran the service at
-#      1245 and 754 sagas/s at c=64).
+#      1245 and 754 sagas/s at c=64). After the loads it measures the 8-client tps once more
+#      (10 s): some hosts drift by half within tens of minutes, and the two figures show
+#      whether the rows ran at one machine speed.
 # On exit (also on error or Ctrl-C) it stops the service, drops the database, deletes the
 # vhost and the temp dir. It talks to 127.0.0.1 only.
 #
@@ -262,14 +264,10 @@ rabbitmqctl -q set_permissions -p "$vhost" guest ".*" ".*" ".*" >/dev/null
 
 # --- the machine's own speed ---------------------------------------------------------------
 
-# Sets machine_tps: the tps of the issue's reference transaction (8 clients, 10 s), or why
-# not. Runs in this shell (not a subshell) so that `cleanup` knows the database to drop.
-calibrate() {
-  if ! command -v pgbench >/dev/null; then
-    machine_tps="not measured (no pgbench)"
-    machine_latency="not measured (no pgbench)"
-    return 0
-  fi
+# Creates the throwaway database $calib_db with the tables of the issue's reference
+# transaction, and $work/step.sql, the transaction itself. The calibrations run in this
+# shell (not a subshell) so that `cleanup` knows the database to drop.
+calib_setup() {
   calib_db="${db}_calib"
   createdb -h 127.0.0.1 -U postgres "$calib_db"
   psql -h 127.0.0.1 -U postgres -d "$calib_db" -q -v ON_ERROR_STOP=1 -c "
@@ -284,9 +282,30 @@ UPDATE step SET n = n + 1 WHERE id = :id;
 INSERT INTO step_log (step_id) VALUES (:id);
 END;
 SQL
+}
+
+calib_teardown() {
+  dropdb -h 127.0.0.1 -U postgres --if-exists --force "$calib_db" && calib_db=""
+}
+
+# Prints the tps of the reference transaction with 8 clients for 10 s (nothing if pgbench
+# failed; its errors go to $work/pgbench.err).
+reference_tps() {
+  pgbench -h 127.0.0.1 -U postgres -n -M prepared -c 8 -j 2 -T 10 -f "$work/step.sql" "$calib_db" 2>>"$work/pgbench.err" \
+    | awk '/^tps = / { printf "%.0f", $3 }'
+}
+
+# Sets machine_tps: the tps of the issue's reference transaction (8 clients, 10 s), and
+# machine_latency (below), or why not.
+calibrate() {
+  if ! command -v pgbench >/dev/null; then
+    machine_tps="not measured (no pgbench)"
+    machine_latency="not measured (no pgbench)"
+    return 0
+  fi
+  calib_setup
   local tps
-  tps=$(pgbench -h 127.0.0.1 -U postgres -n -M prepared -c 8 -j 2 -T 10 -f "$work/step.sql" "$calib_db" 2>"$work/pgbench.err" \
-    | awk '/^tps = / { printf "%.0f", $3 }') || tps=""
+  tps=$(reference_tps) || tps=""
   # The same transaction at an open 300/s (the open-loop row's rate), each one timed: the
   # commit latency this machine's database and disk give one durable write at that rate
   # with nothing else running. A create is one such commit, so its p99 cannot be below
@@ -297,8 +316,22 @@ SQL
       | awk '{ v[NR] = $1 } END { if (NR) printf "p50 %.2f / p99 %.1f / p99.9 %.1f / max %.1f ms (%d transactions)", v[int(NR * 0.5) + 1], v[int(NR * 0.99) + 1], v[int(NR * 0.999) + 1], v[NR], NR }')
   fi
   machine_latency=${machine_latency:-"not measured (pgbench failed: $(head -c 200 "$work/pgbench.err"))"}
-  dropdb -h 127.0.0.1 -U postgres --if-exists --force "$calib_db" && calib_db=""
+  calib_teardown
   machine_tps=${tps:-"not measured (pgbench failed: $(head -c 200 "$work/pgbench.err"))"}
+}
+
+# Sets machine_tps_end: the reference transaction's tps again, after the loads. Some hosts
+# drift by half within tens of minutes (see BENCHMARKS.md, "Eighth round"); the two figures
+# show whether the rows ran on the same machine speed.
+calibrate_end() {
+  if ! command -v pgbench >/dev/null; then
+    machine_tps_end="not measured (no pgbench)"
+    return 0
+  fi
+  calib_setup
+  machine_tps_end=$(reference_tps) || machine_tps_end=""
+  calib_teardown
+  machine_tps_end=${machine_tps_end:-"not measured (pgbench failed: $(head -c 200 "$work/pgbench.err"))"}
 }
 
 # Sets machine_wakeup: the round trip of two processes waking each other through a pipe
@@ -353,6 +386,9 @@ start_service embedded
 run_load "embedded closed c=64" "embedded (SQLite + in-process bus)" --concurrency 64
 stop_service
 bench_seconds=$(($(date +%s) - bench_started))
+log "measuring the machine again (pgbench, 10 s)"
+calibrate_end
+log "machine at the end: $machine_tps_end (transactions/s)"
 
 # --- BENCHMARKS.md -----------------------------------------------------------------------
 
@@ -367,7 +403,7 @@ generated="$work/generated.md"
   echo "- commit \`$(git describe --always --dirty 2>/dev/null || echo unknown)\` ($(git log -1 --format=%cI 2>/dev/null || echo '?'))"
   echo "- machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')), memory $(free -h | awk '/^Mem:/ {print $2 " total, " $7 " available"}')"
   echo "- PostgreSQL $(psql -h 127.0.0.1 -U postgres -Atc 'show server_version' 2>/dev/null || echo '?'), RabbitMQ $(rabbitmqctl -q version 2>/dev/null || echo '?'), $(rustc --version 2>/dev/null || echo rustc)"
-  echo "- the machine's own speed at the start: $machine_tps transactions/s of the issue's reference saga step (\`UPDATE\` by primary key + \`INSERT\` into a log, \`synchronous_commit\` on; \`pgbench -M prepared -c 8 -j 2 -T 10\`; the issue quotes about 9,000 for this machine)"
+  echo "- the machine's own speed at the start: $machine_tps transactions/s of the issue's reference saga step (\`UPDATE\` by primary key + \`INSERT\` into a log, \`synchronous_commit\` on; \`pgbench -M prepared -c 8 -j 2 -T 10\`; the issue quotes about 9,000 for this machine); at the end, after the loads: $machine_tps_end transactions/s"
   echo "- the machine's own commit latency at the start: $machine_latency for the same transaction at an open 300/s with nothing else running (\`pgbench -M prepared -c 2 -j 1 -R 300 -T 10 -l\`, latency per transaction including its wait for the schedule); a create is one such commit"
   echo "- the machine's cross-process wake-up round trip: $machine_wakeup (\`perf bench sched pipe -l 50000\`: two processes waking each other through pipes; a saga's every hop wakes a process on the other side)"
   echo "- service: \`PAYMENT_DECLINE_RATE=$decline LOG_FORMAT=json RUST_LOG=warn\`, other settings default (\`DB_MAX_CONNECTIONS=8\` per store); PostgreSQL over loopback with \`sslmode=disable\`; the service, PostgreSQL, RabbitMQ and loadgen share the machine"
