@@ -6,9 +6,9 @@
 //! claims its idempotency key with the order is fenced by the key: if it is taken, nothing
 //! of that order is written.
 
-use crate::helpers::{Backing, provision};
+use crate::helpers::{Backing, outbox_rows, provision};
 use chrono::Utc;
-use entity::{idempotency_keys, order_items, order_transitions, outbox};
+use entity::{idempotency_keys, order_items, order_transitions};
 use order_service::domain::saga::{self, OrderStatus, PaymentMode};
 use order_service::persistence::group_commit::OrderWriter;
 use order_service::persistence::idempotency::{self, ABANDONED_AFTER, Claim};
@@ -20,7 +20,7 @@ use order_service::persistence::outbox::{NewMessage, OutboxFeed};
 use order_service::persistence::{Stores, connect_orders_writer};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter,
-    QueryOrder, TransactionTrait,
+    TransactionTrait,
 };
 use std::time::Duration;
 use uuid::Uuid;
@@ -133,11 +133,8 @@ fn handed_over(saved: &SavedBatch) -> Vec<&str> {
 }
 
 async fn outbox_keys(db: &DatabaseConnection) -> Vec<String> {
-    outbox::Entity::find()
-        .order_by_asc(outbox::Column::Id)
-        .all(db)
+    outbox_rows(db)
         .await
-        .expect("reading the outbox")
         .into_iter()
         .map(|row| row.routing_key)
         .collect()

@@ -192,6 +192,16 @@ pub async fn provision(embedded: bool) -> (String, Option<String>, Backing) {
     }
 }
 
+/// Every row of a store's outbox, oldest first.
+pub async fn outbox_rows(db: &sea_orm::DatabaseConnection) -> Vec<entity::outbox::Model> {
+    use sea_orm::{EntityTrait, QueryOrder};
+    entity::outbox::Entity::find()
+        .order_by_asc(entity::outbox::Column::Id)
+        .all(db)
+        .await
+        .expect("reading the outbox")
+}
+
 pub fn order_body(items: &[(&str, i64)]) -> Value {
     json!({
         "customer_id": "customer-1",

@@ -3,8 +3,7 @@
 //! published again until it goes through, and what was confirmed before it is deleted
 //! meanwhile.
 
-use crate::helpers::provision;
-use entity::outbox;
+use crate::helpers::{outbox_rows, provision};
 use lapin::options::{QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use order_service::messaging::relay::{BATCH, OutboxRelay};
@@ -12,7 +11,7 @@ use order_service::messaging::topology::{COMMANDS_EXCHANGE, INVENTORY_QUEUE};
 use order_service::messaging::{Bus, Subscription};
 use order_service::persistence::Stores;
 use order_service::persistence::outbox::{self as store, Lane, NewMessage, OutboxFeed};
-use sea_orm::{DatabaseConnection, EntityTrait, QueryOrder, TransactionTrait};
+use sea_orm::{DatabaseConnection, TransactionTrait};
 use std::collections::HashSet;
 use std::time::Duration;
 use tokio::time::{Instant, timeout};
@@ -53,11 +52,8 @@ async fn commit_and_hand_over(
 }
 
 async fn outbox_ids(db: &DatabaseConnection) -> Vec<i64> {
-    outbox::Entity::find()
-        .order_by_asc(outbox::Column::Id)
-        .all(db)
+    outbox_rows(db)
         .await
-        .expect("reading the outbox")
         .into_iter()
         .map(|row| row.id)
         .collect()
