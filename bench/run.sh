@@ -295,6 +295,11 @@ reference_tps() {
     | awk '/^tps = / { printf "%.0f", $3 }'
 }
 
+# What a pgbench figure says when pgbench ran but gave none.
+pgbench_failed() {
+  echo "not measured (pgbench failed: $(head -c 200 "$work/pgbench.err" 2>/dev/null))"
+}
+
 # Sets machine_tps: the tps of the issue's reference transaction (8 clients, 10 s), and
 # machine_latency (below), or why not.
 calibrate() {
@@ -315,9 +320,9 @@ calibrate() {
     machine_latency=$(cat "$work"/pgbench-lat.* 2>/dev/null | awk '{ print $3 / 1000 }' | sort -n \
       | awk '{ v[NR] = $1 } END { if (NR) printf "p50 %.2f / p99 %.1f / p99.9 %.1f / max %.1f ms (%d transactions)", v[int(NR * 0.5) + 1], v[int(NR * 0.99) + 1], v[int(NR * 0.999) + 1], v[NR], NR }')
   fi
-  machine_latency=${machine_latency:-"not measured (pgbench failed: $(head -c 200 "$work/pgbench.err"))"}
+  machine_latency=${machine_latency:-"$(pgbench_failed)"}
   calib_teardown
-  machine_tps=${tps:-"not measured (pgbench failed: $(head -c 200 "$work/pgbench.err"))"}
+  machine_tps=${tps:-"$(pgbench_failed)"}
 }
 
 # Sets machine_tps_end: the reference transaction's tps again, after the loads. Some hosts
@@ -331,7 +336,7 @@ calibrate_end() {
   calib_setup
   machine_tps_end=$(reference_tps) || machine_tps_end=""
   calib_teardown
-  machine_tps_end=${machine_tps_end:-"not measured (pgbench failed: $(head -c 200 "$work/pgbench.err"))"}
+  machine_tps_end=${machine_tps_end:-"$(pgbench_failed)"}
 }
 
 # Sets machine_wakeup: the round trip of two processes waking each other through a pipe
