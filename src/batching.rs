@@ -15,7 +15,7 @@ pub fn take_ready<T>(first: T, max: usize, mut try_next: impl FnMut() -> Option<
     batch
 }
 
-/// Answers concurrent calls in batches: calls made while a batch is being handled are
+/// Answers concurrent calls in batches: calls made while every batch slot is busy are
 /// handled together next, by one call of the handler (e.g. one query for many requests).
 /// Each caller waits for its own answer only.
 pub struct Coalescer<Req, Resp> {
@@ -33,20 +33,43 @@ impl<Req, Resp> Clone for Coalescer<Req, Resp> {
 impl<Req: Send + 'static, Resp: Send + 'static> Coalescer<Req, Resp> {
     /// Starts the task that runs `handle` on batches of at most `max` requests. `handle`
     /// returns one answer per request, in order. The task ends when every handle is dropped.
-    pub fn start<F, Fut>(max: usize, mut handle: F) -> Self
+    pub fn start<F, Fut>(max: usize, handle: F) -> Self
     where
-        F: FnMut(Vec<Req>) -> Fut + Send + 'static,
-        Fut: std::future::Future<Output = Vec<Resp>> + Send,
+        F: Fn(Vec<Req>) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Vec<Resp>> + Send + 'static,
+    {
+        Self::start_concurrent(max, 1, handle)
+    }
+
+    /// Like [`Coalescer::start`], with up to `in_flight` batches handled at once: a call
+    /// arriving while a batch is handled starts the next one at once instead of waiting
+    /// for it (while every slot is busy, calls gather for the next batch as before).
+    pub fn start_concurrent<F, Fut>(max: usize, in_flight: usize, handle: F) -> Self
+    where
+        F: Fn(Vec<Req>) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Vec<Resp>> + Send + 'static,
     {
         let (requests, mut queue) = tokio::sync::mpsc::unbounded_channel();
+        let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(in_flight.max(1)));
+        let handle = std::sync::Arc::new(handle);
         tokio::spawn(async move {
-            while let Some(first) = queue.recv().await {
+            loop {
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    return;
+                };
+                let Some(first) = queue.recv().await else {
+                    return;
+                };
                 let batch = take_ready(first, max, || queue.try_recv().ok());
                 let (inputs, replies): (Vec<Req>, Vec<tokio::sync::oneshot::Sender<Resp>>) =
                     batch.into_iter().unzip();
-                for (answer, reply) in handle(inputs).await.into_iter().zip(replies) {
-                    let _ = reply.send(answer); // the caller may have given up
-                }
+                let answers = handle(inputs);
+                tokio::spawn(async move {
+                    for (answer, reply) in answers.await.into_iter().zip(replies) {
+                        let _ = reply.send(answer); // the caller may have given up
+                    }
+                    drop(slot);
+                });
             }
         });
         Coalescer { requests }
@@ -83,6 +106,38 @@ mod tests {
             (1..=2).contains(&handler_calls),
             "10 concurrent calls took {handler_calls} handler calls"
         );
+    }
+
+    #[tokio::test]
+    async fn with_two_in_flight_a_call_does_not_wait_for_the_batch_being_handled() {
+        let (open_gate, gate) = tokio::sync::watch::channel(false);
+        let echo = Coalescer::start_concurrent(100, 2, move |batch: Vec<u32>| {
+            let mut gate = gate.clone();
+            async move {
+                // The batch holding 1 is held until the test opens the gate.
+                if batch.contains(&1) {
+                    let _ = gate.wait_for(|open| *open).await;
+                }
+                batch
+            }
+        });
+        let held = tokio::spawn({
+            let echo = echo.clone();
+            async move { echo.call(1).await }
+        });
+        tokio::task::yield_now().await;
+        let second = tokio::time::timeout(std::time::Duration::from_secs(5), echo.call(2)).await;
+        assert_eq!(
+            second,
+            Ok(Some(2)),
+            "the second call waited for the held batch"
+        );
+        assert!(
+            !held.is_finished(),
+            "the held batch was answered before its gate opened"
+        );
+        open_gate.send_replace(true);
+        assert_eq!(held.await.ok().flatten(), Some(1));
     }
 
     #[test]
