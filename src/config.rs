@@ -177,6 +177,8 @@ pub struct ActorPanicFault {
 }
 
 const FAULT_EVENTS: &[&str] = &[
+    // After the new order's write has committed, before the actor answers.
+    "order_created",
     "stock_reserved",
     "stock_rejected",
     "payment_charged",

@@ -96,11 +96,11 @@ impl OrderContext {
         }
     }
 
-    fn should_panic(&self, order_id: Uuid, event: &Event) -> bool {
+    fn should_panic(&self, order_id: Uuid, event: &str) -> bool {
         let Some(fault) = &self.panic_fault else {
             return false;
         };
-        if fault.event != event.name() {
+        if fault.event != event {
             return false;
         }
         match fault.mode {
@@ -388,6 +388,10 @@ impl OrderActor {
             SaveError::Db(db) if is_duplicate_key(&db) => OrderError::AlreadyExists(id),
             other => saved_error(other),
         })?;
+        if self.ctx.should_panic(id, "order_created") {
+            // After the commit, before the answer: the caller's retry meets its own order.
+            panic!("fault injection: panicking on order_created (FAULT_ACTOR_PANIC)");
+        }
         metrics::counter!("orders_created_total").increment(1);
         tracing::info!(
             status = "PENDING",
@@ -408,7 +412,7 @@ impl OrderActor {
         if let Some(reason) = &order.parked_reason {
             return Err(OrderError::Parked(order.id, reason.clone()));
         }
-        if self.ctx.should_panic(order.id, &event) {
+        if self.ctx.should_panic(order.id, event.name()) {
             panic!(
                 "fault injection: panicking on {} (FAULT_ACTOR_PANIC)",
                 event.name()

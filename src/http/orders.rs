@@ -139,6 +139,10 @@ async fn create_order(
     let canonical = serde_json::to_vec(&request).map_err(|e| ApiError::Internal(e.into()))?;
     let hash = hex::encode(Sha256::digest(&canonical));
     let trace_context = traceparent(&headers);
+    // The id this request's order gets, whichever write creates it: a replay that names it
+    // is this request's own order (its first write committed, the answer was lost when the
+    // actor crashed, and the retried write found the key taken), not an earlier request's.
+    let own_id = Uuid::now_v7();
     let started = std::time::Instant::now();
     let quote = app.inventory.quote(&valid.items).await.map_err(quote_error);
     metrics::histogram!("order_create_phase_seconds", "phase" => "stock_check")
@@ -148,8 +152,16 @@ async fn create_order(
         // (inserts it with the response) and creates the order only if the key was free —
         // one write, no claim before it.
         let claim = Some(hash.as_str());
-        if let Some((order_id, body)) =
-            place_order(&app, &valid, prices, &key, claim, trace_context.clone()).await?
+        if let Some((order_id, body)) = place_order(
+            &app,
+            own_id,
+            &valid,
+            prices,
+            &key,
+            claim,
+            trace_context.clone(),
+        )
+        .await?
         {
             tracing::Span::current().record("order_id", tracing::field::display(order_id));
             return Ok(created(201, body, Some(order_id), false));
@@ -164,7 +176,6 @@ async fn create_order(
     match claim? {
         Claim::New => {}
         Claim::Replay { status, body } => {
-            metrics::counter!("idempotency_replays_total").increment(1);
             let order_id = serde_json::from_str::<serde_json::Value>(&body)
                 .ok()
                 .and_then(|v| {
@@ -172,7 +183,11 @@ async fn create_order(
                         .and_then(|id| id.as_str())
                         .and_then(|s| s.parse().ok())
                 });
-            return Ok(created(status, body, order_id, true));
+            let replayed = order_id != Some(own_id);
+            if replayed {
+                metrics::counter!("idempotency_replays_total").increment(1);
+            }
+            return Ok(created(status, body, order_id, replayed));
         }
         Claim::Mismatch => {
             metrics::counter!("idempotency_conflicts_total", "kind" => "mismatch").increment(1);
@@ -189,7 +204,7 @@ async fn create_order(
     }
     let (result, may_still_commit) = match quote {
         Ok(prices) => {
-            let result = place_order(&app, &valid, &prices, &key, None, trace_context)
+            let result = place_order(&app, own_id, &valid, &prices, &key, None, trace_context)
                 .await
                 // A create without a claim never finds its key taken; if it did, the key
                 // would be another request's: answered like the actor's `KeyTaken`.
@@ -252,6 +267,7 @@ fn quote_error(e: QuoteError) -> ApiError {
 /// key was taken and nothing was written. `None`: the key is claimed already.
 async fn place_order(
     app: &AppState,
+    id: Uuid,
     valid: &crate::domain::order::ValidOrder,
     prices: &[i64],
     key: &str,
@@ -277,7 +293,7 @@ async fn place_order(
             )
         })?;
     let order = NewOrder {
-        id: Uuid::now_v7(),
+        id,
         customer_id: valid.customer_id.clone(),
         currency: valid.currency.clone(),
         items,

@@ -1,6 +1,7 @@
 //! Crash safety inside one process: an order actor that panics is restarted and finishes
-//! its saga; a crash loop is bounded and parks the order visibly; a participant that never
-//! answers gets retries, then compensation; duplicated and poison messages have one effect
+//! its saga (a create it crashed on is answered once, as new); a crash loop is bounded and
+//! parks the order visibly; a participant that never answers gets retries, then
+//! compensation; duplicated and poison messages have one effect
 //! (or none); expired idempotency keys are swept.
 
 use crate::helpers::{TestApp, TestOptions, order_body, spawn_app_with};
@@ -60,6 +61,58 @@ async fn an_actor_panicking_at_each_saga_step_is_restarted_and_the_order_complet
         let report = app.invariants(&[("KB-001", 100)]).await;
         assert!(report.holds(), "panic at {event}: {:#?}", report.violations);
     }
+}
+
+/// The actor dies after the new order's write committed, before it answered: the retried
+/// create finds the key taken by that very order. The client gets its order once, as new
+/// (201, no replay mark); only a second request with the key is a replay.
+#[tokio::test]
+async fn an_actor_crashing_right_after_creating_the_order_answers_it_as_new_not_replayed() {
+    let app = spawn_app_with(TestOptions {
+        fault_actor_panic: Some("order_created".into()),
+        ..Default::default()
+    })
+    .await;
+    let key = Uuid::new_v4().to_string();
+    let body = order_body(&[("KB-001", 2)]);
+    let first = app.post_order(Some(&key), &body).await;
+    assert_eq!(first.status(), StatusCode::CREATED);
+    assert!(
+        first.headers().get("idempotent-replayed").is_none(),
+        "the request's own order was answered as a replay: {:?}",
+        first.headers()
+    );
+    let location = first.headers()["location"]
+        .to_str()
+        .expect("Location")
+        .to_owned();
+    let created: Value = first.json().await.expect("JSON");
+    let id = created["id"].as_str().expect("id").to_owned();
+    assert_eq!(location, format!("/api/orders/{id}"));
+
+    let ready = ready_json(&app).await;
+    assert!(
+        ready["order_actors"]["restarts"].as_u64() >= Some(1),
+        "the fault did not crash the actor: {ready}"
+    );
+    let order = app.wait_for_terminal(&id).await;
+    assert_eq!(order["status"], "CONFIRMED", "{order:#}");
+
+    let again = app.post_order(Some(&key), &body).await;
+    assert_eq!(again.status(), StatusCode::CREATED);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    let replayed: Value = again.json().await.expect("JSON");
+    assert_eq!(replayed["id"], created["id"]);
+
+    app.wait_until_quiet().await;
+    let report = app.invariants(&[("KB-001", 100)]).await;
+    assert!(report.holds(), "{:#?}", report.violations);
+    assert_eq!(
+        report.orders_by_status.values().sum::<u64>(),
+        1,
+        "{:?}",
+        report.orders_by_status
+    );
 }
 
 #[tokio::test]
