@@ -111,11 +111,14 @@ mod tests {
     #[tokio::test]
     async fn with_two_in_flight_a_call_does_not_wait_for_the_batch_being_handled() {
         let (open_gate, gate) = tokio::sync::watch::channel(false);
+        let (held_started, mut started) = tokio::sync::mpsc::unbounded_channel();
         let echo = Coalescer::start_concurrent(100, 2, move |batch: Vec<u32>| {
             let mut gate = gate.clone();
+            let held_started = held_started.clone();
             async move {
                 // The batch holding 1 is held until the test opens the gate.
                 if batch.contains(&1) {
+                    let _ = held_started.send(());
                     let _ = gate.wait_for(|open| *open).await;
                 }
                 batch
@@ -125,7 +128,8 @@ mod tests {
             let echo = echo.clone();
             async move { echo.call(1).await }
         });
-        tokio::task::yield_now().await;
+        // The second call is made only once the first batch is being handled.
+        started.recv().await.expect("the first batch started");
         let second = tokio::time::timeout(std::time::Duration::from_secs(5), echo.call(2)).await;
         assert_eq!(
             second,
