@@ -414,8 +414,8 @@ generated="$work/generated.md"
   echo "- service: \`PAYMENT_DECLINE_RATE=$decline LOG_FORMAT=json RUST_LOG=warn\`, other settings default (\`DB_MAX_CONNECTIONS=8\` per store); PostgreSQL over loopback with \`sslmode=disable\`; the service, PostgreSQL, RabbitMQ and loadgen share the machine"
   echo "- each load: ${seconds} s of orders of one \`$sku\` (stock set to $stock first), then the drain until every saga is terminal, then the checks; the whole run took ${bench_seconds} s (build excluded)"
   echo
-  echo "| # | mode | load | created/s | completed/s | create p50 / p99 (ms) | saga p50 / p99 (ms) | CONFIRMED / REVERSED / REJECTED | errors | not terminal | invariants | CPU cores: service / postgres / rabbitmq / loadgen (machine) | load avg before |"
-  echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+  echo "| # | mode | load | created/s | completed/s | create p50 / p99 (ms) | saga p50 / p99 (ms) | CONFIRMED / REVERSED / REJECTED | errors | not terminal | invariants | CPU cores: service / postgres / rabbitmq / loadgen (machine) | machine CPU per saga | load avg before |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
   i=0
   for row in "${rows[@]}"; do
     IFS='|' read -r label mode json cpu loadavg command status <<<"$row"
@@ -437,7 +437,10 @@ generated="$work/generated.md"
     read -r sp50 sp99 <<<"$saga"
     read -r svc pgdb pgall rabbit lg machine <"$cpu" || { svc=?; pgdb=?; pgall=?; rabbit=?; lg=?; machine=?; }
     if [[ $mode == embedded* ]]; then pgcol="–"; rbcol="–"; else pgcol="$pgdb (all pg $pgall)"; rbcol=$rabbit; fi
-    echo "| $c1 | $c2 | $c3 | $c4 | $c5 | $(ms "$cp50") / $(ms "$cp99") | $(ms "$sp50") / $(ms "$sp99") | $c8 | $c9 | $c10 | $c11 | $svc / $pgcol / $rbcol / $lg ($machine of $cores) | $loadavg |"
+    # The whole machine's CPU per completed saga: comparable across hosts and loads, where
+    # latency tails are not (a saturated host queues every hop).
+    per_saga=$(awk -v m="$machine" -v c="$c5" 'BEGIN { if (m + 0 > 0 && c + 0 > 0) printf "%.2f ms", m * 1000 / c; else printf "?" }')
+    echo "| $c1 | $c2 | $c3 | $c4 | $c5 | $(ms "$cp50") / $(ms "$cp99") | $(ms "$sp50") / $(ms "$sp99") | $c8 | $c9 | $c10 | $c11 | $svc / $pgcol / $rbcol / $lg ($machine of $cores) | $per_saga | $loadavg |"
   done
   echo
   fresh=$(printf '%s\n' "${rows[@]}" | awk -F'|' '$1 == "closed c=64" { print $3 }')
@@ -463,7 +466,9 @@ generated="$work/generated.md"
   echo "measured from /proc over the load phase minus its first and last second; \"postgres\" is the"
   echo "backends of the benchmark database (all postgres processes in brackets, including WAL writer"
   echo "and checkpointer and anyone else's databases); \"rabbitmq\" is the whole broker (other vhosts"
-  echo "included); \"machine\" is all busy CPU, other users included."
+  echo "included); \"machine\" is all busy CPU, other users included. \"machine CPU per saga\" is"
+  echo "that busy CPU divided by completed/s (loadgen included): a figure to compare hosts and"
+  echo "commits by, where latency tails mostly say how close to saturation the host was."
   echo
   echo "Commands (\`ADMIN_TOKEN\` set to the service's token):"
   echo
