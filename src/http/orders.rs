@@ -206,8 +206,9 @@ async fn create_order(
         Ok(prices) => {
             let result = place_order(&app, own_id, &valid, &prices, &key, None, trace_context)
                 .await
-                // A create without a claim never finds its key taken; if it did, the key
-                // would be another request's: answered like the actor's `KeyTaken`.
+                // A create without a claim never finds its key taken, and its own order
+                // exists only if an attempt committed before its actor crashed; either way
+                // the key now holds an answer, which a retry gets: "in progress".
                 .and_then(|placed| placed.ok_or_else(key_in_flight));
             // After a timeout or an unavailable actor the order's write may still be queued
             // and commit later, filling in this key: releasing it would let a retry create
@@ -305,15 +306,31 @@ async fn place_order(
     };
     let id = order.id;
     let started = std::time::Instant::now();
-    let details = match app.orders.create(order).await {
-        Ok(details) => details,
-        Err(OrderError::KeyTaken(_)) => return Ok(None),
-        Err(other) => return Err(order_error(other)),
+    let Some(details) = created_or_taken(app.orders.create(order).await, id)? else {
+        return Ok(None);
     };
     metrics::histogram!("order_create_phase_seconds", "phase" => "create_and_commit")
         .record(started.elapsed().as_secs_f64());
     let body = serde_json::to_string(&details).map_err(|e| ApiError::Internal(e.into()))?;
     Ok(Some((id, body)))
+}
+
+/// A create's answer from the order actor for the request that picked `own_id`: the new
+/// order, or `None` when the request must be answered from its key's stored response.
+/// That is the case when the key is taken, and also when the order already exists under
+/// `own_id`: ids are picked per request, so only this request's own earlier attempt can
+/// have created it (it committed, then its actor crashed before answering, and the retry
+/// reached a restarted actor that had loaded the order meanwhile, e.g. for a reply).
+fn created_or_taken(
+    answer: Result<OrderDetails, OrderError>,
+    own_id: Uuid,
+) -> Result<Option<OrderDetails>, ApiError> {
+    match answer {
+        Ok(details) => Ok(Some(details)),
+        Err(OrderError::KeyTaken(_)) => Ok(None),
+        Err(OrderError::AlreadyExists(id)) if id == own_id => Ok(None),
+        Err(other) => Err(order_error(other)),
+    }
 }
 
 /// Maps an order actor's answer to the HTTP boundary.
@@ -666,4 +683,31 @@ async fn pay(
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("order {id} not found")))?;
     Ok((StatusCode::ACCEPTED, Json(details)).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_existing_order_under_the_requests_own_id_is_answered_from_the_key() {
+        let own = Uuid::now_v7();
+        assert!(matches!(
+            created_or_taken(Err(OrderError::AlreadyExists(own)), own),
+            Ok(None)
+        ));
+        assert!(matches!(
+            created_or_taken(Err(OrderError::KeyTaken(own)), own),
+            Ok(None)
+        ));
+    }
+
+    #[test]
+    fn an_existing_order_under_another_id_stays_a_conflict() {
+        let (own, other) = (Uuid::now_v7(), Uuid::now_v7());
+        let Err(error) = created_or_taken(Err(OrderError::AlreadyExists(other)), own) else {
+            panic!("another order's existence must not be answered as this request's");
+        };
+        assert_eq!(error.status(), StatusCode::CONFLICT);
+    }
 }
