@@ -357,6 +357,7 @@ async fn run(args: Args) -> anyhow::Result<Report> {
         waits_queued: c.waits_queued.load(Ordering::Relaxed),
         poll_errors: stats.poll_errors.clone(),
         create_latency: Latency::of(&stats.create),
+        send_lag: Latency::of(&stats.send_lag),
         saga_latency: Latency::of(&stats.saga),
         saga_server_latency: Latency::of(&stats.saga_server),
         terminal,

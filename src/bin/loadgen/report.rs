@@ -145,6 +145,9 @@ pub struct Report {
     pub poll_errors: BTreeMap<String, u64>,
 
     pub create_latency: Option<Latency>,
+    /// Open loop: scheduled start → the create call's start (the generator's own lag,
+    /// included in the create and saga latencies); `None` in closed loop.
+    pub send_lag: Option<Latency>,
     /// Create call start (scheduled start in open loop) → the answer (long poll or poll) that
     /// showed the terminal state.
     pub saga_latency: Option<Latency>,
@@ -259,6 +262,9 @@ impl Report {
             );
         }
         latency_line(&mut out, "create call", self.create_latency.as_ref());
+        if self.send_lag.is_some() {
+            latency_line(&mut out, "send lag", self.send_lag.as_ref());
+        }
         if self.follow {
             let observed = if self.follow_mode.as_deref() == Some("wait") {
                 "saga (waited)"
