@@ -93,7 +93,8 @@ impl Application {
             ("orders-events", events_feed, Lane::Events),
         ] {
             let relay = OutboxRelay::new(name, stores.orders.clone(), bus.clone(), feed);
-            workers.spawn(relay.lane(lane).run(shutdown.clone()));
+            let relay = relay.lane(lane).busy_linger(config.relay_linger());
+            workers.spawn(relay.run(shutdown.clone()));
         }
         {
             let orders = orders.clone();
@@ -286,6 +287,7 @@ impl From<&Config> for ParticipantSettings {
             payment_decline_rate: config.payment_decline_rate,
             shipping_failure_rate: config.shipping_failure_rate,
             drop_commands: config.fault_drop_commands.clone(),
+            relay_linger: config.relay_linger(),
         }
     }
 }
@@ -373,6 +375,8 @@ pub struct ParticipantSettings {
     pub shipping_failure_rate: f64,
     /// Fault injection: command types acked and ignored (a participant that never answers).
     pub drop_commands: Vec<String>,
+    /// `RELAY_LINGER_MS` of the participants' outbox relays.
+    pub relay_linger: Duration,
 }
 
 /// Starts Inventory, Payment and Shipping (consumers and outbox relays) as tasks of
@@ -392,7 +396,9 @@ pub fn spawn_participants(
         ("shipping", &stores.shipping, &shipping_feed),
     ] {
         workers.spawn(
-            OutboxRelay::new(name, db.clone(), bus.clone(), feed.clone()).run(shutdown.clone()),
+            OutboxRelay::new(name, db.clone(), bus.clone(), feed.clone())
+                .busy_linger(settings.relay_linger)
+                .run(shutdown.clone()),
         );
     }
     let drop_commands: Arc<[String]> = settings.drop_commands.clone().into();

@@ -122,6 +122,14 @@ pub struct Config {
     #[arg(long, env = "STEP_TIMEOUT_MS", default_value_t = 10_000)]
     pub step_timeout_ms: u64,
 
+    /// On RabbitMQ, how long an outbox relay of commands and replies gathers after a
+    /// hand-over before it publishes, in milliseconds, when its last round published more
+    /// than one message (sagas running side by side); a lone saga is never held. More
+    /// per AMQP message and per confirm costs the broker and the service less CPU, at up
+    /// to this much more latency per saga step. 0: publish at once, always.
+    #[arg(long, env = "RELAY_LINGER_MS", default_value_t = 2)]
+    pub relay_linger_ms: u64,
+
     /// Seconds an order actor stays in memory without a message before it is passivated
     /// (its state is in the database; the next message loads it again). Finished orders
     /// are passivated at once.
@@ -317,6 +325,10 @@ impl Config {
             });
         }
         Ok(())
+    }
+
+    pub fn relay_linger(&self) -> Duration {
+        Duration::from_millis(self.relay_linger_ms)
     }
 
     pub fn step_timeout(&self) -> Duration {

@@ -52,6 +52,11 @@ pub struct OutboxRelay {
     last_sweep: Option<Instant>,
     /// How long a hand-over waits for more before its round starts (see [`Self::lane`]).
     linger: Duration,
+    /// How long a hand-over waits when the last round published more than one message
+    /// (see [`Self::busy_linger`]).
+    busy_linger: Duration,
+    /// Messages the last round that published anything published.
+    last_round: usize,
 }
 
 /// On RabbitMQ the lifecycle events' relay gathers this long after a hand-over before it
@@ -76,17 +81,37 @@ impl OutboxRelay {
             last_delete: Instant::now(),
             last_sweep: None,
             linger: Duration::ZERO,
+            busy_linger: Duration::ZERO,
+            last_round: 0,
         }
     }
 
     /// Publishes only this lane's rows (the feed must carry only those). On RabbitMQ the
-    /// events lane lingers ([`EVENTS_LINGER`]); the saga lane never waits.
+    /// events lane lingers ([`EVENTS_LINGER`]); the others only while busy ([`Self::busy_linger`]).
     pub fn lane(mut self, lane: Lane) -> Self {
         self.lane = lane;
         if lane == Lane::Events && matches!(self.bus, Bus::Amqp(_)) {
             self.linger = EVENTS_LINGER;
         }
         self
+    }
+
+    /// On RabbitMQ, gather this long after a hand-over when the last round published more
+    /// than one message (`RELAY_LINGER_MS`). Sagas are then running side by side, and within
+    /// the linger more of their commands and replies arrive to share the round's AMQP
+    /// messages (bundles) and its confirm. A lone saga's hand-overs come one at a time (each
+    /// waits for the previous step's answer) and are never held. The in-process bus has no
+    /// per-message broker cost to save.
+    pub fn busy_linger(mut self, linger: Duration) -> Self {
+        if matches!(self.bus, Bus::Amqp(_)) {
+            self.busy_linger = linger;
+        }
+        self
+    }
+
+    /// How long the hand-over that just arrived waits for more before its round starts.
+    fn linger_now(&self) -> Duration {
+        linger_after(self.last_round, self.linger, self.busy_linger)
     }
 
     /// Reads the rows no hand-over will bring; skips those queued or awaiting deletion.
@@ -134,6 +159,7 @@ impl OutboxRelay {
             .increment(take as u64);
         self.confirmed
             .extend(self.queue.drain(..take).map(|r| r.id));
+        self.last_round = take;
         Ok(take)
     }
 
@@ -226,10 +252,11 @@ impl OutboxRelay {
                     tokio::select! {
                         _ = shutdown.cancelled() => return self.flush().await,
                         _ = self.feed.ready() => {
-                            if !self.linger.is_zero() {
+                            let linger = self.linger_now();
+                            if !linger.is_zero() {
                                 tokio::select! {
                                     _ = shutdown.cancelled() => return self.flush().await,
-                                    _ = tokio::time::sleep(self.linger) => {}
+                                    _ = tokio::time::sleep(linger) => {}
                                 }
                             }
                         }
@@ -265,5 +292,33 @@ impl OutboxRelay {
                 }
             }
         }
+    }
+}
+
+/// The linger after a round of `last_round` messages: `busy` only when that round carried
+/// more than one (sagas side by side), so a lone saga's steps are never held.
+fn linger_after(last_round: usize, linger: Duration, busy: Duration) -> Duration {
+    if last_round > 1 {
+        linger.max(busy)
+    } else {
+        linger
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lone_sagas_hand_overs_are_never_held_and_side_by_side_ones_gather() {
+        let busy = Duration::from_millis(2);
+        for lone in [0, 1] {
+            assert_eq!(linger_after(lone, Duration::ZERO, busy), Duration::ZERO);
+        }
+        assert_eq!(linger_after(2, Duration::ZERO, busy), busy);
+        assert_eq!(linger_after(200, Duration::ZERO, busy), busy);
+        // The events lane's own, longer linger always applies.
+        assert_eq!(linger_after(1, EVENTS_LINGER, busy), EVENTS_LINGER);
+        assert_eq!(linger_after(5, EVENTS_LINGER, busy), EVENTS_LINGER);
     }
 }

@@ -330,6 +330,7 @@ impl TestApp {
                 payment_decline_rate: self.options.payment_decline_rate,
                 shipping_failure_rate: self.options.shipping_failure_rate,
                 drop_commands: Vec::new(),
+                relay_linger: Config::default_for(amqp, Some(amqp)).relay_linger(),
             },
             &shutdown,
         );
