@@ -263,9 +263,11 @@ fn quote_error(e: QuoteError) -> ApiError {
     }
 }
 
-/// Prices and creates the order. `claims_with_hash`: `Some(request hash)` when the key was
-/// not claimed beforehand and the order's write is to claim it; then `Ok(None)` means the
-/// key was taken and nothing was written. `None`: the key is claimed already.
+/// Prices and creates the order under `id`, the request's own. `claims_with_hash`:
+/// `Some(request hash)` when the key was not claimed beforehand and the order's write is to
+/// claim it; `None`: the key is claimed already. `Ok(None)`: nothing was written now and
+/// the key holds the answer — it was taken, or an earlier attempt of this request already
+/// created the order (see [`created_or_taken`]).
 async fn place_order(
     app: &AppState,
     id: Uuid,
@@ -304,7 +306,6 @@ async fn place_order(
         claims_key_with_hash: claims_with_hash.map(str::to_owned),
         trace_context,
     };
-    let id = order.id;
     let started = std::time::Instant::now();
     let Some(details) = created_or_taken(app.orders.create(order).await, id)? else {
         return Ok(None);

@@ -55,7 +55,7 @@ pub struct OutboxRelay {
     /// How long a hand-over waits when the last round published more than one message
     /// (see [`Self::busy_linger`]).
     busy_linger: Duration,
-    /// Messages the last round that published anything published.
+    /// How many messages the last round that published anything carried.
     last_round: usize,
 }
 
