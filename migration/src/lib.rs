@@ -15,6 +15,7 @@ mod m20250101_000002_create_orders_store;
 mod m20250101_000003_create_inventory_store;
 mod m20250101_000004_create_payment_store;
 mod m20250101_000005_create_shipping_store;
+mod m20260101_000006_partial_step_deadline_index;
 
 /// Migrator for the Orders store: `orders`, `order_items`,
 /// `order_transitions`, `idempotency_keys` and `outbox`.
@@ -26,6 +27,7 @@ impl MigratorTrait for OrdersMigrator {
         vec![
             Box::new(m20250101_000001_create_outbox::Migration),
             Box::new(m20250101_000002_create_orders_store::Migration),
+            Box::new(m20260101_000006_partial_step_deadline_index::Migration),
         ]
     }
 

@@ -14,7 +14,7 @@ use entity::{order_items, order_transitions, orders};
 use sea_orm::{
     ActiveValue::{NotSet, Set},
     ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, TransactionSession, TransactionTrait,
+    QuerySelect, SelectGetableTuple, Selector, TransactionSession, TransactionTrait,
 };
 use serde::Serialize;
 use std::collections::HashSet;
@@ -690,6 +690,11 @@ pub async fn due_deadlines<C: ConnectionTrait>(
     now: DateTime<Utc>,
     limit: u64,
 ) -> Result<Vec<Uuid>, DbErr> {
+    due_deadlines_query(now, limit).all(db).await
+}
+
+/// The query of [`due_deadlines`] (public so a test can check its plan).
+pub fn due_deadlines_query(now: DateTime<Utc>, limit: u64) -> Selector<SelectGetableTuple<Uuid>> {
     orders::Entity::find()
         .select_only()
         .column(orders::Column::Id)
@@ -698,8 +703,6 @@ pub async fn due_deadlines<C: ConnectionTrait>(
         .order_by_asc(orders::Column::StepDeadlineAt)
         .limit(limit)
         .into_tuple::<Uuid>()
-        .all(db)
-        .await
 }
 
 /// Loads an order with its items (not its history).

@@ -18,3 +18,4 @@ mod participants;
 mod process;
 mod relay;
 mod saga;
+mod timers;
