@@ -215,8 +215,14 @@ impl ParticipantStore for Payment {
         records: Vec<payments::Model>,
         replies: Vec<(Uuid, NewMessage)>,
     ) -> Result<Inserted, DbErr> {
-        insert_if_absent::<payments::Entity>(&self.db, payments::Column::OrderId, records, replies)
-            .await
+        insert_if_absent::<payments::Entity>(
+            &self.db,
+            payments::Column::OrderId,
+            records,
+            replies,
+            None,
+        )
+        .await
     }
 }
 

@@ -196,6 +196,7 @@ impl ParticipantStore for Shipping {
             shipments::Column::OrderId,
             records,
             replies,
+            None,
         )
         .await
     }

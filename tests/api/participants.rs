@@ -1,7 +1,8 @@
-//! A participant's batch against the real stores. On PostgreSQL, Payment and Shipping try a
+//! A participant's batch against the real stores. On PostgreSQL, the participants try a
 //! batch as one statement (the new records' `INSERT … ON CONFLICT DO NOTHING` with their
-//! replies) and send the deliveries whose order already has a record down the transaction
-//! path; on SQLite every batch takes the transaction path. Both must answer alike: a new
+//! replies; Inventory also takes their stock, or fails the statement if a SKU runs short)
+//! and send the deliveries whose order already has a record down the transaction path; on
+//! SQLite every batch takes the transaction path. Both must answer alike: a new
 //! charge is decided, a repeated one answers from the record (first outcome, first
 //! amount), a refund before any charge voids the order, a poison delivery is dead-lettered
 //! — with exactly one reply per delivery in the participant's outbox.
@@ -10,11 +11,14 @@
 //! under test is the participant against the database.
 
 use crate::helpers::provision;
-use entity::{outbox, payments, shipments};
+use entity::{outbox, payments, reservations, shipments};
 use order_service::messaging::consumer::Disposition;
-use order_service::messaging::topology::{COMMANDS_EXCHANGE, PAYMENT_QUEUE, SHIPPING_QUEUE};
+use order_service::messaging::topology::{
+    COMMANDS_EXCHANGE, INVENTORY_QUEUE, PAYMENT_QUEUE, SHIPPING_QUEUE,
+};
 use order_service::messaging::{Bus, IncomingMessage, OutgoingMessage};
 use order_service::participants::handle_batch;
+use order_service::participants::inventory::{Inventory, StockUpdate};
 use order_service::participants::payment::Payment;
 use order_service::participants::shipping::Shipping;
 use order_service::persistence::Stores;
@@ -301,4 +305,218 @@ async fn postgres_shipping_batches_answer_a_repeated_schedule_from_the_record() 
 #[tokio::test]
 async fn sqlite_shipping_batches_answer_a_repeated_schedule_from_the_record() {
     shipping_batches_answer_a_repeated_schedule_from_the_record(true).await;
+}
+
+fn reserve(order_id: Uuid, lines: &[(&str, i64)]) -> (Uuid, &'static str, Value) {
+    let items: Vec<Value> = lines
+        .iter()
+        .map(|(sku, quantity)| json!({"sku": sku, "quantity": quantity}))
+        .collect();
+    (order_id, "stock.reserve", json!({ "items": items }))
+}
+
+fn release(order_id: Uuid) -> (Uuid, &'static str, Value) {
+    (order_id, "stock.release", json!({}))
+}
+
+/// Inventory on PostgreSQL takes every new reservation as granted and moves the stock in
+/// the same statement, falling back to the transaction path (order by order) when a SKU
+/// runs short; on SQLite every batch is a transaction. Both must decide alike and never
+/// oversell: the counters, the records and one reply per delivery are checked.
+async fn inventory_batches_reserve_release_and_run_short_alike(embedded: bool) {
+    let (url, _amqp, _backing) = provision(embedded).await;
+    let stores = Stores::connect(&url, 2).await.expect("connecting");
+    stores.migrate().await.expect("migrating");
+    let inventory = Inventory::new(stores.inventory.clone(), Default::default());
+    for (sku, available) in [("A-1", 5), ("B-2", 2)] {
+        inventory
+            .put(
+                sku,
+                StockUpdate {
+                    name: None,
+                    price_cents: 100,
+                    available,
+                },
+            )
+            .await
+            .expect("stock put");
+    }
+    let bus = Bus::connect(None).await.expect("in-process bus");
+    let mut subscription = bus
+        .subscribe(INVENTORY_QUEUE, "test-inventory", 64)
+        .await
+        .expect("subscribe");
+    let o: Vec<Uuid> = (0..10).map(|_| Uuid::now_v7()).collect();
+    let all_acked = |dispositions: &[Disposition], n: usize| {
+        assert!(
+            dispositions.len() == n && dispositions.iter().all(|d| *d == Disposition::Ack),
+            "{dispositions:?}"
+        );
+    };
+
+    // New orders only: two reservations, a release before any reservation, an invalid
+    // quantity, a reservation released within the batch, a two-SKU reservation.
+    let first = deliveries(
+        &bus,
+        &mut subscription,
+        &[
+            reserve(o[1], &[("A-1", 2)]),
+            reserve(o[2], &[("A-1", 2)]),
+            release(o[3]),
+            reserve(o[4], &[("A-1", 0)]),
+            reserve(o[5], &[("A-1", 1)]),
+            release(o[5]),
+            reserve(o[8], &[("B-2", 1), ("A-1", 1)]),
+        ],
+    )
+    .await;
+    all_acked(&handle_batch(&inventory, &first).await, first.len());
+    // 5 - 2 - 2 - 1 = 0 available; B-2: 0.
+
+    // O1 again (a redelivery), O6 (not enough left: the statement fails as a whole and the
+    // transaction path decides each), O2's release (its record exists).
+    let second = deliveries(
+        &bus,
+        &mut subscription,
+        &[
+            reserve(o[1], &[("A-1", 2)]),
+            reserve(o[6], &[("A-1", 1)]),
+            release(o[2]),
+        ],
+    )
+    .await;
+    all_acked(&handle_batch(&inventory, &second).await, second.len());
+    // 0 + 2 = 2 available.
+
+    // O7 takes what O2 gave back; an unknown SKU is refused.
+    let third = deliveries(
+        &bus,
+        &mut subscription,
+        &[
+            reserve(o[7], &[("A-1", 2)]),
+            reserve(o[0], &[("NO-SUCH", 1)]),
+        ],
+    )
+    .await;
+    all_acked(&handle_batch(&inventory, &third).await, third.len());
+
+    // O1 once more, then a new order for B-2's last unit: on PostgreSQL the statement
+    // writes O9's reply first, before O1's repeat takes the transaction path; on SQLite the
+    // batch is one transaction, in delivery order.
+    let fourth = deliveries(
+        &bus,
+        &mut subscription,
+        &[reserve(o[1], &[("A-1", 2)]), reserve(o[9], &[("B-2", 1)])],
+    )
+    .await;
+    all_acked(&handle_batch(&inventory, &fourth).await, fourth.len());
+
+    let counters = |sku: &'static str| {
+        let inventory = inventory.clone();
+        async move {
+            let view = inventory
+                .get(sku)
+                .await
+                .expect("stock")
+                .expect("sku exists");
+            (view.available, view.reserved, view.sold)
+        }
+    };
+    assert_eq!(
+        counters("A-1").await,
+        (0, 5, 0),
+        "A-1: O1 2 + O7 2 + O8 1 reserved"
+    );
+    assert_eq!(
+        counters("B-2").await,
+        (0, 2, 0),
+        "B-2: O8 1 + O9 1 reserved"
+    );
+
+    let records: BTreeMap<Uuid, String> = reservations::Entity::find()
+        .all(&stores.inventory)
+        .await
+        .expect("reservations")
+        .into_iter()
+        .map(|r| (r.order_id, r.status))
+        .collect();
+    let status = |i: usize| records.get(&o[i]).map(String::as_str);
+    assert_eq!(
+        (0..10).map(status).collect::<Vec<_>>(),
+        [
+            Some("REJECTED"),
+            Some("RESERVED"),
+            Some("RELEASED"),
+            Some("RELEASED"),
+            Some("REJECTED"),
+            Some("RELEASED"),
+            Some("REJECTED"),
+            Some("RESERVED"),
+            Some("RESERVED"),
+            Some("RESERVED"),
+        ],
+        "{records:?}"
+    );
+
+    let written = replies(&stores.inventory).await;
+    let kinds = by_order(&written);
+    let kinds_of =
+        |i: usize| -> Vec<String> { kinds[&o[i]].iter().map(|(kind, _)| kind.clone()).collect() };
+    assert_eq!(
+        kinds_of(1),
+        ["stock.reserved", "stock.reserved", "stock.reserved"],
+        "the repeats answer alike"
+    );
+    assert_eq!(kinds_of(2), ["stock.reserved", "stock.released"]);
+    assert_eq!(kinds_of(3), ["stock.released"]);
+    assert_eq!(
+        kinds[&o[4]],
+        [(
+            "stock.rejected".to_owned(),
+            json!("invalid quantity 0 for A-1")
+        )]
+    );
+    assert_eq!(kinds_of(5), ["stock.reserved", "stock.released"]);
+    assert_eq!(
+        kinds[&o[6]],
+        [(
+            "stock.rejected".to_owned(),
+            json!("not enough stock for A-1")
+        )]
+    );
+    assert_eq!(kinds_of(7), ["stock.reserved"]);
+    assert_eq!(kinds_of(8), ["stock.reserved"]);
+    assert_eq!(
+        kinds[&o[0]],
+        [(
+            "stock.rejected".to_owned(),
+            json!("not enough stock for NO-SUCH")
+        )]
+    );
+    assert_eq!(kinds_of(9), ["stock.reserved"]);
+    assert_eq!(written.len(), 14, "one reply per delivery: {written:?}");
+    let last_id = |order: Uuid| {
+        written
+            .iter()
+            .filter(|(_, o, _, _)| *o == order)
+            .map(|(id, ..)| *id)
+            .max()
+            .expect("a reply")
+    };
+    assert_eq!(
+        last_id(o[9]) < last_id(o[1]),
+        !embedded,
+        "on PostgreSQL the one statement wrote O9's reply before O1's repeat: {written:?}"
+    );
+    stores.close().await;
+}
+
+#[tokio::test]
+async fn postgres_inventory_batches_reserve_release_and_run_short_alike() {
+    inventory_batches_reserve_release_and_run_short_alike(false).await;
+}
+
+#[tokio::test]
+async fn sqlite_inventory_batches_reserve_release_and_run_short_alike() {
+    inventory_batches_reserve_release_and_run_short_alike(true).await;
 }
