@@ -127,8 +127,7 @@ fn describe() {
     describe_counter!(
         "participant_statement_fallbacks_total",
         "Participant batches whose one-statement try failed and that were applied in a \
-         transaction instead, by reason: stock (Inventory: a SKU ran short; expected when \
-         stock runs out) or error (expected 0)."
+         transaction instead (expected 0)."
     );
     describe_counter!("broker_reconnects_total", "Reconnections to RabbitMQ.");
     describe_gauge!("broker_up", "1 when the broker connection is usable.");

@@ -9,8 +9,7 @@ use crate::batching::Coalescer;
 use crate::messaging::IncomingMessage;
 use crate::messaging::messages::{CommandBody, Envelope, LineItem, OrderEventBody, ReplyBody};
 use crate::participants::{
-    Applied, CommandHandler, ExtraStep, Inserted, Known, ParticipantStore, Txn, decode, insert_all,
-    insert_if_absent, load_by_order, reply,
+    Applied, CommandHandler, Known, ParticipantStore, Txn, decode, insert_all, load_by_order, reply,
 };
 use crate::persistence::outbox::{NewMessage, OutboxFeed};
 use crate::persistence::pg_array;
@@ -219,7 +218,7 @@ impl Inventory {
     #[tracing::instrument(name = "inventory.reserve", skip_all, fields(order_id = %order_id))]
     async fn reserve(
         &self,
-        txn: Txn<'_>,
+        txn: &DatabaseTransaction,
         known: &mut Known<reservations::Model>,
         writes: &mut Deferred,
         order_id: Uuid,
@@ -239,30 +238,6 @@ impl Inventory {
             };
             return reply(order_id, answer, headers);
         }
-        if let Txn::None = txn
-            && let Some(refusal) = invalid_quantity(&items)
-        {
-            known.create(
-                order_id,
-                reservation(order_id, REJECTED, &items, Some(refusal.clone()))?,
-            );
-            return reply(
-                order_id,
-                ReplyBody::StockRejected { reason: refusal },
-                headers,
-            );
-        }
-        let txn = match txn {
-            Txn::Open(txn) => txn,
-            Txn::None => {
-                // The one-statement path: taken to be reserved. The statement takes the
-                // stock of every RESERVED record it inserts, or fails as a whole if some
-                // SKU has not enough (see `reserving`); the transaction path then decides.
-                known.create(order_id, reservation(order_id, RESERVED, &items, None)?);
-                tracing::info!(status = RESERVED, "reservation decided");
-                return reply(order_id, ReplyBody::StockReserved {}, headers);
-            }
-        };
         let mut sorted = items.clone();
         // A fixed update order across SKUs: two multi-SKU reservations cannot deadlock.
         sorted.sort_by(|a, b| a.sku.cmp(&b.sku));
@@ -270,7 +245,10 @@ impl Inventory {
         let mut taken: Vec<&LineItem> = Vec::with_capacity(sorted.len());
         for line in &sorted {
             if line.quantity <= 0 {
-                refusal = invalid_quantity(std::slice::from_ref(line));
+                refusal = Some(format!(
+                    "invalid quantity {} for {}",
+                    line.quantity, line.sku
+                ));
                 break;
             }
             if !writes.stock.reserve(txn, line).await? {
@@ -411,91 +389,6 @@ impl ParticipantStore for Inventory {
     ) -> Result<(), DbErr> {
         writes.write(txn).await
     }
-
-    fn inserts_if_absent(&self) -> bool {
-        self.db.get_database_backend() == DbBackend::Postgres
-    }
-
-    async fn insert_if_absent(
-        &self,
-        records: Vec<reservations::Model>,
-        replies: Vec<(Uuid, NewMessage)>,
-    ) -> Result<Inserted, DbErr> {
-        let step = reserving(&records)?;
-        insert_if_absent::<reservations::Entity>(
-            &self.db,
-            reservations::Column::OrderId,
-            records,
-            replies,
-            Some(step),
-        )
-        .await
-    }
-}
-
-/// Marks the failure of a one-statement batch for want of stock (or of a SKU), which sends
-/// the batch down the transaction path: expected, unlike other failures of the statement.
-pub(crate) const NOT_ENOUGH_STOCK: &str = "inventory: not enough stock or no such SKU";
-
-/// The stock step of Inventory's one-statement batch: the lines of the RESERVED records the
-/// statement inserts (not of orders that had a record already) are summed per SKU and
-/// taken by one conditional `UPDATE` (`available >= q`, re-checked on the newest row
-/// version after a wait for its lock, so nothing is oversold). If some SKU did not have
-/// enough, or does not exist, the check fails the statement, and with it every insert.
-fn reserving(records: &[reservations::Model]) -> Result<ExtraStep, DbErr> {
-    use sea_orm::sea_query::Value;
-    let (mut owners, mut skus, mut quantities) = (Vec::new(), Vec::new(), Vec::new());
-    for record in records.iter().filter(|r| r.status == RESERVED) {
-        for line in parse_items(&record.items)? {
-            owners.push(Value::from(record.order_id));
-            skus.push(Value::from(line.sku));
-            quantities.push(Value::from(line.quantity));
-        }
-    }
-    Ok(ExtraStep {
-        values: vec![
-            pg_array::<Uuid>(owners),
-            pg_array::<String>(skus),
-            pg_array::<i64>(quantities),
-        ],
-        sql: Box::new(|first| {
-            let ctes = format!(
-                r#",
-needed AS (
-    SELECT l.sku, sum(l.quantity)::int8 AS q
-    FROM UNNEST(${}::uuid[], ${}::text[], ${}::int8[]) AS l(owner, sku, quantity)
-    WHERE l.owner IN (SELECT order_id FROM inserted)
-    GROUP BY l.sku
-),
-taken AS (
-    UPDATE stock AS s SET available = s.available - n.q, reserved = s.reserved + n.q
-    FROM needed AS n
-    WHERE s.sku = n.sku AND s.available >= n.q
-    RETURNING s.sku
-)"#,
-                first,
-                first + 1,
-                first + 2
-            );
-            // No rows; if a SKU was not taken, the cast of the marker text fails the
-            // statement (plain SQL has no RAISE).
-            let check = format!(
-                "SELECT NULL::uuid, NULL::int8 WHERE CAST(CASE WHEN (SELECT count(*) FROM taken) \
-                 = (SELECT count(*) FROM needed) THEN '0' ELSE '{NOT_ENOUGH_STOCK}' END AS int4) <> 0"
-            );
-            (ctes, check)
-        }),
-    })
-}
-
-/// The refusal of an order with a quantity that is not positive, if it has one.
-/// (The first in SKU order, as the transaction path meets them.)
-fn invalid_quantity(items: &[LineItem]) -> Option<String> {
-    items
-        .iter()
-        .filter(|line| line.quantity <= 0)
-        .min_by(|a, b| a.sku.cmp(&b.sku))
-        .map(|line| format!("invalid quantity {} for {}", line.quantity, line.sku))
 }
 
 impl CommandHandler for Inventory {
@@ -520,7 +413,7 @@ impl CommandHandler for Inventory {
         let order_id = envelope.order_id;
         let answer = match envelope.body {
             CommandBody::ReserveStock { items } => {
-                self.reserve(txn, known, writes, order_id, items, &message.headers)
+                self.reserve(txn.get()?, known, writes, order_id, items, &message.headers)
                     .await?
             }
             CommandBody::ReleaseStock {} => {
@@ -551,13 +444,11 @@ impl CommandHandler for OrderEvents {
 
     async fn apply(
         &self,
-        txn: Txn<'_>,
+        _txn: Txn<'_>,
         known: &mut Known<reservations::Model>,
         writes: &mut Deferred,
         message: &IncomingMessage,
     ) -> Result<Applied, DbErr> {
-        // A sale changes a reservation that exists: never on the one-statement path.
-        txn.get()?;
         let envelope: Envelope<OrderEventBody> = match decode(message) {
             Ok(e) => e,
             Err(poison) => return Ok(poison),

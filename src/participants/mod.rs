@@ -229,15 +229,13 @@ pub struct Inserted {
 
 /// Applies a batch of deliveries and returns one disposition per delivery, in order.
 ///
-/// On PostgreSQL, the participants first try the batch as one statement: each delivery
-/// is applied as if its order had no record yet — true of nearly every first
-/// reservation, charge or schedule — and the records go in with their replies by one
-/// `INSERT … ON CONFLICT DO NOTHING` that also inserts the replies of the orders it
-/// inserted (Inventory: and takes their stock, see `inventory::reserving`), atomically,
-/// without BEGIN, read and COMMIT (one round trip instead of five to seven). The
-/// deliveries whose order did have a record (redeliveries, a refund, a release), a batch
-/// a handler cannot apply without the database, or a batch whose statement failed (a SKU
-/// short of stock) take the transaction path.
+/// On PostgreSQL, Payment and Shipping first try the batch as one statement: each delivery
+/// is applied as if its order had no record yet — true of nearly every first charge or
+/// schedule — and the records go in with their replies by one `INSERT … ON CONFLICT DO
+/// NOTHING` that also inserts the replies of the orders it inserted, atomically, without
+/// BEGIN, read and COMMIT (one round trip instead of five). The deliveries whose order did
+/// have a record (redeliveries, a refund of a charge), or a batch a handler cannot apply
+/// without the database, take the transaction path.
 ///
 /// The transaction path applies the deliveries in one transaction: one commit (one WAL
 /// flush, one hold of a hot stock row) serves the whole batch. If the batch fails — a
@@ -317,18 +315,10 @@ async fn in_one_statement<H: CommandHandler>(
                     .collect(),
             );
         }
-        Err(error) if error.to_string().contains(inventory::NOT_ENOUGH_STOCK) => {
-            // Some SKU ran short: the transaction path decides order by order who gets it.
-            metrics::counter!("participant_statement_fallbacks_total", "reason" => "stock")
-                .increment(1);
-            tracing::debug!("one-statement batch short of stock; applying it in a transaction");
-            return None;
-        }
         Err(error) => {
             // Expected never (a conflict is not an error): loud, since every batch would
             // then pay for both paths.
-            metrics::counter!("participant_statement_fallbacks_total", "reason" => "error")
-                .increment(1);
+            metrics::counter!("participant_statement_fallbacks_total").increment(1);
             tracing::warn!(%error, "one-statement batch failed; applying it in a transaction");
             return None;
         }
@@ -345,27 +335,14 @@ async fn in_one_statement<H: CommandHandler>(
     )
 }
 
-/// More of a one-statement batch than its records and replies: CTEs that follow the
-/// records' `inserted` (and may read it), and a `SELECT` of no rows that is there to fail
-/// the whole statement — nothing of it then stands — when those CTEs could not do all
-/// they had to (Inventory: a SKU without enough stock).
-pub(crate) struct ExtraStep {
-    /// The array parameters the CTEs use.
-    pub values: Vec<sea_orm::Value>,
-    /// Given the number of the first of those parameters: the CTEs (each starting with a
-    /// comma) and the failing `SELECT`, whose columns are `(uuid, int8)`.
-    pub sql: Box<dyn FnOnce(usize) -> (String, String) + Send>,
-}
-
 /// [`ParticipantStore::insert_if_absent`] for a store whose records are keyed by order id
 /// (`key`), on PostgreSQL: the records' `INSERT … ON CONFLICT DO NOTHING RETURNING key`
-/// and the outbox rows of the orders it returned, as one statement (with `extra`, if any).
+/// and the outbox rows of the orders it returned, as one statement.
 pub(crate) async fn insert_if_absent<E>(
     db: &DatabaseConnection,
     key: E::Column,
     records: Vec<E::Model>,
     replies: Vec<(Uuid, NewMessage)>,
-    extra: Option<ExtraStep>,
 ) -> Result<Inserted, DbErr>
 where
     E: EntityTrait,
@@ -429,17 +406,8 @@ where
         a::<chrono::DateTime<chrono::Utc>>(at),
     ]);
     let p = |i: usize| format!("${}", first + i);
-    let (extra_ctes, extra_check) = match extra {
-        Some(extra) => {
-            let next = first + 8 + 1;
-            values.extend(extra.values);
-            let (ctes, check) = (extra.sql)(next);
-            (ctes, format!("\nUNION ALL\n{check}"))
-        }
-        None => (String::new(), String::new()),
-    };
     let sql = format!(
-        r#"WITH inserted AS ({records}){extra_ctes},
+        r#"WITH inserted AS ({records}),
 messages AS (
     INSERT INTO outbox (message_id, exchange, routing_key, payload, headers, created_at)
     SELECT m.message_id, m.exchange, m.routing_key, m.payload,
@@ -454,7 +422,7 @@ messages AS (
 )
 SELECT "{key}" AS order_id, NULL::int8 AS outbox_id FROM inserted
 UNION ALL
-SELECT message_id, id FROM messages{extra_check}"#,
+SELECT message_id, id FROM messages"#,
         p(1),
         p(2),
         p(3),

@@ -215,14 +215,8 @@ impl ParticipantStore for Payment {
         records: Vec<payments::Model>,
         replies: Vec<(Uuid, NewMessage)>,
     ) -> Result<Inserted, DbErr> {
-        insert_if_absent::<payments::Entity>(
-            &self.db,
-            payments::Column::OrderId,
-            records,
-            replies,
-            None,
-        )
-        .await
+        insert_if_absent::<payments::Entity>(&self.db, payments::Column::OrderId, records, replies)
+            .await
     }
 }
 

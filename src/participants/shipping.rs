@@ -196,7 +196,6 @@ impl ParticipantStore for Shipping {
             shipments::Column::OrderId,
             records,
             replies,
-            None,
         )
         .await
     }
