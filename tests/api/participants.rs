@@ -307,6 +307,21 @@ async fn sqlite_shipping_batches_answer_a_repeated_schedule_from_the_record() {
     shipping_batches_answer_a_repeated_schedule_from_the_record(true).await;
 }
 
+/// Delivers these commands to Inventory as one batch; every delivery must be acked.
+async fn inventory_batch(
+    inventory: &Inventory,
+    bus: &Bus,
+    subscription: &mut order_service::messaging::Subscription,
+    commands: &[(Uuid, &str, Value)],
+) {
+    let batch = deliveries(bus, subscription, commands).await;
+    let dispositions = handle_batch(inventory, &batch).await;
+    assert!(
+        dispositions.len() == batch.len() && dispositions.iter().all(|d| *d == Disposition::Ack),
+        "{dispositions:?}"
+    );
+}
+
 fn reserve(order_id: Uuid, lines: &[(&str, i64)]) -> (Uuid, &'static str, Value) {
     let items: Vec<Value> = lines
         .iter()
@@ -347,16 +362,11 @@ async fn inventory_batches_reserve_release_and_run_short_alike(embedded: bool) {
         .await
         .expect("subscribe");
     let o: Vec<Uuid> = (0..10).map(|_| Uuid::now_v7()).collect();
-    let all_acked = |dispositions: &[Disposition], n: usize| {
-        assert!(
-            dispositions.len() == n && dispositions.iter().all(|d| *d == Disposition::Ack),
-            "{dispositions:?}"
-        );
-    };
 
     // New orders only: two reservations, a release before any reservation, an invalid
     // quantity, a reservation released within the batch, a two-SKU reservation.
-    let first = deliveries(
+    inventory_batch(
+        &inventory,
         &bus,
         &mut subscription,
         &[
@@ -370,12 +380,11 @@ async fn inventory_batches_reserve_release_and_run_short_alike(embedded: bool) {
         ],
     )
     .await;
-    all_acked(&handle_batch(&inventory, &first).await, first.len());
-    // 5 - 2 - 2 - 1 = 0 available; B-2: 0.
+    // 5 - 2 - 2 - 1 = 0 available; B-2: 2 - 1 = 1.
 
-    // O1 again (a redelivery), O6 (not enough left: the statement fails as a whole and the
-    // transaction path decides each), O2's release (its record exists).
-    let second = deliveries(
+    // O1 again (a redelivery), O6 (nothing left), O2's release (its record exists).
+    inventory_batch(
+        &inventory,
         &bus,
         &mut subscription,
         &[
@@ -385,11 +394,11 @@ async fn inventory_batches_reserve_release_and_run_short_alike(embedded: bool) {
         ],
     )
     .await;
-    all_acked(&handle_batch(&inventory, &second).await, second.len());
     // 0 + 2 = 2 available.
 
     // O7 takes what O2 gave back; an unknown SKU is refused.
-    let third = deliveries(
+    inventory_batch(
+        &inventory,
         &bus,
         &mut subscription,
         &[
@@ -398,16 +407,15 @@ async fn inventory_batches_reserve_release_and_run_short_alike(embedded: bool) {
         ],
     )
     .await;
-    all_acked(&handle_batch(&inventory, &third).await, third.len());
 
     // O1 once more, and a new order for B-2's last unit.
-    let fourth = deliveries(
+    inventory_batch(
+        &inventory,
         &bus,
         &mut subscription,
         &[reserve(o[1], &[("A-1", 2)]), reserve(o[9], &[("B-2", 1)])],
     )
     .await;
-    all_acked(&handle_batch(&inventory, &fourth).await, fourth.len());
 
     let counters = |sku: &'static str| {
         let inventory = inventory.clone();
