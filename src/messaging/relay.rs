@@ -5,11 +5,13 @@
 //!
 //! Rows arrive two ways. Normally the writer that committed them hands them over in memory
 //! ([`OutboxFeed`]), so the relay never reads what it was just told, and publishes in
-//! hand-over order (per order, the order of its transitions). A sweep once a second reads
-//! the table for rows no hand-over will bring: those left by a crash (everything older
-//! than this relay's start) or dropped while the broker was away (older than
-//! [`STRAGGLER_AGE`]). Confirmed rows are deleted in bulk: at once when the relay has
-//! nothing else to do, at least every [`DELETE_EVERY`] under load.
+//! hand-over order (per order, the order of its transitions). A sweep reads the table for
+//! rows no hand-over will bring: those left by a crash (everything older than this
+//! relay's start) or dropped while the broker was away (older than [`STRAGGLER_AGE`]). It
+//! runs at start, then once a second while there is trouble and up to every
+//! [`SWEEP_QUIET_MAX`] while sweeps find nothing ([`next_sweep_interval`]). Confirmed rows
+//! are deleted in bulk: at once when the relay has nothing else to do, at least every
+//! [`DELETE_EVERY`] under load.
 
 use crate::messaging::Bus;
 use crate::persistence::outbox::{self, Lane, OutboxFeed};
@@ -23,8 +25,14 @@ use tokio_util::sync::CancellationToken;
 
 /// Rows per publish round at most.
 pub const BATCH: usize = 256;
-/// How often the table is swept for rows no hand-over brings.
+/// How often the table is swept for rows no hand-over brings, after a sweep found some, a
+/// round failed or the feed dropped rows.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// The longest pause between sweeps, reached by doubling while sweeps find nothing. A sweep
+/// reads the outbox's primary key from its oldest entry, dead ones included until VACUUM
+/// removes them (8.5 ms per sweep after 1,000,000 deleted rows), so a quiet relay need not
+/// pay that every second.
+const SWEEP_QUIET_MAX: Duration = Duration::from_secs(8);
 /// A row this old that is still in the table was not handed over (or its publication
 /// failed): the sweep takes it.
 const STRAGGLER_AGE: Duration = Duration::from_secs(5);
@@ -50,6 +58,8 @@ pub struct OutboxRelay {
     confirmed: Vec<i64>,
     last_delete: Instant,
     last_sweep: Option<Instant>,
+    /// The pause before the next sweep ([`next_sweep_interval`]).
+    sweep_every: Duration,
     /// How long a hand-over waits for more before its round starts (see [`Self::lane`]).
     linger: Duration,
     /// How long a hand-over waits when the last round published more than one message
@@ -80,6 +90,7 @@ impl OutboxRelay {
             confirmed: Vec::new(),
             last_delete: Instant::now(),
             last_sweep: None,
+            sweep_every: SWEEP_EVERY,
             linger: Duration::ZERO,
             busy_linger: Duration::ZERO,
             last_round: 0,
@@ -131,6 +142,7 @@ impl OutboxRelay {
             .into_iter()
             .filter(|r| !known.contains(&r.id))
             .collect();
+        self.sweep_every = next_sweep_interval(self.sweep_every, !found.is_empty());
         if !found.is_empty() {
             tracing::info!(
                 relay = self.name,
@@ -180,7 +192,14 @@ impl OutboxRelay {
     /// Returns whether there is more to do right away.
     async fn round(&mut self) -> anyhow::Result<bool> {
         self.queue.extend(self.feed.take());
-        if self.last_sweep.is_none_or(|at| at.elapsed() >= SWEEP_EVERY) {
+        if self.feed.take_dropped() {
+            // Rows the feed could not hold are in the table only: look soon.
+            self.sweep_every = SWEEP_EVERY;
+        }
+        if self
+            .last_sweep
+            .is_none_or(|at| at.elapsed() >= self.sweep_every)
+        {
             self.sweep().await?;
         }
         let published = self.publish_some().await;
@@ -246,7 +265,7 @@ impl OutboxRelay {
                 Ok(false) => {
                     backoff = Duration::from_millis(100);
                     let next_sweep = self.last_sweep.map_or(Duration::ZERO, |at| {
-                        SWEEP_EVERY.saturating_sub(at.elapsed())
+                        self.sweep_every.saturating_sub(at.elapsed())
                     });
                     let pause = self.delete_due().map_or(next_sweep, |d| d.min(next_sweep));
                     tokio::select! {
@@ -276,6 +295,8 @@ impl OutboxRelay {
                         // The table still has them; the sweep brings them back in order.
                         self.queue.clear();
                     }
+                    // Trouble (broker or database away): rows may be left behind.
+                    self.sweep_every = SWEEP_EVERY;
                     // While the broker is away, retry as soon as the bus has reconnected.
                     let pause = async {
                         if self.bus.is_connected() {
@@ -305,9 +326,31 @@ fn linger_after(last_round: usize, linger: Duration, busy: Duration) -> Duration
     }
 }
 
+/// The pause before the next sweep: back to [`SWEEP_EVERY`] when this one found rows, else
+/// twice the last pause, up to [`SWEEP_QUIET_MAX`].
+fn next_sweep_interval(current: Duration, found: bool) -> Duration {
+    if found {
+        SWEEP_EVERY
+    } else {
+        (current * 2).min(SWEEP_QUIET_MAX)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quiet_sweeps_space_out_and_a_find_brings_them_back_to_every_second() {
+        let mut every = SWEEP_EVERY;
+        let mut pauses = Vec::new();
+        for _ in 0..5 {
+            every = next_sweep_interval(every, false);
+            pauses.push(every.as_secs());
+        }
+        assert_eq!(pauses, [2, 4, 8, 8, 8]);
+        assert_eq!(next_sweep_interval(SWEEP_QUIET_MAX, true), SWEEP_EVERY);
+    }
 
     #[test]
     fn a_lone_sagas_hand_overs_are_never_held_and_side_by_side_ones_gather() {

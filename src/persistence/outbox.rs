@@ -181,6 +181,8 @@ pub struct OutboxFeed {
 struct FeedInner {
     rows: std::sync::Mutex<Vec<outbox::Model>>,
     ready: tokio::sync::Notify,
+    /// Set when rows were not held (the feed was full): the relay then sweeps soon.
+    dropped: std::sync::atomic::AtomicBool,
     /// Where lifecycle events go instead, when they have their own relay.
     events: Option<OutboxFeed>,
 }
@@ -227,10 +229,12 @@ impl OutboxFeed {
         if rows.is_empty() {
             return;
         }
-        if let Ok(mut queued) = self.inner.rows.lock()
-            && queued.len() < FEED_LIMIT
-        {
-            queued.extend(rows);
+        match self.inner.rows.lock() {
+            Ok(mut queued) if queued.len() < FEED_LIMIT => queued.extend(rows),
+            _ => self
+                .inner
+                .dropped
+                .store(true, std::sync::atomic::Ordering::Relaxed),
         }
         self.inner.ready.notify_one();
     }
@@ -242,6 +246,13 @@ impl OutboxFeed {
             .lock()
             .map(|mut queued| std::mem::take(&mut *queued))
             .unwrap_or_default()
+    }
+
+    /// Whether rows were dropped since the last call.
+    pub(crate) fn take_dropped(&self) -> bool {
+        self.inner
+            .dropped
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Resolves at the next hand-over (or at once if one happened since the last wait).

@@ -1,7 +1,8 @@
 //! The outbox relay against the real PostgreSQL and RabbitMQ (one database and one vhost):
 //! rows handed over are published, confirmed and then deleted; a round that fails is
 //! published again until it goes through, and what was confirmed before it is deleted
-//! meanwhile.
+//! meanwhile; a row no hand-over brought is found by the sweep, also after quiet sweeps
+//! have spaced out.
 
 use crate::helpers::{outbox_rows, provision};
 use lapin::options::{QueueBindOptions, QueueDeclareOptions};
@@ -187,6 +188,62 @@ async fn rabbitmq_a_failed_round_is_retried_and_what_was_confirmed_before_it_is_
         late.message_count() >= 1,
         "the unroutable row never reached its queue"
     );
+
+    shutdown.cancel();
+    timeout(DEADLINE, relay)
+        .await
+        .expect("the relay stops on shutdown")
+        .expect("the relay task");
+}
+
+/// A row no hand-over brings (its writer crashed after the commit, or the feed was full)
+/// is found by the sweep also when the relay has been quiet for a while and its sweeps
+/// have spaced out: within the longest pause (8 s) after the row is old enough to be a
+/// straggler (5 s).
+#[tokio::test]
+async fn postgres_a_quiet_relay_still_publishes_a_row_no_hand_over_brought() {
+    let (url, _amqp, _backing) = provision(false).await;
+    let stores = Stores::connect(&url, 2).await.expect("connecting");
+    stores.migrate().await.expect("migrating");
+    let db = stores.orders.clone();
+    let bus = Bus::connect(None).await.expect("the in-process bus");
+    let mut commands = bus
+        .subscribe(INVENTORY_QUEUE, "relay-test", 0)
+        .await
+        .expect("subscribing");
+    let feed = OutboxFeed::default();
+    let shutdown = CancellationToken::new();
+    let relay = tokio::spawn(
+        OutboxRelay::new("relay-test", db.clone(), bus.clone(), feed.clone())
+            .lane(Lane::Saga)
+            .run(shutdown.clone()),
+    );
+    // Quiet sweeps at 0, 2 and 6 s: the pause has grown to 8 s.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+
+    let message = command("stock.reserve");
+    let txn = db.begin().await.expect("begin");
+    store::enqueue(&txn, std::slice::from_ref(&message))
+        .await
+        .expect("enqueue");
+    txn.commit().await.expect("commit"); // and not handed over
+    let written = Instant::now();
+
+    let delivered = timeout(Duration::from_secs(20), commands.next())
+        .await
+        .expect("the row was never published")
+        .expect("the subscription ended");
+    assert_eq!(
+        delivered.message_id.as_deref(),
+        Some(message.message_id.to_string().as_str())
+    );
+    let after = written.elapsed();
+    assert!(
+        after >= Duration::from_secs(5) && after <= Duration::from_secs(5 + 8 + 2),
+        "published {after:?} after its commit: a straggler is taken once 5 s old, by a sweep at most 8 s apart"
+    );
+    delivered.ack().await.expect("ack");
+    wait_for_outbox(&db, &[], "the published row is deleted").await;
 
     shutdown.cancel();
     timeout(DEADLINE, relay)
