@@ -192,6 +192,14 @@ pub async fn provision(embedded: bool) -> (String, Option<String>, Backing) {
     }
 }
 
+/// [`provision`], with the stores connected (two connections each) and migrated.
+pub async fn migrated_stores(embedded: bool) -> (Stores, Option<String>, Backing) {
+    let (url, amqp, backing) = provision(embedded).await;
+    let stores = Stores::connect(&url, 2).await.expect("connecting");
+    stores.migrate().await.expect("migrating");
+    (stores, amqp, backing)
+}
+
 /// Every row of a store's outbox, oldest first.
 pub async fn outbox_rows(db: &sea_orm::DatabaseConnection) -> Vec<entity::outbox::Model> {
     use sea_orm::{EntityTrait, QueryOrder};

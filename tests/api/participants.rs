@@ -10,7 +10,7 @@
 //! The deliveries come through the in-process bus (it only carries them here); what is
 //! under test is the participant against the database.
 
-use crate::helpers::provision;
+use crate::helpers::migrated_stores;
 use entity::{outbox, payments, reservations, shipments};
 use order_service::messaging::consumer::Disposition;
 use order_service::messaging::topology::{
@@ -21,7 +21,6 @@ use order_service::participants::handle_batch;
 use order_service::participants::inventory::{Inventory, StockUpdate};
 use order_service::participants::payment::Payment;
 use order_service::participants::shipping::Shipping;
-use order_service::persistence::Stores;
 use sea_orm::{EntityTrait, QueryOrder};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -119,9 +118,7 @@ fn charge(order_id: Uuid, amount_cents: i64) -> (Uuid, &'static str, Value) {
 }
 
 async fn payment_batches_answer_new_and_repeated_commands_alike(embedded: bool) {
-    let (url, _amqp, _backing) = provision(embedded).await;
-    let stores = Stores::connect(&url, 2).await.expect("connecting");
-    stores.migrate().await.expect("migrating");
+    let (stores, _amqp, _backing) = migrated_stores(embedded).await;
     let payment = Payment::new(stores.payment.clone(), Default::default(), 0.0);
     let bus = Bus::connect(None).await.expect("in-process bus");
     let mut subscription = bus
@@ -240,9 +237,7 @@ async fn sqlite_payment_batches_answer_new_and_repeated_commands_alike() {
 }
 
 async fn shipping_batches_answer_a_repeated_schedule_from_the_record(embedded: bool) {
-    let (url, _amqp, _backing) = provision(embedded).await;
-    let stores = Stores::connect(&url, 2).await.expect("connecting");
-    stores.migrate().await.expect("migrating");
+    let (stores, _amqp, _backing) = migrated_stores(embedded).await;
     let shipping = Shipping::new(stores.shipping.clone(), Default::default(), 0.0);
     let bus = Bus::connect(None).await.expect("in-process bus");
     let mut subscription = bus
@@ -339,9 +334,7 @@ fn release(order_id: Uuid) -> (Uuid, &'static str, Value) {
 /// and an unknown SKU are decided as the saga expects, without overselling: the counters,
 /// the records and one reply per delivery are checked.
 async fn inventory_batches_reserve_release_and_run_short_alike(embedded: bool) {
-    let (url, _amqp, _backing) = provision(embedded).await;
-    let stores = Stores::connect(&url, 2).await.expect("connecting");
-    stores.migrate().await.expect("migrating");
+    let (stores, _amqp, _backing) = migrated_stores(embedded).await;
     let inventory = Inventory::new(stores.inventory.clone(), Default::default());
     for (sku, available) in [("A-1", 5), ("B-2", 2)] {
         inventory

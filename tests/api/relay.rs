@@ -4,13 +4,12 @@
 //! meanwhile; a row no hand-over brought is found by the sweep, also after quiet sweeps
 //! have spaced out.
 
-use crate::helpers::{outbox_rows, provision};
+use crate::helpers::{migrated_stores, outbox_rows};
 use lapin::options::{QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use order_service::messaging::relay::{BATCH, OutboxRelay};
 use order_service::messaging::topology::{COMMANDS_EXCHANGE, INVENTORY_QUEUE};
 use order_service::messaging::{Bus, Subscription};
-use order_service::persistence::Stores;
 use order_service::persistence::outbox::{self as store, Lane, NewMessage, OutboxFeed};
 use sea_orm::{DatabaseConnection, TransactionTrait};
 use std::collections::HashSet;
@@ -104,10 +103,8 @@ async fn receive_all(sub: &mut Subscription, expected: &HashSet<String>) {
 /// goes out, every row arrives, and the outbox ends empty.
 #[tokio::test]
 async fn rabbitmq_a_failed_round_is_retried_and_what_was_confirmed_before_it_is_deleted() {
-    let (url, amqp, _backing) = provision(false).await;
+    let (stores, amqp, _backing) = migrated_stores(false).await;
     let amqp = amqp.expect("a RabbitMQ vhost");
-    let stores = Stores::connect(&url, 2).await.expect("connecting");
-    stores.migrate().await.expect("migrating");
     let db = stores.orders.clone();
     let bus = Bus::connect(Some(&amqp)).await.expect("connecting the bus");
     let mut commands = bus
@@ -202,9 +199,7 @@ async fn rabbitmq_a_failed_round_is_retried_and_what_was_confirmed_before_it_is_
 /// straggler (5 s).
 #[tokio::test]
 async fn postgres_a_quiet_relay_still_publishes_a_row_no_hand_over_brought() {
-    let (url, _amqp, _backing) = provision(false).await;
-    let stores = Stores::connect(&url, 2).await.expect("connecting");
-    stores.migrate().await.expect("migrating");
+    let (stores, _amqp, _backing) = migrated_stores(false).await;
     let db = stores.orders.clone();
     let bus = Bus::connect(None).await.expect("the in-process bus");
     let mut commands = bus

@@ -3,9 +3,9 @@
 //! statistics for (a fresh database, autovacuum off, no ANALYZE yet), or each scan reads
 //! the whole table — a cost that grows with every finished order.
 
-use crate::helpers::provision;
+use crate::helpers::migrated_stores;
 use chrono::{Duration, Utc};
-use order_service::persistence::{Stores, orders};
+use order_service::persistence::orders;
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 
 /// Inserts `count` orders straight into the table: finished ones have no deadline.
@@ -30,9 +30,7 @@ async fn insert_orders(
 
 #[tokio::test]
 async fn postgres_the_deadline_scan_uses_an_index_on_a_table_without_statistics() {
-    let (url, _amqp, _backing) = provision(false).await;
-    let stores = Stores::connect(&url, 2).await.expect("connecting");
-    stores.migrate().await.expect("migrating");
+    let (stores, _amqp, _backing) = migrated_stores(false).await;
     let db = &stores.orders;
     // Where autovacuum runs, it must not analyze the table during the test.
     db.execute_unprepared("ALTER TABLE orders SET (autovacuum_enabled = false)")
