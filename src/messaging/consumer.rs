@@ -171,13 +171,17 @@ pub async fn run_batched<F, Fut>(
                 {
                     tokio::time::sleep(RETRY_PAUSE).await;
                 }
+                // Settled together, not one after another: each settlement is a round trip
+                // through lapin's internal task and I/O thread, and queued together they
+                // share its wake-ups.
                 let mut dispositions = dispositions.into_iter();
-                for message in batch {
+                let settling = batch.into_iter().map(|message| {
                     let disposition = dispositions.next().unwrap_or_else(|| {
                         Disposition::Retry("handler gave no disposition".into())
                     });
-                    settle(queue, message, disposition).await;
-                }
+                    settle(queue, message, disposition)
+                });
+                futures::future::join_all(settling).await;
             });
             if ended {
                 tracing::warn!(queue, ?backoff, "subscription ended; re-subscribing");
