@@ -2,10 +2,12 @@
 //! on it saying "holds", so here a consistent system is broken on purpose, one rule at a
 //! time, directly in the stores — the way a bug or a bad manual fix would break it.
 
-use crate::helpers::spawn_app;
+use crate::helpers::{TestOptions, spawn_app, spawn_app_with};
 use entity::{orders, payments, reservations, shipments, stock};
+use order_service::invariants;
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+use std::collections::BTreeMap;
 use uuid::Uuid;
 
 #[tokio::test]
@@ -125,4 +127,60 @@ async fn the_invariant_report_finds_each_broken_rule() {
         );
     }
     assert_eq!((report.in_flight, report.parked), (0, 0), "{report:#?}");
+}
+
+/// The check reads the orders a page at a time (with the participants' records of the
+/// page's id range), so its memory does not grow with the tables. Across page boundaries it
+/// must see what one page sees: the same counts, the stock sold by orders of every page,
+/// and a broken rule on the last page.
+async fn pages_see_what_one_read_sees(embedded: bool) {
+    let app = spawn_app_with(TestOptions {
+        embedded,
+        ..Default::default()
+    })
+    .await;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let created = app.create_order(&[("KB-001", 2)]).await;
+        let id: Uuid = created["id"].as_str().expect("id").parse().expect("uuid");
+        let order = app.wait_for_terminal(&id.to_string()).await;
+        assert_eq!(order["status"], "CONFIRMED", "{order:#}");
+        ids.push(id);
+    }
+    app.wait_until_quiet().await;
+    // The last order in id order (the check's order), on the last page of every size below.
+    let last = *ids.iter().max().expect("five orders");
+    payments::Entity::update_many()
+        .col_expr(payments::Column::Status, Expr::value("REFUNDED"))
+        .filter(payments::Column::OrderId.eq(last))
+        .exec(&app.stores.payment)
+        .await
+        .expect("update payment");
+
+    let initial: BTreeMap<String, i64> = [("KB-001".to_owned(), 100)].into();
+    let expected = vec![format!(
+        "CONFIRMED order {last} has payment Some(\"REFUNDED\"), expected CHARGED"
+    )];
+    for page in [1, 2, 5, 6, 10_000] {
+        let report = invariants::check_in_pages(&app.stores, Some(&initial), page)
+            .await
+            .expect("invariant check runs");
+        assert_eq!(report.violations, expected, "page of {page}: {report:#?}");
+        assert_eq!(
+            report.orders_by_status,
+            BTreeMap::from([("CONFIRMED".to_owned(), 5)]),
+            "page of {page}"
+        );
+        assert_eq!((report.in_flight, report.parked), (0, 0), "page of {page}");
+    }
+}
+
+#[tokio::test]
+async fn postgres_the_invariant_check_reads_in_pages_and_sees_every_page() {
+    pages_see_what_one_read_sees(false).await;
+}
+
+#[tokio::test]
+async fn sqlite_the_invariant_check_reads_in_pages_and_sees_every_page() {
+    pages_see_what_one_read_sees(true).await;
 }
