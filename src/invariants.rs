@@ -85,8 +85,8 @@ pub async fn check_in_pages(
             break;
         };
         let (first, last) = (first.0, last.0);
-        // The four reads of a page go to four sessions at once: the index scans by order id
-        // wait on random heap pages when ids are random (v4), and the stores are apart.
+        // The page's four reads go to four sessions at once: each is an index range scan
+        // that mostly waits for heap pages, and the stores are independent of each other.
         let (items, reservation_of, payment_of, shipment_of) = tokio::try_join!(
             in_range::<order_items::Entity, (Uuid, String, i32), _>(
                 &stores.orders,
@@ -125,9 +125,8 @@ pub async fn check_in_pages(
                 .entry(status_text.clone())
                 .or_default() += 1;
             let id = *id;
-            let mut violations = Vec::new();
-            match OrderStatus::parse(status_text) {
-                None => violations.push(format!("order {id} has unknown status {status_text}")),
+            let violations = match OrderStatus::parse(status_text) {
+                None => vec![format!("order {id} has unknown status {status_text}")],
                 Some(status) => {
                     if parked_reason.is_some() {
                         report.parked += 1;
@@ -137,15 +136,15 @@ pub async fn check_in_pages(
                     if status == OrderStatus::Confirmed {
                         confirmed.insert(id);
                     }
-                    violations = order_violations(
+                    order_violations(
                         id,
                         status,
                         payment_of.get(&id).map(String::as_str),
                         shipment_of.get(&id).map(String::as_str),
                         reservation_of.get(&id).map(String::as_str),
-                    );
+                    )
                 }
-            }
+            };
             for violation in violations {
                 if report.violations.len() < MAX_LISTED {
                     report.violations.push(violation);
