@@ -60,6 +60,7 @@ pub async fn check_in_pages(
     initial_stock: Option<&BTreeMap<String, i64>>,
     page: u64,
 ) -> Result<InvariantReport, DbErr> {
+    let page = page.max(1);
     let mut report = InvariantReport::default();
     let mut unlisted = 0usize;
     let mut sold_by_orders: BTreeMap<String, i64> = BTreeMap::new();
@@ -75,7 +76,7 @@ pub async fn check_in_pages(
                 orders::Column::ParkedReason,
             ])
             .order_by_asc(orders::Column::Id)
-            .limit(page.max(1));
+            .limit(page);
         if let Some(after) = after {
             find = find.filter(orders::Column::Id.gt(after));
         }
@@ -159,7 +160,7 @@ pub async fn check_in_pages(
             }
         }
         after = Some(last);
-        if (these.len() as u64) < page.max(1) {
+        if (these.len() as u64) < page {
             break;
         }
     }
