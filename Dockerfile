@@ -1,7 +1,25 @@
 # syntax=docker/dockerfile:1
-# Build stage: compile the release binary with the workspace's locked dependencies.
-FROM rust:1.95-slim-bookworm AS build
+# Dependencies are compiled in a layer of their own (cargo-chef): a source change rebuilds
+# only the workspace's crates, not every dependency.
+ARG RUST_IMAGE=rust:1.95-slim-bookworm
+
+FROM ${RUST_IMAGE} AS chef
+RUN cargo install cargo-chef --locked --version 0.1.78
 WORKDIR /src
+
+# The recipe: the workspace's manifests and lock file, without the sources.
+FROM chef AS planner
+COPY Cargo.toml Cargo.lock ./
+COPY entity entity
+COPY migration migration
+COPY src src
+RUN cargo chef prepare --recipe-path recipe.json
+
+# Build stage: the dependencies from the recipe (cached until Cargo.toml or Cargo.lock
+# change), then the workspace itself.
+FROM chef AS build
+COPY --from=planner /src/recipe.json recipe.json
+RUN cargo chef cook --release --locked --recipe-path recipe.json --bin order-service
 COPY Cargo.toml Cargo.lock ./
 COPY entity entity
 COPY migration migration

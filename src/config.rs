@@ -41,8 +41,9 @@ pub enum LogFormat {
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
-    /// Address the HTTP API listens on.
-    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8080")]
+    /// Address the HTTP API listens on: IP:PORT, or HOST:PORT (the host name is resolved
+    /// once at start-up, its IPv4 address preferred), e.g. `0.0.0.0:8080`, `localhost:8080`.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8080", value_parser = parse_listen_addr)]
     pub listen_addr: SocketAddr,
 
     /// Orders database. `sqlite://…` (embedded default) or `postgres://…`. The participants'
@@ -67,7 +68,7 @@ pub struct Config {
     pub dev_endpoints: bool,
 
     /// `auto`: charge right after the reservation; `manual`: wait for the dev pay endpoint.
-    #[arg(long, env = "PAYMENT_MODE", value_enum, default_value_t = PaymentMode::Auto)]
+    #[arg(long, env = "PAYMENT_MODE", value_enum, ignore_case = true, default_value_t = PaymentMode::Auto)]
     pub payment_mode: PaymentMode,
 
     /// Fraction of charges the mock payment gateway declines (0.0–1.0).
@@ -114,7 +115,7 @@ pub struct Config {
     pub db_max_connections: u32,
 
     /// Log format.
-    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
+    #[arg(long, env = "LOG_FORMAT", value_enum, ignore_case = true, default_value_t = LogFormat::Pretty)]
     pub log_format: LogFormat,
 
     /// How long a saga step waits for its participant before the command is resent,
@@ -167,6 +168,39 @@ pub struct Config {
     /// `service.name` of the exported traces.
     #[arg(long, env = "OTEL_SERVICE_NAME", default_value = "order-service")]
     pub otel_service_name: String,
+}
+
+/// `LISTEN_ADDR`: an IP address and port, or a host name and port.
+fn parse_listen_addr(value: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(addr) = value.parse() {
+        return Ok(addr);
+    }
+    let hint = "expected IP:PORT or HOST:PORT, e.g. 0.0.0.0:8080 or localhost:8080";
+    let Some((host, port)) = value.rsplit_once(':') else {
+        return Err(format!("no port ({hint})"));
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!("no host ({hint})"));
+    }
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("{port:?} is not a port number 0-65535 ({hint})"))?;
+    let addresses: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| {
+            format!("cannot resolve {host:?} ({e}); use an IP address such as 0.0.0.0:{port}")
+        })?
+        .collect();
+    addresses
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addresses.first())
+        .copied()
+        .ok_or_else(|| {
+            format!("{host:?} resolves to no address; use an IP address such as 0.0.0.0:{port}")
+        })
 }
 
 /// When the order actor panics on purpose (fault injection).
@@ -378,5 +412,28 @@ impl Config {
         config.database_url = database_url.to_owned();
         config.amqp_url = amqp_url.map(str::to_owned);
         config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_listen_addr;
+
+    #[test]
+    fn the_listen_address_is_an_ip_or_a_host_name_with_a_port() {
+        assert_eq!(
+            parse_listen_addr("0.0.0.0:8080").map(|a| a.to_string()),
+            Ok("0.0.0.0:8080".to_owned())
+        );
+        assert_eq!(
+            parse_listen_addr("[::1]:8080").map(|a| a.to_string()),
+            Ok("[::1]:8080".to_owned())
+        );
+        let local = parse_listen_addr("localhost:8080").expect("localhost resolves");
+        assert!(local.ip().is_loopback() && local.port() == 8080, "{local}");
+        for bad in ["localhost", ":8080", "localhost:99999", "localhost:x"] {
+            let error = parse_listen_addr(bad).expect_err(bad);
+            assert!(error.contains("IP:PORT or HOST:PORT"), "{bad}: {error}");
+        }
     }
 }

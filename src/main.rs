@@ -18,15 +18,7 @@ async fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => e.exit(), // --help, --version
         Err(e) => {
-            // One line naming the option, for log pipelines and humans alike.
-            let rendered = e.to_string();
-            eprintln!(
-                "{}",
-                rendered
-                    .lines()
-                    .next()
-                    .unwrap_or("error: invalid arguments")
-            );
+            eprintln!("{}", one_line(&e.to_string()));
             return ExitCode::from(2);
         }
     };
@@ -47,6 +39,7 @@ async fn main() -> ExitCode {
             }
         }
     };
+    let json_logs = cli.config.log_format == order_service::config::LogFormat::Json;
     let result = match cli
         .command
         .unwrap_or(order_service::config::CliCommand::Serve)
@@ -69,14 +62,52 @@ async fn main() -> ExitCode {
     let code = match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "fatal");
-            eprintln!("error: {e:#}");
+            let message = causes(&e);
+            // Once: as a log event where logs are JSON (a pipeline reads them), else on stderr.
+            if json_logs {
+                tracing::error!(error = message, "fatal");
+            } else {
+                eprintln!("error: {message}");
+            }
             ExitCode::FAILURE
         }
     };
     // Export the spans still buffered (no-op when OTLP export is off).
     telemetry.shutdown().await;
     code
+}
+
+/// Clap's error as one line, for log pipelines and humans alike: the message with the valid
+/// values and the tip, without the pointer to `--help`.
+fn one_line(rendered: &str) -> String {
+    let line = rendered
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("For more information"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    if line.is_empty() {
+        "error: invalid arguments".to_owned()
+    } else {
+        line
+    }
+}
+
+/// The error and its causes, each said once: some errors repeat their source in their
+/// own message (sqlx's database errors through SeaORM's `DbErr`).
+fn causes(error: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if message.contains(&text) {
+            continue;
+        }
+        if !message.is_empty() {
+            message.push_str(": ");
+        }
+        message.push_str(&text);
+    }
+    message
 }
 
 async fn serve(config: order_service::config::Config) -> anyhow::Result<()> {

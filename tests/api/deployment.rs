@@ -67,14 +67,11 @@ fn compose_runs_postgres_rabbitmq_and_the_service_with_health_checks() {
 fn the_image_is_multi_stage_non_root_and_health_checked() {
     let dockerfile = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Dockerfile"))
         .expect("Dockerfile");
-    assert_eq!(
-        dockerfile
-            .lines()
-            .filter(|l| l.starts_with("FROM "))
-            .count(),
-        2,
-        "build and runtime stages"
-    );
+    let stages = dockerfile
+        .lines()
+        .filter(|l| l.starts_with("FROM "))
+        .count();
+    assert!(stages >= 2, "build and runtime stages");
     assert!(dockerfile.contains("--locked"), "builds with the lock file");
     assert!(
         dockerfile
@@ -86,5 +83,91 @@ fn the_image_is_multi_stage_non_root_and_health_checked() {
     assert!(
         dockerfile.contains("FROM debian:bookworm-slim"),
         "small runtime image"
+    );
+}
+
+/// A machine that runs the test suite has PostgreSQL on 5432 and RabbitMQ on 5672: `up` must
+/// not try to bind them. Only the API and the broker's management UI are published.
+#[test]
+fn compose_publishes_only_the_api_and_the_management_ui() {
+    let doc = compose();
+    let services = doc["services"].as_mapping().expect("services");
+    let mut published = Vec::new();
+    for (name, service) in services {
+        for port in service["ports"].as_sequence().into_iter().flatten() {
+            let spec = port.as_str().expect("ports in short syntax");
+            let container = spec.rsplit(':').next().unwrap_or_default().to_owned();
+            published.push((name.as_str().unwrap_or_default().to_owned(), container));
+        }
+    }
+    published.sort();
+    assert_eq!(
+        published,
+        [
+            ("order-service".to_owned(), "8080".to_owned()),
+            ("rabbitmq".to_owned(), "15672".to_owned())
+        ]
+    );
+}
+
+/// `order-service:latest` exists nowhere but here: every service that names it builds it
+/// and never pulls it from a registry.
+#[test]
+fn compose_builds_the_service_image_and_never_pulls_it() {
+    let doc = compose();
+    for (name, service) in doc["services"].as_mapping().expect("services") {
+        if service["image"].as_str() == Some("order-service:latest") {
+            assert_eq!(
+                service["build"].as_str(),
+                Some("."),
+                "{name:?} builds the image"
+            );
+            assert_eq!(
+                service["pull_policy"].as_str(),
+                Some("build"),
+                "{name:?} never pulls it"
+            );
+        }
+    }
+}
+
+/// The database URLs say which TLS mode they use (the compose postgres serves none).
+#[test]
+fn compose_database_urls_say_their_sslmode() {
+    let doc = compose();
+    for name in ["order-service", "participants"] {
+        let url = doc["services"][name]["environment"]["DATABASE_URL"]
+            .as_str()
+            .expect("DATABASE_URL");
+        assert!(url.contains("sslmode="), "{name}: {url}");
+    }
+}
+
+/// A source change rebuilds only the workspace: the dependencies are cooked from the
+/// recipe (cargo-chef) in a layer before the sources are copied.
+#[test]
+fn the_image_caches_its_dependencies_in_a_layer_of_their_own() {
+    let dockerfile = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Dockerfile"))
+        .expect("Dockerfile");
+    let build_stage = dockerfile
+        .split("FROM ")
+        .find(|stage| stage.contains("AS build"))
+        .expect("a build stage");
+    let cook = build_stage
+        .find("cargo chef cook")
+        .expect("cargo chef cook in the build stage");
+    let sources = build_stage
+        .find("COPY src src")
+        .expect("the sources are copied");
+    let build = build_stage
+        .find("cargo build --release")
+        .expect("the release build");
+    assert!(
+        cook < sources && sources < build,
+        "cook, then copy the sources, then build"
+    );
+    assert!(
+        dockerfile.contains("cargo chef prepare"),
+        "a planner stage writes the recipe"
     );
 }

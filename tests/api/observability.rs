@@ -212,3 +212,84 @@ fn every_bad_configuration_value_stops_start_up_with_one_line_naming_it_and_exit
         assert!(output.stdout.is_empty(), "{var}={value}: nothing on stdout");
     }
 }
+
+/// The one line keeps what helps to fix the value: clap's list of valid values, and a hint
+/// for an address that is not IP:PORT or HOST:PORT.
+#[test]
+fn a_bad_value_s_line_says_what_would_be_valid() {
+    for (var, value, says) in [
+        (
+            "PAYMENT_MODE",
+            "sometimes",
+            "[possible values: auto, manual]",
+        ),
+        ("LOG_FORMAT", "xml", "[possible values: pretty, json]"),
+        ("LISTEN_ADDR", "localhost", "e.g. 0.0.0.0:8080"),
+        (
+            "LISTEN_ADDR",
+            "no-such-host.invalid:8080",
+            "use an IP address",
+        ),
+    ] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_order-service"))
+            .env_clear()
+            .env("DATABASE_URL", "sqlite::memory:")
+            .env(var, value)
+            .output()
+            .expect("run order-service");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{var}={value}: {stderr}");
+        assert_eq!(
+            stderr.trim().lines().count(),
+            1,
+            "{var}={value}: {stderr:?}"
+        );
+        assert!(stderr.contains(says), "{var}={value}: {stderr}");
+    }
+}
+
+/// Enum values are matched regardless of case, and LISTEN_ADDR takes a host name: the
+/// configuration is accepted (the probe then finds nothing listening: exit 1, not 2).
+#[test]
+fn enum_values_ignore_case_and_the_listen_address_takes_a_host_name() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_order-service"))
+        .env_clear()
+        .env("DATABASE_URL", "sqlite::memory:")
+        .env("PAYMENT_MODE", "Manual")
+        .env("LOG_FORMAT", "JSON")
+        .env("LISTEN_ADDR", "localhost:1")
+        .arg("healthcheck")
+        .output()
+        .expect("run order-service");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("invalid value"), "{stderr}");
+}
+
+/// A start-up failure is said once, each cause once (SeaORM's error repeats sqlx's).
+#[test]
+fn a_missing_database_is_reported_once_in_one_line() {
+    let database = format!("missing_{}", uuid::Uuid::new_v4().simple());
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_order-service"))
+        .env_clear()
+        .env(
+            "DATABASE_URL",
+            format!("postgres://postgres@127.0.0.1:5432/{database}?sslmode=disable"),
+        )
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .output()
+        .expect("run order-service");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr:?}");
+    assert_eq!(
+        stderr.matches("does not exist").count(),
+        1,
+        "said once: {stderr}"
+    );
+    assert!(
+        !stdout.contains("does not exist"),
+        "not again on stdout: {stdout}"
+    );
+}
