@@ -43,6 +43,7 @@
 # BENCH_PRELOAD (1000000: finished orders loaded before repeating closed c=64 on grown
 # tables; 0 skips that row), BENCH_WARMUP (10: seconds of unrecorded load before that row),
 # BENCH_SETTLE (5: seconds of pause after each row, before the next),
+# BENCH_SSLMODE (require: PostgreSQL over TLS; disable: plain TCP),
 # KEEP_WORKDIR (set: keep the temp dir with the service logs and JSON reports).
 set -euo pipefail
 
@@ -65,6 +66,8 @@ only=${BENCH_ONLY:-}
 preload=${BENCH_PRELOAD:-1000000}
 warmup=${BENCH_WARMUP:-10}
 settle=${BENCH_SETTLE:-5}
+# As users run it: TLS, as a managed PostgreSQL requires (`disable` for plain TCP).
+sslmode=${BENCH_SSLMODE:-require}
 url="http://127.0.0.1:$port"
 
 for tool in cargo curl jq psql createdb dropdb rabbitmqctl awk; do
@@ -135,7 +138,7 @@ start_service() {
     LOG_FORMAT=json RUST_LOG=warn PAYMENT_DECLINE_RATE="$decline")
   if [ "$mode" = pg ]; then
     (cd "$work" && exec env -i "${env_common[@]}" \
-      DATABASE_URL="postgres://postgres@127.0.0.1:5432/$db?sslmode=disable" \
+      DATABASE_URL="postgres://postgres@127.0.0.1:5432/$db?sslmode=$sslmode" \
       AMQP_URL="amqp://guest:guest@127.0.0.1:5672/$vhost" \
       "$service_bin" >"$work/service-pg.log" 2>&1) &
   else
@@ -411,7 +414,7 @@ generated="$work/generated.md"
   echo "- the machine's own speed at the start: $machine_tps transactions/s of the issue's reference saga step (\`UPDATE\` by primary key + \`INSERT\` into a log, \`synchronous_commit\` on; \`pgbench -M prepared -c 8 -j 2 -T 10\`; the issue quotes about 9,000 for this machine); at the end, after the loads: $machine_tps_end transactions/s"
   echo "- the machine's own commit latency at the start: $machine_latency for the same transaction at an open 300/s with nothing else running (\`pgbench -M prepared -c 2 -j 1 -R 300 -T 10 -l\`, latency per transaction including its wait for the schedule); a create is one such commit"
   echo "- the machine's cross-process wake-up round trip: $machine_wakeup (\`perf bench sched pipe -l 50000\`: two processes waking each other through pipes; a saga's every hop wakes a process on the other side)"
-  echo "- service: \`PAYMENT_DECLINE_RATE=$decline LOG_FORMAT=json RUST_LOG=warn\`, other settings default (\`DB_MAX_CONNECTIONS=8\` per store); PostgreSQL over loopback with \`sslmode=disable\`; the service, PostgreSQL, RabbitMQ and loadgen share the machine"
+  echo "- service: \`PAYMENT_DECLINE_RATE=$decline LOG_FORMAT=json RUST_LOG=warn\`, other settings default (\`DB_MAX_CONNECTIONS=8\` per store); PostgreSQL over loopback with \`sslmode=$sslmode\`; the service, PostgreSQL, RabbitMQ and loadgen share the machine"
   echo "- each load: ${seconds} s of orders of one \`$sku\` (stock set to $stock first), then the drain until every saga is terminal, then the checks; the whole run took ${bench_seconds} s (build excluded)"
   echo
   echo "| # | mode | load | created/s | completed/s | create p50 / p99 (ms) | saga p50 / p99 (ms) | CONFIRMED / REVERSED / REJECTED | errors | not terminal | invariants | CPU cores: service / postgres / rabbitmq / loadgen (machine) | machine CPU per saga | load avg before |"

@@ -5,6 +5,7 @@
 mod bad_input;
 mod broker;
 mod crash;
+mod database_tls;
 mod deployment;
 mod group_commit;
 mod helpers;
