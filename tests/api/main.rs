@@ -6,6 +6,7 @@ mod bad_input;
 mod broker;
 mod crash;
 mod deployment;
+mod edge;
 mod group_commit;
 mod helpers;
 mod idempotency;
