@@ -6,6 +6,7 @@ use crate::actors::Orders;
 use crate::actors::order_actor::OrderContext;
 use crate::actors::timers;
 use crate::config::Config;
+use crate::http::edge::EdgeSettings;
 use crate::http::{self, AppState, HttpSettings};
 use crate::messaging::relay::OutboxRelay;
 use crate::messaging::{Bus, IncomingMessage, consumer, replies, topology};
@@ -55,6 +56,7 @@ pub struct Application {
     workers: JoinSet<()>,
     /// Upper bound for draining on shutdown.
     shutdown_timeout: Duration,
+    edge: EdgeSettings,
 }
 
 impl Application {
@@ -169,6 +171,7 @@ impl Application {
             shutdown,
             workers,
             shutdown_timeout: Duration::from_secs(config.shutdown_timeout_secs),
+            edge: EdgeSettings::from(&config),
         })
     }
 
@@ -188,12 +191,13 @@ impl Application {
             shutdown,
             mut workers,
             shutdown_timeout,
+            edge,
         } = self;
         let router = http::router(state.clone());
         tracing::info!(addr = %listener.local_addr()?, bus = state.bus.kind(), "order service listening");
         let stop = shutdown.clone();
         let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+        let server = http::edge::serve(listener, router, edge, async move {
             tokio::select! {
                 _ = signal => {}
                 _ = stop.cancelled() => {}
@@ -202,7 +206,7 @@ impl Application {
             let _ = signalled_tx.send(());
         });
         // The server drains in-flight requests; the deadline starts once shutdown is asked.
-        let mut server = std::pin::pin!(server.into_future());
+        let mut server = std::pin::pin!(server);
         let mut signalled = std::pin::pin!(signalled_rx);
         let served = tokio::select! {
             result = &mut server => Some(result),
@@ -332,8 +336,7 @@ pub async fn run_participants(
         .await
         .with_context(|| format!("binding {}", config.listen_addr))?;
     tracing::info!(addr = %listener.local_addr()?, "participants running");
-    axum::serve(listener, health)
-        .with_graceful_shutdown(signal)
+    http::edge::serve(listener, health, EdgeSettings::from(&config), signal)
         .await
         .context("health server")?;
     shutdown.cancel();

@@ -142,6 +142,27 @@ pub struct Config {
     #[arg(long, env = "STEP_MAX_RETRIES", default_value_t = 3)]
     pub step_max_retries: u32,
 
+    /// Seconds a new HTTP connection has to send its first request head in full (from
+    /// accept); slower ones are closed without an answer.
+    #[arg(long, env = "HTTP_HEADER_TIMEOUT_SECS", default_value_t = 10)]
+    pub http_header_timeout_secs: u64,
+
+    /// Seconds a kept-alive HTTP connection may wait, from the end of a response, until its
+    /// next request head is in full; then it is closed. Keep it longer than the idle timeout
+    /// of a proxy or load balancer in front, so that they close idle connections first.
+    #[arg(long, env = "HTTP_IDLE_TIMEOUT_SECS", default_value_t = 75)]
+    pub http_idle_timeout_secs: u64,
+
+    /// Seconds a request body has to arrive in full, from the end of its head; a body still
+    /// incomplete then gets 408 problem+json and the connection is closed.
+    #[arg(long, env = "HTTP_BODY_TIMEOUT_SECS", default_value_t = 30)]
+    pub http_body_timeout_secs: u64,
+
+    /// HTTP connections served at once; further ones wait unaccepted in the listen backlog
+    /// until one closes. Lowered to half the open-files limit (`ulimit -n`) if that is smaller.
+    #[arg(long, env = "HTTP_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub http_max_connections: usize,
+
     /// How long a graceful shutdown (SIGTERM/SIGINT) may take before the process exits.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value_t = 20)]
     pub shutdown_timeout_secs: u64,
@@ -307,6 +328,24 @@ impl Config {
             return Err(ConfigError {
                 option: "STEP_TIMEOUT_MS",
                 problem: "must be at least 10".into(),
+            });
+        }
+        for (option, secs) in [
+            ("HTTP_HEADER_TIMEOUT_SECS", self.http_header_timeout_secs),
+            ("HTTP_IDLE_TIMEOUT_SECS", self.http_idle_timeout_secs),
+            ("HTTP_BODY_TIMEOUT_SECS", self.http_body_timeout_secs),
+        ] {
+            if !(1..=86_400).contains(&secs) {
+                return Err(ConfigError {
+                    option,
+                    problem: format!("{secs} is not between 1 and 86400 seconds"),
+                });
+            }
+        }
+        if !(1..=1_000_000).contains(&self.http_max_connections) {
+            return Err(ConfigError {
+                option: "HTTP_MAX_CONNECTIONS",
+                problem: format!("{} is not between 1 and 1000000", self.http_max_connections),
             });
         }
         self.actor_panic_fault()?;

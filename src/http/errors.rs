@@ -30,6 +30,9 @@ pub enum ApiError {
         detail: String,
         extensions: Map<String, Value>,
     },
+    /// 408: the body did not arrive in full within `HTTP_BODY_TIMEOUT_SECS`.
+    #[error("the request body did not arrive within the time allowed")]
+    RequestTimeout,
     /// 413: the body is larger than the configured limit.
     #[error("request body too large")]
     PayloadTooLarge,
@@ -108,6 +111,7 @@ impl ApiError {
             ApiError::Forbidden => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
@@ -175,6 +179,7 @@ impl IntoResponse for ApiError {
                 extensions,
                 ..
             } => (kind, title, extensions),
+            ApiError::RequestTimeout => ("request-timeout", "Request timeout", Map::new()),
             ApiError::PayloadTooLarge => {
                 ("payload-too-large", "Request body too large", Map::new())
             }
@@ -198,6 +203,12 @@ impl IntoResponse for ApiError {
                 response
                     .headers_mut()
                     .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            // The rest of the body may still come: the connection cannot carry another request.
+            StatusCode::REQUEST_TIMEOUT => {
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             StatusCode::SERVICE_UNAVAILABLE => {
                 response

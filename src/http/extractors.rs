@@ -1,6 +1,7 @@
 //! Extractors that turn axum's rejections into problem+json [`ApiError`]s, plus the admin
 //! bearer-token check and the `Idempotency-Key` header.
 
+use crate::http::edge::is_body_timeout;
 use crate::http::errors::ApiError;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -9,7 +10,7 @@ use serde::de::DeserializeOwned;
 use subtle::ConstantTimeEq;
 
 /// JSON body; malformed JSON is 400, wrong types or unknown fields 422, a body over the
-/// limit 413, a missing `Content-Type: application/json` 415.
+/// limit 413, a missing `Content-Type: application/json` 415, a body too slow to arrive 408.
 pub struct ApiJson<T>(pub T);
 
 impl<S, T> FromRequest<S> for ApiJson<T>
@@ -35,6 +36,7 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
             "expected a body with Content-Type: application/json".into(),
         ),
         other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
+        other if is_body_timeout(&other) => ApiError::RequestTimeout,
         other => ApiError::bad_request("Unreadable body", other.body_text()),
     }
 }
@@ -79,8 +81,8 @@ where
     }
 }
 
-/// A request body read as raw bytes; a body over the limit is 413 problem+json like
-/// everywhere else.
+/// A request body read as raw bytes; a body over the limit is 413 problem+json and one too
+/// slow to arrive 408, like everywhere else.
 pub struct RawBody(pub axum::body::Bytes);
 
 impl<S: Send + Sync> FromRequest<S> for RawBody {
@@ -93,6 +95,8 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
             .map_err(|e| {
                 if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
                     ApiError::PayloadTooLarge
+                } else if is_body_timeout(&e) {
+                    ApiError::RequestTimeout
                 } else {
                     ApiError::bad_request("Unreadable body", e.body_text())
                 }

@@ -110,6 +110,9 @@ struct PutStock {
             content_type = "application/problem+json"),
         (status = 404, description = "Admin endpoints are disabled (no `ADMIN_TOKEN`)",
             body = Problem, content_type = "application/problem+json"),
+        (status = 408, description = "Body not in full within `HTTP_BODY_TIMEOUT_SECS` of the \
+            request head (the connection is then closed)", body = Problem,
+            content_type = "application/problem+json"),
         (status = 413, description = "Body larger than `BODY_LIMIT_BYTES`", body = Problem,
             content_type = "application/problem+json"),
         (status = 415, description = "Body is not `Content-Type: application/json`",

@@ -3,6 +3,7 @@
 //! including the ones axum produces itself (404, 405).
 
 pub mod admin;
+pub mod edge;
 pub mod errors;
 pub mod extractors;
 pub mod health;

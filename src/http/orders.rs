@@ -100,6 +100,9 @@ fn traceparent(headers: &HeaderMap) -> Option<String> {
         (status = 409, description = "Not enough stock (`sku`, `requested`, `available`), or a \
             request with the same `Idempotency-Key` is still in progress",
             body = Problem, content_type = "application/problem+json"),
+        (status = 408, description = "Body not in full within `HTTP_BODY_TIMEOUT_SECS` of the \
+            request head (the connection is then closed)", body = Problem,
+            content_type = "application/problem+json"),
         (status = 413, description = "Body larger than `BODY_LIMIT_BYTES`", body = Problem,
             content_type = "application/problem+json"),
         (status = 415, description = "Body is not `Content-Type: application/json`",
@@ -568,6 +571,9 @@ struct StatusOverride {
         (status = 409, description = "Change not allowed from the current status \
             (`current_status`, `allowed`), or the order is parked", body = Problem,
             content_type = "application/problem+json"),
+        (status = 408, description = "Body not in full within `HTTP_BODY_TIMEOUT_SECS` of the \
+            request head (the connection is then closed)", body = Problem,
+            content_type = "application/problem+json"),
         (status = 413, description = "Body larger than `BODY_LIMIT_BYTES`", body = Problem,
             content_type = "application/problem+json"),
         (status = 415, description = "Body is not `Content-Type: application/json`",
@@ -638,6 +644,9 @@ struct PayRequest {
             body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The order is not awaiting a manual payment, or is \
             parked", body = Problem, content_type = "application/problem+json"),
+        (status = 408, description = "Body not in full within `HTTP_BODY_TIMEOUT_SECS` of the \
+            request head (the connection is then closed)", body = Problem,
+            content_type = "application/problem+json"),
         (status = 413, description = "Body larger than `BODY_LIMIT_BYTES`", body = Problem,
             content_type = "application/problem+json"),
         (status = 422, description = "Unknown `outcome` or unknown fields", body = Problem,

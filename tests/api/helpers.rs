@@ -53,6 +53,12 @@ pub struct TestOptions {
     pub actor_idle_secs: u64,
     /// `MAX_ORDERS_IN_FLIGHT`.
     pub max_orders_in_flight: usize,
+    /// `HTTP_HEADER_TIMEOUT_SECS`, `HTTP_IDLE_TIMEOUT_SECS`, `HTTP_BODY_TIMEOUT_SECS`.
+    pub http_header_timeout_secs: u64,
+    pub http_idle_timeout_secs: u64,
+    pub http_body_timeout_secs: u64,
+    /// `HTTP_MAX_CONNECTIONS`.
+    pub http_max_connections: usize,
 }
 
 impl Default for TestOptions {
@@ -72,6 +78,10 @@ impl Default for TestOptions {
             idempotency_retention_secs: 86_400,
             actor_idle_secs: 60,
             max_orders_in_flight: 2_000,
+            http_header_timeout_secs: 10,
+            http_idle_timeout_secs: 75,
+            http_body_timeout_secs: 30,
+            http_max_connections: 1024,
         }
     }
 }
@@ -124,6 +134,10 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
     config.idempotency_retention_secs = options.idempotency_retention_secs;
     config.actor_idle_secs = options.actor_idle_secs;
     config.max_orders_in_flight = options.max_orders_in_flight;
+    config.http_header_timeout_secs = options.http_header_timeout_secs;
+    config.http_idle_timeout_secs = options.http_idle_timeout_secs;
+    config.http_body_timeout_secs = options.http_body_timeout_secs;
+    config.http_max_connections = options.http_max_connections;
     config.idempotency_claim_timeout_secs = 60;
     config.shutdown_timeout_secs = 5;
     config.validate().expect("test configuration is valid");

@@ -7,6 +7,7 @@ mod broker;
 mod crash;
 mod database_tls;
 mod deployment;
+mod edge;
 mod group_commit;
 mod helpers;
 mod idempotency;

@@ -1,0 +1,362 @@
+//! The HTTP edge against hostile or slow clients, over raw sockets: timeouts for the request
+//! head, an idle keep-alive connection and the body; and the connection cap.
+
+use crate::helpers::{PROBLEM_JSON, TestOptions, provision, spawn_app_with};
+use order_service::config::Config;
+use serde_json::Value;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// One client connection, spoken to byte by byte.
+struct Raw {
+    stream: TcpStream,
+    /// Read but not yet consumed.
+    buffer: Vec<u8>,
+}
+
+struct RawResponse {
+    status: u16,
+    /// Lower-case names.
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl std::fmt::Debug for RawResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawResponse")
+            .field("status", &self.status)
+            .field("headers", &self.headers)
+            .field("body", &String::from_utf8_lossy(&self.body))
+            .finish()
+    }
+}
+
+impl RawResponse {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Asserts an RFC 9457 problem with this status, and returns it.
+    fn problem(&self, status: u16) -> Value {
+        assert_eq!(self.status, status, "{self:?}");
+        assert_eq!(self.header("content-type"), Some(PROBLEM_JSON), "{self:?}");
+        let body: Value = serde_json::from_slice(&self.body).expect("a JSON problem");
+        assert_eq!(body["status"], status, "{body}");
+        assert!(
+            body["title"].as_str().is_some_and(|t| !t.is_empty()),
+            "{body}"
+        );
+        body
+    }
+}
+
+impl Raw {
+    async fn connect(address: &str) -> Raw {
+        let address = address.trim_start_matches("http://");
+        Raw {
+            stream: TcpStream::connect(address).await.expect("connecting"),
+            buffer: Vec::new(),
+        }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("sending");
+    }
+
+    /// Reads into the buffer; false once the server has closed the connection.
+    async fn fill(&mut self) -> bool {
+        let mut chunk = [0u8; 8192];
+        match self.stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                self.buffer.extend_from_slice(&chunk[..n]);
+                true
+            }
+        }
+    }
+
+    /// The next response, or `None` if the connection closes before one is complete.
+    async fn read_response(&mut self) -> Option<RawResponse> {
+        let head_end = loop {
+            if let Some(at) = self.buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at;
+            }
+            if !self.fill().await {
+                return None;
+            }
+        };
+        let head = String::from_utf8_lossy(&self.buffer[..head_end]).into_owned();
+        let mut lines = head.split("\r\n");
+        let status = lines
+            .next()
+            .and_then(|l| l.split(' ').nth(1))
+            .and_then(|s| s.parse().ok())
+            .expect("a status line");
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        self.buffer.drain(..head_end + 4);
+        let length = headers
+            .iter()
+            .find(|(n, _)| n == "content-length")
+            .and_then(|(_, v)| v.parse::<usize>().ok());
+        match length {
+            Some(length) => {
+                while self.buffer.len() < length {
+                    if !self.fill().await {
+                        return None;
+                    }
+                }
+            }
+            None => while self.fill().await {},
+        }
+        let body = self
+            .buffer
+            .drain(..length.unwrap_or(self.buffer.len()))
+            .collect();
+        Some(RawResponse {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    /// The next response, which must come within `within`.
+    async fn response(&mut self, within: Duration) -> RawResponse {
+        tokio::time::timeout(within, self.read_response())
+            .await
+            .unwrap_or_else(|_| panic!("no response within {within:?}"))
+            .expect("a response before the connection closed")
+    }
+
+    /// Sends `bytes` one at a time, `every` apart, until all are sent or the server answers
+    /// or closes the connection.
+    async fn trickle(&mut self, bytes: &[u8], every: Duration) {
+        for byte in bytes {
+            if self.stream.write_all(&[*byte]).await.is_err() {
+                return;
+            }
+            if tokio::time::timeout(every, self.fill()).await.is_ok() {
+                return;
+            }
+        }
+    }
+
+    /// Whether the server closes the connection within `within` (without answering).
+    async fn closes_within(&mut self, within: Duration) -> bool {
+        tokio::time::timeout(within, async { while self.fill().await {} })
+            .await
+            .is_ok()
+    }
+}
+
+/// `GET /health/live`, kept alive.
+const LIVE: &[u8] = b"GET /health/live HTTP/1.1\r\nHost: localhost\r\n\r\n";
+
+fn options(header: u64, idle: u64, body: u64, connections: usize) -> TestOptions {
+    TestOptions {
+        http_header_timeout_secs: header,
+        http_idle_timeout_secs: idle,
+        http_body_timeout_secs: body,
+        http_max_connections: connections,
+        ..TestOptions::default()
+    }
+}
+
+/// Asserts that `raw` is closed without an answer between `at_least` and `at_most` after
+/// `since`.
+async fn assert_closed_between(raw: &mut Raw, since: Instant, at_least: f64, at_most: f64) {
+    let closed = raw.closes_within(Duration::from_secs_f64(at_most)).await;
+    let elapsed = since.elapsed().as_secs_f64();
+    assert!(closed, "still open after {elapsed:.1} s");
+    assert!(
+        elapsed >= at_least,
+        "closed after {elapsed:.1} s, before {at_least} s"
+    );
+    assert!(
+        raw.buffer.is_empty(),
+        "answered: {:?}",
+        String::from_utf8_lossy(&raw.buffer)
+    );
+}
+
+#[tokio::test]
+async fn a_request_head_not_in_by_the_header_timeout_is_closed() {
+    let app = spawn_app_with(options(1, 30, 30, 1024)).await;
+    let head = b"GET /health/live HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    let started = Instant::now();
+    let mut silent = Raw::connect(&app.address).await;
+    let mut half = Raw::connect(&app.address).await;
+    half.send(&head[..20]).await;
+    // A byte every 300 ms: the connection is never quiet, but the head is not in on time.
+    let mut trickled = Raw::connect(&app.address).await;
+    let trickling = async {
+        trickled.trickle(head, Duration::from_millis(300)).await;
+        assert_closed_between(&mut trickled, started, 0.9, 1.0).await;
+    };
+    tokio::join!(
+        assert_closed_between(&mut silent, started, 0.9, 5.0),
+        assert_closed_between(&mut half, started, 0.9, 5.0),
+        trickling,
+    );
+    // A timely head is unaffected.
+    let mut good = Raw::connect(&app.address).await;
+    good.send(LIVE).await;
+    assert_eq!(good.response(Duration::from_secs(5)).await.status, 200);
+}
+
+#[tokio::test]
+async fn a_kept_alive_connection_may_idle_until_the_idle_timeout() {
+    let app = spawn_app_with(options(1, 3, 30, 1024)).await;
+    let mut raw = Raw::connect(&app.address).await;
+    raw.send(LIVE).await;
+    assert_eq!(raw.response(Duration::from_secs(5)).await.status, 200);
+    // Idle past the header timeout: the connection is still there for the next request.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    raw.send(LIVE).await;
+    assert_eq!(raw.response(Duration::from_secs(5)).await.status, 200);
+    let idle_since = Instant::now();
+    assert_closed_between(&mut raw, idle_since, 2.5, 6.0).await;
+}
+
+/// `POST /api/orders` announcing a body of `length` bytes.
+fn order_head(length: usize) -> Vec<u8> {
+    format!(
+        "POST /api/orders HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+         Idempotency-Key: {}\r\nContent-Length: {length}\r\n\r\n",
+        uuid::Uuid::new_v4()
+    )
+    .into_bytes()
+}
+
+/// Asserts the 408 problem that ends a body too slow to arrive, `at_least` seconds after
+/// `since`, and that the connection closes after it.
+async fn assert_body_timed_out(raw: &mut Raw, since: Instant, at_least: f64) {
+    let response = raw.response(Duration::from_secs(5)).await;
+    let waited = since.elapsed().as_secs_f64();
+    let problem = response.problem(408);
+    assert!(
+        problem["type"]
+            .as_str()
+            .is_some_and(|t| t.ends_with("/request-timeout")),
+        "{problem}"
+    );
+    assert_eq!(response.header("connection"), Some("close"));
+    assert!(waited >= at_least, "answered after {waited:.1} s");
+    assert!(raw.closes_within(Duration::from_secs(2)).await);
+}
+
+#[tokio::test]
+async fn a_request_body_not_in_by_the_body_timeout_gets_408_and_the_connection_closes() {
+    let app = spawn_app_with(options(10, 30, 1, 1024)).await;
+    let body = serde_json::to_vec(&crate::helpers::order_body(&[("KB-001", 1)])).expect("JSON");
+
+    // Half the body, then nothing.
+    let mut half = Raw::connect(&app.address).await;
+    half.send(&order_head(body.len())).await;
+    half.send(&body[..body.len() / 2]).await;
+    let started = Instant::now();
+    assert_body_timed_out(&mut half, started, 0.9).await;
+
+    // A byte every 200 ms: each arrives well within the timeout, the whole body does not.
+    let mut trickled = Raw::connect(&app.address).await;
+    trickled.send(&order_head(body.len())).await;
+    let started = Instant::now();
+    trickled.trickle(&body, Duration::from_millis(200)).await;
+    assert_body_timed_out(&mut trickled, started, 0.9).await;
+
+    // Neither created an order; a body sent at once still does.
+    let orders: Value = app
+        .client
+        .get(app.url("/api/orders"))
+        .send()
+        .await
+        .expect("GET /api/orders")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(
+        orders["orders"].as_array().map(Vec::len),
+        Some(0),
+        "{orders}"
+    );
+    let mut good = Raw::connect(&app.address).await;
+    good.send(&order_head(body.len())).await;
+    good.send(&body).await;
+    assert_eq!(good.response(Duration::from_secs(10)).await.status, 201);
+}
+
+#[tokio::test]
+async fn over_the_connection_cap_new_connections_wait_and_accepted_ones_are_served() {
+    let app = spawn_app_with(options(30, 30, 30, 2)).await;
+    // Two kept-alive connections take both slots.
+    let mut first = Raw::connect(&app.address).await;
+    first.send(LIVE).await;
+    assert_eq!(first.response(Duration::from_secs(5)).await.status, 200);
+    let mut second = Raw::connect(&app.address).await;
+    second.send(LIVE).await;
+    assert_eq!(second.response(Duration::from_secs(5)).await.status, 200);
+
+    // A third connects (the kernel queues it) but is neither served nor refused.
+    let mut third = Raw::connect(&app.address).await;
+    third.send(LIVE).await;
+    if let Ok(answer) =
+        tokio::time::timeout(Duration::from_millis(1500), third.read_response()).await
+    {
+        panic!("a connection over the cap was not left waiting: {answer:?}");
+    }
+    // The accepted ones still are served.
+    first.send(LIVE).await;
+    assert_eq!(first.response(Duration::from_secs(2)).await.status, 200);
+
+    // Once a slot frees, the waiting connection is served.
+    drop(second);
+    assert_eq!(third.response(Duration::from_secs(5)).await.status, 200);
+}
+
+#[tokio::test]
+async fn the_participants_health_server_has_the_same_edge() {
+    let (database_url, amqp_url, _backing) = provision(false).await;
+    let mut config = Config::default_for(&database_url, amqp_url.as_deref());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    config.listen_addr = ([127, 0, 0, 1], port).into();
+    config.db_max_connections = 2;
+    config.http_header_timeout_secs = 1;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let participants = tokio::spawn(order_service::app::run_participants(config, async {
+        let _ = stopped.await;
+    }));
+    let address = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut raw = loop {
+        if let Ok(stream) = TcpStream::connect(&address).await {
+            break Raw {
+                stream,
+                buffer: Vec::new(),
+            };
+        }
+        assert!(Instant::now() < deadline, "participants never listened");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    raw.send(LIVE).await;
+    assert_eq!(raw.response(Duration::from_secs(5)).await.status, 200);
+    let started = Instant::now();
+    let mut slow = Raw::connect(&address).await;
+    slow.send(b"GET /health/live HTTP/1.1\r\n").await;
+    assert_closed_between(&mut slow, started, 0.9, 5.0).await;
+
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(30), participants)
+        .await
+        .expect("participants stop")
+        .expect("participants task")
+        .expect("participants run");
+}
