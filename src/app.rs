@@ -266,8 +266,9 @@ async fn monitor(stores: Stores, bus: Bus, shutdown: CancellationToken) {
     }
 }
 
-/// Connects the stores (migrating them if configured) and the bus, and seeds the demo
-/// catalogue into an empty inventory. The inventory handle is the API's, for reading stock.
+/// Connects the stores (migrating them if configured) and the bus (or starts it connecting
+/// in the background, see [`Bus::start`]), and seeds the demo catalogue into an empty
+/// inventory. The inventory handle is the API's, for reading stock.
 async fn connect(config: &Config) -> anyhow::Result<(Stores, Bus, Inventory)> {
     let stores = Stores::connect(&config.database_url, config.db_max_connections)
         .await
@@ -275,7 +276,9 @@ async fn connect(config: &Config) -> anyhow::Result<(Stores, Bus, Inventory)> {
     if config.migrate_on_start {
         stores.migrate().await.context("applying migrations")?;
     }
-    let bus = Bus::connect(config.amqp_url.as_deref())
+    // An unreachable broker is waited for in the background (orchestrated start-ups bring
+    // it up in any order); a malformed URL or refused credentials fail here.
+    let bus = Bus::start(config.amqp_url.as_deref())
         .await
         .context("connecting to the message broker")?;
     let inventory = Inventory::new(stores.inventory.clone(), OutboxFeed::default());
@@ -315,19 +318,31 @@ pub async fn run_participants(
     let health = {
         let (stores, bus) = (stores.clone(), bus.clone());
         axum::Router::new()
-            .route("/health/live", axum::routing::get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
+            .route(
+                "/health/live",
+                axum::routing::get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
+            )
             .route(
                 "/health/ready",
                 axum::routing::get(move || {
                     let (stores, bus) = (stores.clone(), bus.clone());
                     async move {
-                        let ready = bus.is_connected() && stores.ping().await.is_ok();
+                        let broker = crate::http::health::broker_check(&bus);
+                        let database = match stores.ping().await {
+                            Ok(()) => "ok".to_owned(),
+                            Err(e) => format!("unavailable: {e}"),
+                        };
+                        let ready = broker == "ok" && database == "ok";
                         let status = if ready {
                             axum::http::StatusCode::OK
                         } else {
                             axum::http::StatusCode::SERVICE_UNAVAILABLE
                         };
-                        (status, axum::Json(serde_json::json!({"status": if ready { "ready" } else { "unavailable" }})))
+                        let body = serde_json::json!({
+                            "status": if ready { "ready" } else { "unavailable" },
+                            "checks": { "database": database, "broker": broker },
+                        });
+                        (status, axum::Json(body))
                     }
                 }),
             )

@@ -304,6 +304,15 @@ impl Config {
                     problem: "must start with amqp:// or amqps://".into(),
                 });
             }
+            // What the client library itself rejects (e.g. a bad port or query option),
+            // found here rather than at the first connection attempt.
+            crate::messaging::amqp::parse_url(amqp).map_err(|e| ConfigError {
+                option: "AMQP_URL",
+                problem: match e {
+                    crate::messaging::BusError::InvalidUrl(problem) => problem,
+                    other => other.to_string(),
+                },
+            })?;
         }
         if matches!(&self.admin_token, Some(t) if t.len() < 16) {
             return Err(ConfigError {

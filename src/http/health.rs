@@ -3,6 +3,7 @@
 
 use crate::http::AppState;
 use crate::http::openapi::{Liveness, Readiness};
+use crate::messaging::Bus;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -51,11 +52,7 @@ async fn ready(State(app): State<AppState>) -> Response {
             Ok(Err(e)) => format!("unavailable: {e}"),
             Err(_) => "unavailable: timed out".to_owned(),
         };
-    let broker = if app.bus.is_connected() {
-        "ok".to_owned()
-    } else {
-        "unavailable: not connected".to_owned()
-    };
+    let broker = broker_check(&app.bus);
     let ready = database == "ok" && broker == "ok";
     let stats = app.orders.stats();
     let body = json!({
@@ -79,4 +76,21 @@ async fn ready(State(app): State<AppState>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, Json(body)).into_response()
+}
+
+/// The broker's readiness check: `ok`, or `unavailable: <why>` — not reached yet since
+/// start-up, or lost — with the last connection attempt's error when there is one.
+pub fn broker_check(bus: &Bus) -> String {
+    if bus.is_connected() {
+        return "ok".to_owned();
+    }
+    let state = if bus.connected_once() {
+        "connection lost, reconnecting"
+    } else {
+        "not reached since start-up, connecting"
+    };
+    match bus.last_error() {
+        Some(error) => format!("unavailable: {state} ({error})"),
+        None => format!("unavailable: {state}"),
+    }
 }

@@ -113,9 +113,9 @@ fn traceparent(headers: &HeaderMap) -> Option<String> {
             content_type = "application/problem+json"),
         (status = 500, description = "Unexpected failure (logged; no details)", body = Problem,
             content_type = "application/problem+json"),
-        (status = 503, description = "Too many orders in progress (`MAX_ORDERS_IN_FLIGHT`), or \
-            the database or the order actor is unavailable; retry shortly with the same \
-            `Idempotency-Key`", body = Problem, content_type = "application/problem+json",
+        (status = 503, description = "Too many orders in progress (`MAX_ORDERS_IN_FLIGHT`), \
+            the message broker not reached yet since start-up, or the database or the order \
+            actor is unavailable; retry shortly with the same `Idempotency-Key`", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = String, description = "Seconds to wait before retrying"))),
     )
 )]
@@ -129,6 +129,7 @@ async fn create_order(
     let valid = request.validate().map_err(|problems| {
         ApiError::validation(problems.join("; ")).with("errors", json!(problems))
     })?;
+    broker_reached(&app)?;
     let limit = app.settings.max_orders_in_flight;
     if limit > 0 && app.orders.live_actors() >= limit {
         // Shed load before any work (nothing is claimed or written): the sagas in flight
@@ -231,6 +232,19 @@ async fn create_order(
     let (order_id, body) = result?;
     tracing::Span::current().record("order_id", tracing::field::display(order_id));
     Ok(created(201, body, Some(order_id), false))
+}
+
+/// New work that sends messages is refused until the broker was reached once: before
+/// that, a wrong host or port cannot be told from a broker still starting, and the work
+/// would wait in the outbox for a broker that may never come. (After a loss the outbox
+/// carries the work across the outage instead.)
+fn broker_reached(app: &AppState) -> Result<(), ApiError> {
+    if app.bus.connected_once() {
+        return Ok(());
+    }
+    Err(ApiError::Unavailable(
+        "the message broker has not been reached since start-up; retry shortly".into(),
+    ))
 }
 
 fn key_in_flight() -> ApiError {
@@ -582,8 +596,8 @@ struct StatusOverride {
             types or unknown fields", body = Problem, content_type = "application/problem+json"),
         (status = 500, description = "Unexpected failure (logged; no details)", body = Problem,
             content_type = "application/problem+json"),
-        (status = 503, description = "The database or the order actor is unavailable; retry \
-            shortly", body = Problem, content_type = "application/problem+json",
+        (status = 503, description = "The message broker not reached yet since start-up, or \
+            the database or the order actor is unavailable; retry shortly", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = String, description = "Seconds to wait before retrying"))),
     )
 )]
@@ -607,6 +621,7 @@ async fn override_status(
             "reason must be at most 500 characters",
         ));
     }
+    broker_reached(&app)?;
     tracing::info!(%target, %reason, "admin status override");
     app.orders
         .apply(id, Event::AdminOverride { target, reason })
@@ -653,8 +668,8 @@ struct PayRequest {
             content_type = "application/problem+json"),
         (status = 500, description = "Unexpected failure (logged; no details)", body = Problem,
             content_type = "application/problem+json"),
-        (status = 503, description = "The database or the order actor is unavailable; retry \
-            shortly", body = Problem, content_type = "application/problem+json",
+        (status = 503, description = "The message broker not reached yet since start-up, or \
+            the database or the order actor is unavailable; retry shortly", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = String, description = "Seconds to wait before retrying"))),
     )
 )]
@@ -680,6 +695,7 @@ async fn pay(
             }
         })?
     };
+    broker_reached(&app)?;
     app.orders
         .apply(
             id,

@@ -28,6 +28,11 @@
 //! and settlements are bounded by timeouts, so nothing waits forever on a dead connection.
 //! Deliveries left unacknowledged by a dead channel are redelivered by the broker; settling
 //! such a stale delivery is an error, never a panic.
+//!
+//! [`AmqpBus::start`] also lets the first connection wait: a broker that cannot be reached
+//! at start-up (nothing listening, name not resolvable yet, timeout) leaves the bus
+//! disconnected, and the supervisor keeps connecting exactly as after a loss. A broker that
+//! answers and refuses (credentials, vhost) is a configuration error there and then.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet, VecDeque};
@@ -43,6 +48,7 @@ use lapin::options::{
     QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::uri::AMQPUri;
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer, Event,
     ExchangeKind, PublisherConfirm,
@@ -51,7 +57,7 @@ use rand::Rng;
 use tokio::sync::{Mutex, OwnedMutexGuard, watch};
 use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 use uuid::Uuid;
 
 use super::bundle::{self, Wire};
@@ -115,6 +121,10 @@ impl std::fmt::Debug for AmqpBus {
 struct Inner {
     /// The URL without credentials, for logs and errors.
     endpoint: String,
+    /// Set once the first link is installed: until then the broker was never reached.
+    connected_once: AtomicBool,
+    /// Why the last connection attempt failed, while disconnected (for `/health/ready`).
+    last_error: std::sync::Mutex<Option<String>>,
     /// The current link; `None` while disconnected (or closed). Waiters subscribe to it to
     /// learn about a reconnection.
     link: watch::Sender<Option<Arc<Link>>>,
@@ -124,6 +134,14 @@ struct Inner {
     reconnects: AtomicU64,
     /// Stops the supervisor: cancelled by [`AmqpBus::close`] and when the last handle goes.
     shutdown: CancellationToken,
+}
+
+impl Inner {
+    fn set_last_error(&self, error: Option<String>) {
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = error;
+        }
+    }
 }
 
 impl Drop for Inner {
@@ -152,9 +170,9 @@ impl Link {
 /// Connects, declares the whole topology (idempotent) and opens the publishing channels.
 /// Re-running it yields a fresh, fully usable [`Link`]; the supervisor does so after a
 /// connection loss.
-async fn establish(url: &str, endpoint: &str) -> Result<Link, BusError> {
+async fn establish(url: &AMQPUri, endpoint: &str) -> Result<Link, BusError> {
     let properties = ConnectionProperties::default().with_connection_name("order-service".into());
-    let connection = Connection::connect(url, properties)
+    let connection = Connection::connect_uri(url.clone(), properties)
         .await
         .map_err(|source| BusError::Connect {
             endpoint: endpoint.to_owned(),
@@ -330,37 +348,41 @@ async fn until_lost(link: &Link, shutdown: &CancellationToken) {
 }
 
 /// Keeps the bus connected: waits for the current link to fail, withdraws it, and
-/// re-establishes a new one with backoff. Holds the bus weakly, so it stops when the last
-/// handle is dropped (or at [`AmqpBus::close`]).
+/// re-establishes a new one with backoff. Without a first link (the broker was unreachable
+/// at start-up) it starts with the re-establishing. Holds the bus weakly, so it stops when
+/// the last handle is dropped (or at [`AmqpBus::close`]).
 async fn supervise(
     bus: Weak<Inner>,
-    url: String,
+    url: AMQPUri,
     endpoint: String,
     shutdown: CancellationToken,
-    mut link: Arc<Link>,
+    mut current: Option<Arc<Link>>,
 ) {
     loop {
-        until_lost(&link, &shutdown).await;
-        if shutdown.is_cancelled() {
-            return;
-        }
-        link.lost.cancel();
-        let Some(inner) = bus.upgrade() else { return };
-        inner.link.send_if_modified(|current| {
-            // Withdraw the link unless close() already did.
-            let ours = current.as_ref().is_some_and(|c| Arc::ptr_eq(c, &link));
-            if ours {
-                *current = None;
+        let mut lost_at = Instant::now();
+        if let Some(link) = current.take() {
+            until_lost(&link, &shutdown).await;
+            lost_at = Instant::now();
+            if shutdown.is_cancelled() {
+                return;
             }
-            ours
-        });
-        drop(inner);
-        drop(link);
-        warn!(
-            endpoint,
-            "broker connection lost; publishing and consuming pause until it is re-established"
-        );
-        let lost_at = Instant::now();
+            link.lost.cancel();
+            let Some(inner) = bus.upgrade() else { return };
+            inner.link.send_if_modified(|current| {
+                // Withdraw the link unless close() already did.
+                let ours = current.as_ref().is_some_and(|c| Arc::ptr_eq(c, &link));
+                if ours {
+                    *current = None;
+                }
+                ours
+            });
+            drop(inner);
+            drop(link);
+            warn!(
+                endpoint,
+                "broker connection lost; publishing and consuming pause until it is re-established"
+            );
+        }
 
         let mut attempt: u32 = 0;
         let new = loop {
@@ -373,15 +395,21 @@ async fn supervise(
                 _ = shutdown.cancelled() => return,
                 attempted = timeout(ESTABLISH_TIMEOUT, establish(&url, &endpoint)) => attempted,
             };
-            let error = match attempted {
+            let (error, refused) = match attempted {
                 Ok(Ok(new)) => break Arc::new(new),
-                Ok(Err(error)) => error.to_string(),
-                Err(_) => format!("timed out after {ESTABLISH_TIMEOUT:?}"),
+                Ok(Err(error)) => (error.to_string(), error.is_refusal()),
+                Err(_) => (format!("timed out after {ESTABLISH_TIMEOUT:?}"), false),
             };
-            if attempt.is_multiple_of(RECONNECT_WARN_EVERY) {
-                warn!(endpoint, attempt, %error, down_for = ?lost_at.elapsed(), "still cannot reconnect to the broker");
+            let Some(inner) = bus.upgrade() else { return };
+            inner.set_last_error(Some(error.clone()));
+            drop(inner);
+            if refused {
+                // Not an outage: nothing changes until someone fixes the configuration.
+                error!(endpoint, attempt, %error, "the broker refuses the connection; check AMQP_URL's credentials and vhost");
+            } else if attempt.is_multiple_of(RECONNECT_WARN_EVERY) {
+                warn!(endpoint, attempt, %error, down_for = ?lost_at.elapsed(), "still cannot connect to the broker");
             } else {
-                debug!(endpoint, attempt, %error, "reconnecting to the broker failed");
+                debug!(endpoint, attempt, %error, "connecting to the broker failed");
             }
         };
 
@@ -396,16 +424,26 @@ async fn supervise(
             close_link(&new).await;
             return;
         }
-        let reconnects = inner.reconnects.fetch_add(1, Ordering::AcqRel) + 1;
+        inner.set_last_error(None);
+        if inner.connected_once.swap(true, Ordering::AcqRel) {
+            let reconnects = inner.reconnects.fetch_add(1, Ordering::AcqRel) + 1;
+            info!(
+                endpoint,
+                attempts = attempt,
+                down_for = ?lost_at.elapsed(),
+                reconnects,
+                "broker reconnected; topology declared again"
+            );
+        } else {
+            info!(
+                endpoint,
+                attempts = attempt,
+                waited = ?lost_at.elapsed(),
+                "connected to RabbitMQ and declared the messaging topology"
+            );
+        }
         drop(inner);
-        info!(
-            endpoint,
-            attempts = attempt,
-            down_for = ?lost_at.elapsed(),
-            reconnects,
-            "broker reconnected; topology declared again"
-        );
-        link = new;
+        current = Some(new);
     }
 }
 
@@ -433,16 +471,56 @@ impl AmqpBus {
     /// Connects to `url` and declares the topology, then keeps the connection up: see the
     /// module docs on reconnection. The first connection must succeed.
     pub async fn connect(url: &str) -> Result<Self, BusError> {
+        let uri = parse_url(url)?;
         let endpoint = redact(url);
-        let link = Arc::new(establish(url, &endpoint).await?);
-        info!(
-            endpoint,
-            "connected to RabbitMQ and declared the messaging topology"
-        );
+        let link = establish(&uri, &endpoint).await?;
+        Ok(Self::supervised(uri, endpoint, Some(Arc::new(link))))
+    }
+
+    /// Like [`connect`](Self::connect), but a broker that cannot be reached yet is no
+    /// error: the bus starts disconnected and connects in the background (with the
+    /// reconnection backoff), declaring the topology then. Fails only for what waiting
+    /// cannot fix: a malformed URL, or a broker that answers and refuses the credentials or
+    /// the vhost.
+    pub async fn start(url: &str) -> Result<Self, BusError> {
+        let uri = parse_url(url)?;
+        let endpoint = redact(url);
+        let first = match timeout(ESTABLISH_TIMEOUT, establish(&uri, &endpoint)).await {
+            Ok(Ok(link)) => Ok(link),
+            Ok(Err(error)) if error.is_refusal() => return Err(error),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err(format!("timed out after {ESTABLISH_TIMEOUT:?}")),
+        };
+        match first {
+            Ok(link) => Ok(Self::supervised(uri, endpoint, Some(Arc::new(link)))),
+            Err(error) => {
+                warn!(
+                    endpoint,
+                    %error,
+                    "the broker is unreachable; starting without it and connecting in the \
+                     background (what needs it answers 503 meanwhile)"
+                );
+                let bus = Self::supervised(uri, endpoint, None);
+                bus.inner.set_last_error(Some(error));
+                Ok(bus)
+            }
+        }
+    }
+
+    /// The bus around its first link (or none yet), with the supervisor running.
+    fn supervised(uri: AMQPUri, endpoint: String, link: Option<Arc<Link>>) -> Self {
+        if link.is_some() {
+            info!(
+                endpoint,
+                "connected to RabbitMQ and declared the messaging topology"
+            );
+        }
         let shutdown = CancellationToken::new();
-        let (sender, _) = watch::channel(Some(link.clone()));
+        let (sender, _) = watch::channel(link.clone());
         let inner = Arc::new(Inner {
             endpoint: endpoint.clone(),
+            connected_once: AtomicBool::new(link.is_some()),
+            last_error: std::sync::Mutex::new(None),
             link: sender,
             next_publisher: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
@@ -451,12 +529,27 @@ impl AmqpBus {
         });
         tokio::spawn(supervise(
             Arc::downgrade(&inner),
-            url.to_owned(),
+            uri,
             endpoint,
             shutdown,
             link,
         ));
-        Ok(Self { inner })
+        Self { inner }
+    }
+
+    /// Whether the broker was ever reached (false only while a bus made by
+    /// [`start`](Self::start) has not connected yet).
+    pub fn connected_once(&self) -> bool {
+        self.inner.connected_once.load(Ordering::Acquire)
+    }
+
+    /// Why the last connection attempt failed, while disconnected.
+    pub fn last_error(&self) -> Option<String> {
+        self.inner
+            .last_error
+            .lock()
+            .map(|e| e.clone())
+            .unwrap_or_default()
     }
 
     /// True while the connection is open and [`close`](Self::close) was not called; false
@@ -1084,6 +1177,19 @@ fn header_text(value: &AMQPValue) -> Option<String> {
         | AMQPValue::FieldTable(_)
         | AMQPValue::ByteArray(_)
         | AMQPValue::Void => return None,
+    })
+}
+
+/// Parses an AMQP URL the way lapin will use it. The error names the problem but never the
+/// credentials.
+pub fn parse_url(url: &str) -> Result<AMQPUri, BusError> {
+    url.parse::<AMQPUri>().map_err(|problem| {
+        let problem = if url.is_empty() {
+            problem
+        } else {
+            problem.replace(url, &redact(url))
+        };
+        BusError::InvalidUrl(problem)
     })
 }
 

@@ -134,6 +134,33 @@ impl Bus {
         }
     }
 
+    /// Like [`connect`](Self::connect), except that a RabbitMQ broker that cannot be reached
+    /// yet is no error: the bus starts disconnected and connects in the background (see
+    /// [`amqp::AmqpBus::start`]). Meanwhile [`connected_once`](Self::connected_once) is false.
+    pub async fn start(amqp_url: Option<&str>) -> Result<Bus, BusError> {
+        match amqp_url {
+            None => Ok(Bus::InProcess(in_process::InProcessBus::new())),
+            Some(url) => Ok(Bus::Amqp(amqp::AmqpBus::start(url).await?)),
+        }
+    }
+
+    /// False only while a bus made by [`start`](Self::start) has never reached its broker:
+    /// the topology may not exist yet, and the service does not take new work that needs it.
+    pub fn connected_once(&self) -> bool {
+        match self {
+            Bus::Amqp(bus) => bus.connected_once(),
+            Bus::InProcess(_) => true,
+        }
+    }
+
+    /// Why the broker is not connected (the last connection attempt's error), if known.
+    pub fn last_error(&self) -> Option<String> {
+        match self {
+            Bus::Amqp(bus) if !bus.is_connected() => bus.last_error(),
+            _ => None,
+        }
+    }
+
     /// Publishes one persistent message and returns once the broker has confirmed it.
     ///
     /// The message carries delivery mode 2, content type `application/json`, `message_id`,
@@ -297,6 +324,9 @@ impl Subscription {
 /// Errors of the bus. lapin errors are boxed to keep `Result<_, BusError>` small.
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
+    /// `AMQP_URL` cannot be parsed (the text never includes the credentials).
+    #[error("invalid AMQP URL: {0}")]
+    InvalidUrl(String),
     #[error("cannot connect to RabbitMQ at {endpoint}: {source}")]
     Connect {
         endpoint: String,
@@ -380,6 +410,19 @@ pub enum BusError {
 }
 
 impl BusError {
+    /// The broker answered and refused: wrong credentials (`ACCESS_REFUSED`, also for a
+    /// user without permissions on the vhost) or an unknown vhost (`NOT_ALLOWED`). Waiting
+    /// does not fix these; an unreachable broker is not one of them.
+    pub fn is_refusal(&self) -> bool {
+        let source = match self {
+            BusError::Connect { source, .. }
+            | BusError::Declare { source, .. }
+            | BusError::Channel { source, .. } => source,
+            _ => return false,
+        };
+        matches!(source.kind(), lapin::ErrorKind::ProtocolError(e) if matches!(e.get_id(), 403 | 530))
+    }
+
     pub(crate) fn settle(how: Settle, source: lapin::Error) -> Self {
         BusError::Settle {
             action: how.as_str(),

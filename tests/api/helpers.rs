@@ -59,6 +59,9 @@ pub struct TestOptions {
     pub http_body_timeout_secs: u64,
     /// `HTTP_MAX_CONNECTIONS`.
     pub http_max_connections: usize,
+    /// The app reaches the test's vhost through this loopback port instead of RabbitMQ's
+    /// own 5672, e.g. a port where nothing listens yet (see [`forward_to_rabbitmq`]).
+    pub amqp_port: Option<u16>,
 }
 
 impl Default for TestOptions {
@@ -82,6 +85,7 @@ impl Default for TestOptions {
             http_idle_timeout_secs: 75,
             http_body_timeout_secs: 30,
             http_max_connections: 1024,
+            amqp_port: None,
         }
     }
 }
@@ -118,7 +122,13 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
         }
     });
     let (database_url, amqp_url, backing) = provision(options.embedded).await;
-    let mut config = Config::default_for(&database_url, amqp_url.as_deref());
+    let app_amqp_url = match (&amqp_url, options.amqp_port) {
+        (Some(url), Some(port)) => {
+            Some(url.replace("127.0.0.1:5672", &format!("127.0.0.1:{port}")))
+        }
+        (url, _) => url.clone(),
+    };
+    let mut config = Config::default_for(&database_url, app_amqp_url.as_deref());
     config.listen_addr = "127.0.0.1:0".parse().expect("valid address");
     config.payment_decline_rate = options.payment_decline_rate;
     config.shipping_failure_rate = options.shipping_failure_rate;
@@ -171,6 +181,32 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
         server: Some(server),
         backing,
     }
+}
+
+/// A loopback port where nothing listens (bound and released at once).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Makes RabbitMQ reachable on `port`: forwards every connection to 127.0.0.1:5672 until
+/// the returned task is aborted (or the test ends). Lets a test make the broker
+/// unreachable for its app alone, without touching the broker other tests share.
+pub async fn forward_to_rabbitmq(port: u16) -> tokio::task::JoinHandle<()> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("bind the forwarder's port");
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if let Ok(mut broker) = tokio::net::TcpStream::connect("127.0.0.1:5672").await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut broker).await;
+                }
+            });
+        }
+    })
 }
 
 /// A fresh, empty place for one test's state: a PostgreSQL database and a RabbitMQ vhost,

@@ -20,4 +20,5 @@ mod participants;
 mod process;
 mod relay;
 mod saga;
+mod startup;
 mod timers;
