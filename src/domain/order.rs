@@ -1,7 +1,9 @@
 //! The order request, validated once at the edge: after [`OrderRequest::validate`] every
 //! line has a well-formed SKU and a sane quantity, so nothing downstream re-checks.
 
+use crate::domain::text::{CUSTOMER_ID, SKU_RULE, SkuSchema, valid_sku};
 use serde::{Deserialize, Serialize};
+use utoipa::openapi::schema::{ArrayBuilder, Object, ObjectBuilder, Ref, Type};
 
 /// Most lines one order may have.
 pub const MAX_LINES: usize = 50;
@@ -14,25 +16,61 @@ pub const SUPPORTED_CURRENCIES: &[&str] = &["USD"];
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrderRequest {
-    #[schema(min_length = 1, max_length = 128, example = "customer-1")]
+    #[schema(schema_with = customer_id_schema)]
     pub customer_id: String,
-    /// Order lines; each SKU at most once.
-    #[schema(min_items = 1, max_items = 50)]
+    #[schema(schema_with = items_schema)]
     pub items: Vec<OrderRequestItem>,
-    /// The catalogue's currency; only `USD` is supported.
-    #[schema(example = "USD")]
+    #[schema(schema_with = currency_schema)]
     pub currency: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrderRequestItem {
-    #[schema(max_length = 64, pattern = "^[A-Za-z0-9._-]+$", example = "KB-001")]
+    #[schema(value_type = SkuSchema)]
     pub sku: String,
-    /// Units of this SKU.
     // Signed so that a negative quantity gets a clear message instead of a type error.
-    #[schema(minimum = 1, maximum = 1000, example = 2)]
+    #[schema(schema_with = quantity_schema)]
     pub quantity: i64,
+}
+
+fn customer_id_schema() -> Object {
+    CUSTOMER_ID.schema(
+        "Who orders: not only white space, no control characters; stored without leading \
+         and trailing white space",
+        "customer-1",
+        false,
+    )
+}
+
+fn items_schema() -> utoipa::openapi::schema::Array {
+    ArrayBuilder::new()
+        .items(Ref::from_schema_name("OrderRequestItem"))
+        .description(Some("Order lines; each SKU at most once"))
+        .min_items(Some(1))
+        .max_items(Some(MAX_LINES))
+        .build()
+}
+
+fn currency_schema() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .description(Some("The catalogue's currency"))
+        .enum_values(Some(SUPPORTED_CURRENCIES.iter().copied()))
+        .build()
+}
+
+fn quantity_schema() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(
+            utoipa::openapi::KnownFormat::Int64,
+        )))
+        .description(Some("Units of this SKU"))
+        .minimum(Some(1))
+        .maximum(Some(MAX_QUANTITY))
+        .examples([2])
+        .build()
 }
 
 /// A request that passed validation.
@@ -44,23 +82,12 @@ pub struct ValidOrder {
     pub items: Vec<(String, i64)>,
 }
 
-pub fn valid_sku(sku: &str) -> bool {
-    !sku.is_empty()
-        && sku.len() <= 64
-        && sku
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-}
-
 impl OrderRequest {
     /// Every problem found, one message each (so a client fixes them all at once).
     pub fn validate(&self) -> Result<ValidOrder, Vec<String>> {
         let mut problems = Vec::new();
-        let customer_id = self.customer_id.trim();
-        if customer_id.is_empty() || customer_id.len() > 128 {
-            problems.push("customer_id must be 1-128 characters".to_owned());
-        } else if customer_id.chars().any(char::is_control) {
-            problems.push("customer_id must not contain control characters".to_owned());
+        if let Err(problem) = CUSTOMER_ID.check(&self.customer_id) {
+            problems.push(problem);
         }
         if !SUPPORTED_CURRENCIES.contains(&self.currency.as_str()) {
             problems.push(format!(
@@ -78,9 +105,7 @@ impl OrderRequest {
         let mut seen = std::collections::HashSet::new();
         for (i, item) in self.items.iter().enumerate() {
             if !valid_sku(&item.sku) {
-                problems.push(format!(
-                    "items[{i}].sku must be 1-64 characters of letters, digits, '-', '_' or '.'"
-                ));
+                problems.push(format!("items[{i}].sku must be {SKU_RULE}"));
             } else if !seen.insert(item.sku.as_str()) {
                 problems.push(format!(
                     "items[{i}].sku {} appears more than once; put the total quantity on one line",
@@ -98,7 +123,7 @@ impl OrderRequest {
             return Err(problems);
         }
         Ok(ValidOrder {
-            customer_id: customer_id.to_owned(),
+            customer_id: self.customer_id.trim().to_owned(),
             currency: self.currency.clone(),
             items: self
                 .items

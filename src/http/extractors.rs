@@ -1,13 +1,17 @@
 //! Extractors that turn axum's rejections into problem+json [`ApiError`]s, plus the admin
 //! bearer-token check and the `Idempotency-Key` header.
 
+use crate::domain::text::{SKU_RULE, valid_sku};
 use crate::http::edge::is_body_timeout;
 use crate::http::errors::ApiError;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::{HeaderMap, StatusCode, header, request::Parts};
 use serde::de::DeserializeOwned;
+use std::borrow::Cow;
 use subtle::ConstantTimeEq;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 
 /// JSON body; malformed JSON is 400, wrong types or unknown fields 422, a body over the
 /// limit 413, a missing `Content-Type: application/json` 415, a body too slow to arrive 408.
@@ -120,7 +124,8 @@ impl FromRequestParts<crate::http::AppState> for Admin {
 }
 
 /// Checks `Authorization: Bearer <token>` against the configured admin token in constant
-/// time. No token configured: the admin endpoints do not exist (404).
+/// time. The scheme is case-insensitive (RFC 9110 §11.1), so `bearer` works too. No token
+/// configured: the admin endpoints do not exist (404).
 pub fn require_admin(configured: Option<&str>, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(expected) = configured else {
         return Err(ApiError::NotFound(
@@ -133,7 +138,9 @@ pub fn require_admin(configured: Option<&str>, headers: &HeaderMap) -> Result<()
     let presented = value
         .to_str()
         .ok()
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim_start_matches(' '))
         .ok_or(ApiError::Unauthorized)?;
     if bool::from(presented.as_bytes().ct_eq(expected.as_bytes())) {
         Ok(())
@@ -143,7 +150,11 @@ pub fn require_admin(configured: Option<&str>, headers: &HeaderMap) -> Result<()
 }
 
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
-const MAX_KEY_LEN: usize = 255;
+/// Most characters in the `Idempotency-Key` header, quotes included.
+pub const MAX_KEY_LEN: usize = 255;
+/// The header as sent: visible ASCII, bare or in one pair of double quotes (the IETF draft's
+/// structured-field string), and then the key is what is between them.
+pub const IDEMPOTENCY_KEY_PATTERN: &str = r#"^(?:[!#-~][!-~]*|"[!-~]+")$"#;
 
 /// The `Idempotency-Key` header as an extractor: it runs before the body is read, so a
 /// request without a key is a 400 whatever its body.
@@ -157,7 +168,8 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
     }
 }
 
-/// The `Idempotency-Key` header: required, 1–255 visible ASCII characters.
+/// The `Idempotency-Key` header: required, [`IDEMPOTENCY_KEY_PATTERN`], at most
+/// [`MAX_KEY_LEN`] characters.
 pub fn idempotency_key(headers: &HeaderMap) -> Result<String, ApiError> {
     let value = headers.get(IDEMPOTENCY_KEY).ok_or_else(|| {
         ApiError::bad_request(
@@ -165,15 +177,61 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<String, ApiError> {
             "POST /api/orders requires an Idempotency-Key header (e.g. a UUID)",
         )
     })?;
-    let key = value
-        .to_str()
-        .map_err(|_| ApiError::bad_request("Invalid Idempotency-Key", "must be visible ASCII"))?
-        .trim_matches('"');
-    if key.is_empty() || key.len() > MAX_KEY_LEN || !key.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(ApiError::bad_request(
+    let invalid = || {
+        ApiError::bad_request(
             "Invalid Idempotency-Key",
-            format!("must be 1-{MAX_KEY_LEN} visible ASCII characters"),
-        ));
+            format!(
+                "must be 1-{MAX_KEY_LEN} visible ASCII characters, optionally in double quotes"
+            ),
+        )
+    };
+    let raw = value.to_str().map_err(|_| invalid())?;
+    let key = match raw.strip_prefix('"') {
+        Some(quoted) => quoted.strip_suffix('"').unwrap_or_default(),
+        None => raw,
+    };
+    if key.is_empty() || raw.len() > MAX_KEY_LEN || !raw.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid());
     }
     Ok(key.to_owned())
+}
+
+/// The schema of the `Idempotency-Key` header (a named component: `IdempotencyKey`).
+pub struct IdempotencyKeySchema;
+
+impl utoipa::PartialSchema for IdempotencyKeySchema {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(1))
+            .max_length(Some(MAX_KEY_LEN))
+            .pattern(Some(IDEMPOTENCY_KEY_PATTERN))
+            .examples(["8e0b4b52-5bb6-4a1e-9b55-1a0f3c0f6d7e"])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for IdempotencyKeySchema {
+    fn name() -> Cow<'static, str> {
+        "IdempotencyKey".into()
+    }
+}
+
+/// The `{sku}` path parameter, checked against the SKU rule: one that breaks it names no
+/// SKU that could exist, and is refused (400) before any database sees it.
+pub struct SkuPath(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for SkuPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let ApiPath(sku) = ApiPath::<String>::from_request_parts(parts, state).await?;
+        if !valid_sku(&sku) {
+            return Err(ApiError::bad_request(
+                "Invalid path parameter",
+                format!("the SKU must be {SKU_RULE}"),
+            ));
+        }
+        Ok(SkuPath(sku))
+    }
 }

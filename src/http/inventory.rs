@@ -1,9 +1,9 @@
 //! Inventory endpoints: read the catalogue and stock; admins set stock and price.
 
-use crate::domain::order::valid_sku;
+use crate::domain::text::{STOCK_NAME, SkuSchema};
 use crate::http::AppState;
 use crate::http::errors::ApiError;
-use crate::http::extractors::{Admin, ApiJson, ApiPath};
+use crate::http::extractors::{Admin, ApiJson, SkuPath};
 use crate::http::openapi::{Problem, StockList};
 use crate::participants::inventory::{StockUpdate, StockView};
 use axum::extract::State;
@@ -48,11 +48,11 @@ async fn list(State(app): State<AppState>) -> Result<Response, ApiError> {
     operation_id = "get_stock",
     tag = "inventory",
     summary = "Get one SKU",
-    params(("sku" = String, Path, description = "The SKU", example = "KB-001")),
+    params(("sku" = SkuSchema, Path, description = "The SKU")),
     responses(
         (status = 200, description = "The SKU", body = StockView),
-        (status = 400, description = "Undecodable path parameter", body = Problem,
-            content_type = "application/problem+json"),
+        (status = 400, description = "The SKU breaks the SKU rule (pattern and length), or is \
+            not UTF-8", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such SKU", body = Problem,
             content_type = "application/problem+json"),
         (status = 500, description = "Unexpected failure (logged; no details)", body = Problem,
@@ -62,10 +62,7 @@ async fn list(State(app): State<AppState>) -> Result<Response, ApiError> {
             headers(("Retry-After" = String, description = "Seconds to wait before retrying"))),
     )
 )]
-async fn get_one(
-    State(app): State<AppState>,
-    ApiPath(sku): ApiPath<String>,
-) -> Result<Response, ApiError> {
+async fn get_one(State(app): State<AppState>, SkuPath(sku): SkuPath) -> Result<Response, ApiError> {
     let item = app
         .inventory
         .get(&sku)
@@ -77,14 +74,22 @@ async fn get_one(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PutStock {
-    /// Display name; absent: kept (or the SKU itself for a new SKU).
-    #[schema(min_length = 1, max_length = 200)]
+    #[schema(schema_with = name_schema)]
     name: Option<String>,
     #[schema(minimum = 0, maximum = 1_000_000_000)]
     price_cents: i64,
     /// Units available for sale (reserved and sold counts are left alone).
     #[schema(minimum = 0, maximum = 1_000_000_000)]
     available: i64,
+}
+
+fn name_schema() -> utoipa::openapi::schema::Object {
+    STOCK_NAME.schema(
+        "Display name: not only white space, no control characters; absent: kept (or the SKU \
+         itself for a new SKU)",
+        "Mechanical keyboard",
+        true,
+    )
 }
 
 #[utoipa::path(
@@ -95,14 +100,13 @@ struct PutStock {
     summary = "Set a SKU's stock and price (admin)",
     description = "Sets the available count and the price, creating the SKU if it is new. \
         Reserved and sold counts belong to orders and are left alone.",
-    params(("sku" = String, Path, description = "The SKU: 1-64 letters, digits, `-`, `_` or `.`",
-        example = "KB-001")),
+    params(("sku" = SkuSchema, Path, description = "The SKU")),
     request_body(content = PutStock, content_type = "application/json"),
     security(("bearer_auth" = [])),
     responses(
         (status = 200, description = "The SKU after the change", body = StockView),
-        (status = 400, description = "Malformed JSON or undecodable path parameter",
-            body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Malformed JSON, or the SKU breaks the SKU rule (pattern \
+            and length) or is not UTF-8", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No bearer token", body = Problem,
             content_type = "application/problem+json",
             headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
@@ -117,7 +121,7 @@ struct PutStock {
             content_type = "application/problem+json"),
         (status = 415, description = "Body is not `Content-Type: application/json`",
             body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid SKU, counts or name (`errors` lists every \
+        (status = 422, description = "Invalid counts or name (`errors` lists every \
             problem), wrong types or unknown fields", body = Problem,
             content_type = "application/problem+json"),
         (status = 500, description = "Unexpected failure (logged; no details)", body = Problem,
@@ -130,21 +134,18 @@ struct PutStock {
 async fn put(
     State(app): State<AppState>,
     _admin: Admin,
-    ApiPath(sku): ApiPath<String>,
+    SkuPath(sku): SkuPath,
     ApiJson(body): ApiJson<PutStock>,
 ) -> Result<Response, ApiError> {
     let mut problems = Vec::new();
-    if !valid_sku(&sku) {
-        problems.push("sku must be 1-64 characters of letters, digits, '-', '_' or '.'".to_owned());
-    }
     if !(0..=MAX_VALUE).contains(&body.price_cents) {
         problems.push(format!("price_cents must be between 0 and {MAX_VALUE}"));
     }
     if !(0..=MAX_VALUE).contains(&body.available) {
         problems.push(format!("available must be between 0 and {MAX_VALUE}"));
     }
-    if matches!(&body.name, Some(n) if n.trim().is_empty() || n.len() > 200) {
-        problems.push("name must be 1-200 characters".to_owned());
+    if let Some(Err(problem)) = body.name.as_deref().map(|n| STOCK_NAME.check(n)) {
+        problems.push(problem);
     }
     if !problems.is_empty() {
         return Err(ApiError::validation(problems.join("; ")).with("errors", json!(problems)));

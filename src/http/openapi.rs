@@ -8,7 +8,10 @@
 //! health, the invariant report) and the problem document; the tests check real responses
 //! against them.
 
+use crate::domain::order::OrderRequestItem;
 use crate::domain::saga::OrderStatus;
+use crate::domain::text::SkuSchema;
+use crate::http::extractors::IdempotencyKeySchema;
 use crate::http::{AppState, admin, health, inventory, orders};
 use crate::participants::inventory::StockView;
 use crate::persistence::orders::OrderSummary;
@@ -48,7 +51,7 @@ pub const OPENAPI_PATH: &str = "/api-docs/openapi.json";
         openapi_json,
         api_docs_page,
     ),
-    components(schemas(Problem)),
+    components(schemas(Problem, OrderRequestItem, SkuSchema, IdempotencyKeySchema)),
     modifiers(&BearerAuth, &OptionalPayBody),
     tags(
         (name = "orders", description = "Create and read orders"),

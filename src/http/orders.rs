@@ -4,9 +4,12 @@ use crate::actors::Waited;
 use crate::actors::order_actor::{NewOrder, OrderError};
 use crate::domain::order::{OrderRequest, total_cents};
 use crate::domain::saga::{Event, OrderStatus, PaymentOutcome, TransitionError};
+use crate::domain::text::OVERRIDE_REASON;
 use crate::http::AppState;
 use crate::http::errors::ApiError;
-use crate::http::extractors::{Admin, ApiJson, ApiPath, ApiQuery, IdempotencyKey, RawBody};
+use crate::http::extractors::{
+    Admin, ApiJson, ApiPath, ApiQuery, IdempotencyKey, IdempotencyKeySchema, RawBody,
+};
 use crate::http::openapi::{OrderList, Problem};
 use crate::participants::inventory::QuoteError;
 use crate::persistence::idempotency::{self, Claim};
@@ -77,10 +80,10 @@ fn traceparent(headers: &HeaderMap) -> Option<String> {
         the first request is still running, a 409. A request that failed without creating \
         anything does not keep its key.",
     params(
-        ("Idempotency-Key" = String, Header, min_length = 1, max_length = 255,
-            description = "Required. 1-255 visible ASCII characters (e.g. a UUID), unique per \
-                intended order; optionally in double quotes.",
-            example = "8e0b4b52-5bb6-4a1e-9b55-1a0f3c0f6d7e"),
+        ("Idempotency-Key" = IdempotencyKeySchema, Header,
+            description = "Required, unique per intended order (e.g. a fresh UUID): 1-255 \
+                visible ASCII characters, bare or in one pair of double quotes (then the key \
+                is what is between them)."),
         ("traceparent" = Option<String>, Header, nullable = false,
             description = "W3C trace context; when well-formed it is carried on every message \
                 the order causes."),
@@ -554,9 +557,16 @@ struct StatusOverride {
     /// The target status; only `REVERSED` is ever allowed (cancel and compensate).
     #[schema(value_type = OrderStatus)]
     status: String,
-    /// Recorded in the order's history; default "admin override".
-    #[schema(max_length = 500)]
+    #[schema(schema_with = reason_schema)]
     reason: Option<String>,
+}
+
+fn reason_schema() -> utoipa::openapi::schema::Object {
+    OVERRIDE_REASON.schema(
+        "Recorded in the order's history; no control characters; absent: \"admin override\"",
+        "customer called to cancel",
+        true,
+    )
 }
 
 #[utoipa::path(
@@ -592,8 +602,8 @@ struct StatusOverride {
             content_type = "application/problem+json"),
         (status = 415, description = "Body is not `Content-Type: application/json`",
             body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Unknown status, reason over 500 characters, wrong \
-            types or unknown fields", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Unknown status, a reason over 500 characters or with \
+            control characters, wrong types or unknown fields", body = Problem, content_type = "application/problem+json"),
         (status = 500, description = "Unexpected failure (logged; no details)", body = Problem,
             content_type = "application/problem+json"),
         (status = 503, description = "The message broker not reached yet since start-up, or \
@@ -616,11 +626,9 @@ async fn override_status(
         ))
     })?;
     let reason = body.reason.unwrap_or_else(|| "admin override".into());
-    if reason.len() > 500 {
-        return Err(ApiError::validation(
-            "reason must be at most 500 characters",
-        ));
-    }
+    OVERRIDE_REASON
+        .check(&reason)
+        .map_err(ApiError::validation)?;
     broker_reached(&app)?;
     tracing::info!(%target, %reason, "admin status override");
     app.orders

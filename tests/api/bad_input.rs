@@ -2,7 +2,10 @@
 //! status, and a refused request changes nothing (no order, no stock movement) and does not
 //! poison the service for the next, good request.
 
-use crate::helpers::{ADMIN_TOKEN, TestApp, check_problem, order_body, spawn_app};
+use crate::helpers::{
+    ADMIN_TOKEN, TestApp, TestOptions, check_problem, order_body, spawn_app, spawn_app_with,
+};
+use order_service::domain::saga::PaymentMode;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -508,8 +511,26 @@ fn table() -> Vec<Case> {
             "/api/inventory/bad%20sku",
             admin_json(Some(ADMIN_TOKEN)),
             Some(stock_put.as_bytes()),
-            422,
-            Some(INVALID),
+            400,
+            Some(MALFORMED),
+        ),
+        case(
+            "stock for a SKU that starts with a dot",
+            M::PUT,
+            "/api/inventory/.KB-001",
+            admin_json(Some(ADMIN_TOKEN)),
+            Some(stock_put.as_bytes()),
+            400,
+            Some(MALFORMED),
+        ),
+        case(
+            "SKU path over 64 characters",
+            M::GET,
+            format!("/api/inventory/{}", "S".repeat(65)),
+            vec![],
+            None,
+            400,
+            Some(MALFORMED),
         ),
         case(
             "stock without a token",
@@ -721,4 +742,232 @@ async fn the_admin_price_and_quantity_caps_keep_the_largest_order_total_from_ove
         json!(50i64 * 1000 * 1_000_000_000),
         "{order:#}"
     );
+}
+
+/// Every client text that reaches a database, with a NUL or another control character (or
+/// too long), on one store: a 4xx problem, nothing changed, and the service still works.
+/// PostgreSQL's text cannot hold U+0000, so before these were checked at the edge a NUL
+/// reached the database and came back as a 500 or a 503 "retry shortly".
+async fn stored_text_is_checked_before_any_database(embedded: bool) {
+    let app = spawn_app_with(TestOptions {
+        embedded,
+        payment_mode: PaymentMode::Manual,
+        ..TestOptions::default()
+    })
+    .await;
+    // Waits in STOCK_RESERVED for its payment, so a status override would be applied.
+    let order = app.create_order(&[("KB-001", 1)]).await;
+    let id = order["id"].as_str().expect("id").to_owned();
+    app.wait_for_status(&id, &["STOCK_RESERVED"]).await;
+    let stock_before = app.inventory().await;
+    let admin = admin_json(Some(ADMIN_TOKEN));
+    let stock_body = |name: &str| {
+        json!({"available": 5, "price_cents": 100, "name": name})
+            .to_string()
+            .into_bytes()
+    };
+    let reason = |reason: &str| {
+        json!({"status": "REVERSED", "reason": reason})
+            .to_string()
+            .into_bytes()
+    };
+    let status_path = format!("/api/orders/{id}/status");
+    let cases = vec![
+        case(
+            "GET a SKU with a NUL",
+            Method::GET,
+            "/api/inventory/KB%00001",
+            vec![],
+            None,
+            400,
+            Some(MALFORMED),
+        ),
+        case(
+            "GET a SKU with a newline",
+            Method::GET,
+            "/api/inventory/KB%0A001",
+            vec![],
+            None,
+            400,
+            Some(MALFORMED),
+        ),
+        case(
+            "PUT a SKU with a NUL",
+            Method::PUT,
+            "/api/inventory/KB%00001",
+            admin.clone(),
+            Some(&stock_body("ok")[..]),
+            400,
+            Some(MALFORMED),
+        ),
+        case(
+            "PUT a name with a NUL",
+            Method::PUT,
+            "/api/inventory/X",
+            admin.clone(),
+            Some(&stock_body("a\u{0}b")[..]),
+            422,
+            Some(INVALID),
+        ),
+        case(
+            "PUT a name with a C1 control character",
+            Method::PUT,
+            "/api/inventory/X",
+            admin.clone(),
+            Some(&stock_body("a\u{85}b")[..]),
+            422,
+            Some(INVALID),
+        ),
+        case(
+            "PUT a name of 201 characters",
+            Method::PUT,
+            "/api/inventory/X",
+            admin.clone(),
+            Some(&stock_body(&"é".repeat(201))[..]),
+            422,
+            Some(INVALID),
+        ),
+        case(
+            "status override with a NUL in the reason",
+            Method::PATCH,
+            status_path.clone(),
+            admin.clone(),
+            Some(&reason("a\u{0}b")[..]),
+            422,
+            Some(INVALID),
+        ),
+        case(
+            "status override with a reason of 501 characters",
+            Method::PATCH,
+            status_path.clone(),
+            admin.clone(),
+            Some(&reason(&"é".repeat(501))[..]),
+            422,
+            Some(INVALID),
+        ),
+        order_json(
+            "customer_id with a NUL",
+            with_customer("a\u{0}b"),
+            422,
+            INVALID,
+        ),
+        order_json(
+            "customer_id of 129 characters",
+            with_customer(&"é".repeat(129)),
+            422,
+            INVALID,
+        ),
+        order_json(
+            "customer_id of no-break spaces",
+            with_customer("\u{A0}\u{3000}"),
+            422,
+            INVALID,
+        ),
+        order_json("SKU with a NUL", with_sku("KB\u{0}001"), 422, INVALID),
+        case(
+            "Idempotency-Key with an unbalanced quote",
+            Method::POST,
+            "/api/orders",
+            vec![
+                ("content-type", "application/json".to_owned()),
+                ("idempotency-key", "\"key".to_owned()),
+            ],
+            Some(order_body(&[("KB-001", 1)]).to_string().as_bytes()),
+            400,
+            Some(MALFORMED),
+        ),
+        case(
+            "order id with a NUL",
+            Method::GET,
+            "/api/orders/%00",
+            vec![],
+            None,
+            400,
+            Some(MALFORMED),
+        ),
+    ];
+    let mut failures = Vec::new();
+    for case in cases {
+        let response = send(&app, &case).await;
+        if let Err(e) = check_problem(response, case.status, case.problem_type).await {
+            failures.push(format!("{}: {e}", case.name));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "embedded {embedded}: {} case(s) failed:\n  {}",
+        failures.len(),
+        failures.join("\n  ")
+    );
+    assert_eq!(app.order_count().await, 1, "no order was created");
+    assert_eq!(
+        app.inventory().await,
+        stock_before,
+        "the stock is unchanged"
+    );
+    assert_eq!(app.get_order(&id).await["status"], "STOCK_RESERVED");
+
+    // The limits count characters: the longest of each, in two-byte characters, is taken.
+    let key = Uuid::new_v4().to_string();
+    let response = app
+        .post_order(Some(&key), &with_customer(&"é".repeat(128)))
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED, "128 × é");
+    let response = app
+        .client
+        .put(app.url("/api/inventory/X-1"))
+        .bearer_auth(ADMIN_TOKEN)
+        .body(stock_body(&"é".repeat(200)))
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .expect("PUT");
+    assert_eq!(response.status(), StatusCode::OK, "200 × é");
+    let response = app
+        .patch_status(
+            &id,
+            &json!({"status": "REVERSED", "reason": "é".repeat(500)}),
+            Some(ADMIN_TOKEN),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK, "500 × é");
+    let order = app.wait_for_status(&id, &["REVERSED"]).await;
+    assert_eq!(
+        order["failure_reason"],
+        format!("cancelled by admin: {}", "é".repeat(500))
+    );
+}
+
+#[tokio::test]
+async fn stored_text_is_checked_before_the_database_on_postgres() {
+    stored_text_is_checked_before_any_database(false).await;
+}
+
+#[tokio::test]
+async fn stored_text_is_checked_before_the_database_on_sqlite() {
+    stored_text_is_checked_before_any_database(true).await;
+}
+
+#[tokio::test]
+async fn the_bearer_scheme_is_case_insensitive() {
+    let app = spawn_app().await;
+    // RFC 9110 §11.1: the scheme is case-insensitive; one or more spaces before the token.
+    for scheme in ["bearer", "BEARER", "bEaReR", "Bearer "] {
+        let response = app
+            .client
+            .get(app.url("/api/admin/invariants"))
+            .header("authorization", format!("{scheme} {ADMIN_TOKEN}"))
+            .send()
+            .await
+            .expect("GET invariants");
+        assert_eq!(response.status(), StatusCode::OK, "scheme {scheme:?}");
+    }
+    let response = app
+        .client
+        .get(app.url("/api/admin/invariants"))
+        .header("authorization", format!("bearer wrong-{ADMIN_TOKEN}"))
+        .send()
+        .await
+        .expect("GET invariants");
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
 }
