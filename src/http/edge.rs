@@ -1,13 +1,16 @@
 //! The HTTP/1.1 server's edge, shared by the service and the `participants` health server:
 //! what a client may hold before and around a handler. Timeouts for the request head, for
-//! an idle keep-alive connection and for the request body; a cap on open connections; and
-//! accept errors that back off instead of spinning. docs/http-edge.md has the why.
+//! an idle keep-alive connection and for the request body; a cap on open connections;
+//! accept errors that back off instead of spinning; and the checks of the request head that
+//! hyper leaves to us (`Host`, URI and header sizes), answered as problem+json.
+//! docs/http-edge.md has the why and what hyper still answers itself.
 
 use crate::config::Config;
+use crate::http::errors::{ApiError, problem, problem_response};
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::http::Request;
-use axum::response::Response;
+use axum::http::{Request, StatusCode, Version, header};
+use axum::response::{IntoResponse, Response};
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::rt::{Sleep, Timer};
@@ -24,6 +27,15 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
+
+/// Longest request target (path and query, or the absolute form) answered by a handler;
+/// longer ones get 414 problem+json. hyper itself refuses targets over 65,534 bytes.
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+
+/// Largest header section (names, values and their separators) answered by a handler;
+/// larger ones get 431 problem+json. hyper itself refuses heads that overflow its read
+/// buffer (about 400 KiB) and more than 100 header fields.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 
 /// The edge's settings (`HTTP_*` options).
 #[derive(Debug, Clone, Copy)]
@@ -116,6 +128,9 @@ async fn handle(
     request: Request<Incoming>,
     body_timeout: Duration,
 ) -> Result<Response, Infallible> {
+    if let Some(refusal) = screen(&request) {
+        return Ok(refusal);
+    }
     let request = request.map(|body| {
         if hyper::body::Body::is_end_stream(&body) {
             Body::new(body)
@@ -124,6 +139,85 @@ async fn handle(
         }
     });
     router.oneshot(request).await
+}
+
+/// The answer to what hyper passes on but a handler must not see: a `Host` missing
+/// (HTTP/1.1), repeated or malformed (RFC 9112 section 3.2), and targets or header
+/// sections over our limits.
+fn screen<B>(request: &Request<B>) -> Option<Response> {
+    let uri = request.uri();
+    let target = uri.path_and_query().map_or(0, |p| p.as_str().len())
+        + uri.authority().map_or(0, |a| a.as_str().len());
+    if target > MAX_URI_BYTES {
+        return Some(refuse(
+            StatusCode::URI_TOO_LONG,
+            "uri-too-long",
+            "URI too long",
+            format!("the request target is {target} bytes; at most {MAX_URI_BYTES} are accepted"),
+        ));
+    }
+    let headers: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    if headers > MAX_HEADER_BYTES {
+        return Some(refuse(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "header-fields-too-large",
+            "Request header fields too large",
+            format!(
+                "the header section is {headers} bytes; at most {MAX_HEADER_BYTES} are accepted"
+            ),
+        ));
+    }
+    let mut hosts = request.headers().get_all(header::HOST).iter();
+    let refusal = match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => ApiError::bad_request(
+            "Duplicate Host header",
+            "a request must carry exactly one Host header",
+        ),
+        // HTTP/1.0 predates Host; RFC 9112 requires it of HTTP/1.1 requests only.
+        (None, _) if request.version() >= Version::HTTP_11 => ApiError::bad_request(
+            "Missing Host header",
+            "an HTTP/1.1 request must carry a Host header",
+        ),
+        (Some(host), None) if !valid_host(host.as_bytes()) => ApiError::bad_request(
+            "Invalid Host header",
+            "Host must be a host name or address, optionally with a port",
+        ),
+        _ => return None,
+    };
+    tracing::debug!(error = %refusal, "request refused at the edge");
+    Some(refusal.into_response())
+}
+
+/// `Host = uri-host [ ":" port ]`; empty is allowed by the grammar, and so is an empty port.
+fn valid_host(host: &[u8]) -> bool {
+    if host.is_empty() {
+        return true;
+    }
+    let Ok(authority) = axum::http::uri::Authority::try_from(host) else {
+        return false;
+    };
+    let authority = authority.as_str();
+    // An IPv6 literal has colons of its own.
+    let port = match authority.rfind(']') {
+        Some(end) => match &authority[end + 1..] {
+            "" => None,
+            rest => match rest.strip_prefix(':') {
+                Some(port) => Some(port),
+                None => return false,
+            },
+        },
+        None => authority.split_once(':').map(|(_, port)| port),
+    };
+    !authority.contains('@') && port.is_none_or(|p| p.is_empty() || p.parse::<u16>().is_ok())
+}
+
+fn refuse(status: StatusCode, kind: &str, title: &str, detail: String) -> Response {
+    tracing::debug!(%status, detail, "request refused at the edge");
+    problem_response(status, problem(status, kind, title, &detail))
 }
 
 /// The request body did not arrive in full within `HTTP_BODY_TIMEOUT_SECS`.
@@ -307,6 +401,47 @@ impl AcceptBackoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn request(version: Version, hosts: &[&str]) -> Request<()> {
+        let mut builder = Request::builder().uri("/health/live").version(version);
+        for host in hosts {
+            builder = builder.header(header::HOST, *host);
+        }
+        builder.body(()).expect("a valid request")
+    }
+
+    fn status(request: &Request<()>) -> Option<StatusCode> {
+        screen(request).map(|r| r.status())
+    }
+
+    #[test]
+    fn host_is_required_once_of_http_1_1_and_at_most_once_of_http_1_0() {
+        assert_eq!(status(&request(Version::HTTP_11, &["a.example"])), None);
+        assert_eq!(
+            status(&request(Version::HTTP_11, &["a.example:8080"])),
+            None
+        );
+        assert_eq!(status(&request(Version::HTTP_11, &["[::1]:8080"])), None);
+        assert_eq!(status(&request(Version::HTTP_11, &["10.0.0.1"])), None);
+        assert_eq!(status(&request(Version::HTTP_11, &[""])), None);
+        assert_eq!(status(&request(Version::HTTP_10, &[])), None);
+        let bad = Some(StatusCode::BAD_REQUEST);
+        assert_eq!(status(&request(Version::HTTP_11, &[])), bad);
+        assert_eq!(status(&request(Version::HTTP_11, &["a", "a"])), bad);
+        assert_eq!(status(&request(Version::HTTP_10, &["a", "b"])), bad);
+        assert_eq!(status(&request(Version::HTTP_11, &["a.example:"])), None);
+        for host in [
+            "a b",
+            "user@a.example",
+            "a.example:port",
+            "a.example:1:2",
+            "a.example:65536",
+            "[::1]x",
+            "a.example/x",
+        ] {
+            assert_eq!(status(&request(Version::HTTP_11, &[host])), bad, "{host}");
+        }
+    }
 
     #[test]
     fn later_head_waits_get_the_idle_timeout() {

@@ -33,7 +33,11 @@ pub const OPENAPI_PATH: &str = "/api-docs/openapi.json";
         title = "Order Orchestration Service",
         description = "Places orders and drives each one through a saga across Inventory, \
             Payment and Shipping. Every error is an RFC 9457 `application/problem+json` \
-            document (`Problem`); a client mistake is always a 4xx and changes nothing."
+            document (`Problem`); a client mistake is always a 4xx and changes nothing. Any \
+            endpoint may also answer 400 (an HTTP/1.1 request without `Host`, or with more \
+            than one), 414 (target over 8 KiB) and 431 (header section over 16 KiB). Requests \
+            the HTTP parser cannot read (a malformed head, a target over 64 KiB, more than \
+            100 header fields) get a bare 400, 414 or 431 without a body."
     ),
     paths(
         orders::create_order,

@@ -1,7 +1,9 @@
 //! The HTTP edge against hostile or slow clients, over raw sockets: timeouts for the request
-//! head, an idle keep-alive connection and the body; and the connection cap.
+//! head, an idle keep-alive connection and the body; the connection cap; and what the
+//! server answers to protocol errors (problem+json where a handler can still answer, and
+//! hyper's own bare answers where it cannot, as docs/http-edge.md lists them).
 
-use crate::helpers::{PROBLEM_JSON, TestOptions, provision, spawn_app_with};
+use crate::helpers::{PROBLEM_JSON, TestApp, TestOptions, provision, spawn_app_with};
 use order_service::config::Config;
 use serde_json::Value;
 use std::time::{Duration, Instant};
@@ -51,6 +53,13 @@ impl RawResponse {
             "{body}"
         );
         body
+    }
+
+    /// Asserts one of hyper's own answers: this status, no body, no content type.
+    fn bare(&self, status: u16) {
+        assert_eq!(self.status, status, "{self:?}");
+        assert_eq!(self.header("content-type"), None, "{self:?}");
+        assert!(self.body.is_empty(), "{self:?}");
     }
 }
 
@@ -319,6 +328,124 @@ async fn over_the_connection_cap_new_connections_wait_and_accepted_ones_are_serv
     assert_eq!(third.response(Duration::from_secs(5)).await.status, 200);
 }
 
+/// Sends `request` on a new connection and returns the answer.
+async fn exchange(app: &TestApp, request: &[u8]) -> RawResponse {
+    let mut raw = Raw::connect(&app.address).await;
+    raw.send(request).await;
+    raw.response(Duration::from_secs(10)).await
+}
+
+#[tokio::test]
+async fn host_uri_and_header_errors_are_problem_json() {
+    let app = spawn_app_with(TestOptions::default()).await;
+    let cases: [(&str, &[u8], &str); 4] = [
+        (
+            "no Host",
+            b"GET /health/live HTTP/1.1\r\n\r\n",
+            "Missing Host header",
+        ),
+        (
+            "two Hosts",
+            b"GET /health/live HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n",
+            "Duplicate Host header",
+        ),
+        (
+            "two Hosts, HTTP/1.0",
+            b"GET /health/live HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n",
+            "Duplicate Host header",
+        ),
+        (
+            "a Host that is no host",
+            b"GET /health/live HTTP/1.1\r\nHost: a b\r\n\r\n",
+            "Invalid Host header",
+        ),
+    ];
+    for (name, request, title) in cases {
+        let problem = exchange(&app, request).await.problem(400);
+        assert_eq!(problem["title"], title, "{name}: {problem}");
+        assert!(
+            problem["type"]
+                .as_str()
+                .is_some_and(|t| t.ends_with("/bad-request")),
+            "{name}: {problem}"
+        );
+    }
+
+    let long_target = format!(
+        "GET /health/live?{} HTTP/1.1\r\nHost: a\r\n\r\n",
+        "q".repeat(9_000)
+    );
+    let problem = exchange(&app, long_target.as_bytes()).await.problem(414);
+    assert!(
+        problem["type"]
+            .as_str()
+            .is_some_and(|t| t.ends_with("/uri-too-long"))
+    );
+    let big_header = format!(
+        "GET /health/live HTTP/1.1\r\nHost: a\r\nX-Filler: {}\r\n\r\n",
+        "f".repeat(20_000)
+    );
+    let problem = exchange(&app, big_header.as_bytes()).await.problem(431);
+    assert!(
+        problem["type"]
+            .as_str()
+            .is_some_and(|t| t.ends_with("/header-fields-too-large"))
+    );
+
+    // Still served: HTTP/1.0 without Host, a Host with a port, the absolute form.
+    for request in [
+        &b"GET /health/live HTTP/1.0\r\n\r\n"[..],
+        b"GET /health/live HTTP/1.1\r\nHost: localhost:8080\r\n\r\n",
+        b"GET /health/live HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n",
+        b"GET http://localhost:8080/health/live HTTP/1.1\r\nHost: localhost:8080\r\n\r\n",
+        b"GET /health/live?q=1 HTTP/1.1\r\nHost: a\r\nX-Filler: 0123456789\r\n\r\n",
+    ] {
+        let response = exchange(&app, request).await;
+        assert_eq!(
+            response.status,
+            200,
+            "{}: {response:?}",
+            String::from_utf8_lossy(request)
+        );
+    }
+}
+
+#[tokio::test]
+async fn what_hyper_refuses_before_any_handler_gets_its_bare_answers() {
+    let app = spawn_app_with(TestOptions::default()).await;
+    let huge_target = format!(
+        "GET /health/live?{} HTTP/1.1\r\nHost: a\r\n\r\n",
+        "q".repeat(70_000)
+    );
+    exchange(&app, huge_target.as_bytes()).await.bare(414);
+    let many_headers = format!(
+        "GET /health/live HTTP/1.1\r\nHost: a\r\n{}\r\n",
+        (0..101)
+            .map(|i| format!("X-{i}: 1\r\n"))
+            .collect::<String>()
+    );
+    exchange(&app, many_headers.as_bytes()).await.bare(431);
+    let huge_head = format!(
+        "GET /health/live HTTP/1.1\r\nHost: a\r\n{}\r\n",
+        (0..5)
+            .map(|i| format!("X-{i}: {}\r\n", "f".repeat(100_000)))
+            .collect::<String>()
+    );
+    exchange(&app, huge_head.as_bytes()).await.bare(431);
+    exchange(
+        &app,
+        b"GET /health/live HTTP/1.1\r\nHost: a\r\nX-Bad: a\x01b\r\n\r\n",
+    )
+    .await
+    .bare(400);
+    exchange(
+        &app,
+        b"GET /health/live HTTP/1.1\r\nHost: a\r\nBad Name: x\r\n\r\n",
+    )
+    .await
+    .bare(400);
+}
+
 #[tokio::test]
 async fn the_participants_health_server_has_the_same_edge() {
     let (database_url, amqp_url, _backing) = provision(false).await;
@@ -346,8 +473,8 @@ async fn the_participants_health_server_has_the_same_edge() {
         assert!(Instant::now() < deadline, "participants never listened");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    raw.send(LIVE).await;
-    assert_eq!(raw.response(Duration::from_secs(5)).await.status, 200);
+    raw.send(b"GET /health/live HTTP/1.1\r\n\r\n").await;
+    raw.response(Duration::from_secs(5)).await.problem(400);
     let started = Instant::now();
     let mut slow = Raw::connect(&address).await;
     slow.send(b"GET /health/live HTTP/1.1\r\n").await;
