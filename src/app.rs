@@ -139,8 +139,7 @@ impl Application {
             shutdown.clone(),
         ));
 
-        let listener = TcpListener::bind(config.listen_addr)
-            .await
+        let listener = http::edge::bind(config.listen_addr)
             .with_context(|| format!("binding {}", config.listen_addr))?;
         let claims = Claims::start(
             stores.orders.clone(),
@@ -347,8 +346,7 @@ pub async fn run_participants(
                 }),
             )
     };
-    let listener = TcpListener::bind(config.listen_addr)
-        .await
+    let listener = http::edge::bind(config.listen_addr)
         .with_context(|| format!("binding {}", config.listen_addr))?;
     tracing::info!(addr = %listener.local_addr()?, "participants running");
     http::edge::serve(listener, health, EdgeSettings::from(&config), signal)

@@ -65,6 +65,24 @@ fn describe() {
         Unit::Seconds,
         "HTTP request latency by method and route."
     );
+    describe_gauge!(
+        "http_connections_open",
+        "HTTP connections accepted and not yet closed."
+    );
+    describe_gauge!(
+        "http_connections_max",
+        "HTTP connections served at once: HTTP_MAX_CONNECTIONS, or half the open-files \
+         limit when that is lower. Further connections wait in the listen backlog."
+    );
+    describe_counter!(
+        "http_connections_timed_out_total",
+        "HTTP connections closed by an edge timeout, by phase (header = first request head, \
+         idle = next request head on a kept-alive connection, body = request body, answered 408)."
+    );
+    describe_counter!(
+        "http_accept_errors_total",
+        "Failed accepts of HTTP connections (EMFILE, ENFILE, ENOBUFS back off up to 1 s)."
+    );
     describe_counter!("orders_created_total", "Orders created.");
     describe_counter!(
         "orders_rejected_overload_total",

@@ -2,7 +2,9 @@
 //! what a client may hold before and around a handler. Timeouts for the request head, for
 //! an idle keep-alive connection and for the request body; a cap on open connections;
 //! accept errors that back off instead of spinning; and the checks of the request head that
-//! hyper leaves to us (`Host`, URI and header sizes), answered as problem+json.
+//! hyper leaves to us (`Host`, URI and header sizes), answered as problem+json. Open
+//! connections, the cap, edge timeouts and failed accepts are metrics (`http_connections_*`,
+//! `http_accept_errors_total`).
 //! docs/http-edge.md has the why and what hyper still answers itself.
 
 use crate::config::Config;
@@ -19,12 +21,13 @@ use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
@@ -36,6 +39,23 @@ pub const MAX_URI_BYTES: usize = 8 * 1024;
 /// larger ones get 431 problem+json. hyper itself refuses heads that overflow its read
 /// buffer (about 400 KiB) and more than 100 header fields.
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// Connections the kernel queues for us while every slot is taken (the accepted ones past
+/// the cap wait here); tokio's default is 128. Linux lowers it to `net.core.somaxconn`.
+pub const LISTEN_BACKLOG: u32 = 1024;
+
+/// A listener on `address` with a backlog of [`LISTEN_BACKLOG`]. `SO_REUSEADDR`, as the
+/// standard library sets it: a restart may bind while old connections are in TIME_WAIT.
+pub fn bind(address: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if address.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)
+}
 
 /// The edge's settings (`HTTP_*` options).
 #[derive(Debug, Clone, Copy)]
@@ -71,7 +91,14 @@ pub async fn serve(
     settings: EdgeSettings,
     signal: impl Future<Output = ()> + Send,
 ) -> io::Result<()> {
-    let slots = Arc::new(Semaphore::new(connection_limit(settings.max_connections)));
+    let limit = connection_limit(settings.max_connections);
+    metrics::gauge!("http_connections_max").set(limit as f64);
+    // Zero from the start, so a scrape tells "none yet" from "not measured".
+    for phase in TIMEOUT_PHASES {
+        metrics::counter!("http_connections_timed_out_total", "phase" => phase).increment(0);
+    }
+    metrics::counter!("http_accept_errors_total").increment(0);
+    let slots = Arc::new(Semaphore::new(limit));
     let graceful = GracefulShutdown::new();
     let mut backoff = AcceptBackoff::default();
     let mut signal = std::pin::pin!(signal);
@@ -93,6 +120,7 @@ pub async fn serve(
                 stream
             }
             Err(error) => {
+                metrics::counter!("http_accept_errors_total").increment(1);
                 let pause = backoff.failed(&error);
                 tokio::select! {
                     () = tokio::time::sleep(pause) => continue,
@@ -104,23 +132,60 @@ pub async fn serve(
         builder
             .timer(HeadTimer::new(settings))
             .header_read_timeout(settings.header_timeout);
+        let open = OpenConnection::new();
         let router = router.clone();
         let body_timeout = settings.body_timeout;
-        let service = hyper::service::service_fn(move |request| {
-            handle(router.clone(), request, body_timeout)
-        });
+        let had_request = Arc::new(AtomicBool::new(false));
+        let service = {
+            let had_request = had_request.clone();
+            hyper::service::service_fn(move |request| {
+                had_request.store(true, Ordering::Relaxed);
+                handle(router.clone(), request, body_timeout)
+            })
+        };
         let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
-            // Timeouts and clients going away end up here; nothing to act on.
+            // Timeouts and clients going away end up here; only timeouts are counted.
             if let Err(error) = connection.await {
                 tracing::debug!(%error, "HTTP connection closed with an error");
+                // hyper's only server-side timeout is the head timer, which waits for the
+                // first head (header timeout) or, after a response, the next (idle timeout).
+                if error.is_timeout() {
+                    let phase = if had_request.load(Ordering::Relaxed) {
+                        "idle"
+                    } else {
+                        "header"
+                    };
+                    metrics::counter!("http_connections_timed_out_total", "phase" => phase)
+                        .increment(1);
+                }
             }
-            drop(slot);
+            drop((slot, open));
         });
     }
     drop(listener);
     graceful.shutdown().await;
     Ok(())
+}
+
+/// The `phase` label values of `http_connections_timed_out_total`.
+const TIMEOUT_PHASES: [&str; 3] = ["header", "idle", "body"];
+
+/// One accepted connection in `http_connections_open`, until dropped (also when the
+/// runtime drops the connection's task).
+struct OpenConnection;
+
+impl OpenConnection {
+    fn new() -> Self {
+        metrics::gauge!("http_connections_open").increment(1.0);
+        OpenConnection
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        metrics::gauge!("http_connections_open").decrement(1.0);
+    }
 }
 
 async fn handle(
@@ -235,6 +300,8 @@ pub fn is_body_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
 struct DeadlineBody {
     body: Incoming,
     deadline: Pin<Box<tokio::time::Sleep>>,
+    /// Counted once, however often the body is polled past its deadline.
+    counted: bool,
 }
 
 impl DeadlineBody {
@@ -242,6 +309,7 @@ impl DeadlineBody {
         DeadlineBody {
             body,
             deadline: Box::pin(tokio::time::sleep(timeout)),
+            counted: false,
         }
     }
 }
@@ -259,6 +327,10 @@ impl http_body::Body for DeadlineBody {
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
         ready!(self.deadline.as_mut().poll(cx));
+        // The answer is 408 with `Connection: close` (`ApiError::RequestTimeout`).
+        if !std::mem::replace(&mut self.counted, true) {
+            metrics::counter!("http_connections_timed_out_total", "phase" => "body").increment(1);
+        }
         Poll::Ready(Some(Err(Box::new(BodyTimeout))))
     }
 

@@ -1,7 +1,11 @@
 //! The HTTP edge against hostile or slow clients, over raw sockets: timeouts for the request
-//! head, an idle keep-alive connection and the body; the connection cap; and what the
-//! server answers to protocol errors (problem+json where a handler can still answer, and
-//! hyper's own bare answers where it cannot, as docs/http-edge.md lists them).
+//! head, an idle keep-alive connection and the body; the connection cap and the listen
+//! backlog; the `http_connections_*` metrics; and what the server answers to protocol errors
+//! (problem+json where a handler can still answer, and hyper's own bare answers where it
+//! cannot, as docs/http-edge.md lists them).
+//!
+//! The metrics recorder is shared by every test in the process, so metric checks are lower
+//! bounds: what this test caused must be there, on top of whatever others add.
 
 use crate::helpers::{PROBLEM_JSON, TestApp, TestOptions, provision, spawn_app_with};
 use order_service::config::Config;
@@ -177,6 +181,12 @@ fn options(header: u64, idle: u64, body: u64, connections: usize) -> TestOptions
     }
 }
 
+/// `http_connections_timed_out_total` of `phase`, in all apps of the process.
+async fn timeouts(app: &TestApp, phase: &str) -> f64 {
+    app.metric("http_connections_timed_out_total", &[("phase", phase)])
+        .await
+}
+
 /// Asserts that `raw` is closed without an answer between `at_least` and `at_most` after
 /// `since`.
 async fn assert_closed_between(raw: &mut Raw, since: Instant, at_least: f64, at_most: f64) {
@@ -197,6 +207,7 @@ async fn assert_closed_between(raw: &mut Raw, since: Instant, at_least: f64, at_
 #[tokio::test]
 async fn a_request_head_not_in_by_the_header_timeout_is_closed() {
     let app = spawn_app_with(options(1, 30, 30, 1024)).await;
+    let timed_out = timeouts(&app, "header").await;
     let head = b"GET /health/live HTTP/1.1\r\nHost: localhost\r\n\r\n";
     let started = Instant::now();
     let mut silent = Raw::connect(&app.address).await;
@@ -212,6 +223,11 @@ async fn a_request_head_not_in_by_the_header_timeout_is_closed() {
         assert_closed_between(&mut silent, started, 0.9, 5.0),
         assert_closed_between(&mut half, started, 0.9, 5.0),
         trickling,
+    );
+    let counted = timeouts(&app, "header").await - timed_out;
+    assert!(
+        counted >= 3.0,
+        "{counted} header timeouts counted, 3 expected"
     );
     // A timely head is unaffected.
     let mut good = Raw::connect(&app.address).await;
@@ -229,8 +245,14 @@ async fn a_kept_alive_connection_may_idle_until_the_idle_timeout() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     raw.send(LIVE).await;
     assert_eq!(raw.response(Duration::from_secs(5)).await.status, 200);
+    let timed_out = timeouts(&app, "idle").await;
     let idle_since = Instant::now();
     assert_closed_between(&mut raw, idle_since, 2.5, 6.0).await;
+    let counted = timeouts(&app, "idle").await - timed_out;
+    assert!(
+        counted >= 1.0,
+        "{counted} idle timeouts counted, 1 expected"
+    );
 }
 
 /// `POST /api/orders` announcing a body of `length` bytes.
@@ -264,6 +286,7 @@ async fn assert_body_timed_out(raw: &mut Raw, since: Instant, at_least: f64) {
 async fn a_request_body_not_in_by_the_body_timeout_gets_408_and_the_connection_closes() {
     let app = spawn_app_with(options(10, 30, 1, 1024)).await;
     let body = serde_json::to_vec(&crate::helpers::order_body(&[("KB-001", 1)])).expect("JSON");
+    let timed_out = timeouts(&app, "body").await;
 
     // Half the body, then nothing.
     let mut half = Raw::connect(&app.address).await;
@@ -278,6 +301,11 @@ async fn a_request_body_not_in_by_the_body_timeout_gets_408_and_the_connection_c
     let started = Instant::now();
     trickled.trickle(&body, Duration::from_millis(200)).await;
     assert_body_timed_out(&mut trickled, started, 0.9).await;
+    let counted = timeouts(&app, "body").await - timed_out;
+    assert!(
+        counted >= 2.0,
+        "{counted} body timeouts counted, 2 expected"
+    );
 
     // Neither created an order; a body sent at once still does.
     let orders: Value = app
@@ -326,6 +354,75 @@ async fn over_the_connection_cap_new_connections_wait_and_accepted_ones_are_serv
     // Once a slot frees, the waiting connection is served.
     drop(second);
     assert_eq!(third.response(Duration::from_secs(5)).await.status, 200);
+}
+
+#[tokio::test]
+async fn open_connections_and_the_cap_are_metrics() {
+    let app = spawn_app_with(options(30, 30, 30, 1024)).await;
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        let mut raw = Raw::connect(&app.address).await;
+        raw.send(LIVE).await;
+        assert_eq!(raw.response(Duration::from_secs(5)).await.status, 200);
+        held.push(raw);
+    }
+    // The five held here, and the scrape's own connection.
+    let open = app.metric("http_connections_open", &[]).await;
+    assert!(open >= 6.0, "http_connections_open is {open} with 6 open");
+    let cap = app.metric("http_connections_max", &[]).await;
+    assert!(cap >= 1.0, "http_connections_max is {cap}");
+    for phase in ["header", "idle", "body"] {
+        assert!(
+            metric_exists(&app, "http_connections_timed_out_total", phase).await,
+            "no http_connections_timed_out_total{{phase=\"{phase}\"}}"
+        );
+    }
+    drop(held);
+}
+
+/// Whether a scrape shows the counter with this phase (at zero before anything timed out).
+async fn metric_exists(app: &TestApp, name: &str, phase: &str) -> bool {
+    let text = app.metrics_text().await;
+    let sample = format!("{name}{{phase=\"{phase}\"}} ");
+    text.lines().any(|l| l.starts_with(&sample))
+}
+
+#[tokio::test]
+async fn connections_over_the_cap_complete_their_handshake_in_the_listen_backlog() {
+    let app = spawn_app_with(options(30, 30, 30, 1)).await;
+    let mut held = Raw::connect(&app.address).await;
+    held.send(LIVE).await;
+    assert_eq!(held.response(Duration::from_secs(5)).await.status, 200);
+    // Past a backlog of 128 the kernel drops the handshake and the client retries a second
+    // later; 300 fit in one of 1024.
+    let address = app.address.trim_start_matches("http://").to_owned();
+    let connects = (0..300).map(|_| {
+        let address = address.clone();
+        tokio::spawn(async move {
+            tokio::time::timeout(Duration::from_millis(700), TcpStream::connect(address)).await
+        })
+    });
+    let mut queued = Vec::new();
+    let mut late = 0;
+    for connect in futures::future::join_all(connects).await {
+        match connect.expect("connect task") {
+            Ok(stream) => queued.push(stream.expect("connecting")),
+            Err(_) => late += 1,
+        }
+    }
+    assert_eq!(
+        late, 0,
+        "{late} of 300 connections did not complete within 700 ms"
+    );
+    drop(queued);
+    drop(held);
+    let response = app
+        .client
+        .get(app.url("/health/live"))
+        .send()
+        .await
+        .expect("served after the queue drained");
+    assert_eq!(response.status(), 200);
 }
 
 /// Sends `request` on a new connection and returns the answer.

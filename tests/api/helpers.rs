@@ -459,6 +459,38 @@ impl TestApp {
         (connection, consumer)
     }
 
+    /// The sum of the samples of metric `name` whose labels include `labels`, in a fresh
+    /// scrape of `/metrics` (0 if there are none). The recorder is shared by every app in
+    /// the test process, so other tests' samples are included.
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        use prometheus_parse::{Scrape, Value as Sample};
+        let text = self.metrics_text().await;
+        let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+            .expect("valid Prometheus text format");
+        scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == name)
+            .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .map(|s| match &s.value {
+                Sample::Counter(v) | Sample::Gauge(v) | Sample::Untyped(v) => *v,
+                other => panic!("{name} is not a counter or gauge: {other:?}"),
+            })
+            .sum()
+    }
+
+    /// The body of `GET /metrics`.
+    pub async fn metrics_text(&self) -> String {
+        self.client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     /// Counts orders in the database (all statuses).
     pub async fn order_count(&self) -> usize {
         use sea_orm::{EntityTrait, PaginatorTrait};
