@@ -112,14 +112,21 @@ impl Orders {
     #[tracing::instrument(skip_all, fields(order_id = %order.id))]
     pub async fn create(&self, order: NewOrder) -> Result<OrderDetails, OrderError> {
         let id = order.id;
-        self.ask(id, |port| OrderMsg::Create(Box::new(order.clone()), port))
-            .await
+        // The actor's span is this one's child, although it runs in the actor's task.
+        let caller = tracing::Span::current();
+        self.ask(id, |port| {
+            OrderMsg::Create(Box::new(order.clone()), caller.clone(), port)
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(order_id = %id, event = event.name()))]
     pub async fn apply(&self, id: Uuid, event: Event) -> Result<Saga, OrderError> {
-        self.ask(id, |port| OrderMsg::Apply(event.clone(), port))
-            .await
+        let caller = tracing::Span::current();
+        self.ask(id, |port| {
+            OrderMsg::Apply(event.clone(), caller.clone(), port)
+        })
+        .await
     }
 
     /// Tells the order its step deadline passed (from the timer scanner).

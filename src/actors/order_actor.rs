@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::Notify;
+use tracing::Instrument;
 use uuid::Uuid;
 
 /// What every order actor shares: its store, the outbox relay's wake-up, the step-timer
@@ -157,12 +158,14 @@ impl From<DbErr> for OrderError {
     }
 }
 
+/// Requests from callers carry the caller's span, the parent of the actor's span.
 pub enum OrderMsg {
     Create(
         Box<NewOrder>,
+        tracing::Span,
         RpcReplyPort<Result<OrderDetails, OrderError>>,
     ),
-    Apply(Event, RpcReplyPort<Result<Saga, OrderError>>),
+    Apply(Event, tracing::Span, RpcReplyPort<Result<Saga, OrderError>>),
     /// The timer scanner saw the step deadline pass: resend, or give up and compensate.
     DeadlineExpired(RpcReplyPort<Result<(), OrderError>>),
     /// Start-up recovery: resend whatever the saga is waiting for and re-arm its timer.
@@ -257,24 +260,28 @@ impl Actor for OrderActor {
         state.last_active = std::time::Instant::now();
         match message {
             OrderMsg::CheckIdle | OrderMsg::Peek(_) => {}
-            OrderMsg::Create(new, reply) => {
-                let result = self.create(state, *new).await;
+            OrderMsg::Create(new, caller, reply) => {
+                let result = self.create(&caller, state, *new).await;
                 let _ = reply.send(result);
             }
-            OrderMsg::Apply(event, reply) => {
-                let result = self.apply(state, event).await;
+            OrderMsg::Apply(event, caller, reply) => {
+                let result = self.apply(&caller, state, event).await;
                 if reply_or_reload(&myself, reply, result) {
                     return Ok(());
                 }
             }
             OrderMsg::DeadlineExpired(reply) => {
-                let result = self.deadline_expired(state).await;
+                let span = tracing::info_span!("order.deadline", order_id = %state.id);
+                self.continue_order_trace(state, &span).await;
+                let result = self.deadline_expired(state).instrument(span).await;
                 if reply_or_reload(&myself, reply, result) {
                     return Ok(());
                 }
             }
             OrderMsg::Resume(reply) => {
-                let result = self.resume(state).await;
+                let span = tracing::info_span!("order.resume", order_id = %state.id);
+                self.continue_order_trace(state, &span).await;
+                let result = self.resume(state).instrument(span).await;
                 if reply_or_reload(&myself, reply, result) {
                     return Ok(());
                 }
@@ -329,9 +336,21 @@ impl OrderActor {
         Ok(())
     }
 
-    #[tracing::instrument(name = "order.create", skip_all, fields(order_id = %state.id))]
+    /// Timers and start-up recovery have no caller to continue: their `span` continues the
+    /// order's own trace, stored with it at creation.
+    async fn continue_order_trace(&self, state: &mut OrderState, span: &tracing::Span) {
+        // A failed load is reported by the handling that follows.
+        if self.ensure_loaded(state).await.is_ok()
+            && let Some(order) = &state.order
+        {
+            crate::telemetry::adopt_parent(span, order.trace_context.as_deref());
+        }
+    }
+
+    #[tracing::instrument(name = "order.create", parent = caller, skip_all, fields(order_id = %state.id))]
     async fn create(
         &self,
+        caller: &tracing::Span,
         state: &mut OrderState,
         new: NewOrder,
     ) -> Result<OrderDetails, OrderError> {
@@ -352,7 +371,9 @@ impl OrderActor {
             saga,
             payment_mode: new.payment_mode,
             version: 1,
-            trace_context: new.trace_context,
+            // This span's context when spans are exported (timers and recovery continue
+            // the order's trace from it), else the caller's header, passed on unchanged.
+            trace_context: crate::telemetry::current_traceparent().or(new.trace_context),
             timer: StepTimer::default(),
             parked_reason: None,
             created_at: now,
@@ -403,8 +424,13 @@ impl OrderActor {
         Ok(details)
     }
 
-    #[tracing::instrument(name = "order.apply", skip_all, fields(order_id = %state.id, event = event.name()))]
-    async fn apply(&self, state: &mut OrderState, event: Event) -> Result<Saga, OrderError> {
+    #[tracing::instrument(name = "order.apply", parent = caller, skip_all, fields(order_id = %state.id, event = event.name()))]
+    async fn apply(
+        &self,
+        caller: &tracing::Span,
+        state: &mut OrderState,
+        event: Event,
+    ) -> Result<Saga, OrderError> {
         self.ensure_loaded(state).await?;
         let Some(order) = state.order.as_mut() else {
             return Err(OrderError::NotFound(state.id));
@@ -483,7 +509,6 @@ impl OrderActor {
 }
 
 impl OrderActor {
-    #[tracing::instrument(name = "order.deadline", skip_all, fields(order_id = %state.id))]
     async fn deadline_expired(&self, state: &mut OrderState) -> Result<(), OrderError> {
         self.ensure_loaded(state).await?;
         let Some(order) = state.order.as_ref() else {
@@ -504,7 +529,11 @@ impl OrderActor {
                 "participant did not answer; giving up and compensating"
             );
             return self
-                .apply(state, Event::StepTimedOut { step })
+                .apply(
+                    &tracing::Span::current(),
+                    state,
+                    Event::StepTimedOut { step },
+                )
                 .await
                 .map(|_| ());
         }
@@ -512,7 +541,6 @@ impl OrderActor {
             .await
     }
 
-    #[tracing::instrument(name = "order.resume", skip_all, fields(order_id = %state.id))]
     async fn resume(&self, state: &mut OrderState) -> Result<(), OrderError> {
         self.ensure_loaded(state).await?;
         match state.order.as_ref() {
@@ -621,8 +649,15 @@ fn line_items(order: &OrderRecord) -> Vec<LineItem> {
 }
 
 /// Turns the state machine's effects into outbox rows, filling payloads from the order.
+/// Each message carries the `traceparent` of the span that caused it (the actor's) or,
+/// when spans are not exported, the order's own.
 fn outbox_messages(order: &OrderRecord, effects: &[Effect]) -> Result<Vec<NewMessage>, OrderError> {
     let mut out = Vec::with_capacity(effects.len());
+    let traceparent = if effects.is_empty() {
+        None
+    } else {
+        crate::telemetry::current_traceparent().or_else(|| order.trace_context.clone())
+    };
     for effect in effects {
         let mut message = match *effect {
             Effect::Send(command) => {
@@ -656,7 +691,7 @@ fn outbox_messages(order: &OrderRecord, effects: &[Effect]) -> Result<Vec<NewMes
                 )?
             }
         };
-        if let Some(traceparent) = &order.trace_context {
+        if let Some(traceparent) = &traceparent {
             message
                 .headers
                 .insert("traceparent".into(), traceparent.clone());

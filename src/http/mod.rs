@@ -27,7 +27,7 @@ use errors::{ApiError, problem, problem_response};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnResponse, OnResponse, TraceLayer};
 
 /// HTTP-facing settings, taken from the configuration once.
 #[derive(Debug, Clone)]
@@ -86,8 +86,33 @@ pub fn router(state: AppState) -> Router {
                 ),
             )
         }))
-        .layer(TraceLayer::new_for_http())
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_response(|response: &Response, latency, span: &tracing::Span| {
+                    span.record("http.response.status_code", response.status().as_u16());
+                    DefaultOnResponse::default().on_response(response, latency, span);
+                }),
+        )
         .with_state(state)
+}
+
+/// The span of one request; with a W3C `traceparent` header it continues the caller's
+/// trace (see `telemetry::adopt_parent`).
+fn request_span(request: &Request) -> tracing::Span {
+    let span = tracing::info_span!(
+        "http.request",
+        otel.kind = "server",
+        http.request.method = %request.method(),
+        url.path = %request.uri().path(),
+        http.response.status_code = tracing::field::Empty,
+    );
+    let traceparent = request
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok());
+    crate::telemetry::adopt_parent(&span, traceparent);
+    span
 }
 
 /// Counts and times every request by method, route template and status.

@@ -82,6 +82,19 @@ impl Settle {
 }
 
 impl IncomingMessage {
+    /// A span for handling this message: the child of the span that sent it (its
+    /// `traceparent` header), so the handling joins the sender's trace.
+    pub fn process_span(&self) -> tracing::Span {
+        let span = tracing::info_span!(
+            "message.process",
+            otel.kind = "consumer",
+            messaging.operation.type = "process",
+            routing_key = %self.routing_key,
+        );
+        crate::telemetry::adopt_parent(&span, self.headers.get("traceparent").map(String::as_str));
+        span
+    }
+
     /// The message was handled: remove it from the queue.
     pub async fn ack(self) -> Result<(), BusError> {
         self.settle(Settle::Ack).await

@@ -8,6 +8,7 @@ use crate::messaging::IncomingMessage;
 use crate::messaging::consumer::Disposition;
 use crate::messaging::messages::{Envelope, ReplyBody};
 use std::sync::Arc;
+use tracing::Instrument;
 
 pub fn event_of(reply: ReplyBody) -> Event {
     match reply {
@@ -23,8 +24,14 @@ pub fn event_of(reply: ReplyBody) -> Event {
     }
 }
 
-/// Handles one delivery from `orchestrator.replies`.
+/// Handles one delivery from `orchestrator.replies`, in a span that continues the
+/// reply's trace.
 pub async fn on_reply(orders: Orders, message: Arc<IncomingMessage>) -> Disposition {
+    let span = message.process_span();
+    apply_reply(orders, message).instrument(span).await
+}
+
+async fn apply_reply(orders: Orders, message: Arc<IncomingMessage>) -> Disposition {
     let envelope: Envelope<ReplyBody> = match serde_json::from_slice(&message.payload) {
         Ok(e) => e,
         Err(e) => {

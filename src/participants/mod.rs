@@ -22,6 +22,7 @@ use serde::de::DeserializeOwned;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
+use tracing::Instrument;
 use uuid::Uuid;
 
 /// What one delivery did inside its batch's transaction.
@@ -291,6 +292,7 @@ async fn in_one_statement<H: CommandHandler>(
     for message in messages {
         match handler
             .apply(Txn::None, &mut known, &mut deferred, message)
+            .instrument(message.process_span())
             .await
             .ok()?
         {
@@ -502,6 +504,7 @@ async fn apply_all<H: CommandHandler>(
     for message in messages {
         match handler
             .apply(Txn::Open(txn), &mut known, &mut deferred, message)
+            .instrument(message.process_span())
             .await?
         {
             Applied::Replies(r) => {
@@ -520,7 +523,8 @@ async fn apply_all<H: CommandHandler>(
     Ok((dispositions, rows))
 }
 
-/// A reply to the orchestrator, carrying the command's trace context along.
+/// A reply to the orchestrator, in the command's trace: its `traceparent` is the current
+/// (handling) span's, or, when spans are not exported, the command's own.
 pub(crate) fn reply(
     order_id: Uuid,
     body: ReplyBody,
@@ -529,8 +533,10 @@ pub(crate) fn reply(
     let kind = body.kind();
     let envelope = Envelope::new(order_id, body);
     let mut message = NewMessage::json(REPLIES_EXCHANGE, kind, envelope.message_id, &envelope)?;
-    if let Some(tp) = headers.get("traceparent") {
-        message.headers.insert("traceparent".into(), tp.clone());
+    if let Some(tp) =
+        crate::telemetry::current_traceparent().or_else(|| headers.get("traceparent").cloned())
+    {
+        message.headers.insert("traceparent".into(), tp);
     }
     Ok(message)
 }

@@ -163,8 +163,20 @@ impl Service {
 
     /// Creates one order and waits until its saga is over; returns its id.
     async fn order_to_the_end(&self, client: &reqwest::Client) -> String {
-        let response = client
-            .post(format!("{}/api/orders", self.base))
+        self.traced_order_to_the_end(client, None).await
+    }
+
+    /// [`Self::order_to_the_end`], sending `traceparent` with the create when given.
+    async fn traced_order_to_the_end(
+        &self,
+        client: &reqwest::Client,
+        traceparent: Option<&str>,
+    ) -> String {
+        let mut request = client.post(format!("{}/api/orders", self.base));
+        if let Some(traceparent) = traceparent {
+            request = request.header("traceparent", traceparent);
+        }
+        let response = request
             .header("Idempotency-Key", uuid::Uuid::new_v4().to_string())
             .json(&json!({
                 "customer_id": "c",
@@ -246,6 +258,35 @@ fn string_attribute<'a>(
         })
 }
 
+/// Every span the receiver got, checking each request is an OTLP/HTTP protobuf export of
+/// `service_name`.
+fn exported_spans(receiver: &Receiver, service_name: &str, log: &str) -> Vec<Span> {
+    let received = receiver.received();
+    assert!(!received.is_empty(), "no OTLP request; log: {log}");
+    let mut spans: Vec<Span> = Vec::new();
+    for request in &received {
+        assert_eq!(request.path, "/v1/traces", "log: {log}");
+        assert_eq!(request.content_type, "application/x-protobuf");
+        assert!(!request.body.is_empty(), "empty OTLP body");
+        let export = ExportTraceServiceRequest::decode(request.body.clone())
+            .expect("an OTLP ExportTraceServiceRequest");
+        for resource_spans in export.resource_spans {
+            let resource = resource_spans.resource.expect("a resource");
+            assert_eq!(
+                string_attribute(&resource.attributes, "service.name"),
+                Some(service_name)
+            );
+            spans.extend(
+                resource_spans
+                    .scope_spans
+                    .into_iter()
+                    .flat_map(|scope| scope.spans),
+            );
+        }
+    }
+    spans
+}
+
 #[tokio::test]
 async fn spans_are_exported_over_otlp_http_and_the_last_ones_flushed_on_sigterm() {
     let receiver = Receiver::start().await;
@@ -276,29 +317,7 @@ async fn spans_are_exported_over_otlp_http_and_the_last_ones_flushed_on_sigterm(
         "start-up says so; log: {log}"
     );
 
-    let received = receiver.received();
-    assert!(!received.is_empty(), "no OTLP request; log: {log}");
-    let mut spans: Vec<Span> = Vec::new();
-    for request in &received {
-        assert_eq!(request.path, "/v1/traces", "log: {log}");
-        assert_eq!(request.content_type, "application/x-protobuf");
-        assert!(!request.body.is_empty(), "empty OTLP body");
-        let export = ExportTraceServiceRequest::decode(request.body.clone())
-            .expect("an OTLP ExportTraceServiceRequest");
-        for resource_spans in export.resource_spans {
-            let resource = resource_spans.resource.expect("a resource");
-            assert_eq!(
-                string_attribute(&resource.attributes, "service.name"),
-                Some("order-service-otlp-test")
-            );
-            spans.extend(
-                resource_spans
-                    .scope_spans
-                    .into_iter()
-                    .flat_map(|scope| scope.spans),
-            );
-        }
-    }
+    let spans = exported_spans(&receiver, "order-service-otlp-test", &log);
     let of_the_order: Vec<&str> = spans
         .iter()
         .filter(|span| string_attribute(&span.attributes, "order_id") == Some(id.as_str()))
@@ -310,6 +329,220 @@ async fn spans_are_exported_over_otlp_http_and_the_last_ones_flushed_on_sigterm(
             "no {name} span with order_id={id}; spans of the order: {of_the_order:?}"
         );
     }
+}
+
+/// The spans of one trace, by span id, with the questions the test asks of them.
+struct Trace<'a> {
+    spans: Vec<&'a Span>,
+}
+
+impl<'a> Trace<'a> {
+    fn span(&self, span_id: &[u8]) -> Option<&'a Span> {
+        self.spans.iter().copied().find(|s| s.span_id == span_id)
+    }
+
+    fn parent(&self, span: &Span) -> Option<&'a Span> {
+        self.span(&span.parent_span_id)
+    }
+
+    /// The spans named `name` whose attribute `key` is `value` (all, without an attribute).
+    fn named(&self, name: &str, attribute: Option<(&str, &str)>) -> Vec<&'a Span> {
+        let found: Vec<&Span> = self
+            .spans
+            .iter()
+            .copied()
+            .filter(|s| s.name == name)
+            .filter(|s| {
+                attribute.is_none_or(|(k, v)| string_attribute(&s.attributes, k) == Some(v))
+            })
+            .collect();
+        assert!(
+            !found.is_empty(),
+            "no {name} {attribute:?}: {}",
+            self.describe()
+        );
+        found
+    }
+
+    /// The span that sent the message `span` handles: `span`'s parent is the handling of a
+    /// message with `routing_key`, whose parent is the sender's span.
+    fn sender(&self, span: &Span, routing_key: &str) -> &'a Span {
+        let process = self.parent(span);
+        assert!(
+            process.is_some_and(|p| p.name == "message.process"
+                && string_attribute(&p.attributes, "routing_key") == Some(routing_key)),
+            "{} is not handling a {routing_key}: {}",
+            span.name,
+            self.describe()
+        );
+        process
+            .and_then(|p| self.parent(p))
+            .unwrap_or_else(|| panic!("{routing_key} has no sender: {}", self.describe()))
+    }
+
+    /// Whether `ancestor` is `span`'s parent, grandparent, …
+    fn descends(&self, span: &Span, ancestor: &Span) -> bool {
+        let mut current = self.parent(span);
+        while let Some(parent) = current {
+            if parent.span_id == ancestor.span_id {
+                return true;
+            }
+            current = self.parent(parent);
+        }
+        false
+    }
+
+    fn describe(&self) -> String {
+        self.spans
+            .iter()
+            .map(|s| {
+                let parent = self.parent(s).map_or("-", |p| p.name.as_str());
+                let key = string_attribute(&s.attributes, "routing_key")
+                    .or_else(|| string_attribute(&s.attributes, "event"))
+                    .unwrap_or_default();
+                format!("{} [{key}] <- {parent}", s.name)
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+/// One order with a caller's `traceparent`: every span of the order is in the caller's
+/// trace, and each has the span that caused it as its parent — the request continues the
+/// caller's span; each participant handles a command under the actor span that sent it;
+/// the actor applies each reply under the participant span that answered.
+async fn one_order_is_one_trace(extra: &[(&str, &str)]) {
+    let receiver = Receiver::start().await;
+    let client = reqwest::Client::new();
+    let mut env = vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint.as_str()),
+        ("OTEL_SERVICE_NAME", "order-service-trace-test"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "600000"),
+    ];
+    env.extend_from_slice(extra);
+    let mut service = Service::start(&env);
+    service.wait_ready(&client).await;
+    let (trace_id, caller) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
+    let id = service
+        .traced_order_to_the_end(&client, Some(&format!("00-{trace_id}-{caller}-01")))
+        .await;
+    assert_eq!(
+        service.terminate().await,
+        Some(0),
+        "log: {}",
+        service.log_text()
+    );
+    let spans = exported_spans(&receiver, "order-service-trace-test", &service.log_text());
+
+    let trace_id = hex::decode(trace_id).expect("hex");
+    // The test's polls for the status send no traceparent: their own traces.
+    for span in spans.iter().filter(|s| {
+        string_attribute(&s.attributes, "order_id") == Some(id.as_str())
+            && s.name != "http.get_order"
+    }) {
+        assert_eq!(
+            span.trace_id, trace_id,
+            "{} of the order is not in the caller's trace",
+            span.name
+        );
+    }
+    let trace = Trace {
+        spans: spans.iter().filter(|s| s.trace_id == trace_id).collect(),
+    };
+    let request = trace.named("http.request", None)[0];
+    assert_eq!(request.parent_span_id, hex::decode(caller).expect("hex"));
+    for span in &trace.spans {
+        assert!(
+            span.span_id == request.span_id || trace.parent(span).is_some(),
+            "{} has no parent in the trace: {}",
+            span.name,
+            trace.describe()
+        );
+    }
+    let created = trace.named("order.create", None)[0];
+    assert!(trace.descends(created, trace.named("http.create_order", None)[0]));
+    assert!(trace.descends(created, request));
+    // Every command is handled under the order actor's span that sent it (a resend by
+    // start-up recovery or a timer included); the first reservation under the create's.
+    let commands = [
+        ("stock.reserve", "inventory.reserve"),
+        ("payment.charge", "payment.charge"),
+        ("shipping.schedule", "shipping.schedule"),
+    ];
+    for (command, handler) in commands {
+        for span in trace.named(handler, None) {
+            let sender = trace.sender(span, command);
+            assert!(sender.name.starts_with("order."), "{}", trace.describe());
+        }
+    }
+    assert!(
+        trace
+            .named("inventory.reserve", None)
+            .iter()
+            .any(|s| trace.sender(s, "stock.reserve").span_id == created.span_id),
+        "{}",
+        trace.describe()
+    );
+    // Every reply is applied under the participant's span that answered, and the next
+    // command is sent from that application.
+    for (reply, event, answered_by, next) in [
+        (
+            "stock.reserved",
+            "stock_reserved",
+            "inventory.reserve",
+            Some(commands[1]),
+        ),
+        (
+            "payment.charged",
+            "payment_charged",
+            "payment.charge",
+            Some(commands[2]),
+        ),
+        (
+            "shipping.scheduled",
+            "shipment_scheduled",
+            "shipping.schedule",
+            None,
+        ),
+    ] {
+        let applied = trace.named("order.apply", Some(("event", event)));
+        for span in &applied {
+            assert!(
+                trace.named(answered_by, None).iter().any(|by| trace
+                    .named("message.process", Some(("routing_key", reply)))
+                    .iter()
+                    .any(|p| p.parent_span_id == by.span_id && trace.descends(span, p))),
+                "{event} not applied under {answered_by}'s {reply}: {}",
+                trace.describe()
+            );
+        }
+        if let Some((command, handler)) = next {
+            assert!(
+                trace.named(handler, None).iter().any(|s| {
+                    let sender = trace.sender(s, command);
+                    applied.iter().any(|a| a.span_id == sender.span_id)
+                }),
+                "{command} not sent from the {event} application: {}",
+                trace.describe()
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn one_order_is_one_trace_that_continues_the_callers_on_the_in_process_bus() {
+    one_order_is_one_trace(&[]).await;
+}
+
+#[tokio::test]
+async fn one_order_is_one_trace_that_continues_the_callers_on_rabbitmq() {
+    let (database_url, amqp_url, _backing) = crate::helpers::provision(false).await;
+    let amqp_url = amqp_url.expect("RabbitMQ");
+    one_order_is_one_trace(&[
+        ("DATABASE_URL", database_url.as_str()),
+        ("AMQP_URL", amqp_url.as_str()),
+    ])
+    .await;
 }
 
 #[tokio::test]
