@@ -18,4 +18,5 @@ mod participants;
 mod process;
 mod relay;
 mod saga;
+mod stock_adjust;
 mod timers;
