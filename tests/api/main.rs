@@ -18,5 +18,6 @@ mod participants;
 mod process;
 mod relay;
 mod saga;
+mod schemathesis;
 mod stock_adjust;
 mod timers;
