@@ -1,5 +1,6 @@
 //! Domain: the pure order state machine and the validated values it works on. No I/O.
 
+pub mod integral;
 pub mod order;
 pub mod saga;
 pub mod text;

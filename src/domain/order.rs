@@ -30,6 +30,7 @@ pub struct OrderRequestItem {
     #[schema(value_type = SkuSchema)]
     pub sku: String,
     // Signed so that a negative quantity gets a clear message instead of a type error.
+    #[serde(deserialize_with = "crate::domain::integral::deserialize")]
     #[schema(schema_with = quantity_schema)]
     pub quantity: i64,
 }

@@ -11,6 +11,7 @@
 use crate::domain::order::OrderRequestItem;
 use crate::domain::saga::OrderStatus;
 use crate::domain::text::SkuSchema;
+use crate::http::errors::ApiError;
 use crate::http::extractors::IdempotencyKeySchema;
 use crate::http::{AppState, admin, health, inventory, orders};
 use crate::participants::inventory::StockView;
@@ -20,6 +21,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
+use serde_json::Value;
 use std::collections::BTreeMap;
 use utoipa::openapi::Required;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -48,6 +50,7 @@ pub const OPENAPI_PATH: &str = "/api-docs/openapi.json";
         inventory::list,
         inventory::get_one,
         inventory::put,
+        inventory::adjust,
         admin::invariant_report,
         health::live,
         health::ready,
@@ -128,8 +131,39 @@ pub fn router() -> Router<AppState> {
     responses((status = 200, description = "The OpenAPI document", body = Object,
         content_type = "application/json"))
 )]
-async fn openapi_json() -> Response {
-    Json(document()).into_response()
+async fn openapi_json() -> Result<Response, ApiError> {
+    Ok(Json(document_json()?).into_response())
+}
+
+/// The generated document as JSON, its Link objects spelled as OpenAPI spells them: utoipa
+/// 5.5 serializes a Link's members in snake_case (`operation_id`), which OpenAPI tools
+/// ignore, so the links would be lost on them.
+pub fn document_json() -> Result<Value, ApiError> {
+    let mut doc = serde_json::to_value(document()).map_err(|e| ApiError::Internal(e.into()))?;
+    let links = doc
+        .get_mut("paths")
+        .and_then(Value::as_object_mut)
+        .into_iter()
+        .flat_map(|paths| paths.values_mut())
+        .filter_map(Value::as_object_mut)
+        .flat_map(|item| item.values_mut())
+        .filter_map(|op| op.get_mut("responses").and_then(Value::as_object_mut))
+        .flat_map(|responses| responses.values_mut())
+        .filter_map(|response| response.get_mut("links").and_then(Value::as_object_mut))
+        .flat_map(|links| links.values_mut())
+        .filter_map(Value::as_object_mut);
+    for link in links {
+        for (snake, camel) in [
+            ("operation_id", "operationId"),
+            ("operation_ref", "operationRef"),
+            ("request_body", "requestBody"),
+        ] {
+            if let Some(member) = link.remove(snake) {
+                link.insert(camel.to_owned(), member);
+            }
+        }
+    }
+    Ok(doc)
 }
 
 const API_DOCS_PAGE: &str = r##"<!doctype html>
@@ -215,15 +249,21 @@ pub struct Problem {
     /// `transition-not-allowed`: the order's status.
     #[schema(required = false)]
     current_status: OrderStatus,
-    /// `insufficient-stock`, `unknown-sku`: the SKU concerned.
+    /// `insufficient-stock`, `unknown-sku`, `stock-adjustment-refused`: the SKU concerned.
     #[schema(required = false)]
     sku: String,
     /// `insufficient-stock`: the quantity requested.
     #[schema(required = false)]
     requested: i64,
-    /// `insufficient-stock`: the quantity available.
+    /// `insufficient-stock`, `stock-adjustment-refused`: the quantity available.
     #[schema(required = false)]
     available: i64,
+    /// `stock-adjustment-refused`: the quantity reserved by orders in progress.
+    #[schema(required = false)]
+    reserved: i64,
+    /// `stock-adjustment-refused`: the change asked for.
+    #[schema(required = false)]
+    adjust: i64,
 }
 
 /// `GET /api/orders`: newest first.

@@ -92,6 +92,18 @@ fn traceparent(headers: &HeaderMap) -> Option<String> {
     responses(
         (status = 201, description = "The order was created (or this is a replay of the \
             request that created it).", body = OrderDetails,
+            links(
+                ("GetOrder" = (operation_id = "get_order",
+                    parameters(("id" = "$response.body#/id")),
+                    description = "The order just created")),
+                ("OverrideStatus" = (operation_id = "override_status",
+                    parameters(("id" = "$response.body#/id")),
+                    description = "Cancel the order just created (admin)")),
+                ("PayOrder" = (operation_id = "pay_order",
+                    parameters(("id" = "$response.body#/id")),
+                    description = "Submit the payment of the order just created (dev, \
+                        `PAYMENT_MODE=manual`)")),
+            ),
             headers(
                 ("Location" = String, description = "`/api/orders/{id}` of the new order"),
                 ("Idempotent-Replayed" = String,
@@ -421,7 +433,16 @@ fn order_error(error: OrderError) -> ApiError {
         GetQuery,
     ),
     responses(
-        (status = 200, description = "The order (with `wait`: once terminal, or as it is when the wait ran out)", body = OrderDetails),
+        (status = 200, description = "The order (with `wait_ms`: once terminal, or as it is \
+            when the wait ran out)", body = OrderDetails,
+            links(
+                ("OverrideStatus" = (operation_id = "override_status",
+                    parameters(("id" = "$response.body#/id")),
+                    description = "Cancel this order (admin)")),
+                ("PayOrder" = (operation_id = "pay_order",
+                    parameters(("id" = "$response.body#/id")),
+                    description = "Submit this order's payment (dev)")),
+            )),
         (status = 400, description = "`id` is not a UUID", body = Problem,
             content_type = "application/problem+json"),
         (status = 404, description = "No such order", body = Problem,

@@ -73,6 +73,28 @@ pub struct StockUpdate {
     pub available: i64,
 }
 
+/// `PATCH /api/inventory/:sku`: a relative change of the available count, and optionally a
+/// new name or price.
+#[derive(Debug, Clone)]
+pub struct StockAdjustment {
+    /// Added to `available` (negative: removed).
+    pub adjust: i64,
+    pub name: Option<String>,
+    pub price_cents: Option<i64>,
+    /// Most units `available` may reach.
+    pub max_available: i64,
+}
+
+/// What became of a [`StockAdjustment`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Adjusted {
+    Done(StockView),
+    UnknownSku,
+    /// Nothing was changed: `available + adjust` would be below zero or above the cap. The
+    /// counts as read right after the refusal.
+    Refused(StockView),
+}
+
 /// Why the synchronous stock check refused an order.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum QuoteError {
@@ -185,6 +207,36 @@ impl Inventory {
             .ok_or_else(|| DbErr::RecordNotFound(sku.to_owned()))?;
         txn.commit().await?;
         Ok(view)
+    }
+
+    /// Applies a [`StockAdjustment`] with one conditional UPDATE (`available = available + d
+    /// WHERE 0 <= available + d <= max`): concurrent adjustments and reservations all add to
+    /// the count the row holds when each runs, so none is lost and none can take `available`
+    /// below zero. Reserved and sold counts belong to orders and are left alone.
+    pub async fn adjust(&self, sku: &str, change: StockAdjustment) -> Result<Adjusted, DbErr> {
+        let after = || Expr::col(stock::Column::Available).add(change.adjust);
+        let mut update = stock::Entity::update_many()
+            .col_expr(stock::Column::Available, after())
+            .col_expr(stock::Column::UpdatedAt, Utc::now().into());
+        if let Some(name) = change.name {
+            update = update.col_expr(stock::Column::Name, name.into());
+        }
+        if let Some(price) = change.price_cents {
+            update = update.col_expr(stock::Column::PriceCents, price.into());
+        }
+        let updated = update
+            .filter(stock::Column::Sku.eq(sku))
+            .filter(after().gte(0))
+            .filter(after().lte(change.max_available))
+            .exec_with_returning(&self.db)
+            .await?;
+        if let Some(row) = updated.into_iter().next() {
+            return Ok(Adjusted::Done(row.into()));
+        }
+        Ok(match self.get(sku).await? {
+            Some(view) => Adjusted::Refused(view),
+            None => Adjusted::UnknownSku,
+        })
     }
 
     /// The synchronous stock check of `POST /api/orders`: every SKU exists and has the

@@ -971,3 +971,59 @@ async fn the_bearer_scheme_is_case_insensitive() {
         .expect("GET invariants");
     assert_eq!(response.status(), StatusCode::FORBIDDEN);
 }
+
+/// JSON Schema's `integer` includes numbers with a zero fraction (`2.0`), so they are
+/// accepted as the integer; `1.5` is still refused.
+#[tokio::test]
+async fn integral_floats_are_accepted_as_integers() {
+    let app = spawn_app().await;
+    let key = Uuid::new_v4().to_string();
+    let response = app.post_order(Some(&key), &with_quantity(json!(2.0))).await;
+    let status = response.status();
+    let order: Value = response.json().await.expect("JSON");
+    assert_eq!(status, StatusCode::CREATED, "{order:#}");
+    assert_eq!(order["items"][0]["quantity"], 2);
+    // The same request spelled with an integer is the same request: a replay.
+    let replay = app.post_order(Some(&key), &with_quantity(json!(2))).await;
+    assert_eq!(replay.status(), StatusCode::CREATED);
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+
+    let response = app
+        .client
+        .put(app.url("/api/inventory/FLOAT-1"))
+        .bearer_auth(ADMIN_TOKEN)
+        .header("content-type", "application/json")
+        .body(r#"{"available": 5.0, "price_cents": 1e3}"#)
+        .send()
+        .await
+        .expect("PUT");
+    assert_eq!(response.status(), StatusCode::OK);
+    let stock: Value = response.json().await.expect("JSON");
+    assert_eq!(
+        (stock["available"].clone(), stock["price_cents"].clone()),
+        (json!(5), json!(1000))
+    );
+
+    for (name, body) in [
+        ("fraction", r#"{"available": 5.5, "price_cents": 1}"#),
+        (
+            "beyond 2^53",
+            r#"{"available": 1, "price_cents": 9007199254740994.0}"#,
+        ),
+    ] {
+        let response = app
+            .client
+            .put(app.url("/api/inventory/FLOAT-1"))
+            .bearer_auth(ADMIN_TOKEN)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("PUT");
+        if let Err(e) =
+            check_problem(response, StatusCode::UNPROCESSABLE_ENTITY, Some(INVALID)).await
+        {
+            panic!("{name}: {e}");
+        }
+    }
+}

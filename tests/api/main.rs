@@ -20,5 +20,7 @@ mod participants;
 mod process;
 mod relay;
 mod saga;
+mod schemathesis;
+mod stock_adjust;
 mod startup;
 mod timers;

@@ -95,6 +95,14 @@ fn expected_operations() -> BTreeMap<&'static str, (&'static str, &'static str, 
             ),
         ),
         (
+            "adjust_stock",
+            (
+                "patch",
+                "/api/inventory/{sku}",
+                with_db(&[200, 400, 401, 403, 404, 409, 413, 415, 422]),
+            ),
+        ),
+        (
             "get_invariants",
             (
                 "get",
@@ -110,7 +118,12 @@ fn expected_operations() -> BTreeMap<&'static str, (&'static str, &'static str, 
     ])
 }
 
-const ADMIN_OPERATIONS: [&str; 3] = ["override_status", "put_stock", "get_invariants"];
+const ADMIN_OPERATIONS: [&str; 4] = [
+    "override_status",
+    "put_stock",
+    "adjust_stock",
+    "get_invariants",
+];
 
 /// The operation object at `method path`.
 fn operation<'a>(doc: &'a Value, method: &str, path: &str) -> &'a Value {
@@ -945,4 +958,128 @@ async fn openapi_success_responses_match_their_documented_schemas() {
         StatusCode::CONFLICT,
     )
     .await;
+}
+
+/// The schema of a parameter or member, through its `$ref` if it has one.
+fn schema_of<'a>(doc: &'a Value, schema: &'a Value) -> &'a Value {
+    match schema["$ref"].as_str() {
+        Some(reference) => resolve(doc, reference).unwrap_or_else(|| panic!("{reference}")),
+        None => schema,
+    }
+}
+
+/// The limits and patterns in the document are the constants the service checks with, so
+/// generated clients and fuzzers refuse what the service refuses.
+#[tokio::test]
+async fn openapi_states_the_limits_the_service_enforces() {
+    use order_service::domain::order::{MAX_LINES, MAX_QUANTITY, SUPPORTED_CURRENCIES};
+    use order_service::domain::text::{
+        CUSTOMER_ID, MAX_SKU_CHARS, NO_CONTROL_PATTERN, NON_BLANK_PATTERN, OVERRIDE_REASON,
+        SKU_PATTERN, STOCK_NAME,
+    };
+    use order_service::http::extractors::{IDEMPOTENCY_KEY_PATTERN, MAX_KEY_LEN};
+    let app = spawn_app().await;
+    let doc = served_document(&app).await;
+    let parameter = |method: &str, path: &str, name: &str| -> Value {
+        let found = operation(&doc, method, path)["parameters"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == name))
+            .unwrap_or_else(|| panic!("{method} {path} has no parameter {name}"));
+        assert_eq!(found["required"], true, "{method} {path} {name}");
+        schema_of(&doc, &found["schema"]).clone()
+    };
+    let component = |name: &str| -> Value { doc["components"]["schemas"][name].clone() };
+
+    let key = parameter("post", "/api/orders", "Idempotency-Key");
+    assert_eq!(key["maxLength"], json!(MAX_KEY_LEN));
+    assert_eq!(key["pattern"], IDEMPOTENCY_KEY_PATTERN);
+
+    for method in ["get", "put", "patch"] {
+        let sku = parameter(method, "/api/inventory/{sku}", "sku");
+        assert_eq!(sku["pattern"], SKU_PATTERN, "{method}");
+        assert_eq!(sku["maxLength"], json!(MAX_SKU_CHARS), "{method}");
+    }
+
+    let order = component("OrderRequest");
+    let customer = &order["properties"]["customer_id"];
+    assert_eq!(customer["pattern"], NON_BLANK_PATTERN);
+    assert_eq!(customer["maxLength"], json!(CUSTOMER_ID.max_chars));
+    assert_eq!(
+        order["properties"]["currency"]["enum"],
+        json!(SUPPORTED_CURRENCIES)
+    );
+    assert_eq!(order["properties"]["items"]["maxItems"], json!(MAX_LINES));
+    let item = component("OrderRequestItem");
+    assert_eq!(
+        item["properties"]["quantity"]["maximum"],
+        json!(MAX_QUANTITY)
+    );
+    assert_eq!(
+        schema_of(&doc, &item["properties"]["sku"])["pattern"],
+        SKU_PATTERN
+    );
+    let reason = &component("StatusOverride")["properties"]["reason"];
+    assert_eq!(reason["pattern"], NO_CONTROL_PATTERN);
+    assert_eq!(reason["maxLength"], json!(OVERRIDE_REASON.max_chars));
+    for body in ["PutStock", "PatchStock"] {
+        let name = &component(body)["properties"]["name"];
+        assert_eq!(name["pattern"], NON_BLANK_PATTERN, "{body}");
+        assert_eq!(name["maxLength"], json!(STOCK_NAME.max_chars), "{body}");
+    }
+
+    // Links let a stateful fuzzer (or a client generator) follow an order from its creation.
+    let links = &operation(&doc, "post", "/api/orders")["responses"]["201"]["links"];
+    for (name, target) in [
+        ("GetOrder", "get_order"),
+        ("OverrideStatus", "override_status"),
+        ("PayOrder", "pay_order"),
+    ] {
+        assert_eq!(links[name]["operationId"], target, "{links:#}");
+        assert_eq!(links[name]["parameters"]["id"], "$response.body#/id");
+    }
+    let links = &operation(&doc, "put", "/api/inventory/{sku}")["responses"]["200"]["links"];
+    assert_eq!(links["AdjustStock"]["operationId"], "adjust_stock");
+    assert_eq!(
+        links["AdjustStock"]["parameters"]["sku"],
+        "$response.body#/sku"
+    );
+    // Every link names an operation of the document.
+    let ids: BTreeSet<&str> = expected_operations().keys().copied().collect();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in item.as_object().expect("path item") {
+            for (status, response) in op["responses"].as_object().expect("responses") {
+                for (name, link) in response["links"].as_object().into_iter().flatten() {
+                    let target = link["operationId"].as_str().unwrap_or_default();
+                    assert!(
+                        ids.contains(target),
+                        "{method} {path} {status} link {name} names {target:?}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// `PATCH /api/inventory/{sku}`: its 200 and its 409 are what the document says.
+#[tokio::test]
+async fn openapi_adjust_stock_responses_are_documented() {
+    let app = spawn_app().await;
+    let doc = served_document(&app).await;
+    let adjust = ("patch", "/api/inventory/{sku}");
+    let patch = |body: Value| {
+        app.client
+            .patch(app.url("/api/inventory/KB-001"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&body)
+            .send()
+    };
+    let response = patch(json!({"adjust": 5, "name": "Keyboard"}))
+        .await
+        .expect("PATCH");
+    assert_eq!(response.status(), StatusCode::OK);
+    let view: Value = response.json().await.expect("JSON");
+    assert_conforms(&doc, adjust, 200, "application/json", &view);
+    let response = patch(json!({"adjust": -1000})).await.expect("PATCH");
+    let problem = assert_documented_problem(&doc, adjust, response, StatusCode::CONFLICT).await;
+    assert_eq!(problem["available"], 105);
 }
