@@ -21,6 +21,6 @@ mod process;
 mod relay;
 mod saga;
 mod schemathesis;
-mod stock_adjust;
 mod startup;
+mod stock_adjust;
 mod timers;
