@@ -329,7 +329,7 @@ calibrate() {
 }
 
 # Sets machine_tps_end: the reference transaction's tps again, after the loads. Some hosts
-# drift by half within tens of minutes (see BENCHMARKS.md, "Eighth round"); the two figures
+# drift by half within tens of minutes (BENCHMARKS.md history in git, "Eighth round"); the two figures
 # show whether the rows ran on the same machine speed.
 calibrate_end() {
   if ! command -v pgbench >/dev/null; then
@@ -482,27 +482,27 @@ generated="$work/generated.md"
     echo "$i. \`$command\` (exit $status)"
   done
   echo
-  echo "<details><summary>Full loadgen reports and top snapshots (middle of each load)</summary>"
+  echo "Full loadgen reports and top snapshots of this run: \`bench/last-run.md\` (written by the run, not committed)."
   echo
+  echo "<!-- bench:end -->"
+} >"$generated"
+
+# The run's full reports stay beside the script, out of BENCHMARKS.md (git keeps the table's history).
+{
   i=0
-  n=0
   for row in "${rows[@]}"; do
     IFS='|' read -r label mode json cpu loadavg command status <<<"$row"
-    i=$((i + 1))
-    echo "**$i. $mode, $label**"
+    echo "**$((i + 1)). $mode, $label**"
     echo
     echo '```'
-    cat "$work/load-$n.txt"
+    cat "$work/load-$i.txt"
     echo
     if [ -f "$cpu.top" ]; then sed -n '1,3p;7,$p' "$cpu.top"; fi
     echo '```'
     echo
-    n=$((n + 1))
+    i=$((i + 1))
   done
-  echo "</details>"
-  echo
-  echo "<!-- bench:end -->"
-} >"$generated"
+} >"$root/bench/last-run.md"
 
 if [ -f "$out" ] && grep -q '<!-- bench:begin' "$out" && grep -q '<!-- bench:end -->' "$out"; then
   awk -v gen="$generated" '
