@@ -95,6 +95,20 @@ impl ApiError {
     }
 
     /// Adds an extension member to a 409 or 422 problem.
+    /// One 422 naming every problem of a request (`errors` lists them one by one).
+    pub fn validation_all(problems: Vec<String>) -> Self {
+        ApiError::validation(problems.join("; ")).with("errors", Value::from(problems))
+    }
+
+    /// `Ok` when `problems` is empty, else [`ApiError::validation_all`].
+    pub fn unless_any(problems: Vec<String>) -> Result<(), ApiError> {
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::validation_all(problems))
+        }
+    }
+
     pub fn with(mut self, key: &str, value: Value) -> Self {
         if let ApiError::Conflict { extensions, .. } | ApiError::Unprocessable { extensions, .. } =
             &mut self

@@ -178,9 +178,7 @@ async fn put(
     if let Some(Err(problem)) = body.name.as_deref().map(|n| STOCK_NAME.check(n)) {
         problems.push(problem);
     }
-    if !problems.is_empty() {
-        return Err(ApiError::validation(problems.join("; ")).with("errors", json!(problems)));
-    }
+    ApiError::unless_any(problems)?;
     let view = app
         .inventory
         .put(
@@ -297,9 +295,7 @@ async fn adjust(
     if let Some(Err(problem)) = body.name.as_deref().map(|n| STOCK_NAME.check(n)) {
         problems.push(problem);
     }
-    if !problems.is_empty() {
-        return Err(ApiError::validation(problems.join("; ")).with("errors", json!(problems)));
-    }
+    ApiError::unless_any(problems)?;
     let change = StockAdjustment {
         adjust: body.adjust,
         name: body.name,

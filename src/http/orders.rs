@@ -141,9 +141,7 @@ async fn create_order(
     headers: HeaderMap,
     ApiJson(request): ApiJson<OrderRequest>,
 ) -> Result<Response, ApiError> {
-    let valid = request.validate().map_err(|problems| {
-        ApiError::validation(problems.join("; ")).with("errors", json!(problems))
-    })?;
+    let valid = request.validate().map_err(ApiError::validation_all)?;
     broker_reached(&app)?;
     let limit = app.settings.max_orders_in_flight;
     if limit > 0 && app.orders.live_actors() >= limit {

@@ -672,3 +672,19 @@ impl Drop for Backing {
         }
     }
 }
+
+/// What the `order-service` binary did with only `env` set (and `args`): its exit code,
+/// standard error and standard output.
+pub fn run_service(env: &[(&str, &str)], args: &[&str]) -> (Option<i32>, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_order-service"))
+        .env_clear()
+        .envs(env.iter().copied())
+        .args(args)
+        .output()
+        .expect("run order-service");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}

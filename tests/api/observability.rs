@@ -2,7 +2,7 @@
 //! a `traceparent` follows an order into the participants' messages, and every bad
 //! configuration value stops start-up with one line naming the option and exit code 2.
 
-use crate::helpers::spawn_app;
+use crate::helpers::{run_service, spawn_app};
 use futures::StreamExt;
 use lapin::options::BasicAckOptions;
 use lapin::types::AMQPValue;
@@ -231,14 +231,9 @@ fn a_bad_value_s_line_says_what_would_be_valid() {
             "use an IP address",
         ),
     ] {
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_order-service"))
-            .env_clear()
-            .env("DATABASE_URL", "sqlite::memory:")
-            .env(var, value)
-            .output()
-            .expect("run order-service");
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(2), "{var}={value}: {stderr}");
+        let (code, stderr, _) =
+            run_service(&[("DATABASE_URL", "sqlite::memory:"), (var, value)], &[]);
+        assert_eq!(code, Some(2), "{var}={value}: {stderr}");
         assert_eq!(
             stderr.trim().lines().count(),
             1,
@@ -252,17 +247,16 @@ fn a_bad_value_s_line_says_what_would_be_valid() {
 /// configuration is accepted (the probe then finds nothing listening: exit 1, not 2).
 #[test]
 fn enum_values_ignore_case_and_the_listen_address_takes_a_host_name() {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_order-service"))
-        .env_clear()
-        .env("DATABASE_URL", "sqlite::memory:")
-        .env("PAYMENT_MODE", "Manual")
-        .env("LOG_FORMAT", "JSON")
-        .env("LISTEN_ADDR", "localhost:1")
-        .arg("healthcheck")
-        .output()
-        .expect("run order-service");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let (code, stderr, _) = run_service(
+        &[
+            ("DATABASE_URL", "sqlite::memory:"),
+            ("PAYMENT_MODE", "Manual"),
+            ("LOG_FORMAT", "JSON"),
+            ("LISTEN_ADDR", "localhost:1"),
+        ],
+        &["healthcheck"],
+    );
+    assert_eq!(code, Some(1), "{stderr}");
     assert!(!stderr.contains("invalid value"), "{stderr}");
 }
 
@@ -270,18 +264,12 @@ fn enum_values_ignore_case_and_the_listen_address_takes_a_host_name() {
 #[test]
 fn a_missing_database_is_reported_once_in_one_line() {
     let database = format!("missing_{}", uuid::Uuid::new_v4().simple());
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_order-service"))
-        .env_clear()
-        .env(
-            "DATABASE_URL",
-            format!("postgres://postgres@127.0.0.1:5432/{database}?sslmode=disable"),
-        )
-        .env("LISTEN_ADDR", "127.0.0.1:0")
-        .output()
-        .expect("run order-service");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let url = format!("postgres://postgres@127.0.0.1:5432/{database}?sslmode=disable");
+    let (code, stderr, stdout) = run_service(
+        &[("DATABASE_URL", &url), ("LISTEN_ADDR", "127.0.0.1:0")],
+        &[],
+    );
+    assert_eq!(code, Some(1), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr:?}");
     assert_eq!(
         stderr.matches("does not exist").count(),
