@@ -2,25 +2,24 @@
 //! and runs the HTTP server with the background workers (outbox relays, consumers) until
 //! a shutdown signal.
 
-use crate::actors::Orders;
-use crate::actors::order_actor::OrderContext;
-use crate::actors::timers;
 use crate::config::Config;
 use crate::http::edge::EdgeSettings;
 use crate::http::{self, AppState, HttpSettings};
+use crate::messaging::consumer::Disposition;
 use crate::messaging::relay::OutboxRelay;
-use crate::messaging::{Bus, IncomingMessage, consumer, replies, topology};
-use crate::participants::inventory::Inventory;
-use crate::participants::payment::Payment;
-use crate::participants::shipping::Shipping;
-use crate::participants::{self, CommandHandler, inventory};
+use crate::messaging::{Bus, replies};
+use crate::orchestrator::actors::Orders;
+use crate::orchestrator::actors::order_actor::OrderContext;
+use crate::orchestrator::{self, Catalogue, Orchestrator, Refusal, ReplyOutcome};
+use crate::participants::inventory::{Inventory, QuoteError};
+use crate::participants::runtime::{self, ParticipantSettings};
 use crate::persistence::Stores;
 use crate::persistence::group_commit::OrderWriter;
-use crate::persistence::idempotency;
-use crate::persistence::idempotency::Claims;
+use crate::persistence::idempotency::{self, Claims};
 use crate::persistence::outbox::{Lane, OutboxFeed};
 use anyhow::Context;
-use sea_orm::DatabaseConnection;
+use futures::future::BoxFuture;
+use sea_orm::DbErr;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,21 +31,8 @@ use tokio_util::sync::CancellationToken;
 const CONSUMER_CONCURRENCY: u16 = 64;
 
 /// Group-commit writer tasks of the orders store (see `persistence::group_commit`). One:
-/// while its batch commits, the next one gathers every write that arrives meanwhile. Two
-/// made batches half as big for more commits in all (closed loop c=64, interleaved runs:
-/// 596 and 629 sagas/s with two, 666 and 709/s with one, at 15% less CPU per saga).
+/// while its batch commits, the next one gathers every write that arrives meanwhile.
 const ORDER_WRITERS: usize = 1;
-
-/// Participant queues: every delivery already waiting (up to 128) is applied in one
-/// transaction, so one commit and one hold of a hot stock row serve many orders. One batch
-/// at a time: while it commits, the next one gathers everything that arrives meanwhile.
-/// Two at a time made batches half as big and had them queue for the same stock row
-/// (measured at closed-loop c=64: 323 sagas/s with two, 404/s with one).
-const PARTICIPANT_BATCHING: consumer::Batching = consumer::Batching {
-    prefetch: 256,
-    max_batch: 128,
-    in_flight: 1,
-};
 
 pub struct Application {
     listener: TcpListener,
@@ -64,52 +50,12 @@ impl Application {
     /// starts with [`Application::run_until_stopped`].
     pub async fn build(config: Config) -> anyhow::Result<Application> {
         let (stores, bus, inventory) = connect(&config).await?;
-        // SQLite has one writer connection: a create lane would only queue for it.
-        let create_lane = !crate::persistence::is_sqlite(&config.database_url);
-        let writer_db = crate::persistence::connect_orders_writer(
-            &config.database_url,
-            &stores,
-            u32::try_from(ORDER_WRITERS + usize::from(create_lane)).unwrap_or(1),
-        )
-        .await
-        .context("connecting the orders writer")?;
-        // Lifecycle events get their own relay: commands never wait for their confirms.
-        let (orders_feed, events_feed) = OutboxFeed::with_events_lane();
-        let orders = Orders::start(OrderContext {
-            db: stores.orders.clone(),
-            writer: OrderWriter::start(writer_db, orders_feed.clone(), ORDER_WRITERS, create_lane),
-            step_timeout: config.step_timeout(),
-            max_retries: config.step_max_retries,
-            idle_timeout: Duration::from_secs(config.actor_idle_secs),
-            panic_fault: config.actor_panic_fault()?,
-            panicked: Default::default(),
-            stats: Default::default(),
-            watchers: Default::default(),
-        })
-        .await?;
-
         let shutdown = CancellationToken::new();
         let mut workers = JoinSet::new();
-        for (name, feed, lane) in [
-            ("orders", orders_feed, Lane::Saga),
-            ("orders-events", events_feed, Lane::Events),
-        ] {
-            let relay = OutboxRelay::new(name, stores.orders.clone(), bus.clone(), feed);
-            let relay = relay.lane(lane).busy_linger(config.relay_linger());
-            workers.spawn(relay.run(shutdown.clone()));
-        }
-        {
-            let orders = orders.clone();
-            workers.spawn(consumer::run(
-                bus.clone(),
-                topology::ORCHESTRATOR_QUEUE,
-                CONSUMER_CONCURRENCY,
-                shutdown.clone(),
-                move |m| replies::on_reply(orders.clone(), m),
-            ));
-        }
+        let orchestrator =
+            start_orchestrator(&config, &stores, &bus, &inventory, &mut workers, &shutdown).await?;
         if config.embedded_participants {
-            spawn_participants(
+            runtime::spawn(
                 &mut workers,
                 &stores,
                 &bus,
@@ -117,51 +63,23 @@ impl Application {
                 &shutdown,
             );
         }
-
-        workers.spawn(timers::run(
-            orders.clone(),
-            stores.orders.clone(),
+        workers.spawn(crate::metrics::watch_dependencies(
+            stores.clone(),
+            bus.clone(),
             shutdown.clone(),
         ));
-        {
-            // In the background: the API is available while old orders catch up.
-            let (orders, db) = (orders.clone(), stores.orders.clone());
-            workers.spawn(async move {
-                if let Err(error) = timers::recover(&orders, &db).await {
-                    tracing::error!(%error, "start-up recovery failed; the timer scanner will catch up");
-                }
-            });
-        }
-        workers.spawn(monitor(stores.clone(), bus.clone(), shutdown.clone()));
-        workers.spawn(sweep_idempotency_keys(
-            stores.orders.clone(),
-            config.idempotency_retention(),
-            shutdown.clone(),
-        ));
-
         let listener = http::edge::bind(config.listen_addr)
             .with_context(|| format!("binding {}", config.listen_addr))?;
-        let claims = Claims::start(
-            stores.orders.clone(),
-            chrono::Duration::from_std(config.idempotency_retention())
-                .unwrap_or(chrono::Duration::hours(24)),
-            chrono::Duration::seconds(
-                i64::try_from(config.idempotency_claim_timeout_secs).unwrap_or(60),
-            ),
-        );
         let state = AppState {
             metrics: crate::metrics::install(),
-            claims,
-            orders,
+            orchestrator,
             stores,
             inventory,
             bus,
             settings: Arc::new(HttpSettings {
                 admin_token: config.admin_token.clone(),
                 dev_endpoints: config.dev_endpoints,
-                payment_mode: config.payment_mode,
                 body_limit_bytes: config.body_limit_bytes,
-                max_orders_in_flight: config.max_orders_in_flight,
             }),
         };
         Ok(Application {
@@ -232,7 +150,7 @@ impl Application {
         if let Some(Err(e)) = served {
             return Err(anyhow::Error::new(e).context("HTTP server"));
         }
-        state.orders.stop();
+        state.orchestrator.stop();
         state.bus.close().await;
         state.stores.close().await;
         tracing::info!("stopped");
@@ -240,28 +158,129 @@ impl Application {
     }
 }
 
-/// Samples what no request path sees: database and broker reachability (counting the
-/// database coming back as a reconnect), the broker's reconnects, each outbox's backlog.
-async fn monitor(stores: Stores, bus: Bus, shutdown: CancellationToken) {
-    let mut database_was_up = true;
-    loop {
-        let database_up = tokio::time::timeout(Duration::from_secs(2), stores.ping())
-            .await
-            .is_ok_and(|r| r.is_ok());
-        if database_up && !database_was_up {
-            metrics::counter!("database_reconnects_total").increment(1);
-            tracing::info!("database reachable again");
-        } else if !database_up && database_was_up {
-            tracing::warn!("database unreachable");
+/// The order actors and the use cases, with their workers: the orders' outbox relays,
+/// the reply consumer, the step-timer scanner, start-up recovery and the key sweeper.
+async fn start_orchestrator(
+    config: &Config,
+    stores: &Stores,
+    bus: &Bus,
+    inventory: &Inventory,
+    workers: &mut JoinSet<()>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Orchestrator> {
+    // SQLite has one writer connection: a create lane would only queue for it.
+    let create_lane = !crate::persistence::is_sqlite(&config.database_url);
+    let writer_db = crate::persistence::connect_orders_writer(
+        &config.database_url,
+        stores,
+        u32::try_from(ORDER_WRITERS + usize::from(create_lane)).unwrap_or(1),
+    )
+    .await
+    .context("connecting the orders writer")?;
+    // Lifecycle events get their own relay: commands never wait for their confirms.
+    let (orders_feed, events_feed) = OutboxFeed::with_events_lane();
+    let orders = Orders::start(OrderContext {
+        db: stores.orders.clone(),
+        writer: OrderWriter::start(writer_db, orders_feed.clone(), ORDER_WRITERS, create_lane),
+        step_timeout: config.step_timeout(),
+        max_retries: config.step_max_retries,
+        idle_timeout: Duration::from_secs(config.actor_idle_secs),
+        panic_fault: config.actor_panic_fault()?,
+        panicked: Default::default(),
+        stats: Default::default(),
+        watchers: Default::default(),
+    })
+    .await?;
+    for (name, feed, lane) in [
+        ("orders", orders_feed, Lane::Saga),
+        ("orders-events", events_feed, Lane::Events),
+    ] {
+        let relay = OutboxRelay::new(name, stores.orders.clone(), bus.clone(), feed);
+        let relay = relay.lane(lane).busy_linger(config.relay_linger());
+        workers.spawn(relay.run(shutdown.clone()));
+    }
+    let claims = Claims::start(
+        stores.orders.clone(),
+        chrono::Duration::from_std(config.idempotency_retention())
+            .unwrap_or(chrono::Duration::hours(24)),
+        chrono::Duration::seconds(
+            i64::try_from(config.idempotency_claim_timeout_secs).unwrap_or(60),
+        ),
+    );
+    let orchestrator = Orchestrator::new(
+        orders,
+        stores.orders.clone(),
+        claims,
+        Arc::new(inventory.clone()),
+        orchestrator::Settings {
+            payment_mode: config.payment_mode,
+            max_orders_in_flight: config.max_orders_in_flight,
+        },
+    );
+    {
+        let orchestrator = orchestrator.clone();
+        workers.spawn(replies::run(
+            bus.clone(),
+            CONSUMER_CONCURRENCY,
+            shutdown.clone(),
+            move |order_id, reply| {
+                let orchestrator = orchestrator.clone();
+                async move { disposition(order_id, orchestrator.apply_reply(order_id, reply).await) }
+            },
+        ));
+    }
+    workers.spawn(orchestrator.clone().run_timers(shutdown.clone()));
+    {
+        // In the background: the API is available while old orders catch up.
+        let orchestrator = orchestrator.clone();
+        workers.spawn(async move {
+            if let Err(error) = orchestrator.recover().await {
+                tracing::error!(%error, "start-up recovery failed; the timer scanner will catch up");
+            }
+        });
+    }
+    workers.spawn(idempotency::run_sweeper(
+        stores.orders.clone(),
+        config.idempotency_retention(),
+        shutdown.clone(),
+    ));
+    Ok(orchestrator)
+}
+
+/// A reply's outcome as the broker sees it: refused duplicates and late replies are done
+/// with; a reply for an unknown order is kept aside.
+fn disposition(order_id: uuid::Uuid, outcome: ReplyOutcome) -> Disposition {
+    match outcome {
+        ReplyOutcome::Applied | ReplyOutcome::Ignored => Disposition::Ack,
+        ReplyOutcome::UnknownOrder => {
+            Disposition::DeadLetter(format!("reply for unknown order {order_id}"))
         }
-        database_was_up = database_up;
-        metrics::gauge!("database_up").set(f64::from(u8::from(database_up)));
-        metrics::gauge!("broker_up").set(f64::from(u8::from(bus.is_connected())));
-        metrics::counter!("broker_reconnects_total").absolute(bus.reconnects());
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-        }
+        ReplyOutcome::Retry(why) => Disposition::Retry(why),
+    }
+}
+
+/// The catalogue that orders are priced against is Inventory's.
+impl Catalogue for Inventory {
+    fn quote<'a>(
+        &'a self,
+        items: &'a [(String, i64)],
+    ) -> BoxFuture<'a, Result<Result<Vec<i64>, Refusal>, DbErr>> {
+        Box::pin(async move {
+            match Inventory::quote(self, items).await {
+                Ok(prices) => Ok(Ok(prices)),
+                Err(QuoteError::UnknownSku(sku)) => Ok(Err(Refusal::UnknownSku(sku))),
+                Err(QuoteError::Insufficient {
+                    sku,
+                    requested,
+                    available,
+                }) => Ok(Err(Refusal::Insufficient {
+                    sku,
+                    requested,
+                    available,
+                })),
+                Err(QuoteError::Db(e)) => Err(e),
+            }
+        })
     }
 }
 
@@ -307,45 +326,14 @@ pub async fn run_participants(
     let (stores, bus, _inventory) = connect(&config).await?;
     let shutdown = CancellationToken::new();
     let mut workers = JoinSet::new();
-    spawn_participants(
+    runtime::spawn(
         &mut workers,
         &stores,
         &bus,
         ParticipantSettings::from(&config),
         &shutdown,
     );
-    let health = {
-        let (stores, bus) = (stores.clone(), bus.clone());
-        axum::Router::new()
-            .route(
-                "/health/live",
-                axum::routing::get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
-            )
-            .route(
-                "/health/ready",
-                axum::routing::get(move || {
-                    let (stores, bus) = (stores.clone(), bus.clone());
-                    async move {
-                        let broker = crate::http::health::broker_check(&bus);
-                        let database = match stores.ping().await {
-                            Ok(()) => "ok".to_owned(),
-                            Err(e) => format!("unavailable: {e}"),
-                        };
-                        let ready = broker == "ok" && database == "ok";
-                        let status = if ready {
-                            axum::http::StatusCode::OK
-                        } else {
-                            axum::http::StatusCode::SERVICE_UNAVAILABLE
-                        };
-                        let body = serde_json::json!({
-                            "status": if ready { "ready" } else { "unavailable" },
-                            "checks": { "database": database, "broker": broker },
-                        });
-                        (status, axum::Json(body))
-                    }
-                }),
-            )
-    };
+    let health = http::health::participants_router(stores.clone(), bus.clone());
     let listener = http::edge::bind(config.listen_addr)
         .with_context(|| format!("binding {}", config.listen_addr))?;
     tracing::info!(addr = %listener.local_addr()?, "participants running");
@@ -361,129 +349,6 @@ pub async fn run_participants(
     stores.close().await;
     tracing::info!("stopped");
     Ok(())
-}
-
-/// Deletes idempotency keys past their retention, every half retention (at most hourly).
-async fn sweep_idempotency_keys(
-    db: DatabaseConnection,
-    retention: Duration,
-    shutdown: CancellationToken,
-) {
-    let every = (retention / 2).clamp(Duration::from_secs(1), Duration::from_secs(3600));
-    let retention = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::hours(24));
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(every) => {}
-        }
-        match idempotency::sweep_expired(&db, retention).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(deleted = n, "expired idempotency keys swept"),
-            Err(error) => tracing::warn!(%error, "idempotency key sweep failed"),
-        }
-    }
-}
-
-/// The mock gateways' behaviour.
-#[derive(Debug, Clone, Default)]
-pub struct ParticipantSettings {
-    pub payment_decline_rate: f64,
-    pub shipping_failure_rate: f64,
-    /// Fault injection: command types acked and ignored (a participant that never answers).
-    pub drop_commands: Vec<String>,
-    /// `RELAY_LINGER_MS` of the participants' outbox relays.
-    pub relay_linger: Duration,
-}
-
-/// Starts Inventory, Payment and Shipping (consumers and outbox relays) as tasks of
-/// `workers`. They share nothing with the orchestrator but the bus.
-pub fn spawn_participants(
-    workers: &mut JoinSet<()>,
-    stores: &Stores,
-    bus: &Bus,
-    settings: ParticipantSettings,
-    shutdown: &CancellationToken,
-) {
-    let feeds: [OutboxFeed; 3] = Default::default();
-    let [inventory_feed, payment_feed, shipping_feed] = feeds;
-    for (name, db, feed) in [
-        ("inventory", &stores.inventory, &inventory_feed),
-        ("payment", &stores.payment, &payment_feed),
-        ("shipping", &stores.shipping, &shipping_feed),
-    ] {
-        workers.spawn(
-            OutboxRelay::new(name, db.clone(), bus.clone(), feed.clone())
-                .busy_linger(settings.relay_linger)
-                .run(shutdown.clone()),
-        );
-    }
-    let drop_commands: Arc<[String]> = settings.drop_commands.clone().into();
-    let inventory = Inventory::new(stores.inventory.clone(), inventory_feed);
-    let payment = Payment::new(
-        stores.payment.clone(),
-        payment_feed,
-        settings.payment_decline_rate,
-    );
-    let shipping = Shipping::new(
-        stores.shipping.clone(),
-        shipping_feed,
-        settings.shipping_failure_rate,
-    );
-    let queue = |name| (bus.clone(), name, shutdown.clone(), drop_commands.clone());
-    workers.spawn(consume_commands(
-        queue(topology::INVENTORY_QUEUE),
-        inventory.clone(),
-    ));
-    workers.spawn(consume_commands(queue(topology::PAYMENT_QUEUE), payment));
-    workers.spawn(consume_commands(queue(topology::SHIPPING_QUEUE), shipping));
-    workers.spawn(consume_commands(
-        queue(topology::INVENTORY_EVENTS_QUEUE),
-        inventory::OrderEvents(inventory),
-    ));
-}
-
-/// Runs one participant queue in batches; commands listed in `FAULT_DROP_COMMANDS` are
-/// acked without effect.
-async fn consume_commands<P: CommandHandler>(
-    (bus, queue, shutdown, dropped): (Bus, &'static str, CancellationToken, Arc<[String]>),
-    participant: P,
-) {
-    consumer::run_batched(bus, queue, PARTICIPANT_BATCHING, shutdown, move |batch| {
-        let (participant, dropped) = (participant.clone(), dropped.clone());
-        async move {
-            if dropped.is_empty() {
-                return participants::handle_batch(&participant, &batch).await;
-            }
-            let (kept, positions): (Vec<_>, Vec<_>) = batch
-                .iter()
-                .enumerate()
-                .filter(|(_, m)| dropping(&dropped, m).is_none())
-                .map(|(i, m)| (m.clone(), i))
-                .unzip();
-            let mut handled = participants::handle_batch(&participant, &kept)
-                .await
-                .into_iter();
-            drop(kept);
-            let mut out: Vec<_> = (0..batch.len())
-                .map(|_| consumer::Disposition::Ack)
-                .collect();
-            for position in positions {
-                if let Some(d) = handled.next() {
-                    out[position] = d;
-                }
-            }
-            out
-        }
-    })
-    .await
-}
-
-/// Fault injection: a command type configured to be dropped is acked without effect.
-fn dropping(drop_commands: &[String], message: &IncomingMessage) -> Option<consumer::Disposition> {
-    drop_commands.contains(&message.routing_key).then(|| {
-        tracing::warn!(routing_key = %message.routing_key, "fault injection: dropping command (FAULT_DROP_COMMANDS)");
-        consumer::Disposition::Ack
-    })
 }
 
 /// Resolves on SIGINT or SIGTERM.

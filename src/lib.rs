@@ -14,7 +14,6 @@
 //! - [`config`], [`telemetry`], [`app`] (start-up and shutdown), [`batching`] (the rule
 //!   every batcher follows).
 
-pub mod actors;
 pub mod app;
 pub mod batching;
 pub mod config;
@@ -23,6 +22,7 @@ pub mod http;
 pub mod invariants;
 pub mod messaging;
 pub mod metrics;
+pub mod orchestrator;
 pub mod participants;
 pub mod persistence;
 pub mod telemetry;

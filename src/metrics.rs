@@ -4,9 +4,13 @@
 //! Names follow Prometheus conventions (`_total` counters, `_seconds` histograms, base
 //! units) and every label has a small, fixed set of values — never an order id.
 
+use crate::messaging::Bus;
+use crate::persistence::Stores;
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -166,4 +170,29 @@ fn describe() {
         "messages_dead_lettered_total",
         "Deliveries sent to the dead-letter queue, by queue."
     );
+}
+
+/// Samples what no request path sees: database and broker reachability (counting the
+/// database coming back as a reconnect), the broker's reconnects, each outbox's backlog.
+pub async fn watch_dependencies(stores: Stores, bus: Bus, shutdown: CancellationToken) {
+    let mut database_was_up = true;
+    loop {
+        let database_up = tokio::time::timeout(Duration::from_secs(2), stores.ping())
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if database_up && !database_was_up {
+            metrics::counter!("database_reconnects_total").increment(1);
+            tracing::info!("database reachable again");
+        } else if !database_up && database_was_up {
+            tracing::warn!("database unreachable");
+        }
+        database_was_up = database_up;
+        metrics::gauge!("database_up").set(f64::from(u8::from(database_up)));
+        metrics::gauge!("broker_up").set(f64::from(u8::from(bus.is_connected())));
+        metrics::counter!("broker_reconnects_total").absolute(bus.reconnects());
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
 }

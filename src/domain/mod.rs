@@ -4,3 +4,4 @@ pub mod integral;
 pub mod order;
 pub mod saga;
 pub mod text;
+pub mod view;

@@ -4,6 +4,7 @@
 use crate::http::AppState;
 use crate::http::openapi::{Liveness, Readiness};
 use crate::messaging::Bus;
+use crate::persistence::Stores;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -16,6 +17,23 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
+}
+
+/// The same probes for the `participants` process: its stores and the broker.
+pub fn participants_router(stores: Stores, bus: Bus) -> Router {
+    Router::new().route("/health/live", get(live)).route(
+        "/health/ready",
+        get(move || {
+            let (stores, bus) = (stores.clone(), bus.clone());
+            async move {
+                let (ready, checks) = dependencies(&stores, &bus).await;
+                answer(
+                    ready,
+                    json!({ "status": status_word(ready), "checks": checks }),
+                )
+            }
+        }),
+    )
 }
 
 #[utoipa::path(
@@ -46,30 +64,43 @@ async fn live() -> Response {
     )
 )]
 async fn ready(State(app): State<AppState>) -> Response {
+    let (ready, checks) = dependencies(&app.stores, &app.bus).await;
+    let stats = app.orchestrator.stats();
+    answer(
+        ready,
+        json!({
+            "status": status_word(ready),
+            "checks": checks,
+            "order_actors": {
+                "live": app.orchestrator.live_actors(),
+                "restarts": stats.restarts.load(Ordering::Relaxed),
+                "parked": stats.parked.load(Ordering::Relaxed),
+                "step_retries": stats.retries.load(Ordering::Relaxed),
+                "step_timeouts": stats.timeouts.load(Ordering::Relaxed),
+            },
+        }),
+    )
+}
+
+/// Whether every store answers (within 2 s) and the broker is connected, and each check.
+async fn dependencies(stores: &Stores, bus: &Bus) -> (bool, serde_json::Value) {
     let database =
-        match tokio::time::timeout(std::time::Duration::from_secs(2), app.stores.ping()).await {
+        match tokio::time::timeout(std::time::Duration::from_secs(2), stores.ping()).await {
             Ok(Ok(())) => "ok".to_owned(),
             Ok(Err(e)) => format!("unavailable: {e}"),
             Err(_) => "unavailable: timed out".to_owned(),
         };
-    let broker = broker_check(&app.bus);
+    let broker = broker_check(bus);
     let ready = database == "ok" && broker == "ok";
-    let stats = app.orders.stats();
-    let body = json!({
-        "status": if ready { "ready" } else { "unavailable" },
-        "checks": {
-            "database": database,
-            "broker": broker,
-            "broker_kind": app.bus.kind(),
-        },
-        "order_actors": {
-            "live": app.orders.live_actors(),
-            "restarts": stats.restarts.load(Ordering::Relaxed),
-            "parked": stats.parked.load(Ordering::Relaxed),
-            "step_retries": stats.retries.load(Ordering::Relaxed),
-            "step_timeouts": stats.timeouts.load(Ordering::Relaxed),
-        },
-    });
+    let checks = json!({ "database": database, "broker": broker, "broker_kind": bus.kind() });
+    (ready, checks)
+}
+
+fn status_word(ready: bool) -> &'static str {
+    if ready { "ready" } else { "unavailable" }
+}
+
+fn answer(ready: bool, body: serde_json::Value) -> Response {
     let status = if ready {
         StatusCode::OK
     } else {
@@ -80,7 +111,7 @@ async fn ready(State(app): State<AppState>) -> Response {
 
 /// The broker's readiness check: `ok`, or `unavailable: <why>` — not reached yet since
 /// start-up, or lost — with the last connection attempt's error when there is one.
-pub fn broker_check(bus: &Bus) -> String {
+fn broker_check(bus: &Bus) -> String {
     if bus.is_connected() {
         return "ok".to_owned();
     }

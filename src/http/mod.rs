@@ -11,12 +11,10 @@ pub mod inventory;
 pub mod openapi;
 pub mod orders;
 
-use crate::actors::Orders;
-use crate::domain::saga::PaymentMode;
 use crate::messaging::Bus;
+use crate::orchestrator::Orchestrator;
 use crate::participants::inventory::Inventory;
 use crate::persistence::Stores;
-use crate::persistence::idempotency::Claims;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::extract::{MatchedPath, Request, State};
@@ -34,20 +32,15 @@ use tower_http::trace::{DefaultOnResponse, OnResponse, TraceLayer};
 pub struct HttpSettings {
     pub admin_token: Option<String>,
     pub dev_endpoints: bool,
-    pub payment_mode: PaymentMode,
     pub body_limit_bytes: usize,
-    /// `MAX_ORDERS_IN_FLIGHT` (0: no limit).
-    pub max_orders_in_flight: usize,
 }
 
 /// Shared state of every handler.
 #[derive(Clone)]
 pub struct AppState {
-    pub orders: Orders,
+    pub orchestrator: Orchestrator,
     pub stores: Stores,
     pub inventory: Inventory,
-    /// Idempotency-key claims of `POST /api/orders`.
-    pub claims: Claims,
     pub bus: Bus,
     pub settings: Arc<HttpSettings>,
     /// Renders `/metrics`.
@@ -138,8 +131,8 @@ async fn render_metrics(
     app: AppState,
     handle: metrics_exporter_prometheus::PrometheusHandle,
 ) -> Response {
-    let stats = app.orders.stats();
-    metrics::gauge!("order_actors_live").set(app.orders.live_actors() as f64);
+    let stats = app.orchestrator.stats();
+    metrics::gauge!("order_actors_live").set(app.orchestrator.live_actors() as f64);
     metrics::counter!("order_actor_restarts_total")
         .absolute(stats.restarts.load(Ordering::Relaxed));
     metrics::counter!("orders_parked_total").absolute(stats.parked.load(Ordering::Relaxed));

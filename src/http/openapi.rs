@@ -11,11 +11,11 @@
 use crate::domain::order::OrderRequestItem;
 use crate::domain::saga::OrderStatus;
 use crate::domain::text::SkuSchema;
+use crate::domain::view::OrderSummary;
 use crate::http::errors::ApiError;
 use crate::http::extractors::IdempotencyKeySchema;
 use crate::http::{AppState, admin, health, inventory, orders};
 use crate::participants::inventory::StockView;
-use crate::persistence::orders::OrderSummary;
 use axum::http::header;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;

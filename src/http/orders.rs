@@ -1,19 +1,16 @@
 //! Order endpoints: create (idempotent), read, list, admin status override, dev payment.
 
-use crate::actors::Waited;
-use crate::actors::order_actor::{NewOrder, OrderError};
-use crate::domain::order::{OrderRequest, total_cents};
-use crate::domain::saga::{Event, OrderStatus, PaymentOutcome, TransitionError};
+use crate::domain::order::OrderRequest;
+use crate::domain::saga::{OrderStatus, PaymentOutcome, TransitionError};
 use crate::domain::text::OVERRIDE_REASON;
+use crate::domain::view::OrderDetails;
 use crate::http::AppState;
 use crate::http::errors::ApiError;
 use crate::http::extractors::{
     Admin, ApiJson, ApiPath, ApiQuery, IdempotencyKey, IdempotencyKeySchema, RawBody,
 };
 use crate::http::openapi::{OrderList, Problem};
-use crate::participants::inventory::QuoteError;
-use crate::persistence::idempotency::{self, Claim};
-use crate::persistence::orders::{self, OrderDetails, OrderLine};
+use crate::orchestrator::{OrderError, PlaceError, PlaceOrder, Placed, Refusal};
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -143,108 +140,40 @@ async fn create_order(
 ) -> Result<Response, ApiError> {
     let valid = request.validate().map_err(ApiError::validation_all)?;
     broker_reached(&app)?;
-    let limit = app.settings.max_orders_in_flight;
-    if limit > 0 && app.orders.live_actors() >= limit {
-        // Shed load before any work (nothing is claimed or written): the sagas in flight
-        // keep the CPU and the database, and the client retries with the same key.
-        metrics::counter!("orders_rejected_overload_total").increment(1);
-        return Err(ApiError::Unavailable(format!(
-            "{limit} orders are in progress (MAX_ORDERS_IN_FLIGHT); retry shortly"
-        )));
-    }
     // Hash the parsed request, so formatting and key order do not make a "different body".
     let canonical = serde_json::to_vec(&request).map_err(|e| ApiError::Internal(e.into()))?;
-    let hash = hex::encode(Sha256::digest(&canonical));
-    let trace_context = traceparent(&headers);
-    // The id this request's order gets, whichever write creates it: a replay that names it
-    // is this request's own order (its first write committed, the answer was lost when the
-    // actor crashed, and the retried write found the key taken), not an earlier request's.
-    let own_id = Uuid::now_v7();
-    let started = std::time::Instant::now();
-    let quote = app.inventory.quote(&valid.items).await.map_err(quote_error);
-    metrics::histogram!("order_create_phase_seconds", "phase" => "stock_check")
-        .record(started.elapsed().as_secs_f64());
-    if let Ok(prices) = &quote {
-        // The usual case, a key not seen before: the order's own write claims the key
-        // (inserts it with the response) and creates the order only if the key was free —
-        // one write, no claim before it.
-        let claim = Some(hash.as_str());
-        if let Some((order_id, body)) = place_order(
-            &app,
-            own_id,
-            &valid,
-            prices,
-            &key,
-            claim,
-            trace_context.clone(),
-        )
-        .await?
-        {
+    let placed = app
+        .orchestrator
+        .place(PlaceOrder {
+            key,
+            request_hash: hex::encode(Sha256::digest(&canonical)),
+            order: valid,
+            trace_context: traceparent(&headers),
+            answer_status: StatusCode::CREATED.as_u16(),
+        })
+        .await
+        .map_err(place_error)?;
+    match placed {
+        Placed::Created {
+            order_id,
+            status,
+            body,
+        } => {
             tracing::Span::current().record("order_id", tracing::field::display(order_id));
-            return Ok(created(201, body, Some(order_id), false));
+            Ok(created(status, body, Some(order_id), false))
         }
+        Placed::Replayed {
+            order_id,
+            status,
+            body,
+        } => Ok(created(status, body, order_id, true)),
+        Placed::Mismatch => Err(ApiError::unprocessable(
+            "idempotency-key-reused",
+            "Idempotency-Key reused with a different body",
+            "this Idempotency-Key was first used with a different request body",
+        )),
+        Placed::InFlight => Err(key_in_flight()),
     }
-    // The key is in use, or the stock check refused the order (a repeated request must
-    // still get its first answer): claim the key on its own first and decide from its row.
-    let started = std::time::Instant::now();
-    let claim = app.claims.claim(&key, &hash).await;
-    metrics::histogram!("order_create_phase_seconds", "phase" => "claim")
-        .record(started.elapsed().as_secs_f64());
-    match claim? {
-        Claim::New => {}
-        Claim::Replay { status, body } => {
-            let order_id = serde_json::from_str::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| {
-                    v.get("id")
-                        .and_then(|id| id.as_str())
-                        .and_then(|s| s.parse().ok())
-                });
-            let replayed = order_id != Some(own_id);
-            if replayed {
-                metrics::counter!("idempotency_replays_total").increment(1);
-            }
-            return Ok(created(status, body, order_id, replayed));
-        }
-        Claim::Mismatch => {
-            metrics::counter!("idempotency_conflicts_total", "kind" => "mismatch").increment(1);
-            return Err(ApiError::unprocessable(
-                "idempotency-key-reused",
-                "Idempotency-Key reused with a different body",
-                "this Idempotency-Key was first used with a different request body",
-            ));
-        }
-        Claim::InFlight => {
-            metrics::counter!("idempotency_conflicts_total", "kind" => "in_flight").increment(1);
-            return Err(key_in_flight());
-        }
-    }
-    let (result, may_still_commit) = match quote {
-        Ok(prices) => {
-            let result = place_order(&app, own_id, &valid, &prices, &key, None, trace_context)
-                .await
-                // A create without a claim never finds its key taken, and its own order
-                // exists only if an attempt committed before its actor crashed; either way
-                // the key now holds an answer, which a retry gets: "in progress".
-                .and_then(|placed| placed.ok_or_else(key_in_flight));
-            // After a timeout or an unavailable actor the order's write may still be queued
-            // and commit later, filling in this key: releasing it would let a retry create
-            // a second order. The claim is then completed by that write, or taken over
-            // once abandoned (IDEMPOTENCY_CLAIM_TIMEOUT_SECS).
-            let pending = matches!(&result, Err(e) if e.status().is_server_error());
-            (result, pending)
-        }
-        Err(refused) => (Err(refused), false),
-    };
-    if result.is_err() && !may_still_commit {
-        // Nothing was created: give the key back so a corrected retry may use it.
-        if let Err(e) = idempotency::release(&app.stores.orders, &key).await {
-            tracing::warn!(error = %e, "could not release idempotency key");
-        }
-    }
-    let (order_id, body) = result?;
-    tracing::Span::current().record("order_id", tracing::field::display(order_id));
-    Ok(created(201, body, Some(order_id), false))
 }
 
 /// New work that sends messages is refused until the broker was reached once: before
@@ -268,20 +197,23 @@ fn key_in_flight() -> ApiError {
     )
 }
 
-/// The stock check's refusal at the HTTP boundary.
-fn quote_error(e: QuoteError) -> ApiError {
+/// A placement that failed, at the HTTP boundary.
+fn place_error(e: PlaceError) -> ApiError {
     match e {
-        QuoteError::UnknownSku(sku) => ApiError::unprocessable(
+        PlaceError::Overloaded { limit } => ApiError::Unavailable(format!(
+            "{limit} orders are in progress (MAX_ORDERS_IN_FLIGHT); retry shortly"
+        )),
+        PlaceError::Refused(Refusal::UnknownSku(sku)) => ApiError::unprocessable(
             "unknown-sku",
             "Unknown SKU",
             format!("SKU {sku} is not in the catalogue"),
         )
         .with("sku", json!(sku)),
-        QuoteError::Insufficient {
+        PlaceError::Refused(Refusal::Insufficient {
             sku,
             requested,
             available,
-        } => ApiError::conflict(
+        }) => ApiError::conflict(
             "insufficient-stock",
             "Not enough stock",
             format!("requested {requested} of {sku}, only {available} available"),
@@ -289,82 +221,17 @@ fn quote_error(e: QuoteError) -> ApiError {
         .with("sku", json!(sku))
         .with("requested", json!(requested))
         .with("available", json!(available)),
-        QuoteError::Db(e) => e.into(),
+        PlaceError::Refused(Refusal::TotalOverflow) => ApiError::unprocessable(
+            "total-overflow",
+            "Order total too large",
+            "the order total does not fit in 64-bit cents",
+        ),
+        PlaceError::Order(e) => order_error(e),
+        PlaceError::Storage(e) => e.into(),
+        PlaceError::Internal(e) => ApiError::Internal(e.into()),
     }
 }
 
-/// Prices and creates the order under `id`, the request's own. `claims_with_hash`:
-/// `Some(request hash)` when the key was not claimed beforehand and the order's write is to
-/// claim it; `None`: the key is claimed already. `Ok(None)`: nothing was written now and
-/// the key holds the answer — it was taken, or an earlier attempt of this request already
-/// created the order (see [`created_or_taken`]).
-async fn place_order(
-    app: &AppState,
-    id: Uuid,
-    valid: &crate::domain::order::ValidOrder,
-    prices: &[i64],
-    key: &str,
-    claims_with_hash: Option<&str>,
-    trace_context: Option<String>,
-) -> Result<Option<(Uuid, String)>, ApiError> {
-    let items: Vec<OrderLine> = valid
-        .items
-        .iter()
-        .zip(prices)
-        .map(|((sku, quantity), price)| OrderLine {
-            sku: sku.clone(),
-            quantity: *quantity,
-            unit_price_cents: *price,
-        })
-        .collect();
-    let total =
-        total_cents(items.iter().map(|l| (l.quantity, l.unit_price_cents))).ok_or_else(|| {
-            ApiError::unprocessable(
-                "total-overflow",
-                "Order total too large",
-                "the order total does not fit in 64-bit cents",
-            )
-        })?;
-    let order = NewOrder {
-        id,
-        customer_id: valid.customer_id.clone(),
-        currency: valid.currency.clone(),
-        items,
-        total_cents: total,
-        payment_mode: app.settings.payment_mode,
-        idempotency_key: Some(key.to_owned()),
-        claims_key_with_hash: claims_with_hash.map(str::to_owned),
-        trace_context,
-    };
-    let started = std::time::Instant::now();
-    let Some(details) = created_or_taken(app.orders.create(order).await, id)? else {
-        return Ok(None);
-    };
-    metrics::histogram!("order_create_phase_seconds", "phase" => "create_and_commit")
-        .record(started.elapsed().as_secs_f64());
-    let body = serde_json::to_string(&details).map_err(|e| ApiError::Internal(e.into()))?;
-    Ok(Some((id, body)))
-}
-
-/// A create's answer from the order actor for the request that picked `own_id`: the new
-/// order, or `None` when the request must be answered from its key's stored response.
-/// That is the case when the key is taken, and also when the order already exists under
-/// `own_id`: ids are picked per request, so only this request's own earlier attempt can
-/// have created it (it committed, then its actor crashed before answering, and the retry
-/// reached a restarted actor that had loaded the order meanwhile, e.g. for a reply).
-fn created_or_taken(
-    answer: Result<OrderDetails, OrderError>,
-    own_id: Uuid,
-) -> Result<Option<OrderDetails>, ApiError> {
-    match answer {
-        Ok(details) => Ok(Some(details)),
-        Err(OrderError::KeyTaken(_)) => Ok(None),
-        Err(OrderError::AlreadyExists(id)) if id == own_id => Ok(None),
-        Err(other) => Err(order_error(other)),
-    }
-}
-
-/// Maps an order actor's answer to the HTTP boundary.
 fn order_error(error: OrderError) -> ApiError {
     match error {
         OrderError::NotFound(id) => ApiError::NotFound(format!("order {id} not found")),
@@ -467,41 +334,22 @@ async fn get_order(
             format!("wait_ms must be at most {MAX_WAIT_MS}"),
         ));
     }
-    let db = &app.stores.orders;
-    let actors = &app.orders;
-    // The check reads only the status; the whole order is read once, at the end, and not
-    // at all when the actor that finished it hands it over.
-    let waited = app
-        .orders
-        .wait_terminal(id, Duration::from_millis(wait_ms), || async move {
-            // A live actor knows the status; only an order without one is read.
-            let status = match actors.live_status(id).await {
-                Some(status) => Ok(Some(status)),
-                None => orders::status(db, id).await,
-            };
-            match status {
-                Ok(Some(status)) => (status.is_terminal(), Ok(true)),
-                Ok(None) => (true, Ok(false)),
-                Err(e) => (true, Err(e)),
-            }
-        })
-        .await;
-    match waited {
-        Waited::Finished(details) => Ok(Json(details.as_ref()).into_response()),
-        Waited::Checked(Ok(true)) => current_order(&app, id).await,
-        Waited::Checked(Ok(false)) => Err(ApiError::NotFound(format!("order {id} not found"))),
-        Waited::Checked(Err(e)) => Err(e.into()),
-    }
+    let details = app
+        .orchestrator
+        .order_when_finished(id, Duration::from_millis(wait_ms))
+        .await?;
+    found(details, id)
 }
 
 async fn current_order(app: &AppState, id: Uuid) -> Result<Response, ApiError> {
-    let details = orders::details(&app.stores.orders, id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("order {id} not found")))?;
+    found(app.orchestrator.order(id).await?, id)
+}
+
+fn found(details: Option<OrderDetails>, id: Uuid) -> Result<Response, ApiError> {
+    let details = details.ok_or_else(|| ApiError::NotFound(format!("order {id} not found")))?;
     Ok(Json(details).into_response())
 }
 
-/// Longest long poll.
 const MAX_WAIT_MS: u64 = 60_000;
 
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
@@ -566,7 +414,7 @@ async fn list_orders(
             "limit must be between 1 and 500",
         ));
     }
-    let list = orders::list(&app.stores.orders, status, limit).await?;
+    let list = app.orchestrator.list(status, limit).await?;
     Ok(Json(json!({ "orders": list })).into_response())
 }
 
@@ -649,9 +497,8 @@ async fn override_status(
         .check(&reason)
         .map_err(ApiError::validation)?;
     broker_reached(&app)?;
-    tracing::info!(%target, %reason, "admin status override");
-    app.orders
-        .apply(id, Event::AdminOverride { target, reason })
+    app.orchestrator
+        .override_status(id, target, reason)
         .await
         .map_err(order_error)?;
     current_order(&app, id).await
@@ -723,44 +570,14 @@ async fn pay(
         })?
     };
     broker_reached(&app)?;
-    app.orders
-        .apply(
-            id,
-            Event::PaymentSubmitted {
-                forced: request.outcome,
-            },
-        )
+    app.orchestrator
+        .pay(id, request.outcome)
         .await
         .map_err(order_error)?;
-    let details = orders::details(&app.stores.orders, id)
+    let details = app
+        .orchestrator
+        .order(id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("order {id} not found")))?;
     Ok((StatusCode::ACCEPTED, Json(details)).into_response())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_existing_order_under_the_requests_own_id_is_answered_from_the_key() {
-        let own = Uuid::now_v7();
-        assert!(matches!(
-            created_or_taken(Err(OrderError::AlreadyExists(own)), own),
-            Ok(None)
-        ));
-        assert!(matches!(
-            created_or_taken(Err(OrderError::KeyTaken(own)), own),
-            Ok(None)
-        ));
-    }
-
-    #[test]
-    fn an_existing_order_under_another_id_stays_a_conflict() {
-        let (own, other) = (Uuid::now_v7(), Uuid::now_v7());
-        let Err(error) = created_or_taken(Err(OrderError::AlreadyExists(other)), own) else {
-            panic!("another order's existence must not be answered as this request's");
-        };
-        assert_eq!(error.status(), StatusCode::CONFLICT);
-    }
 }

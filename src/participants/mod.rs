@@ -6,6 +6,7 @@
 
 pub mod inventory;
 pub mod payment;
+pub mod runtime;
 pub mod shipping;
 
 use crate::messaging::IncomingMessage;

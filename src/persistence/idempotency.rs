@@ -21,6 +21,8 @@ use sea_orm::{
     sea_query::{OnConflict, Query},
 };
 use std::collections::HashSet;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 /// Default age after which an in-flight claim is considered abandoned by a crashed request.
@@ -291,4 +293,21 @@ pub async fn sweep_expired<C: ConnectionTrait>(
         .exec(db)
         .await?;
     Ok(res.rows_affected)
+}
+
+/// Deletes idempotency keys past their retention, every half retention (at most hourly).
+pub async fn run_sweeper(db: DatabaseConnection, retention: Duration, shutdown: CancellationToken) {
+    let every = (retention / 2).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+    let retention = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::hours(24));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        match sweep_expired(&db, retention).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "expired idempotency keys swept"),
+            Err(error) => tracing::warn!(%error, "idempotency key sweep failed"),
+        }
+    }
 }

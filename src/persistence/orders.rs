@@ -8,6 +8,9 @@
 use crate::domain::saga::{
     OrderStatus, PaymentMode, PaymentState, ReservationState, Saga, ShipmentState,
 };
+use crate::domain::view::{
+    HistoryEntry, ItemView, OrderDetails, OrderLine, OrderSummary, StepsView,
+};
 use crate::persistence::{idempotency, outbox, pg_array};
 use chrono::{DateTime, Utc};
 use entity::{order_items, order_transitions, orders};
@@ -16,19 +19,10 @@ use sea_orm::{
     ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder,
     QuerySelect, SelectGetableTuple, Selector, TransactionSession, TransactionTrait,
 };
-use serde::Serialize;
 use std::collections::HashSet;
 use uuid::Uuid;
 
 mod one_statement;
-
-/// One priced line of an order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct OrderLine {
-    pub sku: String,
-    pub quantity: i64,
-    pub unit_price_cents: i64,
-}
 
 /// An order as its actor holds it.
 #[derive(Debug, Clone, PartialEq)]
@@ -58,77 +52,6 @@ pub struct StepTimer {
     pub deadline: Option<DateTime<Utc>>,
     /// Resends of the pending commands so far.
     pub attempts: i32,
-}
-
-/// One row of the transition history.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-pub struct HistoryEntry {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = OrderStatus)]
-    pub from: Option<String>,
-    #[schema(value_type = OrderStatus)]
-    pub status: String,
-    pub event: String,
-    pub reason: String,
-    pub at: DateTime<Utc>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-pub struct ItemView {
-    pub sku: String,
-    pub quantity: i64,
-    pub unit_price_cents: i64,
-    pub line_total_cents: i64,
-}
-
-/// State of each saga step, as shown by the API.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-pub struct StepsView {
-    #[schema(value_type = ReservationState)]
-    pub reservation: &'static str,
-    #[schema(value_type = PaymentState)]
-    pub payment: &'static str,
-    #[schema(value_type = ShipmentState)]
-    pub shipment: &'static str,
-}
-
-/// The API representation of one order (`GET /api/orders/:id`, and the create response).
-// Named `Order` in the OpenAPI document: the resource of `/api/orders`, which is also how
-// tools that infer dependencies from names (schemathesis) see that creating an order
-// needs no other resource first.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-#[schema(as = Order)]
-pub struct OrderDetails {
-    pub id: Uuid,
-    pub customer_id: String,
-    pub status: OrderStatus,
-    pub currency: String,
-    pub total_cents: i64,
-    pub items: Vec<ItemView>,
-    pub steps: StepsView,
-    #[schema(required = true)]
-    pub failure_reason: Option<String>,
-    /// Why the order is parked (crash loop), if it is.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub parked_reason: Option<String>,
-    pub version: i64,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-    pub history: Vec<HistoryEntry>,
-}
-
-/// One line of `GET /api/orders`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-pub struct OrderSummary {
-    pub id: Uuid,
-    pub customer_id: String,
-    pub status: OrderStatus,
-    pub total_cents: i64,
-    pub currency: String,
-    #[schema(required = true)]
-    pub failure_reason: Option<String>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
 }
 
 #[derive(Debug, thiserror::Error)]

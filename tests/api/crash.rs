@@ -157,7 +157,7 @@ async fn a_crash_loop_stops_at_the_restart_limit_and_parks_the_order_visibly() {
     assert_eq!(ready["order_actors"]["parked"], 1);
     assert_eq!(
         ready["order_actors"]["restarts"].as_u64(),
-        Some(order_service::actors::supervisor::MAX_RESTARTS as u64)
+        Some(order_service::orchestrator::actors::supervisor::MAX_RESTARTS as u64)
     );
     // Parked means left alone: admin commands get a clear 409.
     let response = app

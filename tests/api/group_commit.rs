@@ -10,11 +10,11 @@ use crate::helpers::{Backing, outbox_rows, provision};
 use chrono::Utc;
 use entity::{idempotency_keys, order_items, order_transitions};
 use order_service::domain::saga::{self, OrderStatus, PaymentMode};
+use order_service::domain::view::{HistoryEntry, OrderDetails, OrderLine};
 use order_service::persistence::group_commit::OrderWriter;
 use order_service::persistence::idempotency::{self, ABANDONED_AFTER, Claim};
 use order_service::persistence::orders::{
-    self, HistoryEntry, OrderDetails, OrderLine, OrderRecord, OrderWrite, SaveError, SavedBatch,
-    StepTimer,
+    self, OrderRecord, OrderWrite, SaveError, SavedBatch, StepTimer,
 };
 use order_service::persistence::outbox::{NewMessage, OutboxFeed};
 use order_service::persistence::{Stores, connect_orders_writer};

@@ -380,11 +380,11 @@ impl TestApp {
             .expect("bus connects");
         let shutdown = tokio_util::sync::CancellationToken::new();
         let mut workers = tokio::task::JoinSet::new();
-        order_service::app::spawn_participants(
+        order_service::participants::runtime::spawn(
             &mut workers,
             &self.stores,
             &bus,
-            order_service::app::ParticipantSettings {
+            order_service::participants::runtime::ParticipantSettings {
                 payment_decline_rate: self.options.payment_decline_rate,
                 shipping_failure_rate: self.options.shipping_failure_rate,
                 drop_commands: Vec::new(),

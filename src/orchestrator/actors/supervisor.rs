@@ -4,7 +4,7 @@
 //! Spawning goes through the supervisor's mailbox so two callers can never create two
 //! actors for one order; lookups of live actors read the registry directly.
 
-use crate::actors::order_actor::{OrderActor, OrderContext, OrderMsg};
+use crate::orchestrator::actors::order_actor::{OrderActor, OrderContext, OrderMsg};
 use crate::persistence::orders;
 use dashmap::DashMap;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};

@@ -4,19 +4,13 @@
 //! one transaction — before the caller hears back.
 
 use crate::config::{ActorPanicFault, PanicMode};
-use crate::domain::saga::{
-    self, Command, Effect, Event, LifecycleEvent, OrderStatus, Saga, TransitionError,
-};
-use crate::messaging::messages::{
-    CommandBody, Envelope, LineItem, OrderEventBody, OrderEventPayload,
-};
-use crate::messaging::topology::{COMMANDS_EXCHANGE, EVENTS_EXCHANGE};
+use crate::domain::saga::{self, Effect, Event, OrderStatus, Saga, TransitionError};
+use crate::domain::view::{HistoryEntry, OrderDetails, OrderLine};
+use crate::orchestrator::wire::outbox_messages;
 use crate::persistence::group_commit::OrderWriter;
 use crate::persistence::orders::{
-    self, HistoryEntry, IdempotencyCompletion, OrderDetails, OrderLine, OrderRecord, OrderWrite,
-    SaveError, StepTimer,
+    self, IdempotencyCompletion, OrderRecord, OrderWrite, SaveError, StepTimer,
 };
-use crate::persistence::outbox::NewMessage;
 use chrono::Utc;
 use dashmap::{DashMap, DashSet};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -125,6 +119,8 @@ pub struct NewOrder {
     /// `Some(request hash)`: the key was not claimed beforehand; the create claims it with
     /// the order and fails with [`OrderError::KeyTaken`] (writing nothing) if it is taken.
     pub claims_key_with_hash: Option<String>,
+    /// The status the caller answers with, stored with the key for replays.
+    pub answer_status: u16,
     pub trace_context: Option<String>,
 }
 
@@ -394,7 +390,7 @@ impl OrderActor {
             .map_err(|e| OrderError::Storage(format!("serializing response: {e}")))?;
         let idempotency = new.idempotency_key.map(|key| IdempotencyCompletion {
             key,
-            status: 201,
+            status: new.answer_status,
             body,
             claims_with_hash: new.claims_key_with_hash,
         });
@@ -634,83 +630,5 @@ fn record_transition(
     {
         metrics::histogram!("saga_duration_seconds", "outcome" => to.as_str())
             .record(total.as_secs_f64());
-    }
-}
-
-fn line_items(order: &OrderRecord) -> Vec<LineItem> {
-    order
-        .items
-        .iter()
-        .map(|l| LineItem {
-            sku: l.sku.clone(),
-            quantity: l.quantity,
-        })
-        .collect()
-}
-
-/// Turns the state machine's effects into outbox rows, filling payloads from the order.
-/// Each message carries the `traceparent` of the span that caused it (the actor's) or,
-/// when spans are not exported, the order's own.
-fn outbox_messages(order: &OrderRecord, effects: &[Effect]) -> Result<Vec<NewMessage>, OrderError> {
-    let mut out = Vec::with_capacity(effects.len());
-    let traceparent = if effects.is_empty() {
-        None
-    } else {
-        crate::telemetry::current_traceparent().or_else(|| order.trace_context.clone())
-    };
-    for effect in effects {
-        let mut message = match *effect {
-            Effect::Send(command) => {
-                let body = match command {
-                    Command::ReserveStock => CommandBody::ReserveStock {
-                        items: line_items(order),
-                    },
-                    Command::ReleaseStock => CommandBody::ReleaseStock {},
-                    Command::ChargePayment { forced } => CommandBody::ChargePayment {
-                        amount_cents: order.total_cents,
-                        currency: order.currency.clone(),
-                        forced,
-                    },
-                    Command::RefundPayment => CommandBody::RefundPayment {},
-                    Command::ScheduleShipment => CommandBody::ScheduleShipment {
-                        items: line_items(order),
-                    },
-                    Command::CancelShipment => CommandBody::CancelShipment {},
-                };
-                let kind = body.kind();
-                let envelope = Envelope::new(order.id, body);
-                NewMessage::json(COMMANDS_EXCHANGE, kind, envelope.message_id, &envelope)?
-            }
-            Effect::Publish(event) => {
-                let envelope = Envelope::new(order.id, lifecycle_body(order, event));
-                NewMessage::json(
-                    EVENTS_EXCHANGE,
-                    event.routing_key(),
-                    envelope.message_id,
-                    &envelope,
-                )?
-            }
-        };
-        if let Some(traceparent) = &traceparent {
-            message
-                .headers
-                .insert("traceparent".into(), traceparent.clone());
-        }
-        out.push(message);
-    }
-    Ok(out)
-}
-
-fn lifecycle_body(order: &OrderRecord, event: LifecycleEvent) -> OrderEventBody {
-    OrderEventBody {
-        kind: event.routing_key().to_owned(),
-        payload: OrderEventPayload {
-            status: order.saga.status.as_str().to_owned(),
-            customer_id: order.customer_id.clone(),
-            total_cents: order.total_cents,
-            currency: order.currency.clone(),
-            items: line_items(order),
-            reason: order.saga.failure_reason.clone(),
-        },
     }
 }

@@ -4,7 +4,7 @@
 //! non-terminal order is resumed (its pending commands resent; participants dedupe), so
 //! nothing waits for a message that died with the previous process.
 
-use crate::actors::Orders;
+use crate::orchestrator::actors::Orders;
 use crate::persistence::orders;
 use chrono::Utc;
 use futures::StreamExt;

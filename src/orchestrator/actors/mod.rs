@@ -1,12 +1,11 @@
-//! Actors: the [`supervisor::OrderSupervisor`] and one [`order_actor::OrderActor`] per
+//! The actors: the [`supervisor::OrderSupervisor`] and one [`order_actor::OrderActor`] per
 //! order. [`Orders`] is the handle the rest of the service uses to reach them.
 
 pub mod order_actor;
 pub mod supervisor;
-pub mod timers;
 
 use crate::domain::saga::{Event, OrderStatus, Saga};
-use crate::persistence::orders::OrderDetails;
+use crate::domain::view::OrderDetails;
 use order_actor::{ActorStats, NewOrder, OrderContext, OrderError, OrderMsg};
 use ractor::rpc::CallResult;
 use ractor::{Actor, ActorRef};

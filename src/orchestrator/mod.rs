@@ -1,0 +1,184 @@
+//! The orchestrator: every use case of an order, behind one entry point, [`Orchestrator`].
+//!
+//! - place an order, with the whole idempotency protocol ([`place`]);
+//! - apply a participant's reply ([`Orchestrator::apply_reply`]);
+//! - resend or time out a step, resume after a restart ([`timers`]);
+//! - the admin override and the manual payment;
+//! - read an order, wait for it to finish, list orders.
+//!
+//! Each order is owned by one actor ([`actors`]), which applies the pure state machine
+//! (`domain::saga`) and persists every transition with the messages it causes (the
+//! commands and events of [`wire`]) in one write. The adapters (HTTP, the reply consumer)
+//! only translate to and from these calls.
+
+pub mod actors;
+pub mod place;
+pub mod timers;
+pub mod wire;
+
+pub use actors::order_actor::{ActorStats, NewOrder, OrderError};
+pub use place::{Catalogue, PlaceError, PlaceOrder, Placed, Refusal};
+
+use crate::domain::saga::{Event, OrderStatus, PaymentMode, PaymentOutcome};
+use crate::domain::view::{OrderDetails, OrderSummary};
+use crate::messaging::messages::ReplyBody;
+use crate::persistence::idempotency::Claims;
+use crate::persistence::orders;
+use actors::{Orders, Waited};
+use sea_orm::{DatabaseConnection, DbErr};
+use std::sync::Arc;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// Cheap, cloneable handle to the use cases.
+#[derive(Clone)]
+pub struct Orchestrator {
+    orders: Orders,
+    /// The orders store, for reads (every write goes through an order's actor).
+    db: DatabaseConnection,
+    claims: Claims,
+    catalogue: Arc<dyn Catalogue>,
+    settings: Settings,
+}
+
+/// What the use cases need from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// `PAYMENT_MODE` of new orders.
+    pub payment_mode: PaymentMode,
+    /// `MAX_ORDERS_IN_FLIGHT` (0: no limit).
+    pub max_orders_in_flight: usize,
+}
+
+/// What became of a participant's reply.
+#[derive(Debug)]
+pub enum ReplyOutcome {
+    /// The order moved on.
+    Applied,
+    /// A duplicate or late reply the saga refused; nothing changed (the actor logged it).
+    Ignored,
+    /// No such order.
+    UnknownOrder,
+    /// Not applied now (storage or actor unavailable); deliver it again.
+    Retry(String),
+}
+
+impl Orchestrator {
+    pub fn new(
+        orders: Orders,
+        db: DatabaseConnection,
+        claims: Claims,
+        catalogue: Arc<dyn Catalogue>,
+        settings: Settings,
+    ) -> Orchestrator {
+        Orchestrator {
+            orders,
+            db,
+            claims,
+            catalogue,
+            settings,
+        }
+    }
+
+    /// Applies a participant's reply to its order.
+    pub async fn apply_reply(&self, order_id: Uuid, reply: ReplyBody) -> ReplyOutcome {
+        match self.orders.apply(order_id, wire::event_of(reply)).await {
+            Ok(_) => ReplyOutcome::Applied,
+            Err(OrderError::Transition(_)) => ReplyOutcome::Ignored,
+            Err(OrderError::NotFound(_)) => ReplyOutcome::UnknownOrder,
+            Err(e) => ReplyOutcome::Retry(e.to_string()),
+        }
+    }
+
+    /// The admin override: cancel (with compensation) or another allowed status change.
+    pub async fn override_status(
+        &self,
+        id: Uuid,
+        target: OrderStatus,
+        reason: String,
+    ) -> Result<(), OrderError> {
+        tracing::info!(%target, %reason, "admin status override");
+        self.orders
+            .apply(id, Event::AdminOverride { target, reason })
+            .await
+            .map(|_| ())
+    }
+
+    /// The manual payment of an order waiting in `PAYMENT_MODE=manual` (dev).
+    pub async fn pay(&self, id: Uuid, forced: Option<PaymentOutcome>) -> Result<(), OrderError> {
+        self.orders
+            .apply(id, Event::PaymentSubmitted { forced })
+            .await
+            .map(|_| ())
+    }
+
+    /// The order as stored now, with its history.
+    pub async fn order(&self, id: Uuid) -> Result<Option<OrderDetails>, DbErr> {
+        orders::details(&self.db, id).await
+    }
+
+    /// The order once it is terminal, or as it is when `timeout` passes.
+    pub async fn order_when_finished(
+        &self,
+        id: Uuid,
+        timeout: Duration,
+    ) -> Result<Option<OrderDetails>, DbErr> {
+        let (db, actors) = (&self.db, &self.orders);
+        // The check reads only the status; the whole order is read once, at the end, and
+        // not at all when the actor that finished it hands it over.
+        let waited = self
+            .orders
+            .wait_terminal(id, timeout, || async move {
+                // A live actor knows the status; only an order without one is read.
+                let status = match actors.live_status(id).await {
+                    Some(status) => Ok(Some(status)),
+                    None => orders::status(db, id).await,
+                };
+                match status {
+                    Ok(Some(status)) => (status.is_terminal(), Ok(true)),
+                    Ok(None) => (true, Ok(false)),
+                    Err(e) => (true, Err(e)),
+                }
+            })
+            .await;
+        match waited {
+            Waited::Finished(details) => Ok(Some(Arc::unwrap_or_clone(details))),
+            Waited::Checked(Ok(true)) => self.order(id).await,
+            Waited::Checked(Ok(false)) => Ok(None),
+            Waited::Checked(Err(e)) => Err(e),
+        }
+    }
+
+    /// The newest orders first, optionally of one status.
+    pub async fn list(
+        &self,
+        status: Option<OrderStatus>,
+        limit: u64,
+    ) -> Result<Vec<OrderSummary>, DbErr> {
+        orders::list(&self.db, status, limit).await
+    }
+
+    /// Runs the step-timer scanner until `shutdown` (see [`timers`]).
+    pub async fn run_timers(self, shutdown: tokio_util::sync::CancellationToken) {
+        timers::run(self.orders, self.db, shutdown).await
+    }
+
+    /// Resumes every non-terminal order (start-up recovery). Returns how many.
+    pub async fn recover(&self) -> anyhow::Result<usize> {
+        timers::recover(&self.orders, &self.db).await
+    }
+
+    /// Order actors in memory now.
+    pub fn live_actors(&self) -> usize {
+        self.orders.live_actors()
+    }
+
+    pub fn stats(&self) -> &ActorStats {
+        self.orders.stats()
+    }
+
+    /// Stops every order actor.
+    pub fn stop(&self) {
+        self.orders.stop();
+    }
+}

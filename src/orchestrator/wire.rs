@@ -1,0 +1,108 @@
+//! The one place where the saga's commands and events meet the wire: domain effects become
+//! outbox messages (commands to participants, lifecycle events on `order.events`), and
+//! participants' replies become saga events.
+
+use crate::domain::saga::{Command, Effect, Event, LifecycleEvent};
+use crate::messaging::messages::{
+    CommandBody, Envelope, LineItem, OrderEventBody, OrderEventPayload, ReplyBody,
+};
+use crate::messaging::topology::{COMMANDS_EXCHANGE, EVENTS_EXCHANGE};
+use crate::orchestrator::OrderError;
+use crate::persistence::orders::OrderRecord;
+use crate::persistence::outbox::NewMessage;
+
+/// The saga event a participant's reply stands for.
+pub fn event_of(reply: ReplyBody) -> Event {
+    match reply {
+        ReplyBody::StockReserved {} => Event::StockReserved,
+        ReplyBody::StockRejected { reason } => Event::StockRejected { reason },
+        ReplyBody::StockReleased {} => Event::StockReleased,
+        ReplyBody::PaymentCharged { .. } => Event::PaymentCharged,
+        ReplyBody::PaymentDeclined { reason } => Event::PaymentDeclined { reason },
+        ReplyBody::PaymentRefunded { .. } => Event::PaymentRefunded,
+        ReplyBody::ShipmentScheduled { .. } => Event::ShipmentScheduled,
+        ReplyBody::ShipmentFailed { reason } => Event::ShipmentFailed { reason },
+        ReplyBody::ShipmentCancelled {} => Event::ShipmentCancelled,
+    }
+}
+
+fn line_items(order: &OrderRecord) -> Vec<LineItem> {
+    order
+        .items
+        .iter()
+        .map(|l| LineItem {
+            sku: l.sku.clone(),
+            quantity: l.quantity,
+        })
+        .collect()
+}
+
+/// Turns the state machine's effects into outbox rows, filling payloads from the order.
+/// Each message carries the `traceparent` of the span that caused it (the actor's) or,
+/// when spans are not exported, the order's own.
+pub fn outbox_messages(
+    order: &OrderRecord,
+    effects: &[Effect],
+) -> Result<Vec<NewMessage>, OrderError> {
+    let mut out = Vec::with_capacity(effects.len());
+    let traceparent = if effects.is_empty() {
+        None
+    } else {
+        crate::telemetry::current_traceparent().or_else(|| order.trace_context.clone())
+    };
+    for effect in effects {
+        let mut message = match *effect {
+            Effect::Send(command) => {
+                let body = match command {
+                    Command::ReserveStock => CommandBody::ReserveStock {
+                        items: line_items(order),
+                    },
+                    Command::ReleaseStock => CommandBody::ReleaseStock {},
+                    Command::ChargePayment { forced } => CommandBody::ChargePayment {
+                        amount_cents: order.total_cents,
+                        currency: order.currency.clone(),
+                        forced,
+                    },
+                    Command::RefundPayment => CommandBody::RefundPayment {},
+                    Command::ScheduleShipment => CommandBody::ScheduleShipment {
+                        items: line_items(order),
+                    },
+                    Command::CancelShipment => CommandBody::CancelShipment {},
+                };
+                let kind = body.kind();
+                let envelope = Envelope::new(order.id, body);
+                NewMessage::json(COMMANDS_EXCHANGE, kind, envelope.message_id, &envelope)?
+            }
+            Effect::Publish(event) => {
+                let envelope = Envelope::new(order.id, lifecycle_body(order, event));
+                NewMessage::json(
+                    EVENTS_EXCHANGE,
+                    event.routing_key(),
+                    envelope.message_id,
+                    &envelope,
+                )?
+            }
+        };
+        if let Some(traceparent) = &traceparent {
+            message
+                .headers
+                .insert("traceparent".into(), traceparent.clone());
+        }
+        out.push(message);
+    }
+    Ok(out)
+}
+
+fn lifecycle_body(order: &OrderRecord, event: LifecycleEvent) -> OrderEventBody {
+    OrderEventBody {
+        kind: event.routing_key().to_owned(),
+        payload: OrderEventPayload {
+            status: order.saga.status.as_str().to_owned(),
+            customer_id: order.customer_id.clone(),
+            total_cents: order.total_cents,
+            currency: order.currency.clone(),
+            items: line_items(order),
+            reason: order.saga.failure_reason.clone(),
+        },
+    }
+}
