@@ -7,6 +7,7 @@ use crate::http::edge::EdgeSettings;
 use crate::http::{self, AppState, HttpSettings};
 use crate::messaging::consumer::Disposition;
 use crate::messaging::relay::OutboxRelay;
+use crate::messaging::topology::EVENTS_EXCHANGE;
 use crate::messaging::{Bus, replies};
 use crate::orchestrator::actors::Orders;
 use crate::orchestrator::actors::order_actor::OrderContext;
@@ -178,7 +179,7 @@ async fn start_orchestrator(
     .await
     .context("connecting the orders writer")?;
     // Lifecycle events get their own relay: commands never wait for their confirms.
-    let (orders_feed, events_feed) = OutboxFeed::with_events_lane();
+    let (orders_feed, events_feed) = OutboxFeed::with_events_lane(EVENTS_EXCHANGE);
     let orders = Orders::start(OrderContext {
         db: stores.orders.clone(),
         writer: OrderWriter::start(writer_db, orders_feed.clone(), ORDER_WRITERS, create_lane),
@@ -192,8 +193,12 @@ async fn start_orchestrator(
     })
     .await?;
     for (name, feed, lane) in [
-        ("orders", orders_feed, Lane::Saga),
-        ("orders-events", events_feed, Lane::Events),
+        ("orders", orders_feed, Lane::AllBut(EVENTS_EXCHANGE)),
+        (
+            "orders-events",
+            events_feed,
+            Lane::Exchange(EVENTS_EXCHANGE),
+        ),
     ] {
         let relay = OutboxRelay::new(name, stores.orders.clone(), bus.clone(), feed);
         let relay = relay.lane(lane).busy_linger(config.relay_linger());

@@ -91,7 +91,7 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// The span of one request; with a W3C `traceparent` header it continues the caller's
-/// trace (see `telemetry::adopt_parent`).
+/// trace (see `telemetry::trace_context::adopt_parent`).
 fn request_span(request: &Request) -> tracing::Span {
     let span = tracing::info_span!(
         "http.request",
@@ -104,7 +104,7 @@ fn request_span(request: &Request) -> tracing::Span {
         .headers()
         .get("traceparent")
         .and_then(|v| v.to_str().ok());
-    crate::telemetry::adopt_parent(&span, traceparent);
+    crate::telemetry::trace_context::adopt_parent(&span, traceparent);
     span
 }
 

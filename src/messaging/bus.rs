@@ -91,7 +91,10 @@ impl IncomingMessage {
             messaging.operation.type = "process",
             routing_key = %self.routing_key,
         );
-        crate::telemetry::adopt_parent(&span, self.headers.get("traceparent").map(String::as_str));
+        crate::telemetry::trace_context::adopt_parent(
+            &span,
+            self.headers.get("traceparent").map(String::as_str),
+        );
         span
     }
 

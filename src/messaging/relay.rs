@@ -13,7 +13,8 @@
 //! are deleted in bulk: at once when the relay has nothing else to do, at least every
 //! [`DELETE_EVERY`] under load.
 
-use crate::messaging::Bus;
+use crate::messaging::topology::EVENTS_EXCHANGE;
+use crate::messaging::{Bus, OutgoingMessage};
 use crate::persistence::outbox::{self, Lane, OutboxFeed};
 use chrono::Utc;
 use entity::outbox::Model as Row;
@@ -101,7 +102,7 @@ impl OutboxRelay {
     /// events lane lingers ([`EVENTS_LINGER`]); the others only while busy ([`Self::busy_linger`]).
     pub fn lane(mut self, lane: Lane) -> Self {
         self.lane = lane;
-        if lane == Lane::Events && matches!(self.bus, Bus::Amqp(_)) {
+        if lane == Lane::Exchange(EVENTS_EXCHANGE) && matches!(self.bus, Bus::Amqp(_)) {
             self.linger = EVENTS_LINGER;
         }
         self
@@ -162,7 +163,7 @@ impl OutboxRelay {
             return Ok(0);
         }
         let take = self.queue.len().min(BATCH);
-        let messages: Vec<_> = self.queue[..take].iter().map(outbox::to_outgoing).collect();
+        let messages: Vec<_> = self.queue[..take].iter().map(to_outgoing).collect();
         let started = std::time::Instant::now();
         self.bus.publish_batch(&messages).await?;
         metrics::histogram!("outbox_publish_duration_seconds", "store" => self.name)
@@ -333,6 +334,23 @@ fn next_sweep_interval(current: Duration, found: bool) -> Duration {
         SWEEP_EVERY
     } else {
         (current * 2).min(SWEEP_QUIET_MAX)
+    }
+}
+
+/// The bus form of a stored row.
+fn to_outgoing(row: &entity::outbox::Model) -> OutgoingMessage {
+    let headers = row
+        .headers
+        .as_deref()
+        .and_then(|h| serde_json::from_str(h).ok())
+        .unwrap_or_default();
+    OutgoingMessage {
+        exchange: row.exchange.clone(),
+        routing_key: row.routing_key.clone(),
+        message_id: row.message_id,
+        kind: row.routing_key.clone(),
+        payload: row.payload.clone().into_bytes(),
+        headers,
     }
 }
 

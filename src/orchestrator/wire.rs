@@ -48,7 +48,8 @@ pub fn outbox_messages(
     let traceparent = if effects.is_empty() {
         None
     } else {
-        crate::telemetry::current_traceparent().or_else(|| order.trace_context.clone())
+        crate::telemetry::trace_context::current_traceparent()
+            .or_else(|| order.trace_context.clone())
     };
     for effect in effects {
         let mut message = match *effect {

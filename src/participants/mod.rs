@@ -534,8 +534,8 @@ pub(crate) fn reply(
     let kind = body.kind();
     let envelope = Envelope::new(order_id, body);
     let mut message = NewMessage::json(REPLIES_EXCHANGE, kind, envelope.message_id, &envelope)?;
-    if let Some(tp) =
-        crate::telemetry::current_traceparent().or_else(|| headers.get("traceparent").cloned())
+    if let Some(tp) = crate::telemetry::trace_context::current_traceparent()
+        .or_else(|| headers.get("traceparent").cloned())
     {
         message.headers.insert("traceparent".into(), tp);
     }

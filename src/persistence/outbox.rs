@@ -2,8 +2,6 @@
 //! that causes them, and the relay ([`crate::messaging::relay`]) publishes them afterwards.
 //! A crash between commit and publish loses nothing: the rows are still there.
 
-use crate::messaging::OutgoingMessage;
-use crate::messaging::topology::EVENTS_EXCHANGE;
 use chrono::Utc;
 use entity::outbox;
 use sea_orm::{
@@ -158,8 +156,8 @@ pub async fn fetch_stragglers<C: ConnectionTrait>(
     let find = outbox::Entity::find();
     let find = match lane {
         Lane::All => find,
-        Lane::Events => find.filter(outbox::Column::Exchange.eq(EVENTS_EXCHANGE)),
-        Lane::Saga => find.filter(outbox::Column::Exchange.ne(EVENTS_EXCHANGE)),
+        Lane::Exchange(exchange) => find.filter(outbox::Column::Exchange.eq(exchange)),
+        Lane::AllBut(exchange) => find.filter(outbox::Column::Exchange.ne(exchange)),
     };
     find.filter(outbox::Column::CreatedAt.lt(before))
         .order_by_asc(outbox::Column::Id)
@@ -183,31 +181,33 @@ struct FeedInner {
     ready: tokio::sync::Notify,
     /// Set when rows were not held (the feed was full): the relay then sweeps soon.
     dropped: std::sync::atomic::AtomicBool,
-    /// Where lifecycle events go instead, when they have their own relay.
-    events: Option<OutboxFeed>,
+    /// Where the rows of one exchange (lifecycle events) go instead, when they have their
+    /// own relay.
+    events: Option<(&'static str, OutboxFeed)>,
 }
 
 /// Which rows of an outbox a relay publishes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lane {
     All,
-    /// Lifecycle events (`order.events`) only.
-    Events,
-    /// Everything else: the saga's commands and replies.
-    Saga,
+    /// Only the rows for this exchange (the lifecycle events).
+    Exchange(&'static str),
+    /// Every row but those for this exchange (the saga's commands and replies).
+    AllBut(&'static str),
 }
 
 /// Rows held in memory at most; beyond that they wait in the table for the sweep.
 const FEED_LIMIT: usize = 50_000;
 
 impl OutboxFeed {
-    /// A feed whose lifecycle events go to a second feed: two relays, one per [`Lane`], so
-    /// the saga's commands never wait for the confirms of events published with them.
-    pub fn with_events_lane() -> (OutboxFeed, OutboxFeed) {
+    /// A feed whose rows for `events_exchange` go to a second feed: two relays, one per
+    /// [`Lane`], so the saga's commands never wait for the confirms of events published
+    /// with them.
+    pub fn with_events_lane(events_exchange: &'static str) -> (OutboxFeed, OutboxFeed) {
         let events = OutboxFeed::default();
         let saga = OutboxFeed {
             inner: std::sync::Arc::new(FeedInner {
-                events: Some(events.clone()),
+                events: Some((events_exchange, events.clone())),
                 ..FeedInner::default()
             }),
         };
@@ -217,10 +217,9 @@ impl OutboxFeed {
     /// Hands committed rows to the relay (call after the commit, never before).
     pub fn push(&self, rows: Vec<outbox::Model>) {
         let rows = match &self.inner.events {
-            Some(events) => {
-                let (lifecycle, saga): (Vec<_>, Vec<_>) = rows
-                    .into_iter()
-                    .partition(|r| r.exchange == EVENTS_EXCHANGE);
+            Some((exchange, events)) => {
+                let (lifecycle, saga): (Vec<_>, Vec<_>) =
+                    rows.into_iter().partition(|r| r.exchange == *exchange);
                 events.push(lifecycle);
                 saga
             }
@@ -290,21 +289,4 @@ pub async fn delete_sent<C: TransactionTrait>(db: &C, ids: Vec<i64>) -> Result<(
 pub async fn backlog<C: ConnectionTrait>(db: &C) -> Result<u64, DbErr> {
     use sea_orm::PaginatorTrait;
     outbox::Entity::find().count(db).await
-}
-
-/// The bus form of a stored row.
-pub fn to_outgoing(row: &outbox::Model) -> OutgoingMessage {
-    let headers = row
-        .headers
-        .as_deref()
-        .and_then(|h| serde_json::from_str(h).ok())
-        .unwrap_or_default();
-    OutgoingMessage {
-        exchange: row.exchange.clone(),
-        routing_key: row.routing_key.clone(),
-        message_id: row.message_id,
-        kind: row.routing_key.clone(),
-        payload: row.payload.clone().into_bytes(),
-        headers,
-    }
 }

@@ -8,7 +8,7 @@ use crate::helpers::{migrated_stores, outbox_rows};
 use lapin::options::{QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use order_service::messaging::relay::{BATCH, OutboxRelay};
-use order_service::messaging::topology::{COMMANDS_EXCHANGE, INVENTORY_QUEUE};
+use order_service::messaging::topology::{COMMANDS_EXCHANGE, EVENTS_EXCHANGE, INVENTORY_QUEUE};
 use order_service::messaging::{Bus, Subscription};
 use order_service::persistence::outbox::{self as store, Lane, NewMessage, OutboxFeed};
 use sea_orm::{DatabaseConnection, TransactionTrait};
@@ -129,7 +129,7 @@ async fn rabbitmq_a_failed_round_is_retried_and_what_was_confirmed_before_it_is_
     let shutdown = CancellationToken::new();
     let relay = tokio::spawn(
         OutboxRelay::new("relay-test", db.clone(), bus.clone(), feed.clone())
-            .lane(Lane::Saga)
+            .lane(Lane::AllBut(EVENTS_EXCHANGE))
             .run(shutdown.clone()),
     );
 
@@ -210,7 +210,7 @@ async fn postgres_a_quiet_relay_still_publishes_a_row_no_hand_over_brought() {
     let shutdown = CancellationToken::new();
     let relay = tokio::spawn(
         OutboxRelay::new("relay-test", db.clone(), bus.clone(), feed.clone())
-            .lane(Lane::Saga)
+            .lane(Lane::AllBut(EVENTS_EXCHANGE))
             .run(shutdown.clone()),
     );
     // Quiet sweeps at 0, 2 and 6 s: the pause has grown to 8 s.

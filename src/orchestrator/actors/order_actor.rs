@@ -339,7 +339,7 @@ impl OrderActor {
         if self.ensure_loaded(state).await.is_ok()
             && let Some(order) = &state.order
         {
-            crate::telemetry::adopt_parent(span, order.trace_context.as_deref());
+            crate::telemetry::trace_context::adopt_parent(span, order.trace_context.as_deref());
         }
     }
 
@@ -369,7 +369,8 @@ impl OrderActor {
             version: 1,
             // This span's context when spans are exported (timers and recovery continue
             // the order's trace from it), else the caller's header, passed on unchanged.
-            trace_context: crate::telemetry::current_traceparent().or(new.trace_context),
+            trace_context: crate::telemetry::trace_context::current_traceparent()
+                .or(new.trace_context),
             timer: StepTimer::default(),
             parked_reason: None,
             created_at: now,
