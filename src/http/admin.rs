@@ -4,7 +4,7 @@
 use crate::http::AppState;
 use crate::http::errors::ApiError;
 use crate::http::extractors::Admin;
-use crate::http::openapi::{InvariantReportBody, Problem};
+use crate::http::schema::{InvariantReportBody, Problem};
 use crate::invariants;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};

@@ -2,7 +2,7 @@
 //! now — every database store answers and the broker connection is open.
 
 use crate::http::AppState;
-use crate::http::openapi::{Liveness, Readiness};
+use crate::http::schema::{Liveness, Readiness};
 use crate::messaging::Bus;
 use crate::persistence::Stores;
 use axum::extract::State;

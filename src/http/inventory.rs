@@ -4,7 +4,7 @@ use crate::domain::text::{STOCK_NAME, SkuSchema};
 use crate::http::AppState;
 use crate::http::errors::ApiError;
 use crate::http::extractors::{Admin, ApiJson, SkuPath};
-use crate::http::openapi::{Problem, StockList};
+use crate::http::schema::{Problem, StockList};
 use crate::participants::inventory::{Adjusted, StockAdjustment, StockUpdate, StockView};
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};

@@ -10,6 +10,7 @@ pub mod health;
 pub mod inventory;
 pub mod openapi;
 pub mod orders;
+pub mod schema;
 
 use crate::messaging::Bus;
 use crate::orchestrator::Orchestrator;

@@ -9,7 +9,7 @@ use crate::http::errors::ApiError;
 use crate::http::extractors::{
     Admin, ApiJson, ApiPath, ApiQuery, IdempotencyKey, IdempotencyKeySchema, RawBody,
 };
-use crate::http::openapi::{OrderList, Problem};
+use crate::http::schema::{OrderList, Problem};
 use crate::orchestrator::{OrderError, PlaceError, PlaceOrder, Placed, Refusal};
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
