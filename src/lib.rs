@@ -1,18 +1,25 @@
-//! Order Orchestration Service.
+//! Order Orchestration Service: takes orders over HTTP and drives each through a saga
+//! across Inventory, Payment and Shipping, compensating when a step fails.
 //!
-//! A newcomer's map:
-//! - [`http`]: the axum API. A request becomes a message to an order actor.
-//! - [`actors`]: the `OrderSupervisor` and one `OrderActor` per order; each actor owns its
-//!   order's saga and serializes everything that happens to it.
-//! - [`domain`]: the pure state machine `(saga, event) -> (saga', effects)` and request
-//!   validation. No I/O.
-//! - [`persistence`]: SeaORM stores and repositories (orders, idempotency keys, outbox).
-//!   A transition and the messages it causes are committed together.
-//! - [`messaging`]: the bus (RabbitMQ or in-process), topology, wire schema, outbox relay
-//!   and consumers.
-//! - [`participants`]: Inventory, Payment and Shipping, each with its own store and queue.
-//! - [`config`], [`telemetry`], [`app`] (start-up and shutdown), [`batching`] (the rule
-//!   every batcher follows).
+//! The layers, inward (the rules are a test, `tests/architecture.rs`):
+//!
+//! 1. [`domain`]: the pure state machine `(saga, event) -> (saga', effects)`, request
+//!    validation and the read views. No I/O.
+//! 2. [`orchestrator`]: the use cases behind one entry point, `Orchestrator`: place an
+//!    order (idempotently), apply a participant's reply, override, pay, resend or time out
+//!    a step, resume after a restart. One actor per order owns its saga; `wire` maps
+//!    effects to messages and replies to events.
+//! 3. Adapters, which never import one another's internals nor anything above them:
+//!    - [`http`]: the axum API; handlers turn requests into orchestrator calls.
+//!    - [`messaging`]: the bus (RabbitMQ or in-process), topology, wire schema, outbox
+//!      relay and consumers.
+//!    - [`persistence`]: the SeaORM stores; a transition and the messages it causes are
+//!      committed together.
+//!    - [`participants`]: Inventory, Payment and Shipping with their own stores and runtime.
+//! 4. [`app`] assembles all of it from the [`config`]; `main.rs` runs it.
+//!
+//! Beside them: [`telemetry`] (logs and traces), [`metrics`], [`invariants`] (the money
+//! and stock checks), [`batching`] (the rule every batcher follows).
 
 pub mod app;
 pub mod batching;
