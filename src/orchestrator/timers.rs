@@ -22,13 +22,12 @@ const CONCURRENCY: usize = 32;
 pub async fn scan_once(orders: &Orders, db: &DatabaseConnection) -> anyhow::Result<usize> {
     let due = orders::due_deadlines(db, Utc::now(), SCAN_BATCH).await?;
     let count = due.len();
-    futures::stream::iter(due)
-        .for_each_concurrent(CONCURRENCY, |id| async move {
-            if let Err(error) = orders.deadline_expired(id).await {
-                tracing::warn!(order_id = %id, %error, "could not handle an expired step deadline");
-            }
-        })
-        .await;
+    for_each(due, |id| async move {
+        if let Err(error) = orders.deadline_expired(id).await {
+            tracing::warn!(order_id = %id, %error, "could not handle an expired step deadline");
+        }
+    })
+    .await;
     Ok(count)
 }
 
@@ -52,12 +51,22 @@ pub async fn recover(orders: &Orders, db: &DatabaseConnection) -> anyhow::Result
     if count > 0 {
         tracing::info!(orders = count, "resuming in-flight orders");
     }
-    futures::stream::iter(ids)
-        .for_each_concurrent(CONCURRENCY, |id| async move {
-            if let Err(error) = orders.resume(id).await {
-                tracing::warn!(order_id = %id, %error, "could not resume order");
-            }
-        })
-        .await;
+    for_each(ids, |id| async move {
+        if let Err(error) = orders.resume(id).await {
+            tracing::warn!(order_id = %id, %error, "could not resume order");
+        }
+    })
+    .await;
     Ok(count)
+}
+
+/// Runs `handle` for every order, [`CONCURRENCY`] at a time.
+async fn for_each<F, Fut>(ids: Vec<uuid::Uuid>, handle: F)
+where
+    F: FnMut(uuid::Uuid) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    futures::stream::iter(ids)
+        .for_each_concurrent(CONCURRENCY, handle)
+        .await
 }
