@@ -12,6 +12,7 @@ FROM chef AS planner
 COPY Cargo.toml Cargo.lock ./
 COPY entity entity
 COPY migration migration
+COPY loadgen loadgen
 COPY src src
 RUN cargo chef prepare --recipe-path recipe.json
 
@@ -23,6 +24,7 @@ RUN cargo chef cook --release --locked --recipe-path recipe.json --bin order-ser
 COPY Cargo.toml Cargo.lock ./
 COPY entity entity
 COPY migration migration
+COPY loadgen loadgen
 COPY src src
 RUN cargo build --release --locked --bin order-service \
     && strip target/release/order-service

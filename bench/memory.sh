@@ -32,7 +32,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-cargo build --release --bin order-service --bin loadgen
+cargo build --release -p order-service -p loadgen
 createdb -h 127.0.0.1 -U postgres "$db"
 rabbitmqctl -q add_vhost "$vhost" >/dev/null
 rabbitmqctl -q set_permissions -p "$vhost" guest ".*" ".*" ".*" >/dev/null

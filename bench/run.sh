@@ -125,7 +125,7 @@ fi
 
 log "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 log "building (release)"
-cargo build --release --bin order-service --bin loadgen
+cargo build --release -p order-service -p loadgen
 service_bin="$root/target/release/order-service"
 loadgen_bin="$root/target/release/loadgen"
 

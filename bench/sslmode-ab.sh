@@ -9,7 +9,7 @@
 #     bench/sslmode-ab.sh target/release/order-service $m 15 64 "round $r"; done; done
 #
 # usage: bench/sslmode-ab.sh <order-service binary> <require|disable|prefer|none> [SECONDS=15] [CONCURRENCY=64] [LABEL]
-# Needs target/release/loadgen (LOADGEN to override), psql, createdb, dropdb, rabbitmqctl, jq.
+# Needs target/release/loadgen (`cargo build --release -p loadgen`; LOADGEN to override), psql, createdb, dropdb, rabbitmqctl, jq.
 set -u
 bin=$(realpath "$1"); mode=$2; secs=${3:-15}; conc=${4:-64}; label=${5:-run}
 loadgen=${LOADGEN:-$(dirname "$0")/../target/release/loadgen}

@@ -7,7 +7,7 @@
 //! polling), and at the end prints throughput, HDR latency percentiles, terminal states and
 //! errors, and checks the invariants through the API (`GET /api/admin/invariants`, stock
 //! conservation of the SKUs used).
-//! `cargo run --release --bin loadgen -- --help`.
+//! `cargo run --release -p loadgen -- --help`.
 
 mod checks;
 mod cli;
