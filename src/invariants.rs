@@ -1,4 +1,4 @@
-//! The invariants of DESIGN.md, checked against the stores once the system is quiet:
+//! The service's invariants, checked against the stores once the system is quiet:
 //! stock is conserved per SKU, every CONFIRMED order has one captured payment and one
 //! shipment, every REVERSED order holds no stock and no un-refunded payment, and no order
 //! is left non-terminal. Used by the tests, the admin endpoint and the load generator.

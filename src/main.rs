@@ -8,7 +8,7 @@ use order_service::telemetry;
 use std::process::ExitCode;
 
 /// Every saga step allocates and frees many small buffers (messages, statements, JSON) on
-/// two threads; glibc's allocator spent about 13% of the service's CPU on them under load.
+/// two threads; glibc's allocator spends a noticeable share of the CPU on them under load.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -625,9 +625,9 @@ async fn one_order(sh: &Arc<Shared>, index: u64, started: Instant) -> Option<Joi
 
 /// Sends the open loop's order indexes, each with its scheduled start, at that time, from
 /// a thread of its own. The runtime's timer works in whole milliseconds and then waits for
-/// a worker: it started creates 1.1 ms late on average (p99 2.7 ms, at 300/s on two cores
-/// shared with the service), a lag every latency would include, since latencies count
-/// from the scheduled start. A sleeping thread wakes within tens of microseconds.
+/// a worker, so creates would start late by about a millisecond, a lag every latency would
+/// include, since latencies count from the scheduled start. A sleeping thread wakes within
+/// tens of microseconds.
 fn pace(
     start: Instant,
     rate: f64,

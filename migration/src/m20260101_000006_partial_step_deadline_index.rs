@@ -5,8 +5,7 @@
 //!
 //! Why: the scanner asks every 250 ms for due deadlines. On a table the planner has no
 //! statistics for (autovacuum off, no ANALYZE yet) it read the whole table with the full
-//! index, a cost that grows with the table; the partial index is chosen either way
-//! (0.01 ms instead of 1.5–2.5 ms at a few thousand orders).
+//! index, a cost that grows with the table; the partial index is chosen either way.
 
 use sea_orm_migration::prelude::*;
 

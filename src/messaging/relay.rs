@@ -31,8 +31,7 @@ pub const BATCH: usize = 256;
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// The longest pause between sweeps, reached by doubling while sweeps find nothing. A sweep
 /// reads the outbox's primary key from its oldest entry, dead ones included until VACUUM
-/// removes them (8.5 ms per sweep after 1,000,000 deleted rows), so a quiet relay need not
-/// pay that every second.
+/// removes them, so a quiet relay need not pay that every second.
 const SWEEP_QUIET_MAX: Duration = Duration::from_secs(8);
 /// A row this old that is still in the table was not handed over (or its publication
 /// failed): the sweep takes it.
@@ -73,9 +72,9 @@ pub struct OutboxRelay {
 /// On RabbitMQ the lifecycle events' relay gathers this long after a hand-over before it
 /// publishes. Events are not on any saga's path (the actor answers its waiters itself,
 /// participants get commands and replies from the saga lane), so a few milliseconds more
-/// cost nobody a wait, while fewer, bigger rounds save a confirm round trip each (at c=64:
-/// five times fewer rounds, ~+5% sagas/s). The in-process bus has no round trip to save;
-/// there the bursts only made Inventory's batches lumpier (−13% in embedded mode).
+/// cost nobody a wait, while fewer, bigger rounds save a confirm round trip each. The
+/// in-process bus has no round trip to save; there the bursts only make Inventory's
+/// batches lumpier.
 pub const EVENTS_LINGER: Duration = Duration::from_millis(20);
 
 impl OutboxRelay {
