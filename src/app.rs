@@ -3,6 +3,7 @@
 //! a shutdown signal.
 
 use crate::config::Config;
+use crate::faults::Faults;
 use crate::http::edge::EdgeSettings;
 use crate::http::{self, AppState, HttpSettings};
 use crate::messaging::consumer::Disposition;
@@ -49,17 +50,26 @@ impl Application {
     /// Connects, migrates (if configured), seeds, and starts the workers. The HTTP server
     /// starts with [`Application::run_until_stopped`].
     pub async fn build(config: Config) -> anyhow::Result<Application> {
+        let faults = Arc::new(Faults::from_config(&config)?);
         let (stores, bus, inventory) = connect(&config).await?;
         let shutdown = CancellationToken::new();
         let mut workers = JoinSet::new();
-        let orchestrator =
-            start_orchestrator(&config, &stores, &bus, &inventory, &mut workers, &shutdown).await?;
+        let orchestrator = start_orchestrator(
+            &config,
+            faults.clone(),
+            &stores,
+            &bus,
+            &inventory,
+            &mut workers,
+            &shutdown,
+        )
+        .await?;
         if config.embedded_participants {
             runtime::spawn(
                 &mut workers,
                 &stores,
                 &bus,
-                ParticipantSettings::from(&config),
+                participant_settings(&config, faults),
                 &shutdown,
             );
         }
@@ -162,6 +172,7 @@ impl Application {
 /// the reply consumer, the step-timer scanner, start-up recovery and the key sweeper.
 async fn start_orchestrator(
     config: &Config,
+    faults: Arc<Faults>,
     stores: &Stores,
     bus: &Bus,
     inventory: &Inventory,
@@ -185,8 +196,7 @@ async fn start_orchestrator(
         step_timeout: config.step_timeout(),
         max_retries: config.step_max_retries,
         idle_timeout: Duration::from_secs(config.actor_idle_secs),
-        panic_fault: config.actor_panic_fault()?,
-        panicked: Default::default(),
+        faults,
         stats: Default::default(),
         watchers: Default::default(),
     })
@@ -306,14 +316,12 @@ async fn connect(config: &Config) -> anyhow::Result<(Stores, Bus, Inventory)> {
     Ok((stores, bus, inventory))
 }
 
-impl From<&Config> for ParticipantSettings {
-    fn from(config: &Config) -> Self {
-        ParticipantSettings {
-            payment_decline_rate: config.payment_decline_rate,
-            shipping_failure_rate: config.shipping_failure_rate,
-            drop_commands: config.fault_drop_commands.clone(),
-            relay_linger: config.relay_linger(),
-        }
+fn participant_settings(config: &Config, faults: Arc<Faults>) -> ParticipantSettings {
+    ParticipantSettings {
+        payment_decline_rate: config.payment_decline_rate,
+        shipping_failure_rate: config.shipping_failure_rate,
+        faults,
+        relay_linger: config.relay_linger(),
     }
 }
 
@@ -323,6 +331,7 @@ pub async fn run_participants(
     config: Config,
     signal: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let faults = Arc::new(Faults::from_config(&config)?);
     let (stores, bus, _inventory) = connect(&config).await?;
     let shutdown = CancellationToken::new();
     let mut workers = JoinSet::new();
@@ -330,7 +339,7 @@ pub async fn run_participants(
         &mut workers,
         &stores,
         &bus,
-        ParticipantSettings::from(&config),
+        participant_settings(&config, faults),
         &shutdown,
     );
     let health = http::health::participants_router(stores.clone(), bus.clone());

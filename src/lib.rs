@@ -12,12 +12,13 @@
 //!   and consumers.
 //! - [`participants`]: Inventory, Payment and Shipping, each with its own store and queue.
 //! - [`config`], [`telemetry`], [`app`] (start-up and shutdown), [`batching`] (the rule
-//!   every batcher follows).
+//!   every batcher follows), [`faults`] (fault injection for tests and drills).
 
 pub mod app;
 pub mod batching;
 pub mod config;
 pub mod domain;
+pub mod faults;
 pub mod http;
 pub mod invariants;
 pub mod messaging;
