@@ -18,6 +18,7 @@ use crate::persistence::Stores;
 use crate::persistence::group_commit::OrderWriter;
 use crate::persistence::idempotency::{self, Claims};
 use crate::persistence::outbox::{Lane, OutboxFeed};
+use crate::tuning::{ORDER_WRITERS, REPLY_CONCURRENCY};
 use anyhow::Context;
 use futures::future::BoxFuture;
 use sea_orm::DbErr;
@@ -27,13 +28,6 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-
-/// Deliveries handled at once per queue (also the AMQP prefetch).
-const CONSUMER_CONCURRENCY: u16 = 64;
-
-/// Group-commit writer tasks of the orders store (see `persistence::group_commit`). One:
-/// while its batch commits, the next one gathers every write that arrives meanwhile.
-const ORDER_WRITERS: usize = 1;
 
 pub struct Application {
     listener: TcpListener,
@@ -231,7 +225,7 @@ async fn start_orchestrator(
         let orchestrator = orchestrator.clone();
         workers.spawn(replies::run(
             bus.clone(),
-            CONSUMER_CONCURRENCY,
+            REPLY_CONCURRENCY,
             shutdown.clone(),
             move |order_id, reply| {
                 let orchestrator = orchestrator.clone();

@@ -12,7 +12,8 @@
 //!   and consumers.
 //! - [`participants`]: Inventory, Payment and Shipping, each with its own store and queue.
 //! - [`config`], [`telemetry`], [`app`] (start-up and shutdown), [`batching`] (the rule
-//!   every batcher follows), [`faults`] (fault injection for tests and drills).
+//!   every batcher follows), [`tuning`] (batch sizes and concurrency), [`faults`] (fault
+//!   injection for tests and drills).
 
 pub mod app;
 pub mod batching;
@@ -27,3 +28,4 @@ pub mod orchestrator;
 pub mod participants;
 pub mod persistence;
 pub mod telemetry;
+pub mod tuning;

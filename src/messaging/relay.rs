@@ -15,6 +15,7 @@
 
 use crate::messaging::Bus;
 use crate::persistence::outbox::{self, Lane, OutboxFeed};
+use crate::tuning::{EVENTS_LINGER, RELAY_BATCH};
 use chrono::Utc;
 use entity::outbox::Model as Row;
 use sea_orm::DatabaseConnection;
@@ -23,15 +24,12 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// Rows per publish round at most.
-pub const BATCH: usize = 256;
 /// How often the table is swept for rows no hand-over brings, after a sweep found some, a
 /// round failed or the feed dropped rows.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// The longest pause between sweeps, reached by doubling while sweeps find nothing. A sweep
 /// reads the outbox's primary key from its oldest entry, dead ones included until VACUUM
-/// removes them (8.5 ms per sweep after 1,000,000 deleted rows), so a quiet relay need not
-/// pay that every second.
+/// removes them, so a quiet relay need not pay that every second.
 const SWEEP_QUIET_MAX: Duration = Duration::from_secs(8);
 /// A row this old that is still in the table was not handed over (or its publication
 /// failed): the sweep takes it.
@@ -68,14 +66,6 @@ pub struct OutboxRelay {
     /// How many messages the last round that published anything carried.
     last_round: usize,
 }
-
-/// On RabbitMQ the lifecycle events' relay gathers this long after a hand-over before it
-/// publishes. Events are not on any saga's path (the actor answers its waiters itself,
-/// participants get commands and replies from the saga lane), so a few milliseconds more
-/// cost nobody a wait, while fewer, bigger rounds save a confirm round trip each (at c=64:
-/// five times fewer rounds, ~+5% sagas/s). The in-process bus has no round trip to save;
-/// there the bursts only made Inventory's batches lumpier (−13% in embedded mode).
-pub const EVENTS_LINGER: Duration = Duration::from_millis(20);
 
 impl OutboxRelay {
     pub fn new(name: &'static str, db: DatabaseConnection, bus: Bus, feed: OutboxFeed) -> Self {
@@ -136,7 +126,7 @@ impl OutboxRelay {
             .map(|r| r.id)
             .chain(self.confirmed.iter().copied())
             .collect();
-        let limit = (BATCH + known.len()) as u64;
+        let limit = (RELAY_BATCH + known.len()) as u64;
         let rows = outbox::fetch_stragglers(&self.db, self.lane, before, limit).await?;
         let mut found: Vec<Row> = rows
             .into_iter()
@@ -161,7 +151,7 @@ impl OutboxRelay {
         if self.queue.is_empty() {
             return Ok(0);
         }
-        let take = self.queue.len().min(BATCH);
+        let take = self.queue.len().min(RELAY_BATCH);
         let messages: Vec<_> = self.queue[..take].iter().map(outbox::to_outgoing).collect();
         let started = std::time::Instant::now();
         self.bus.publish_batch(&messages).await?;

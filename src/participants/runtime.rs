@@ -11,21 +11,11 @@ use crate::participants::shipping::Shipping;
 use crate::participants::{CommandHandler, handle_batch};
 use crate::persistence::Stores;
 use crate::persistence::outbox::OutboxFeed;
+use crate::tuning::PARTICIPANT_BATCHING;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-
-/// Participant queues: every delivery already waiting (up to 128) is applied in one
-/// transaction, so one commit and one hold of a hot stock row serve many orders. One batch
-/// at a time: while it commits, the next one gathers everything that arrives meanwhile.
-/// Two at a time made batches half as big and had them queue for the same stock row
-/// (measured at closed-loop c=64: 323 sagas/s with two, 404/s with one).
-const PARTICIPANT_BATCHING: consumer::Batching = consumer::Batching {
-    prefetch: 256,
-    max_batch: 128,
-    in_flight: 1,
-};
 
 /// The mock gateways' behaviour.
 #[derive(Debug, Clone, Default)]
