@@ -3,6 +3,7 @@
 //! a shutdown signal.
 
 use crate::config::Config;
+use crate::faults::Faults;
 use crate::http::edge::EdgeSettings;
 use crate::http::{self, AppState, HttpSettings};
 use crate::messaging::consumer::Disposition;
@@ -18,6 +19,7 @@ use crate::persistence::Stores;
 use crate::persistence::group_commit::OrderWriter;
 use crate::persistence::idempotency::{self, Claims};
 use crate::persistence::outbox::{Lane, OutboxFeed};
+use crate::tuning::{ORDER_WRITERS, REPLY_CONCURRENCY};
 use anyhow::Context;
 use futures::future::BoxFuture;
 use sea_orm::DbErr;
@@ -27,13 +29,6 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-
-/// Deliveries handled at once per queue (also the AMQP prefetch).
-const CONSUMER_CONCURRENCY: u16 = 64;
-
-/// Group-commit writer tasks of the orders store (see `persistence::group_commit`). One:
-/// while its batch commits, the next one gathers every write that arrives meanwhile.
-const ORDER_WRITERS: usize = 1;
 
 pub struct Application {
     listener: TcpListener,
@@ -50,17 +45,26 @@ impl Application {
     /// Connects, migrates (if configured), seeds, and starts the workers. The HTTP server
     /// starts with [`Application::run_until_stopped`].
     pub async fn build(config: Config) -> anyhow::Result<Application> {
+        let faults = Arc::new(Faults::from_config(&config)?);
         let (stores, bus, inventory) = connect(&config).await?;
         let shutdown = CancellationToken::new();
         let mut workers = JoinSet::new();
-        let orchestrator =
-            start_orchestrator(&config, &stores, &bus, &inventory, &mut workers, &shutdown).await?;
+        let orchestrator = start_orchestrator(
+            &config,
+            faults.clone(),
+            &stores,
+            &bus,
+            &inventory,
+            &mut workers,
+            &shutdown,
+        )
+        .await?;
         if config.embedded_participants {
             runtime::spawn(
                 &mut workers,
                 &stores,
                 &bus,
-                ParticipantSettings::from(&config),
+                participant_settings(&config, faults),
                 &shutdown,
             );
         }
@@ -163,6 +167,7 @@ impl Application {
 /// the reply consumer, the step-timer scanner, start-up recovery and the key sweeper.
 async fn start_orchestrator(
     config: &Config,
+    faults: Arc<Faults>,
     stores: &Stores,
     bus: &Bus,
     inventory: &Inventory,
@@ -186,8 +191,7 @@ async fn start_orchestrator(
         step_timeout: config.step_timeout(),
         max_retries: config.step_max_retries,
         idle_timeout: Duration::from_secs(config.actor_idle_secs),
-        panic_fault: config.actor_panic_fault()?,
-        panicked: Default::default(),
+        faults,
         stats: Default::default(),
         watchers: Default::default(),
     })
@@ -226,7 +230,7 @@ async fn start_orchestrator(
         let orchestrator = orchestrator.clone();
         workers.spawn(replies::run(
             bus.clone(),
-            CONSUMER_CONCURRENCY,
+            REPLY_CONCURRENCY,
             shutdown.clone(),
             move |order_id, reply| {
                 let orchestrator = orchestrator.clone();
@@ -311,14 +315,12 @@ async fn connect(config: &Config) -> anyhow::Result<(Stores, Bus, Inventory)> {
     Ok((stores, bus, inventory))
 }
 
-impl From<&Config> for ParticipantSettings {
-    fn from(config: &Config) -> Self {
-        ParticipantSettings {
-            payment_decline_rate: config.payment_decline_rate,
-            shipping_failure_rate: config.shipping_failure_rate,
-            drop_commands: config.fault_drop_commands.clone(),
-            relay_linger: config.relay_linger(),
-        }
+fn participant_settings(config: &Config, faults: Arc<Faults>) -> ParticipantSettings {
+    ParticipantSettings {
+        payment_decline_rate: config.payment_decline_rate,
+        shipping_failure_rate: config.shipping_failure_rate,
+        faults,
+        relay_linger: config.relay_linger(),
     }
 }
 
@@ -328,6 +330,7 @@ pub async fn run_participants(
     config: Config,
     signal: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let faults = Arc::new(Faults::from_config(&config)?);
     let (stores, bus, _inventory) = connect(&config).await?;
     let shutdown = CancellationToken::new();
     let mut workers = JoinSet::new();
@@ -335,7 +338,7 @@ pub async fn run_participants(
         &mut workers,
         &stores,
         &bus,
-        ParticipantSettings::from(&config),
+        participant_settings(&config, faults),
         &shutdown,
     );
     let health = http::health::participants_router(stores.clone(), bus.clone());

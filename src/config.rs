@@ -3,7 +3,8 @@
 //! one-line message instead of surfacing later as a runtime error.
 
 use crate::domain::saga::PaymentMode;
-use clap::{Parser, Subcommand, ValueEnum};
+use crate::faults::Faults;
+use clap::{Args, FromArgMatches, Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -169,9 +170,8 @@ pub struct Config {
 
     /// Fault injection (tests and chaos drills; off by default): make the order actor
     /// panic when it handles this event. `EVENT` panics once per order, `EVENT:always`
-    /// every time, `EVENT:0.3` with that probability. Events: stock_reserved,
-    /// stock_rejected, payment_charged, payment_declined, shipment_scheduled,
-    /// shipment_failed, stock_released, payment_refunded, shipment_cancelled.
+    /// every time, `EVENT:0.3` with that probability. Events: a saga event's name (e.g.
+    /// `payment_charged`; an unknown one is refused with the list) or `order_created`.
     #[arg(long, env = "FAULT_ACTOR_PANIC")]
     pub fault_actor_panic: Option<String>,
 
@@ -223,44 +223,6 @@ fn parse_listen_addr(value: &str) -> Result<SocketAddr, String> {
             format!("{host:?} resolves to no address; use an IP address such as 0.0.0.0:{port}")
         })
 }
-
-/// When the order actor panics on purpose (fault injection).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum PanicMode {
-    OncePerOrder,
-    Always,
-    Probability(f64),
-}
-
-/// Parsed `FAULT_ACTOR_PANIC`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ActorPanicFault {
-    pub event: String,
-    pub mode: PanicMode,
-}
-
-const FAULT_EVENTS: &[&str] = &[
-    // After the new order's write has committed, before the actor answers.
-    "order_created",
-    "stock_reserved",
-    "stock_rejected",
-    "payment_charged",
-    "payment_declined",
-    "shipment_scheduled",
-    "shipment_failed",
-    "stock_released",
-    "payment_refunded",
-    "shipment_cancelled",
-];
-
-const COMMAND_TYPES: &[&str] = &[
-    "stock.reserve",
-    "stock.release",
-    "payment.charge",
-    "payment.refund",
-    "shipping.schedule",
-    "shipping.cancel",
-];
 
 /// A configuration value that cannot work. The message names the option.
 #[derive(Debug, thiserror::Error)]
@@ -357,20 +319,7 @@ impl Config {
                 problem: format!("{} is not between 1 and 1000000", self.http_max_connections),
             });
         }
-        self.actor_panic_fault()?;
-        if let Some(bad) = self
-            .fault_drop_commands
-            .iter()
-            .find(|c| !COMMAND_TYPES.contains(&c.as_str()))
-        {
-            return Err(ConfigError {
-                option: "FAULT_DROP_COMMANDS",
-                problem: format!(
-                    "unknown command type {bad:?}; one of {}",
-                    COMMAND_TYPES.join(", ")
-                ),
-            });
-        }
+        Faults::from_config(self)?;
         if self.db_max_connections == 0 {
             return Err(ConfigError {
                 option: "DB_MAX_CONNECTIONS",
@@ -417,46 +366,19 @@ impl Config {
         Duration::from_millis(self.step_timeout_ms)
     }
 
-    /// `FAULT_ACTOR_PANIC`, parsed.
-    pub fn actor_panic_fault(&self) -> Result<Option<ActorPanicFault>, ConfigError> {
-        let Some(spec) = &self.fault_actor_panic else {
-            return Ok(None);
-        };
-        let bad = |problem: String| ConfigError {
-            option: "FAULT_ACTOR_PANIC",
-            problem,
-        };
-        let (event, mode) = match spec.split_once(':') {
-            None => (spec.as_str(), PanicMode::OncePerOrder),
-            Some((event, "always")) => (event, PanicMode::Always),
-            Some((event, p)) => match p.parse::<f64>() {
-                Ok(p) if (0.0..=1.0).contains(&p) => (event, PanicMode::Probability(p)),
-                _ => {
-                    return Err(bad(format!(
-                        "{p:?} is neither `always` nor a probability 0.0-1.0"
-                    )));
-                }
-            },
-        };
-        if !FAULT_EVENTS.contains(&event) {
-            return Err(bad(format!(
-                "unknown event {event:?}; one of {}",
-                FAULT_EVENTS.join(", ")
-            )));
-        }
-        Ok(Some(ActorPanicFault {
-            event: event.to_owned(),
-            mode,
-        }))
-    }
-
     pub fn idempotency_retention(&self) -> Duration {
         Duration::from_secs(self.idempotency_retention_secs)
     }
 
-    /// Defaults for tests and embedding: everything from the defaults above.
+    /// Defaults for tests and embedding: everything from the defaults above, whatever the
+    /// environment holds (a `LOG_FORMAT` exported in the shell must not change a test run).
     pub fn default_for(database_url: &str, amqp_url: Option<&str>) -> Config {
-        let mut config = Cli::parse_from(["order-service"]).config;
+        let without_env =
+            Config::augment_args(clap::Command::new("order-service")).mut_args(|arg| arg.env(None));
+        let mut config = without_env
+            .try_get_matches_from(["order-service"])
+            .and_then(|matches| Config::from_arg_matches(&matches))
+            .unwrap_or_else(|error| error.exit());
         config.database_url = database_url.to_owned();
         config.amqp_url = amqp_url.map(str::to_owned);
         config
@@ -465,7 +387,61 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_listen_addr;
+    use super::{Cli, Config, LogFormat, parse_listen_addr};
+    use clap::Parser;
+
+    /// Set for the child process of `the_test_defaults_ignore_the_environment`.
+    const CHILD: &str = "ORDER_SERVICE_CONFIG_TEST_CHILD";
+
+    #[test]
+    fn the_test_defaults_ignore_the_environment() {
+        let defaults = || format!("{:?}", Config::default_for("sqlite::memory:", None));
+        // In a child process (this test binary, running the test below): setting variables
+        // here would race the other tests reading the environment.
+        let output = std::process::Command::new(std::env::current_exe().expect("test binary"))
+            .args([
+                "config::tests::print_the_defaults",
+                "--exact",
+                "--nocapture",
+            ])
+            .env(CHILD, "1")
+            .env("RELAY_LINGER_MS", "7")
+            .env("LOG_FORMAT", "json")
+            .env("PAYMENT_DECLINE_RATE", "0.9")
+            .output()
+            .expect("the test binary runs");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let printed = stdout
+            .lines()
+            .find_map(|line| line.strip_prefix("defaults: "))
+            .unwrap_or_else(|| panic!("the child printed no defaults: {stdout}"));
+        assert_eq!(printed, defaults());
+    }
+
+    /// The child's half of `the_test_defaults_ignore_the_environment`; nothing elsewhere.
+    #[test]
+    fn print_the_defaults() {
+        if std::env::var_os(CHILD).is_none() {
+            return;
+        }
+        let from_env = Cli::try_parse_from(["order-service"])
+            .expect("parses")
+            .config;
+        assert_eq!(
+            (from_env.relay_linger_ms, from_env.log_format),
+            (7, LogFormat::Json),
+            "the variables are set and the service's own parse reads them"
+        );
+        println!(
+            "defaults: {:?}",
+            Config::default_for("sqlite::memory:", None)
+        );
+    }
 
     #[test]
     fn the_listen_address_is_an_ip_or_a_host_name_with_a_port() {

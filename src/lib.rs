@@ -19,12 +19,14 @@
 //! 4. [`app`] assembles all of it from the [`config`]; `main.rs` runs it.
 //!
 //! Beside them: [`telemetry`] (logs and traces), [`metrics`], [`invariants`] (the money
-//! and stock checks), [`batching`] (the rule every batcher follows).
+//! and stock checks), [`batching`] (the rule every batcher follows), [`tuning`] (batch
+//! sizes and concurrency), [`faults`] (fault injection for tests and drills).
 
 pub mod app;
 pub mod batching;
 pub mod config;
 pub mod domain;
+pub mod faults;
 pub mod http;
 pub mod invariants;
 pub mod messaging;
@@ -33,3 +35,4 @@ pub mod orchestrator;
 pub mod participants;
 pub mod persistence;
 pub mod telemetry;
+pub mod tuning;

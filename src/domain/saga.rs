@@ -345,6 +345,22 @@ text_enum!(ShipmentState {
 });
 
 impl Event {
+    /// Every event's [`name`](Event::name), in declaration order.
+    pub const NAMES: [&'static str; 12] = [
+        "stock_reserved",
+        "stock_rejected",
+        "payment_charged",
+        "payment_declined",
+        "shipment_scheduled",
+        "shipment_failed",
+        "stock_released",
+        "payment_refunded",
+        "shipment_cancelled",
+        "step_timed_out",
+        "payment_submitted",
+        "admin_override",
+    ];
+
     /// Stable name, stored in the history and used in logs and errors.
     pub fn name(&self) -> &'static str {
         match self {
@@ -779,6 +795,54 @@ fn still_in_flight(saga: &Saga) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One event of each kind. The match stops compiling when a variant is added: list it
+    /// here too, and its name in `Event::NAMES`.
+    fn one_event_of_each_kind() -> Vec<Event> {
+        let reason = String::new;
+        let events = vec![
+            Event::StockReserved,
+            Event::StockRejected { reason: reason() },
+            Event::PaymentCharged,
+            Event::PaymentDeclined { reason: reason() },
+            Event::ShipmentScheduled,
+            Event::ShipmentFailed { reason: reason() },
+            Event::StockReleased,
+            Event::PaymentRefunded,
+            Event::ShipmentCancelled,
+            Event::StepTimedOut {
+                step: Step::Payment,
+            },
+            Event::PaymentSubmitted { forced: None },
+            Event::AdminOverride {
+                target: OrderStatus::Reversed,
+                reason: reason(),
+            },
+        ];
+        for event in &events {
+            match event {
+                Event::StockReserved
+                | Event::StockRejected { .. }
+                | Event::PaymentCharged
+                | Event::PaymentDeclined { .. }
+                | Event::ShipmentScheduled
+                | Event::ShipmentFailed { .. }
+                | Event::StockReleased
+                | Event::PaymentRefunded
+                | Event::ShipmentCancelled
+                | Event::StepTimedOut { .. }
+                | Event::PaymentSubmitted { .. }
+                | Event::AdminOverride { .. } => {}
+            }
+        }
+        events
+    }
+
+    #[test]
+    fn the_event_names_are_those_of_every_kind_of_event() {
+        let names: Vec<_> = one_event_of_each_kind().iter().map(Event::name).collect();
+        assert_eq!(names, Event::NAMES);
+    }
 
     #[test]
     fn pending_commands_follow_the_step_states_and_forward_steps_time_out() {

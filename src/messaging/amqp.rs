@@ -63,10 +63,7 @@ use uuid::Uuid;
 use super::bundle::{self, Wire};
 use super::bus::{Acker, BusError, IncomingMessage, OutgoingMessage, Settle};
 use super::topology::{self, ExchangeSpec, ExchangeType, QueueSpec};
-
-/// Publishing channels per connection: enough that concurrent publishers rarely queue behind
-/// one another's confirm round-trip, few enough to be negligible for the broker.
-const PUBLISH_CHANNELS: usize = 4;
+use crate::tuning::PUBLISH_CHANNELS;
 
 /// Content type of every message but bundles.
 const JSON: &str = "application/json";

@@ -111,6 +111,16 @@ pub struct OrderEventPayload {
 }
 
 impl CommandBody {
+    /// Every command's [`kind`](CommandBody::kind), in declaration order.
+    pub const KINDS: [&'static str; 6] = [
+        "stock.reserve",
+        "stock.release",
+        "payment.charge",
+        "payment.refund",
+        "shipping.schedule",
+        "shipping.cancel",
+    ];
+
     /// The stable message type, also used as routing key.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -144,6 +154,48 @@ impl ReplyBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One command of each kind. The match stops compiling when a variant is added: list it
+    /// here too, and its kind in `CommandBody::KINDS`.
+    fn one_command_of_each_kind() -> Vec<CommandBody> {
+        let commands = vec![
+            CommandBody::ReserveStock { items: Vec::new() },
+            CommandBody::ReleaseStock {},
+            CommandBody::ChargePayment {
+                amount_cents: 0,
+                currency: String::new(),
+                forced: None,
+            },
+            CommandBody::RefundPayment {},
+            CommandBody::ScheduleShipment { items: Vec::new() },
+            CommandBody::CancelShipment {},
+        ];
+        for command in &commands {
+            match command {
+                CommandBody::ReserveStock { .. }
+                | CommandBody::ReleaseStock {}
+                | CommandBody::ChargePayment { .. }
+                | CommandBody::RefundPayment {}
+                | CommandBody::ScheduleShipment { .. }
+                | CommandBody::CancelShipment {} => {}
+            }
+        }
+        commands
+    }
+
+    #[test]
+    fn the_command_kinds_are_those_of_every_kind_of_command() {
+        let kinds: Vec<_> = one_command_of_each_kind()
+            .iter()
+            .map(CommandBody::kind)
+            .collect();
+        assert_eq!(kinds, CommandBody::KINDS);
+        for command in one_command_of_each_kind() {
+            let json = serde_json::to_value(Envelope::new(Uuid::now_v7(), command.clone()))
+                .expect("serializes");
+            assert_eq!(json["type"], command.kind(), "the wire type is the kind");
+        }
+    }
 
     #[test]
     fn a_command_round_trips_with_its_type_beside_the_envelope_fields() {

@@ -16,6 +16,7 @@
 use crate::messaging::topology::EVENTS_EXCHANGE;
 use crate::messaging::{Bus, OutgoingMessage};
 use crate::persistence::outbox::{self, Lane, OutboxFeed};
+use crate::tuning::{EVENTS_LINGER, RELAY_BATCH};
 use chrono::Utc;
 use entity::outbox::Model as Row;
 use sea_orm::DatabaseConnection;
@@ -24,8 +25,6 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// Rows per publish round at most.
-pub const BATCH: usize = 256;
 /// How often the table is swept for rows no hand-over brings, after a sweep found some, a
 /// round failed or the feed dropped rows.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -68,14 +67,6 @@ pub struct OutboxRelay {
     /// How many messages the last round that published anything carried.
     last_round: usize,
 }
-
-/// On RabbitMQ the lifecycle events' relay gathers this long after a hand-over before it
-/// publishes. Events are not on any saga's path (the actor answers its waiters itself,
-/// participants get commands and replies from the saga lane), so a few milliseconds more
-/// cost nobody a wait, while fewer, bigger rounds save a confirm round trip each. The
-/// in-process bus has no round trip to save; there the bursts only make Inventory's
-/// batches lumpier.
-pub const EVENTS_LINGER: Duration = Duration::from_millis(20);
 
 impl OutboxRelay {
     pub fn new(name: &'static str, db: DatabaseConnection, bus: Bus, feed: OutboxFeed) -> Self {
@@ -136,7 +127,7 @@ impl OutboxRelay {
             .map(|r| r.id)
             .chain(self.confirmed.iter().copied())
             .collect();
-        let limit = (BATCH + known.len()) as u64;
+        let limit = (RELAY_BATCH + known.len()) as u64;
         let rows = outbox::fetch_stragglers(&self.db, self.lane, before, limit).await?;
         let mut found: Vec<Row> = rows
             .into_iter()
@@ -161,7 +152,7 @@ impl OutboxRelay {
         if self.queue.is_empty() {
             return Ok(0);
         }
-        let take = self.queue.len().min(BATCH);
+        let take = self.queue.len().min(RELAY_BATCH);
         let messages: Vec<_> = self.queue[..take].iter().map(to_outgoing).collect();
         let started = std::time::Instant::now();
         self.bus.publish_batch(&messages).await?;

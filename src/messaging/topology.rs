@@ -291,6 +291,9 @@ mod tests {
             vec![SHIPPING_QUEUE]
         );
         assert!(route(COMMANDS_EXCHANGE, "stok.reserve").is_empty());
+        for kind in crate::messaging::messages::CommandBody::KINDS {
+            assert_eq!(route(COMMANDS_EXCHANGE, kind).len(), 1, "{kind}");
+        }
     }
 
     #[test]

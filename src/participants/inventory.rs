@@ -13,6 +13,7 @@ use crate::participants::{
 };
 use crate::persistence::outbox::{NewMessage, OutboxFeed};
 use crate::persistence::pg_array;
+use crate::tuning::{STOCK_READS_IN_FLIGHT, STOCK_READS_PER_QUERY};
 use chrono::{DateTime, Utc};
 use entity::{reservations, stock};
 use sea_orm::{
@@ -517,13 +518,6 @@ impl CommandHandler for OrderEvents {
 /// (…)` over their SKUs together). Every answer is still read after its request arrived.
 #[derive(Clone)]
 struct StockReader(Coalescer<Vec<String>, Result<Vec<stock::Model>, DbErr>>);
-
-/// Most checks answered by one query.
-const STOCK_READS_PER_QUERY: usize = 256;
-/// Queries at once. With one, a check arriving during a read waited for it, then for its
-/// own; with two it starts at once. Under heavy load both slots are busy and checks gather
-/// into batches.
-const STOCK_READS_IN_FLIGHT: usize = 2;
 
 impl StockReader {
     fn start(db: DatabaseConnection) -> Self {

@@ -2,6 +2,7 @@
 //! command queues, each with its outbox relay. They share nothing with the orchestrator but
 //! the bus; the service runs them embedded or as the `participants` process.
 
+use crate::faults::Faults;
 use crate::messaging::relay::OutboxRelay;
 use crate::messaging::{Bus, IncomingMessage, consumer, topology};
 use crate::participants::inventory::{self, Inventory};
@@ -10,21 +11,11 @@ use crate::participants::shipping::Shipping;
 use crate::participants::{CommandHandler, handle_batch};
 use crate::persistence::Stores;
 use crate::persistence::outbox::OutboxFeed;
+use crate::tuning::PARTICIPANT_BATCHING;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-
-/// Participant queues: every delivery already waiting (up to 128) is applied in one
-/// transaction, so one commit and one hold of a hot stock row serve many orders. One batch
-/// at a time: while it commits, the next one gathers everything that arrives meanwhile.
-/// Two at a time made batches half as big and had them queue for the same stock row
-/// (measured at closed-loop c=64: 323 sagas/s with two, 404/s with one).
-const PARTICIPANT_BATCHING: consumer::Batching = consumer::Batching {
-    prefetch: 256,
-    max_batch: 128,
-    in_flight: 1,
-};
 
 /// The mock gateways' behaviour.
 #[derive(Debug, Clone, Default)]
@@ -32,7 +23,7 @@ pub struct ParticipantSettings {
     pub payment_decline_rate: f64,
     pub shipping_failure_rate: f64,
     /// Fault injection: command types acked and ignored (a participant that never answers).
-    pub drop_commands: Vec<String>,
+    pub faults: Arc<Faults>,
     /// `RELAY_LINGER_MS` of the participants' outbox relays.
     pub relay_linger: Duration,
 }
@@ -59,7 +50,6 @@ pub fn spawn(
                 .run(shutdown.clone()),
         );
     }
-    let drop_commands: Arc<[String]> = settings.drop_commands.clone().into();
     let inventory = Inventory::new(stores.inventory.clone(), inventory_feed);
     let payment = Payment::new(
         stores.payment.clone(),
@@ -71,7 +61,7 @@ pub fn spawn(
         shipping_feed,
         settings.shipping_failure_rate,
     );
-    let queue = |name| (bus.clone(), name, shutdown.clone(), drop_commands.clone());
+    let queue = |name| (bus.clone(), name, shutdown.clone(), settings.faults.clone());
     workers.spawn(consume_commands(
         queue(topology::INVENTORY_QUEUE),
         inventory.clone(),
@@ -87,19 +77,19 @@ pub fn spawn(
 /// Runs one participant queue in batches; commands listed in `FAULT_DROP_COMMANDS` are
 /// acked without effect.
 async fn consume_commands<P: CommandHandler>(
-    (bus, queue, shutdown, dropped): (Bus, &'static str, CancellationToken, Arc<[String]>),
+    (bus, queue, shutdown, faults): (Bus, &'static str, CancellationToken, Arc<Faults>),
     participant: P,
 ) {
     consumer::run_batched(bus, queue, PARTICIPANT_BATCHING, shutdown, move |batch| {
-        let (participant, dropped) = (participant.clone(), dropped.clone());
+        let (participant, faults) = (participant.clone(), faults.clone());
         async move {
-            if dropped.is_empty() {
+            if !faults.drops_commands() {
                 return handle_batch(&participant, &batch).await;
             }
             let (kept, positions): (Vec<_>, Vec<_>) = batch
                 .iter()
                 .enumerate()
-                .filter(|(_, m)| dropping(&dropped, m).is_none())
+                .filter(|(_, m)| !dropping(&faults, m))
                 .map(|(i, m)| (m.clone(), i))
                 .unzip();
             let mut handled = handle_batch(&participant, &kept).await.into_iter();
@@ -119,9 +109,10 @@ async fn consume_commands<P: CommandHandler>(
 }
 
 /// Fault injection: a command type configured to be dropped is acked without effect.
-fn dropping(drop_commands: &[String], message: &IncomingMessage) -> Option<consumer::Disposition> {
-    drop_commands.contains(&message.routing_key).then(|| {
+fn dropping(faults: &Faults, message: &IncomingMessage) -> bool {
+    let drops = faults.drops(&message.routing_key);
+    if drops {
         tracing::warn!(routing_key = %message.routing_key, "fault injection: dropping command (FAULT_DROP_COMMANDS)");
-        consumer::Disposition::Ack
-    })
+    }
+    drops
 }

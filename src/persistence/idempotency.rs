@@ -13,6 +13,7 @@
 //! (`IDEMPOTENCY_CLAIM_TIMEOUT_SECS`, default [`ABANDONED_AFTER`]).
 
 use crate::batching::Coalescer;
+use crate::tuning::CLAIMS_PER_INSERT;
 use chrono::{Duration as ChronoDuration, Utc};
 use entity::idempotency_keys as keys;
 use sea_orm::{
@@ -122,9 +123,6 @@ async fn decide_taken<C: ConnectionTrait>(
 /// batch whose statement failed goes through [`claim`] on its own.
 #[derive(Clone)]
 pub struct Claims(Coalescer<(String, String), Result<Claim, DbErr>>);
-
-/// Most claims inserted by one statement.
-const CLAIMS_PER_INSERT: usize = 256;
 
 impl Claims {
     pub fn start(

@@ -387,7 +387,7 @@ impl TestApp {
             order_service::participants::runtime::ParticipantSettings {
                 payment_decline_rate: self.options.payment_decline_rate,
                 shipping_failure_rate: self.options.shipping_failure_rate,
-                drop_commands: Vec::new(),
+                faults: Default::default(),
                 relay_linger: Config::default_for(amqp, Some(amqp)).relay_linger(),
             },
             &shutdown,

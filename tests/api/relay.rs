@@ -7,10 +7,11 @@
 use crate::helpers::{migrated_stores, outbox_rows};
 use lapin::options::{QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
-use order_service::messaging::relay::{BATCH, OutboxRelay};
+use order_service::messaging::relay::OutboxRelay;
 use order_service::messaging::topology::{COMMANDS_EXCHANGE, EVENTS_EXCHANGE, INVENTORY_QUEUE};
 use order_service::messaging::{Bus, Subscription};
 use order_service::persistence::outbox::{self as store, Lane, NewMessage, OutboxFeed};
+use order_service::tuning::RELAY_BATCH;
 use sea_orm::{DatabaseConnection, TransactionTrait};
 use std::collections::HashSet;
 use std::time::Duration;
@@ -112,8 +113,8 @@ async fn rabbitmq_a_failed_round_is_retried_and_what_was_confirmed_before_it_is_
         .await
         .expect("subscribing");
 
-    let total = 2 * BATCH + BATCH / 2;
-    let poison = BATCH + 10;
+    let total = 2 * RELAY_BATCH + RELAY_BATCH / 2;
+    let poison = RELAY_BATCH + 10;
     let messages: Vec<NewMessage> = (0..total)
         .map(|i| {
             command(if i == poison {
@@ -135,7 +136,7 @@ async fn rabbitmq_a_failed_round_is_retried_and_what_was_confirmed_before_it_is_
 
     wait_for_outbox(
         &db,
-        &ids[BATCH..],
+        &ids[RELAY_BATCH..],
         "while the second round fails, the outbox keeps exactly the rows from it on",
     )
     .await;

@@ -3,16 +3,16 @@
 //! row locks. Each applied event is persisted — new state, history entry and outbox rows in
 //! one transaction — before the caller hears back.
 
-use crate::config::{ActorPanicFault, PanicMode};
 use crate::domain::saga::{self, Effect, Event, OrderStatus, Saga, TransitionError};
 use crate::domain::view::{HistoryEntry, OrderDetails, OrderLine};
+use crate::faults::{self, Faults};
 use crate::orchestrator::wire::outbox_messages;
 use crate::persistence::group_commit::OrderWriter;
 use crate::persistence::orders::{
     self, IdempotencyCompletion, OrderRecord, OrderWrite, SaveError, StepTimer,
 };
 use chrono::Utc;
-use dashmap::{DashMap, DashSet};
+use dashmap::DashMap;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use sea_orm::{DatabaseConnection, DbErr};
 use std::sync::Arc;
@@ -36,10 +36,8 @@ pub struct OrderContext {
     pub max_retries: u32,
     /// An actor without a message for this long is passivated (bounded memory).
     pub idle_timeout: Duration,
-    /// Panic on purpose when handling this event (chaos tests). `None` in production.
-    pub panic_fault: Option<ActorPanicFault>,
-    /// Orders that already panicked once (for `PanicMode::OncePerOrder`); outlives actors.
-    pub panicked: DashSet<Uuid>,
+    /// Panic on purpose when handling an event (chaos tests). None configured in production.
+    pub faults: Arc<Faults>,
     pub stats: Arc<ActorStats>,
     /// Clients waiting (long poll) for an order to finish; woken on its terminal transition.
     pub watchers: Watchers,
@@ -88,20 +86,6 @@ impl OrderContext {
                 Utc::now() + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX),
             ),
             attempts,
-        }
-    }
-
-    fn should_panic(&self, order_id: Uuid, event: &str) -> bool {
-        let Some(fault) = &self.panic_fault else {
-            return false;
-        };
-        if fault.event != event {
-            return false;
-        }
-        match fault.mode {
-            PanicMode::Always => true,
-            PanicMode::OncePerOrder => self.panicked.insert(order_id),
-            PanicMode::Probability(p) => rand::random::<f64>() < p,
         }
     }
 }
@@ -406,7 +390,7 @@ impl OrderActor {
             SaveError::Db(db) if is_duplicate_key(&db) => OrderError::AlreadyExists(id),
             other => saved_error(other),
         })?;
-        if self.ctx.should_panic(id, "order_created") {
+        if self.ctx.faults.should_panic(id, faults::ORDER_CREATED) {
             // After the commit, before the answer: the caller's retry meets its own order.
             panic!("fault injection: panicking on order_created (FAULT_ACTOR_PANIC)");
         }
@@ -435,7 +419,7 @@ impl OrderActor {
         if let Some(reason) = &order.parked_reason {
             return Err(OrderError::Parked(order.id, reason.clone()));
         }
-        if self.ctx.should_panic(order.id, event.name()) {
+        if self.ctx.faults.should_panic(order.id, event.name()) {
             panic!(
                 "fault injection: panicking on {} (FAULT_ACTOR_PANIC)",
                 event.name()
