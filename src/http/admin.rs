@@ -4,7 +4,7 @@
 use crate::http::AppState;
 use crate::http::errors::ApiError;
 use crate::http::extractors::Admin;
-use crate::http::schema::{InvariantReportBody, Problem};
+use crate::http::schema::{BearerErrors, InvariantReportBody, Problem, ServerErrors};
 use crate::invariants;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
@@ -31,18 +31,10 @@ pub fn router() -> Router<AppState> {
     security(("bearer_auth" = [])),
     responses(
         (status = 200, description = "The report", body = InvariantReportBody),
-        (status = 401, description = "No bearer token", body = Problem,
-            content_type = "application/problem+json",
-            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
-        (status = 403, description = "Wrong bearer token", body = Problem,
-            content_type = "application/problem+json"),
         (status = 404, description = "Admin endpoints are disabled (no `ADMIN_TOKEN`)",
             body = Problem, content_type = "application/problem+json"),
-        (status = 500, description = "Unexpected failure (logged; no details)", body = Problem,
-            content_type = "application/problem+json"),
-        (status = 503, description = "The database is unavailable; retry shortly",
-            body = Problem, content_type = "application/problem+json",
-            headers(("Retry-After" = String, description = "Seconds to wait before retrying"))),
+        BearerErrors,
+        ServerErrors,
     )
 )]
 async fn invariant_report(

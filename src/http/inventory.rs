@@ -4,7 +4,7 @@ use crate::domain::text::{STOCK_NAME, SkuSchema};
 use crate::http::AppState;
 use crate::http::errors::ApiError;
 use crate::http::extractors::{Admin, ApiJson, SkuPath};
-use crate::http::schema::{Problem, StockList};
+use crate::http::schema::{BearerErrors, BodyErrors, Problem, ServerErrors, StockList};
 use crate::participants::inventory::{Adjusted, StockAdjustment, StockUpdate, StockView};
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
@@ -32,11 +32,7 @@ pub fn router() -> Router<AppState> {
     description = "Every SKU with its name, price and stock counts, ordered by SKU.",
     responses(
         (status = 200, description = "Every SKU", body = StockList),
-        (status = 500, description = "Unexpected failure (logged; no details)", body = Problem,
-            content_type = "application/problem+json"),
-        (status = 503, description = "The database is unavailable; retry shortly",
-            body = Problem, content_type = "application/problem+json",
-            headers(("Retry-After" = String, description = "Seconds to wait before retrying"))),
+        ServerErrors,
     )
 )]
 async fn list(State(app): State<AppState>) -> Result<Response, ApiError> {
@@ -56,11 +52,7 @@ async fn list(State(app): State<AppState>) -> Result<Response, ApiError> {
             not UTF-8", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such SKU", body = Problem,
             content_type = "application/problem+json"),
-        (status = 500, description = "Unexpected failure (logged; no details)", body = Problem,
-            content_type = "application/problem+json"),
-        (status = 503, description = "The database is unavailable; retry shortly",
-            body = Problem, content_type = "application/problem+json",
-            headers(("Retry-After" = String, description = "Seconds to wait before retrying"))),
+        ServerErrors,
     )
 )]
 async fn get_one(State(app): State<AppState>, SkuPath(sku): SkuPath) -> Result<Response, ApiError> {
@@ -138,28 +130,14 @@ fn name_schema() -> Object {
             )),
         (status = 400, description = "Malformed JSON, or the SKU breaks the SKU rule (pattern \
             and length) or is not UTF-8", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No bearer token", body = Problem,
-            content_type = "application/problem+json",
-            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
-        (status = 403, description = "Wrong bearer token", body = Problem,
-            content_type = "application/problem+json"),
         (status = 404, description = "Admin endpoints are disabled (no `ADMIN_TOKEN`)",
-            body = Problem, content_type = "application/problem+json"),
-        (status = 408, description = "Body not in full within `HTTP_BODY_TIMEOUT_SECS` of the \
-            request head (the connection is then closed)", body = Problem,
-            content_type = "application/problem+json"),
-        (status = 413, description = "Body larger than `BODY_LIMIT_BYTES`", body = Problem,
-            content_type = "application/problem+json"),
-        (status = 415, description = "Body is not `Content-Type: application/json`",
             body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid counts or name (`errors` lists every \
             problem), wrong types or unknown fields", body = Problem,
             content_type = "application/problem+json"),
-        (status = 500, description = "Unexpected failure (logged; no details)", body = Problem,
-            content_type = "application/problem+json"),
-        (status = 503, description = "The database is unavailable; retry shortly",
-            body = Problem, content_type = "application/problem+json",
-            headers(("Retry-After" = String, description = "Seconds to wait before retrying"))),
+        BearerErrors,
+        BodyErrors,
+        ServerErrors,
     )
 )]
 async fn put(
@@ -253,11 +231,6 @@ fn patch_price_schema() -> Object {
                 description = "The SKU just adjusted")))),
         (status = 400, description = "Malformed JSON, or the SKU breaks the SKU rule (pattern \
             and length) or is not UTF-8", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No bearer token", body = Problem,
-            content_type = "application/problem+json",
-            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
-        (status = 403, description = "Wrong bearer token", body = Problem,
-            content_type = "application/problem+json"),
         (status = 404, description = "No such SKU, or admin endpoints are disabled (no \
             `ADMIN_TOKEN`)", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The available count would go below zero (`available`, \
@@ -270,11 +243,8 @@ fn patch_price_schema() -> Object {
         (status = 422, description = "Invalid `adjust`, name or price (`errors` lists every \
             problem), wrong types or unknown fields", body = Problem,
             content_type = "application/problem+json"),
-        (status = 500, description = "Unexpected failure (logged; no details)", body = Problem,
-            content_type = "application/problem+json"),
-        (status = 503, description = "The database is unavailable; retry shortly",
-            body = Problem, content_type = "application/problem+json",
-            headers(("Retry-After" = String, description = "Seconds to wait before retrying"))),
+        BearerErrors,
+        ServerErrors,
     )
 )]
 async fn adjust(

@@ -9,7 +9,9 @@ use crate::http::errors::ApiError;
 use crate::http::extractors::{
     Admin, ApiJson, ApiPath, ApiQuery, IdempotencyKey, IdempotencyKeySchema, RawBody,
 };
-use crate::http::schema::{OrderList, Problem};
+use crate::http::schema::{
+    BearerErrors, BodyErrors, OrderList, Problem, ServerErrors, UnexpectedError,
+};
 use crate::orchestrator::{OrderError, PlaceError, PlaceOrder, Placed, Refusal};
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -112,23 +114,16 @@ fn traceparent(headers: &HeaderMap) -> Option<String> {
         (status = 409, description = "Not enough stock (`sku`, `requested`, `available`), or a \
             request with the same `Idempotency-Key` is still in progress",
             body = Problem, content_type = "application/problem+json"),
-        (status = 408, description = "Body not in full within `HTTP_BODY_TIMEOUT_SECS` of the \
-            request head (the connection is then closed)", body = Problem,
-            content_type = "application/problem+json"),
-        (status = 413, description = "Body larger than `BODY_LIMIT_BYTES`", body = Problem,
-            content_type = "application/problem+json"),
-        (status = 415, description = "Body is not `Content-Type: application/json`",
-            body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid order (wrong types, unknown fields, validation: \
             `errors` lists every problem), unknown SKU (`sku`), total too large, or the \
             `Idempotency-Key` was first used with a different body", body = Problem,
-            content_type = "application/problem+json"),
-        (status = 500, description = "Unexpected failure (logged; no details)", body = Problem,
             content_type = "application/problem+json"),
         (status = 503, description = "Too many orders in progress (`MAX_ORDERS_IN_FLIGHT`), \
             the message broker not reached yet since start-up, or the database or the order \
             actor is unavailable; retry shortly with the same `Idempotency-Key`", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = String, description = "Seconds to wait before retrying"))),
+        BodyErrors,
+        UnexpectedError,
     )
 )]
 #[tracing::instrument(name = "http.create_order", skip_all, fields(order_id))]
@@ -312,11 +307,7 @@ fn order_error(error: OrderError) -> ApiError {
             content_type = "application/problem+json"),
         (status = 404, description = "No such order", body = Problem,
             content_type = "application/problem+json"),
-        (status = 500, description = "Unexpected failure (logged; no details)", body = Problem,
-            content_type = "application/problem+json"),
-        (status = 503, description = "The database is unavailable; retry shortly",
-            body = Problem, content_type = "application/problem+json",
-            headers(("Retry-After" = String, description = "Seconds to wait before retrying"))),
+        ServerErrors,
     )
 )]
 #[tracing::instrument(name = "http.get_order", skip_all, fields(order_id = %id))]
@@ -384,11 +375,7 @@ struct ListQuery {
         (status = 200, description = "The orders", body = OrderList),
         (status = 400, description = "Unknown status, `limit` outside 1-500, or a malformed \
             query string", body = Problem, content_type = "application/problem+json"),
-        (status = 500, description = "Unexpected failure (logged; no details)", body = Problem,
-            content_type = "application/problem+json"),
-        (status = 503, description = "The database is unavailable; retry shortly",
-            body = Problem, content_type = "application/problem+json",
-            headers(("Retry-After" = String, description = "Seconds to wait before retrying"))),
+        ServerErrors,
     )
 )]
 async fn list_orders(
@@ -452,30 +439,19 @@ fn reason_schema() -> utoipa::openapi::schema::Object {
         (status = 200, description = "The order after the change", body = OrderDetails),
         (status = 400, description = "`id` is not a UUID, or malformed JSON", body = Problem,
             content_type = "application/problem+json"),
-        (status = 401, description = "No bearer token", body = Problem,
-            content_type = "application/problem+json",
-            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
-        (status = 403, description = "Wrong bearer token", body = Problem,
-            content_type = "application/problem+json"),
         (status = 404, description = "No such order, or admin endpoints are disabled (no \
             `ADMIN_TOKEN`)", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Change not allowed from the current status \
             (`current_status`, `allowed`), or the order is parked", body = Problem,
             content_type = "application/problem+json"),
-        (status = 408, description = "Body not in full within `HTTP_BODY_TIMEOUT_SECS` of the \
-            request head (the connection is then closed)", body = Problem,
-            content_type = "application/problem+json"),
-        (status = 413, description = "Body larger than `BODY_LIMIT_BYTES`", body = Problem,
-            content_type = "application/problem+json"),
-        (status = 415, description = "Body is not `Content-Type: application/json`",
-            body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Unknown status, a reason over 500 characters or with \
             control characters, wrong types or unknown fields", body = Problem, content_type = "application/problem+json"),
-        (status = 500, description = "Unexpected failure (logged; no details)", body = Problem,
-            content_type = "application/problem+json"),
         (status = 503, description = "The message broker not reached yet since start-up, or \
             the database or the order actor is unavailable; retry shortly", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = String, description = "Seconds to wait before retrying"))),
+        BearerErrors,
+        BodyErrors,
+        UnexpectedError,
     )
 )]
 #[tracing::instrument(name = "http.override_status", skip_all, fields(order_id = %id))]
@@ -540,11 +516,10 @@ struct PayRequest {
             content_type = "application/problem+json"),
         (status = 422, description = "Unknown `outcome` or unknown fields", body = Problem,
             content_type = "application/problem+json"),
-        (status = 500, description = "Unexpected failure (logged; no details)", body = Problem,
-            content_type = "application/problem+json"),
         (status = 503, description = "The message broker not reached yet since start-up, or \
             the database or the order actor is unavailable; retry shortly", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = String, description = "Seconds to wait before retrying"))),
+        UnexpectedError,
     )
 )]
 #[tracing::instrument(name = "http.pay", skip_all, fields(order_id = %id))]

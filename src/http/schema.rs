@@ -6,7 +6,9 @@ use crate::domain::view::OrderSummary;
 use crate::participants::inventory::StockView;
 use serde::Serialize;
 use std::collections::BTreeMap;
-use utoipa::ToSchema;
+use utoipa::openapi::schema::{ObjectBuilder, Type};
+use utoipa::openapi::{ContentBuilder, HeaderBuilder, Ref, RefOr, Response, ResponseBuilder};
+use utoipa::{IntoResponses, ToSchema};
 
 /// An RFC 9457 problem document: the body of every error response
 /// (`Content-Type: application/problem+json`). Besides the standard members a problem may
@@ -147,4 +149,98 @@ pub struct InvariantReportBody {
     parked: u64,
     /// One line per broken rule about money and stock; empty when consistent.
     violations: Vec<String>,
+}
+
+/// A problem+json response, optionally with one documented header.
+fn problem(description: &str, header: Option<(&str, &str)>) -> RefOr<Response> {
+    let content = ContentBuilder::new()
+        .schema(Some(Ref::from_schema_name("Problem")))
+        .build();
+    let mut response = ResponseBuilder::new()
+        .description(description)
+        .content("application/problem+json", content);
+    if let Some((name, about)) = header {
+        let string = ObjectBuilder::new().schema_type(Type::String).build();
+        response = response.header(
+            name,
+            HeaderBuilder::new()
+                .schema(string)
+                .description(Some(about))
+                .build(),
+        );
+    }
+    RefOr::T(response.build())
+}
+
+fn responses<const N: usize>(
+    list: [(&str, RefOr<Response>); N],
+) -> BTreeMap<String, RefOr<Response>> {
+    list.into_iter().map(|(s, r)| (s.to_owned(), r)).collect()
+}
+
+/// 500 and 503 of a handler whose only dependency is the database.
+pub struct ServerErrors;
+
+impl IntoResponses for ServerErrors {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        let mut out = UnexpectedError::responses();
+        out.extend(responses([(
+            "503",
+            problem(
+                "The database is unavailable; retry shortly",
+                Some(("Retry-After", "Seconds to wait before retrying")),
+            ),
+        )]));
+        out
+    }
+}
+
+/// 500 alone, for handlers whose 503 says more.
+pub struct UnexpectedError;
+
+impl IntoResponses for UnexpectedError {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        responses([(
+            "500",
+            problem("Unexpected failure (logged; no details)", None),
+        )])
+    }
+}
+
+/// 401 and 403 of an admin endpoint.
+pub struct BearerErrors;
+
+impl IntoResponses for BearerErrors {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        responses([
+            (
+                "401",
+                problem("No bearer token", Some(("WWW-Authenticate", "`Bearer`"))),
+            ),
+            ("403", problem("Wrong bearer token", None)),
+        ])
+    }
+}
+
+/// 408, 413 and 415 of an endpoint that reads a JSON body.
+pub struct BodyErrors;
+
+impl IntoResponses for BodyErrors {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        responses([
+            (
+                "408",
+                problem(
+                    "Body not in full within `HTTP_BODY_TIMEOUT_SECS` of the request head (the \
+                     connection is then closed)",
+                    None,
+                ),
+            ),
+            ("413", problem("Body larger than `BODY_LIMIT_BYTES`", None)),
+            (
+                "415",
+                problem("Body is not `Content-Type: application/json`", None),
+            ),
+        ])
+    }
 }
