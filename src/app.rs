@@ -258,9 +258,8 @@ async fn monitor(stores: Stores, bus: Bus, shutdown: CancellationToken) {
         metrics::gauge!("database_up").set(f64::from(u8::from(database_up)));
         metrics::gauge!("broker_up").set(f64::from(u8::from(bus.is_connected())));
         metrics::counter!("broker_reconnects_total").absolute(bus.reconnects());
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        if !crate::pause::sleep_or_shutdown(&shutdown, Duration::from_secs(2)).await {
+            return;
         }
     }
 }
@@ -372,9 +371,8 @@ async fn sweep_idempotency_keys(
     let every = (retention / 2).clamp(Duration::from_secs(1), Duration::from_secs(3600));
     let retention = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::hours(24));
     loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(every) => {}
+        if !crate::pause::sleep_or_shutdown(&shutdown, every).await {
+            return;
         }
         match idempotency::sweep_expired(&db, retention).await {
             Ok(0) => {}

@@ -12,7 +12,7 @@
 //!   and consumers.
 //! - [`participants`]: Inventory, Payment and Shipping, each with its own store and queue.
 //! - [`config`], [`telemetry`], [`app`] (start-up and shutdown), [`batching`] (the rule
-//!   every batcher follows).
+//!   every batcher follows), [`pause`] (backoff, and sleeping unless shutting down).
 
 pub mod actors;
 pub mod app;
@@ -24,5 +24,6 @@ pub mod invariants;
 pub mod messaging;
 pub mod metrics;
 pub mod participants;
+pub mod pause;
 pub mod persistence;
 pub mod telemetry;
