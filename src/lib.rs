@@ -20,7 +20,8 @@
 //!
 //! Beside them: [`telemetry`] (logs and traces), [`metrics`], [`invariants`] (the money
 //! and stock checks), [`batching`] (the rule every batcher follows), [`tuning`] (batch
-//! sizes and concurrency), [`faults`] (fault injection for tests and drills).
+//! sizes and concurrency), [`faults`] (fault injection for tests and drills), [`pause`]
+//! (backoff, and sleeping unless shutting down).
 
 pub mod app;
 pub mod batching;
@@ -33,6 +34,7 @@ pub mod messaging;
 pub mod metrics;
 pub mod orchestrator;
 pub mod participants;
+pub mod pause;
 pub mod persistence;
 pub mod telemetry;
 pub mod tuning;

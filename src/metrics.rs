@@ -190,9 +190,8 @@ pub async fn watch_dependencies(stores: Stores, bus: Bus, shutdown: Cancellation
         metrics::gauge!("database_up").set(f64::from(u8::from(database_up)));
         metrics::gauge!("broker_up").set(f64::from(u8::from(bus.is_connected())));
         metrics::counter!("broker_reconnects_total").absolute(bus.reconnects());
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        if !crate::pause::sleep_or_shutdown(&shutdown, Duration::from_secs(2)).await {
+            return;
         }
     }
 }

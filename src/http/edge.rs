@@ -9,6 +9,7 @@
 
 use crate::config::Config;
 use crate::http::errors::{ApiError, problem, problem_response};
+use crate::pause::Backoff;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::http::{Request, StatusCode, Version, header};
@@ -424,11 +425,20 @@ fn open_files_limit() -> Option<usize> {
 
 /// Accept errors other than a client that gave up (EMFILE, ENFILE, ENOBUFS…) last until
 /// something frees up: retrying at once would spin, and logging each would flood the log.
-#[derive(Default)]
 struct AcceptBackoff {
-    pause: Duration,
+    pause: Backoff,
     failures: u64,
     logged: Option<Instant>,
+}
+
+impl Default for AcceptBackoff {
+    fn default() -> Self {
+        AcceptBackoff {
+            pause: Backoff::new(ACCEPT_PAUSE_MIN, ACCEPT_PAUSE_MAX),
+            failures: 0,
+            logged: None,
+        }
+    }
 }
 
 const ACCEPT_PAUSE_MIN: Duration = Duration::from_millis(10);
@@ -465,8 +475,7 @@ impl AcceptBackoff {
             );
             self.logged = Some(Instant::now());
         }
-        self.pause = (self.pause * 2).clamp(ACCEPT_PAUSE_MIN, ACCEPT_PAUSE_MAX);
-        self.pause
+        self.pause.next_pause()
     }
 }
 

@@ -53,7 +53,6 @@ use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer, Event,
     ExchangeKind, PublisherConfirm,
 };
-use rand::Rng;
 use tokio::sync::{Mutex, OwnedMutexGuard, watch};
 use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
@@ -63,6 +62,7 @@ use uuid::Uuid;
 use super::bundle::{self, Wire};
 use super::bus::{Acker, BusError, IncomingMessage, OutgoingMessage, Settle};
 use super::topology::{self, ExchangeSpec, ExchangeType, QueueSpec};
+use crate::pause::{Backoff, sleep_or_shutdown};
 use crate::tuning::PUBLISH_CHANNELS;
 
 /// Content type of every message but bundles.
@@ -91,6 +91,10 @@ const ESTABLISH_TIMEOUT: Duration = Duration::from_secs(10);
 /// First and maximum delay between reconnection attempts (before jitter).
 const RECONNECT_INITIAL_DELAY: Duration = Duration::from_millis(100);
 const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(5);
+/// Delays between reconnection attempts, jittered so that many services do not hammer a
+/// recovering broker in step.
+const RECONNECT_BACKOFF: Backoff =
+    Backoff::new(RECONNECT_INITIAL_DELAY, RECONNECT_MAX_DELAY).with_jitter();
 
 /// How often the supervisor polls the connection status (connection events usually tell it
 /// sooner).
@@ -311,16 +315,6 @@ async fn declare_topology(channel: &Channel) -> Result<(), BusError> {
     Ok(())
 }
 
-/// Delay before reconnection attempt `attempt` (0-based): exponential from
-/// [`RECONNECT_INITIAL_DELAY`], capped at [`RECONNECT_MAX_DELAY`], with "equal jitter" (a
-/// random 50–100 % of that) so that many services do not hammer a recovering broker in step.
-fn reconnect_delay(attempt: u32) -> Duration {
-    let base = RECONNECT_INITIAL_DELAY
-        .saturating_mul(2u32.saturating_pow(attempt.min(16)))
-        .min(RECONNECT_MAX_DELAY);
-    base.mul_f64(rand::rng().random_range(0.5..=1.0))
-}
-
 /// Resolves once `link`'s connection is no longer usable, or at shutdown.
 async fn until_lost(link: &Link, shutdown: &CancellationToken) {
     let mut events = link.connection.events_listener();
@@ -382,10 +376,10 @@ async fn supervise(
         }
 
         let mut attempt: u32 = 0;
+        let mut backoff = RECONNECT_BACKOFF;
         let new = loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(reconnect_delay(attempt)) => {}
+            if !sleep_or_shutdown(&shutdown, backoff.next_pause()).await {
+                return;
             }
             attempt += 1;
             let attempted = tokio::select! {
@@ -1210,16 +1204,17 @@ mod tests {
 
     #[test]
     fn reconnect_delay_grows_with_jitter_and_is_capped() {
-        for attempt in 0..40 {
-            let delay = reconnect_delay(attempt);
+        let mut backoff = RECONNECT_BACKOFF;
+        let delays: Vec<_> = (0..40).map(|_| backoff.next_pause()).collect();
+        for (attempt, &delay) in (0u32..).zip(&delays) {
             let base = RECONNECT_INITIAL_DELAY
                 .saturating_mul(1 << attempt.min(16))
                 .min(RECONNECT_MAX_DELAY);
             assert!(delay >= base / 2 && delay <= base, "{attempt}: {delay:?}");
             assert!(delay <= RECONNECT_MAX_DELAY);
         }
-        assert!(reconnect_delay(0) <= Duration::from_millis(100));
-        assert!(reconnect_delay(10) >= Duration::from_millis(2_500));
+        assert!(delays[0] <= Duration::from_millis(100));
+        assert!(delays[10] >= Duration::from_millis(2_500));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 use crate::batching::take_ready;
 use crate::messaging::{Bus, BusError, IncomingMessage};
+use crate::pause::{Backoff, sleep_or_shutdown};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +26,9 @@ pub enum Disposition {
 /// Pause before a failed delivery goes back to the queue, so a broken dependency is not
 /// hammered in a tight redelivery loop.
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
+
+/// Pauses between attempts to subscribe, reset by a delivery (or a subscription that lasted).
+const SUBSCRIBE_BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
 
 /// Consumes `queue` until `shutdown`, re-subscribing with backoff if the subscription ends:
 /// each delivery is handled on its own, `concurrency` at a time (also the AMQP prefetch).
@@ -111,25 +115,24 @@ pub async fn run_batched<F, Fut>(
     use futures::FutureExt;
     let limit = Arc::new(Semaphore::new(batching.in_flight.max(1)));
     let max_batch = batching.max_batch.max(1);
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = SUBSCRIBE_BACKOFF;
     while !shutdown.is_cancelled() {
         let consumer_tag = format!("{queue}-{}", uuid::Uuid::new_v4().simple());
         let mut subscription = match bus.subscribe(queue, &consumer_tag, batching.prefetch).await {
             Ok(s) => s,
             Err(error) => {
-                tracing::warn!(queue, %error, ?backoff, "cannot subscribe; retrying");
-                let pause = async {
+                let pause = backoff.next_pause();
+                tracing::warn!(queue, %error, backoff = ?pause, "cannot subscribe; retrying");
+                let waited = async {
                     if matches!(error, BusError::NotConnected { .. }) {
-                        bus.wait_connected(backoff).await;
+                        bus.wait_connected(pause).await;
                     } else {
-                        tokio::time::sleep(backoff).await;
+                        tokio::time::sleep(pause).await;
                     }
                 };
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = pause => {}
+                if shutdown.run_until_cancelled(waited).await.is_none() {
+                    return;
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
             }
         };
@@ -145,10 +148,14 @@ pub async fn run_batched<F, Fut>(
                 m = subscription.next() => m,
             };
             let Some(first) = first else {
-                tracing::warn!(queue, ?backoff, "subscription ended; re-subscribing");
+                tracing::warn!(
+                    queue,
+                    backoff = ?backoff.current(),
+                    "subscription ended; re-subscribing"
+                );
                 break;
             };
-            backoff = Duration::from_millis(100);
+            backoff.reset();
             let mut ended = false;
             let batch = take_ready(Arc::new(first), max_batch, || {
                 match subscription.next().now_or_never() {
@@ -184,17 +191,19 @@ pub async fn run_batched<F, Fut>(
                 futures::future::join_all(settling).await;
             });
             if ended {
-                tracing::warn!(queue, ?backoff, "subscription ended; re-subscribing");
+                tracing::warn!(
+                    queue,
+                    backoff = ?backoff.current(),
+                    "subscription ended; re-subscribing"
+                );
                 break;
             }
         }
         if subscribed_at.elapsed() >= Duration::from_secs(30) {
-            backoff = Duration::from_millis(100);
+            backoff.reset();
         }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
+        if !sleep_or_shutdown(&shutdown, backoff.next_pause()).await {
+            return;
         }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }

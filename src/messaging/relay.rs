@@ -9,12 +9,13 @@
 //! rows no hand-over will bring: those left by a crash (everything older than this
 //! relay's start) or dropped while the broker was away (older than [`STRAGGLER_AGE`]). It
 //! runs at start, then once a second while there is trouble and up to every
-//! [`SWEEP_QUIET_MAX`] while sweeps find nothing ([`next_sweep_interval`]). Confirmed rows
+//! [`SWEEP_QUIET_MAX`] while sweeps find nothing ([`SWEEP_PAUSE`]). Confirmed rows
 //! are deleted in bulk: at once when the relay has nothing else to do, at least every
 //! [`DELETE_EVERY`] under load.
 
 use crate::messaging::topology::EVENTS_EXCHANGE;
 use crate::messaging::{Bus, OutgoingMessage};
+use crate::pause::{Backoff, sleep_or_shutdown};
 use crate::persistence::outbox::{self, Lane, OutboxFeed};
 use crate::tuning::{EVENTS_LINGER, RELAY_BATCH};
 use chrono::Utc;
@@ -32,6 +33,9 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// reads the outbox's primary key from its oldest entry, dead ones included until VACUUM
 /// removes them, so a quiet relay need not pay that every second.
 const SWEEP_QUIET_MAX: Duration = Duration::from_secs(8);
+/// The pause before the next sweep: [`SWEEP_EVERY`] after a sweep that found rows (or
+/// trouble), twice the last one after a sweep that found none, up to [`SWEEP_QUIET_MAX`].
+const SWEEP_PAUSE: Backoff = Backoff::new(SWEEP_EVERY, SWEEP_QUIET_MAX);
 /// A row this old that is still in the table was not handed over (or its publication
 /// failed): the sweep takes it.
 const STRAGGLER_AGE: Duration = Duration::from_secs(5);
@@ -42,6 +46,8 @@ const DELETE_AT: usize = 1024;
 /// Rows kept for another attempt after a failed publication; beyond that the sweep
 /// recovers them from the table.
 const RETRY_LIMIT: usize = 10_000;
+/// Pauses between failed rounds, reset by a round that succeeds.
+const RETRY_BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
 
 pub struct OutboxRelay {
     /// Name of the store, for logs and metrics.
@@ -57,8 +63,8 @@ pub struct OutboxRelay {
     confirmed: Vec<i64>,
     last_delete: Instant,
     last_sweep: Option<Instant>,
-    /// The pause before the next sweep ([`next_sweep_interval`]).
-    sweep_every: Duration,
+    /// The pause before the next sweep ([`SWEEP_PAUSE`]).
+    sweep_pause: Backoff,
     /// How long a hand-over waits for more before its round starts (see [`Self::lane`]).
     linger: Duration,
     /// How long a hand-over waits when the last round published more than one message
@@ -81,7 +87,7 @@ impl OutboxRelay {
             confirmed: Vec::new(),
             last_delete: Instant::now(),
             last_sweep: None,
-            sweep_every: SWEEP_EVERY,
+            sweep_pause: SWEEP_PAUSE,
             linger: Duration::ZERO,
             busy_linger: Duration::ZERO,
             last_round: 0,
@@ -133,8 +139,10 @@ impl OutboxRelay {
             .into_iter()
             .filter(|r| !known.contains(&r.id))
             .collect();
-        self.sweep_every = next_sweep_interval(self.sweep_every, !found.is_empty());
-        if !found.is_empty() {
+        if found.is_empty() {
+            self.sweep_pause.grow();
+        } else {
+            self.sweep_pause.reset();
             tracing::info!(
                 relay = self.name,
                 rows = found.len(),
@@ -185,11 +193,11 @@ impl OutboxRelay {
         self.queue.extend(self.feed.take());
         if self.feed.take_dropped() {
             // Rows the feed could not hold are in the table only: look soon.
-            self.sweep_every = SWEEP_EVERY;
+            self.sweep_pause.reset();
         }
         if self
             .last_sweep
-            .is_none_or(|at| at.elapsed() >= self.sweep_every)
+            .is_none_or(|at| at.elapsed() >= self.sweep_pause.current())
         {
             self.sweep().await?;
         }
@@ -243,43 +251,41 @@ impl OutboxRelay {
 
     /// Runs until cancelled; a failed round is retried with capped exponential backoff.
     pub async fn run(mut self, shutdown: CancellationToken) {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = RETRY_BACKOFF;
         // While the broker is away every round fails; warn about it at most once a second.
         let mut last_warning: Option<Instant> = None;
         let mut suppressed = 0u32;
         loop {
             match self.round().await {
                 Ok(true) => {
-                    backoff = Duration::from_millis(100);
+                    backoff.reset();
                     continue;
                 }
                 Ok(false) => {
-                    backoff = Duration::from_millis(100);
+                    backoff.reset();
                     let next_sweep = self.last_sweep.map_or(Duration::ZERO, |at| {
-                        self.sweep_every.saturating_sub(at.elapsed())
+                        self.sweep_pause.current().saturating_sub(at.elapsed())
                     });
                     let pause = self.delete_due().map_or(next_sweep, |d| d.min(next_sweep));
                     tokio::select! {
                         _ = shutdown.cancelled() => return self.flush().await,
                         _ = self.feed.ready() => {
                             let linger = self.linger_now();
-                            if !linger.is_zero() {
-                                tokio::select! {
-                                    _ = shutdown.cancelled() => return self.flush().await,
-                                    _ = tokio::time::sleep(linger) => {}
-                                }
+                            if !linger.is_zero() && !sleep_or_shutdown(&shutdown, linger).await {
+                                return self.flush().await;
                             }
                         }
                         _ = tokio::time::sleep(pause) => {}
                     }
                 }
                 Err(error) => {
+                    let pause = backoff.next_pause();
                     if last_warning.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
-                        tracing::warn!(relay = self.name, %error, ?backoff, suppressed, "outbox relay round failed; retrying");
+                        tracing::warn!(relay = self.name, %error, backoff = ?pause, suppressed, "outbox relay round failed; retrying");
                         last_warning = Some(Instant::now());
                         suppressed = 0;
                     } else {
-                        tracing::debug!(relay = self.name, %error, ?backoff, "outbox relay round failed; retrying");
+                        tracing::debug!(relay = self.name, %error, backoff = ?pause, "outbox relay round failed; retrying");
                         suppressed += 1;
                     }
                     if self.queue.len() > RETRY_LIMIT {
@@ -287,20 +293,18 @@ impl OutboxRelay {
                         self.queue.clear();
                     }
                     // Trouble (broker or database away): rows may be left behind.
-                    self.sweep_every = SWEEP_EVERY;
+                    self.sweep_pause.reset();
                     // While the broker is away, retry as soon as the bus has reconnected.
-                    let pause = async {
+                    let waited = async {
                         if self.bus.is_connected() {
-                            tokio::time::sleep(backoff).await;
+                            tokio::time::sleep(pause).await;
                         } else {
-                            self.bus.wait_connected(backoff).await;
+                            self.bus.wait_connected(pause).await;
                         }
                     };
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = pause => {}
+                    if shutdown.run_until_cancelled(waited).await.is_none() {
+                        return;
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }
@@ -314,16 +318,6 @@ fn linger_after(last_round: usize, linger: Duration, busy: Duration) -> Duration
         linger.max(busy)
     } else {
         linger
-    }
-}
-
-/// The pause before the next sweep: back to [`SWEEP_EVERY`] when this one found rows, else
-/// twice the last pause, up to [`SWEEP_QUIET_MAX`].
-fn next_sweep_interval(current: Duration, found: bool) -> Duration {
-    if found {
-        SWEEP_EVERY
-    } else {
-        (current * 2).min(SWEEP_QUIET_MAX)
     }
 }
 
@@ -350,14 +344,16 @@ mod tests {
 
     #[test]
     fn quiet_sweeps_space_out_and_a_find_brings_them_back_to_every_second() {
-        let mut every = SWEEP_EVERY;
+        let mut pause = SWEEP_PAUSE;
+        assert_eq!(pause.current(), SWEEP_EVERY);
         let mut pauses = Vec::new();
         for _ in 0..5 {
-            every = next_sweep_interval(every, false);
-            pauses.push(every.as_secs());
+            pause.grow();
+            pauses.push(pause.current().as_secs());
         }
         assert_eq!(pauses, [2, 4, 8, 8, 8]);
-        assert_eq!(next_sweep_interval(SWEEP_QUIET_MAX, true), SWEEP_EVERY);
+        pause.reset();
+        assert_eq!(pause.current(), SWEEP_EVERY);
     }
 
     #[test]

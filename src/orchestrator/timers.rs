@@ -37,9 +37,8 @@ pub async fn run(orders: Orders, db: DatabaseConnection, shutdown: CancellationT
         if let Err(error) = scan_once(&orders, &db).await {
             tracing::warn!(%error, "timer scan failed");
         }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(SCAN_INTERVAL) => {}
+        if !crate::pause::sleep_or_shutdown(&shutdown, SCAN_INTERVAL).await {
+            return;
         }
     }
 }

@@ -298,9 +298,8 @@ pub async fn run_sweeper(db: DatabaseConnection, retention: Duration, shutdown: 
     let every = (retention / 2).clamp(Duration::from_secs(1), Duration::from_secs(3600));
     let retention = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::hours(24));
     loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(every) => {}
+        if !crate::pause::sleep_or_shutdown(&shutdown, every).await {
+            return;
         }
         match sweep_expired(&db, retention).await {
             Ok(0) => {}
