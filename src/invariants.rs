@@ -4,6 +4,9 @@
 //! is left non-terminal. Used by the tests, the admin endpoint and the load generator.
 
 use crate::domain::saga::OrderStatus;
+use crate::participants::inventory::ReservationStatus;
+use crate::participants::payment::PaymentStatus;
+use crate::participants::shipping::ShipmentStatus;
 use crate::persistence::Stores;
 use entity::{order_items, orders, payments, reservations, shipments, stock};
 use sea_orm::{
@@ -171,7 +174,7 @@ pub async fn check_in_pages(
     let reservation_rows: Vec<(Uuid, String)> = reservations::Entity::find()
         .select_only()
         .columns([reservations::Column::OrderId, reservations::Column::Items])
-        .filter(reservations::Column::Status.eq("RESERVED"))
+        .filter(reservations::Column::Status.eq(ReservationStatus::Reserved.as_str()))
         .into_tuple()
         .all(&inventory)
         .await?;
@@ -235,7 +238,8 @@ async fn full_scans(db: &DatabaseConnection) -> Result<DatabaseTransaction, DbEr
     Ok(txn)
 }
 
-/// The broken rules about one order's money, stock and shipment.
+/// The broken rules about one order's money, stock and shipment. The records' statuses
+/// are the stored text, so that one no variant spells is reported, not an error.
 fn order_violations(
     id: Uuid,
     status: OrderStatus,
@@ -243,35 +247,39 @@ fn order_violations(
     shipment: Option<&str>,
     reservation: Option<&str>,
 ) -> Vec<String> {
+    let charged = PaymentStatus::Charged.as_str();
+    let scheduled = ShipmentStatus::Scheduled.as_str();
+    let reserved = ReservationStatus::Reserved.as_str();
+    let consumed = ReservationStatus::Consumed.as_str();
     let mut out = Vec::new();
     match status {
         OrderStatus::Confirmed => {
-            if payment != Some("CHARGED") {
+            if payment != Some(charged) {
                 out.push(format!(
-                    "CONFIRMED order {id} has payment {payment:?}, expected CHARGED"
+                    "CONFIRMED order {id} has payment {payment:?}, expected {charged}"
                 ));
             }
-            if shipment != Some("SCHEDULED") {
+            if shipment != Some(scheduled) {
                 out.push(format!(
-                    "CONFIRMED order {id} has shipment {shipment:?}, expected SCHEDULED"
+                    "CONFIRMED order {id} has shipment {shipment:?}, expected {scheduled}"
                 ));
             }
-            if reservation != Some("CONSUMED") {
+            if reservation != Some(consumed) {
                 out.push(format!(
-                    "CONFIRMED order {id} has reservation {reservation:?}, expected CONSUMED"
+                    "CONFIRMED order {id} has reservation {reservation:?}, expected {consumed}"
                 ));
             }
         }
         OrderStatus::Reversed | OrderStatus::Rejected => {
-            if reservation == Some("RESERVED") || reservation == Some("CONSUMED") {
+            if reservation == Some(reserved) || reservation == Some(consumed) {
                 out.push(format!(
                     "{status} order {id} still holds stock ({reservation:?})"
                 ));
             }
-            if payment == Some("CHARGED") {
+            if payment == Some(charged) {
                 out.push(format!("{status} order {id} has an un-refunded payment"));
             }
-            if shipment == Some("SCHEDULED") {
+            if shipment == Some(scheduled) {
                 out.push(format!("{status} order {id} has a scheduled shipment"));
             }
         }

@@ -305,7 +305,8 @@ impl fmt::Display for OrderStatus {
     }
 }
 
-/// Text form used in the database and the API for the step states.
+/// Text form used in the database and the API for the step states (and the participants'
+/// record states).
 macro_rules! text_enum {
     ($ty:ty { $($variant:ident => $text:literal),+ $(,)? }) => {
         impl $ty {
@@ -318,6 +319,7 @@ macro_rules! text_enum {
         }
     };
 }
+pub(crate) use text_enum;
 
 text_enum!(ReservationState {
     Requested => "REQUESTED",

@@ -18,11 +18,11 @@ pub struct OrderLine {
 /// One row of the transition history.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct HistoryEntry {
+    // Absent rather than null when there is none.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = OrderStatus)]
-    pub from: Option<String>,
-    #[schema(value_type = OrderStatus)]
-    pub status: String,
+    #[schema(nullable = false)]
+    pub from: Option<OrderStatus>,
+    pub status: OrderStatus,
     pub event: String,
     pub reason: String,
     pub at: DateTime<Utc>,

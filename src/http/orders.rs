@@ -22,6 +22,10 @@ use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::time::Duration;
+use utoipa::openapi::path::{Parameter, ParameterBuilder, ParameterIn};
+use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, Schema, SchemaFormat, Type};
+use utoipa::openapi::{Ref, RefOr, Required};
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
@@ -230,26 +234,17 @@ fn place_error(e: PlaceError) -> ApiError {
 fn order_error(error: OrderError) -> ApiError {
     match error {
         OrderError::NotFound(id) => ApiError::NotFound(format!("order {id} not found")),
-        OrderError::Transition(TransitionError::OverrideNotAllowed { from, to, allowed }) => {
-            ApiError::conflict(
-                "transition-not-allowed",
-                "Status change not allowed",
-                format!(
-                    "cannot change an order from {from} to {to}; allowed: {}",
-                    if allowed.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        allowed
-                            .iter()
-                            .map(|s| s.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    }
-                ),
-            )
-            .with("current_status", json!(from))
-            .with("allowed", json!(allowed))
-        }
+        OrderError::Transition(
+            ref e @ TransitionError::OverrideNotAllowed {
+                from, ref allowed, ..
+            },
+        ) => ApiError::conflict(
+            "transition-not-allowed",
+            "Status change not allowed",
+            e.to_string(),
+        )
+        .with("current_status", json!(from))
+        .with("allowed", json!(allowed)),
         OrderError::Transition(other) => ApiError::conflict(
             "invalid-state",
             "Not possible in the order's current state",
@@ -342,25 +337,71 @@ fn found(details: Option<OrderDetails>, id: Uuid) -> Result<Response, ApiError> 
 }
 
 const MAX_WAIT_MS: u64 = 60_000;
+/// Most orders one `GET /api/orders` lists, and how many when `limit` is absent.
+const MAX_LIST_LIMIT: u64 = 500;
+const DEFAULT_LIST_LIMIT: u64 = 50;
 
-#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
+#[derive(Debug, Default, Deserialize)]
 struct GetQuery {
-    /// Long poll: wait up to this many milliseconds for the order to reach a terminal
-    /// status before answering (instead of polling). 0 or absent: answer at once.
-    #[param(minimum = 0, maximum = 60000)]
     wait_ms: Option<u64>,
 }
 
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
+// The parameters are described by hand so that their bounds come from the constants the
+// handlers check (the derive's `minimum`/`maximum` take only literals).
+impl IntoParams for GetQuery {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        vec![query_param(
+            "wait_ms",
+            "Long poll: wait up to this many milliseconds for the order to reach a terminal\n\
+                status before answering (instead of polling). 0 or absent: answer at once.",
+            count(0, MAX_WAIT_MS).build(),
+        )]
+    }
+}
+
+#[derive(Debug, Deserialize)]
 struct ListQuery {
-    /// Only orders in this status.
-    #[param(value_type = Option<OrderStatus>)]
-    status: Option<String>,
-    /// How many orders (newest first).
-    #[param(minimum = 1, maximum = 500, default = 50)]
+    status: Option<OrderStatus>,
     limit: Option<u64>,
+}
+
+impl IntoParams for ListQuery {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        vec![
+            query_param(
+                "status",
+                "Only orders in this status.",
+                Ref::from_schema_name(OrderStatus::name()),
+            ),
+            query_param(
+                "limit",
+                "How many orders (newest first).",
+                count(1, MAX_LIST_LIMIT)
+                    .default(Some(json!(DEFAULT_LIST_LIMIT)))
+                    .build(),
+            ),
+        ]
+    }
+}
+
+/// An optional query parameter.
+fn query_param(name: &str, description: &str, schema: impl Into<RefOr<Schema>>) -> Parameter {
+    ParameterBuilder::new()
+        .name(name)
+        .parameter_in(ParameterIn::Query)
+        .required(Required::False)
+        .description(Some(description))
+        .schema(Some(schema))
+        .build()
+}
+
+/// A 64-bit integer in `minimum..=maximum`.
+fn count(minimum: u64, maximum: u64) -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+        .minimum(Some(minimum))
+        .maximum(Some(maximum))
 }
 
 #[utoipa::path(
@@ -382,26 +423,14 @@ async fn list_orders(
     State(app): State<AppState>,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Response, ApiError> {
-    let status = match query.status.as_deref() {
-        None => None,
-        Some(s) => Some(OrderStatus::parse(s).ok_or_else(|| {
-            ApiError::bad_request(
-                "Invalid query string",
-                format!(
-                    "unknown status {s:?}; one of {}",
-                    OrderStatus::ALL.map(|s| s.as_str()).join(", ")
-                ),
-            )
-        })?),
-    };
-    let limit = query.limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
+    let limit = query.limit.unwrap_or(DEFAULT_LIST_LIMIT);
+    if !(1..=MAX_LIST_LIMIT).contains(&limit) {
         return Err(ApiError::bad_request(
             "Invalid query string",
-            "limit must be between 1 and 500",
+            format!("limit must be between 1 and {MAX_LIST_LIMIT}"),
         ));
     }
-    let list = app.orchestrator.list(status, limit).await?;
+    let list = app.orchestrator.list(query.status, limit).await?;
     Ok(Json(json!({ "orders": list })).into_response())
 }
 
@@ -409,8 +438,8 @@ async fn list_orders(
 #[serde(deny_unknown_fields)]
 struct StatusOverride {
     /// The target status; only `REVERSED` is ever allowed (cancel and compensate).
-    #[schema(value_type = OrderStatus)]
-    status: String,
+    // An unknown one is refused while deserializing: 422 naming the valid values.
+    status: OrderStatus,
     #[schema(schema_with = reason_schema)]
     reason: Option<String>,
 }
@@ -461,20 +490,13 @@ async fn override_status(
     ApiPath(id): ApiPath<Uuid>,
     ApiJson(body): ApiJson<StatusOverride>,
 ) -> Result<Response, ApiError> {
-    let target = OrderStatus::parse(&body.status).ok_or_else(|| {
-        ApiError::validation(format!(
-            "unknown status {:?}; one of {}",
-            body.status,
-            OrderStatus::ALL.map(|s| s.as_str()).join(", ")
-        ))
-    })?;
     let reason = body.reason.unwrap_or_else(|| "admin override".into());
     OVERRIDE_REASON
         .check(&reason)
         .map_err(ApiError::validation)?;
     broker_reached(&app)?;
     app.orchestrator
-        .override_status(id, target, reason)
+        .override_status(id, body.status, reason)
         .await
         .map_err(order_error)?;
     current_order(&app, id).await

@@ -3,7 +3,7 @@
 //! `type` (also the routing key and the AMQP `type` property) and a schema `version`, so a
 //! consumer can reject what it does not understand instead of misreading it.
 
-use crate::domain::saga::PaymentOutcome;
+use crate::domain::saga::{OrderStatus, PaymentOutcome};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -101,7 +101,7 @@ pub struct OrderEventBody {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OrderEventPayload {
-    pub status: String,
+    pub status: OrderStatus,
     pub customer_id: String,
     pub total_cents: i64,
     pub currency: String,

@@ -98,7 +98,7 @@ fn lifecycle_body(order: &OrderRecord, event: LifecycleEvent) -> OrderEventBody 
     OrderEventBody {
         kind: event.routing_key().to_owned(),
         payload: OrderEventPayload {
-            status: order.saga.status.as_str().to_owned(),
+            status: order.saga.status,
             customer_id: order.customer_id.clone(),
             total_cents: order.total_cents,
             currency: order.currency.clone(),

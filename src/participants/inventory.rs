@@ -6,10 +6,12 @@
 //! taken. Counters per SKU: `available + reserved + sold` stays equal to the stock put in.
 
 use crate::batching::Coalescer;
+use crate::domain::saga::text_enum;
 use crate::messaging::IncomingMessage;
 use crate::messaging::messages::{CommandBody, Envelope, LineItem, OrderEventBody, ReplyBody};
 use crate::participants::{
-    Applied, CommandHandler, Known, ParticipantStore, Txn, decode, insert_all, load_by_order, reply,
+    Applied, CommandHandler, Known, ParticipantStore, Txn, decode, insert_all, load_by_order,
+    reply, stored_status,
 };
 use crate::persistence::outbox::{NewMessage, OutboxFeed};
 use crate::persistence::pg_array;
@@ -35,12 +37,23 @@ pub const DEMO_CATALOGUE: &[(&str, &str, i64, i64)] = &[
     ("HS-005", "Headset", 5_900, 50),
 ];
 
-/// Reservation record states.
-const RESERVED: &str = "RESERVED";
-const REJECTED: &str = "REJECTED";
-const RELEASED: &str = "RELEASED";
-/// Reserved stock that was sold (its order was confirmed).
-const CONSUMED: &str = "CONSUMED";
+/// State of a reservation record (`reservations.status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReservationStatus {
+    Reserved,
+    Rejected,
+    /// Given back, or a tombstone: released before any reservation.
+    Released,
+    /// Reserved stock that was sold (its order was confirmed).
+    Consumed,
+}
+
+text_enum!(ReservationStatus {
+    Reserved => "RESERVED",
+    Rejected => "REJECTED",
+    Released => "RELEASED",
+    Consumed => "CONSUMED",
+});
 
 /// One SKU as the API shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -280,12 +293,14 @@ impl Inventory {
     ) -> Result<NewMessage, DbErr> {
         if let Some(existing) = known.get(order_id) {
             // Redelivered or retried command: answer as the first time, act no more.
-            let answer = match existing.status.as_str() {
-                RESERVED | CONSUMED => ReplyBody::StockReserved {},
-                RELEASED => ReplyBody::StockRejected {
+            let answer = match stored_status(&existing.status, ReservationStatus::parse)? {
+                ReservationStatus::Reserved | ReservationStatus::Consumed => {
+                    ReplyBody::StockReserved {}
+                }
+                ReservationStatus::Released => ReplyBody::StockRejected {
                     reason: "reservation was already released".into(),
                 },
-                _ => ReplyBody::StockRejected {
+                ReservationStatus::Rejected => ReplyBody::StockRejected {
                     reason: existing.reason.clone().unwrap_or_else(|| "rejected".into()),
                 },
             };
@@ -311,7 +326,11 @@ impl Inventory {
             taken.push(line);
         }
         let (status, reason, answer) = match refusal {
-            None => (RESERVED, None, ReplyBody::StockReserved {}),
+            None => (
+                ReservationStatus::Reserved,
+                None,
+                ReplyBody::StockReserved {},
+            ),
             Some(reason) => {
                 // All or nothing: give back the lines already taken. (The transaction is
                 // shared with the rest of the batch, so no rollback here.)
@@ -321,11 +340,11 @@ impl Inventory {
                 let answer = ReplyBody::StockRejected {
                     reason: reason.clone(),
                 };
-                (REJECTED, Some(reason), answer)
+                (ReservationStatus::Rejected, Some(reason), answer)
             }
         };
         known.create(order_id, reservation(order_id, status, &items, reason)?);
-        tracing::info!(status, "reservation decided");
+        tracing::info!(status = status.as_str(), "reservation decided");
         reply(order_id, answer, headers)
     }
 
@@ -337,12 +356,21 @@ impl Inventory {
         order_id: Uuid,
         headers: &BTreeMap<String, String>,
     ) -> Result<NewMessage, DbErr> {
-        match known
-            .get(order_id)
-            .map(|r| (r.status.clone(), r.items.clone()))
-        {
-            Some((status, items)) if status == RESERVED => {
-                writes.set_status(known, order_id, RESERVED, RELEASED);
+        let current = match known.get(order_id) {
+            Some(r) => Some((
+                stored_status(&r.status, ReservationStatus::parse)?,
+                r.items.clone(),
+            )),
+            None => None,
+        };
+        match current {
+            Some((ReservationStatus::Reserved, items)) => {
+                writes.set_status(
+                    known,
+                    order_id,
+                    ReservationStatus::Reserved,
+                    ReservationStatus::Released,
+                );
                 for line in parse_items(&items)? {
                     writes.stock.release(&line);
                 }
@@ -353,7 +381,7 @@ impl Inventory {
                 // reserve fail instead of holding stock for a dead order.
                 let tombstone = reservation(
                     order_id,
-                    RELEASED,
+                    ReservationStatus::Released,
                     &[],
                     Some("released before reservation".into()),
                 )?;
@@ -370,14 +398,21 @@ impl Inventory {
         writes: &mut Deferred,
         order_id: Uuid,
     ) -> Result<(), DbErr> {
-        let Some(items) = known
-            .get(order_id)
-            .filter(|r| r.status == RESERVED)
-            .map(|r| r.items.clone())
-        else {
-            return Ok(()); // duplicate event, or nothing held
+        let items = match known.get(order_id) {
+            Some(r)
+                if stored_status(&r.status, ReservationStatus::parse)?
+                    == ReservationStatus::Reserved =>
+            {
+                r.items.clone()
+            }
+            _ => return Ok(()), // duplicate event, or nothing held
         };
-        writes.set_status(known, order_id, RESERVED, CONSUMED);
+        writes.set_status(
+            known,
+            order_id,
+            ReservationStatus::Reserved,
+            ReservationStatus::Consumed,
+        );
         for line in parse_items(&items)? {
             writes.stock.sell(&line);
         }
@@ -389,7 +424,7 @@ impl Inventory {
     pub async fn held_by_reservations(&self) -> Result<BTreeMap<String, i64>, DbErr> {
         let mut held = BTreeMap::new();
         for r in reservations::Entity::find()
-            .filter(reservations::Column::Status.eq(RESERVED))
+            .filter(reservations::Column::Status.eq(ReservationStatus::Reserved.as_str()))
             .all(&self.db)
             .await?
         {
@@ -567,7 +602,7 @@ fn parse_items(json: &str) -> Result<Vec<LineItem>, DbErr> {
 /// A new reservation record (inserted when its batch ends).
 fn reservation(
     order_id: Uuid,
-    status: &str,
+    status: ReservationStatus,
     items: &[LineItem],
     reason: Option<String>,
 ) -> Result<reservations::Model, DbErr> {
@@ -576,7 +611,7 @@ fn reservation(
         .map_err(|e| DbErr::Custom(format!("serializing reservation items: {e}")))?;
     Ok(reservations::Model {
         order_id,
-        status: status.to_owned(),
+        status: status.as_str().to_owned(),
         items,
         reason,
         created_at: now,
@@ -595,8 +630,8 @@ pub struct Deferred {
 
 struct StatusChange {
     order_id: Uuid,
-    from: &'static str,
-    to: &'static str,
+    from: ReservationStatus,
+    to: ReservationStatus,
     at: DateTime<Utc>,
 }
 
@@ -608,12 +643,12 @@ impl Deferred {
         &mut self,
         known: &mut Known<reservations::Model>,
         order_id: Uuid,
-        from: &'static str,
-        to: &'static str,
+        from: ReservationStatus,
+        to: ReservationStatus,
     ) {
         let at = Utc::now();
         let stored = known.change(order_id, |r| {
-            r.status = to.to_owned();
+            r.status = to.as_str().to_owned();
             r.updated_at = at;
         });
         // A record created by this batch is inserted with its final status.
@@ -646,8 +681,8 @@ async fn write_statuses<C: ConnectionTrait>(db: &C, changes: &[StatusChange]) ->
         let column = |f: fn(&StatusChange) -> Value| changes.iter().map(f).collect::<Vec<_>>();
         let values = vec![
             pg_array::<Uuid>(column(|c| c.order_id.into())),
-            pg_array::<String>(column(|c| c.from.into())),
-            pg_array::<String>(column(|c| c.to.into())),
+            pg_array::<String>(column(|c| c.from.as_str().into())),
+            pg_array::<String>(column(|c| c.to.as_str().into())),
             pg_array::<DateTime<Utc>>(column(|c| c.at.into())),
         ];
         db.execute_raw(Statement::from_sql_and_values(
@@ -661,10 +696,10 @@ async fn write_statuses<C: ConnectionTrait>(db: &C, changes: &[StatusChange]) ->
         let mut changed = 0;
         for c in changes {
             changed += reservations::Entity::update_many()
-                .col_expr(reservations::Column::Status, c.to.into())
+                .col_expr(reservations::Column::Status, c.to.as_str().into())
                 .col_expr(reservations::Column::UpdatedAt, c.at.into())
                 .filter(reservations::Column::OrderId.eq(c.order_id))
-                .filter(reservations::Column::Status.eq(c.from))
+                .filter(reservations::Column::Status.eq(c.from.as_str()))
                 .exec(db)
                 .await?
                 .rows_affected;

@@ -91,6 +91,74 @@ pub trait ParticipantStore: Clone + Send + Sync + 'static {
     }
 }
 
+/// The [`ParticipantStore`] of a participant whose store is one table of records keyed by
+/// order id (`$table::Column::OrderId`), with nothing deferred and the one-statement path
+/// on PostgreSQL: Payment and Shipping. The participant has fields `db` and `outbox_feed`.
+macro_rules! order_keyed_store {
+    ($participant:ty, $table:ident) => {
+        impl $crate::participants::ParticipantStore for $participant {
+            type Record = $table::Model;
+            type Deferred = ();
+
+            fn store(&self) -> &sea_orm::DatabaseConnection {
+                &self.db
+            }
+
+            fn outbox_feed(&self) -> &$crate::persistence::outbox::OutboxFeed {
+                &self.outbox_feed
+            }
+
+            async fn load(
+                &self,
+                txn: &sea_orm::DatabaseTransaction,
+                order_ids: Vec<uuid::Uuid>,
+            ) -> Result<Vec<(uuid::Uuid, $table::Model)>, sea_orm::DbErr> {
+                $crate::participants::load_by_order::<$table::Entity, _>(
+                    txn,
+                    $table::Column::OrderId,
+                    order_ids,
+                    |r| r.order_id,
+                )
+                .await
+            }
+
+            async fn insert(
+                &self,
+                txn: &sea_orm::DatabaseTransaction,
+                records: Vec<$table::Model>,
+            ) -> Result<(), sea_orm::DbErr> {
+                $crate::participants::insert_all::<$table::Entity, _>(txn, records).await
+            }
+
+            fn inserts_if_absent(&self) -> bool {
+                sea_orm::ConnectionTrait::get_database_backend(&self.db)
+                    == sea_orm::DbBackend::Postgres
+            }
+
+            async fn insert_if_absent(
+                &self,
+                records: Vec<$table::Model>,
+                replies: Vec<(uuid::Uuid, $crate::persistence::outbox::NewMessage)>,
+            ) -> Result<$crate::participants::Inserted, sea_orm::DbErr> {
+                $crate::participants::insert_if_absent::<$table::Entity>(
+                    &self.db,
+                    $table::Column::OrderId,
+                    records,
+                    replies,
+                )
+                .await
+            }
+        }
+    };
+}
+pub(crate) use order_keyed_store;
+
+/// A record's status column read as its enum (`parse`): text that no variant spells is
+/// corrupt data, an error, rather than some state the handler would guess.
+pub(crate) fn stored_status<S>(text: &str, parse: fn(&str) -> Option<S>) -> Result<S, DbErr> {
+    parse(text).ok_or_else(|| DbErr::Custom(format!("unreadable record status {text:?}")))
+}
+
 /// The handling of one queue of a participant (Inventory has two: its commands and its
 /// subscription to confirmed orders, on the same store).
 pub trait CommandHandler: Clone + Send + Sync + 'static {

@@ -3,28 +3,35 @@
 //! outcome, a repeated refund refunds once, and a refund that arrives before its charge
 //! voids the order so the late charge is declined instead of taking money.
 
-use crate::domain::saga::PaymentOutcome;
+use crate::domain::saga::{PaymentOutcome, text_enum};
 use crate::messaging::IncomingMessage;
 use crate::messaging::messages::{CommandBody, Envelope, ReplyBody};
 use crate::participants::{
-    Applied, CommandHandler, Inserted, Known, ParticipantStore, Txn, decode, insert_all,
-    insert_if_absent, load_by_order, reply, roll,
+    Applied, CommandHandler, Known, Txn, decode, order_keyed_store, reply, roll, stored_status,
 };
 use crate::persistence::outbox::{NewMessage, OutboxFeed};
 use chrono::Utc;
 use entity::payments;
-use sea_orm::{
-    ColumnTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, EntityTrait,
-    QueryFilter,
-};
+use sea_orm::{ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter};
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
-pub const CHARGED: &str = "CHARGED";
-pub const DECLINED: &str = "DECLINED";
-pub const REFUNDED: &str = "REFUNDED";
-/// A refund arrived before any charge: no charge may succeed for this order any more.
-pub const VOIDED: &str = "VOIDED";
+/// State of a payment record (`payments.status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PaymentStatus {
+    Charged,
+    Declined,
+    Refunded,
+    /// A refund arrived before any charge: no charge may succeed for this order any more.
+    Voided,
+}
+
+text_enum!(PaymentStatus {
+    Charged => "CHARGED",
+    Declined => "DECLINED",
+    Refunded => "REFUNDED",
+    Voided => "VOIDED",
+});
 
 #[derive(Clone)]
 pub struct Payment {
@@ -54,14 +61,14 @@ impl Payment {
         headers: &BTreeMap<String, String>,
     ) -> Result<NewMessage, DbErr> {
         if let Some(existing) = known.get(order_id) {
-            let answer = match existing.status.as_str() {
-                CHARGED => ReplyBody::PaymentCharged {
+            let answer = match stored_status(&existing.status, PaymentStatus::parse)? {
+                PaymentStatus::Charged => ReplyBody::PaymentCharged {
                     amount_cents: existing.amount_cents,
                 },
-                VOIDED | REFUNDED => ReplyBody::PaymentDeclined {
+                PaymentStatus::Voided | PaymentStatus::Refunded => ReplyBody::PaymentDeclined {
                     reason: "payment was voided".into(),
                 },
-                _ => ReplyBody::PaymentDeclined {
+                PaymentStatus::Declined => ReplyBody::PaymentDeclined {
                     reason: existing.reason.clone().unwrap_or_else(|| "declined".into()),
                 },
             };
@@ -75,18 +82,22 @@ impl Payment {
         let (status, reason, answer) = if declined {
             let reason = "card declined by the payment gateway".to_owned();
             (
-                DECLINED,
+                PaymentStatus::Declined,
                 Some(reason.clone()),
                 ReplyBody::PaymentDeclined { reason },
             )
         } else {
-            (CHARGED, None, ReplyBody::PaymentCharged { amount_cents })
+            (
+                PaymentStatus::Charged,
+                None,
+                ReplyBody::PaymentCharged { amount_cents },
+            )
         };
         known.create(
             order_id,
             payment(order_id, status, amount_cents, &currency, reason),
         );
-        tracing::info!(status, amount_cents, "charge decided");
+        tracing::info!(status = status.as_str(), amount_cents, "charge decided");
         reply(order_id, answer, headers)
     }
 
@@ -98,22 +109,29 @@ impl Payment {
         order_id: Uuid,
         headers: &BTreeMap<String, String>,
     ) -> Result<NewMessage, DbErr> {
-        let current = known
-            .get(order_id)
-            .map(|p| (p.status.clone(), p.amount_cents));
+        let current = match known.get(order_id) {
+            Some(p) => Some((
+                stored_status(&p.status, PaymentStatus::parse)?,
+                p.amount_cents,
+            )),
+            None => None,
+        };
         let refunded = match current {
-            Some((status, amount_cents)) if status == CHARGED => {
+            Some((PaymentStatus::Charged, amount_cents)) => {
                 let now = Utc::now();
                 let stored = known.change(order_id, |p| {
-                    p.status = REFUNDED.to_owned();
+                    p.status = PaymentStatus::Refunded.as_str().to_owned();
                     p.updated_at = now;
                 });
                 if stored {
                     let moved = payments::Entity::update_many()
-                        .col_expr(payments::Column::Status, REFUNDED.into())
+                        .col_expr(
+                            payments::Column::Status,
+                            PaymentStatus::Refunded.as_str().into(),
+                        )
                         .col_expr(payments::Column::UpdatedAt, now.into())
                         .filter(payments::Column::OrderId.eq(order_id))
-                        .filter(payments::Column::Status.eq(CHARGED))
+                        .filter(payments::Column::Status.eq(PaymentStatus::Charged.as_str()))
                         .exec(txn.get()?)
                         .await?;
                     if moved.rows_affected != 1 {
@@ -124,12 +142,12 @@ impl Payment {
                 }
                 amount_cents
             }
-            Some((status, amount_cents)) if status == REFUNDED => amount_cents,
+            Some((PaymentStatus::Refunded, amount_cents)) => amount_cents,
             Some(_) => 0,
             None => {
                 let void = payment(
                     order_id,
-                    VOIDED,
+                    PaymentStatus::Voided,
                     0,
                     "",
                     Some("refunded before any charge".into()),
@@ -145,20 +163,26 @@ impl Payment {
     }
 
     /// (order id, status, amount) of every payment record, for invariant checks.
-    pub async fn all(&self) -> Result<Vec<(Uuid, String, i64)>, DbErr> {
-        Ok(payments::Entity::find()
+    pub async fn all(&self) -> Result<Vec<(Uuid, PaymentStatus, i64)>, DbErr> {
+        payments::Entity::find()
             .all(&self.db)
             .await?
             .into_iter()
-            .map(|p| (p.order_id, p.status, p.amount_cents))
-            .collect())
+            .map(|p| {
+                Ok((
+                    p.order_id,
+                    stored_status(&p.status, PaymentStatus::parse)?,
+                    p.amount_cents,
+                ))
+            })
+            .collect()
     }
 }
 
 /// A new payment record (inserted when its batch ends).
 fn payment(
     order_id: Uuid,
-    status: &str,
+    status: PaymentStatus,
     amount_cents: i64,
     currency: &str,
     reason: Option<String>,
@@ -166,7 +190,7 @@ fn payment(
     let now = Utc::now();
     payments::Model {
         order_id,
-        status: status.to_owned(),
+        status: status.as_str().to_owned(),
         amount_cents,
         currency: currency.to_owned(),
         reason,
@@ -175,50 +199,7 @@ fn payment(
     }
 }
 
-impl ParticipantStore for Payment {
-    type Record = payments::Model;
-    type Deferred = ();
-
-    fn store(&self) -> &DatabaseConnection {
-        &self.db
-    }
-
-    fn outbox_feed(&self) -> &OutboxFeed {
-        &self.outbox_feed
-    }
-
-    async fn load(
-        &self,
-        txn: &DatabaseTransaction,
-        order_ids: Vec<Uuid>,
-    ) -> Result<Vec<(Uuid, payments::Model)>, DbErr> {
-        load_by_order::<payments::Entity, _>(txn, payments::Column::OrderId, order_ids, |r| {
-            r.order_id
-        })
-        .await
-    }
-
-    async fn insert(
-        &self,
-        txn: &DatabaseTransaction,
-        records: Vec<payments::Model>,
-    ) -> Result<(), DbErr> {
-        insert_all::<payments::Entity, _>(txn, records).await
-    }
-
-    fn inserts_if_absent(&self) -> bool {
-        self.db.get_database_backend() == DbBackend::Postgres
-    }
-
-    async fn insert_if_absent(
-        &self,
-        records: Vec<payments::Model>,
-        replies: Vec<(Uuid, NewMessage)>,
-    ) -> Result<Inserted, DbErr> {
-        insert_if_absent::<payments::Entity>(&self.db, payments::Column::OrderId, records, replies)
-            .await
-    }
-}
+order_keyed_store!(Payment, payments);
 
 impl CommandHandler for Payment {
     type Store = Payment;

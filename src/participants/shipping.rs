@@ -2,25 +2,33 @@
 //! shipment record per order (primary key); a cancel that arrives before the schedule
 //! leaves a tombstone so the late schedule fails instead of shipping a dead order.
 
+use crate::domain::saga::text_enum;
 use crate::messaging::IncomingMessage;
 use crate::messaging::messages::{CommandBody, Envelope, ReplyBody};
 use crate::participants::{
-    Applied, CommandHandler, Inserted, Known, ParticipantStore, Txn, decode, insert_all,
-    insert_if_absent, load_by_order, reply, roll,
+    Applied, CommandHandler, Known, Txn, decode, order_keyed_store, reply, roll, stored_status,
 };
 use crate::persistence::outbox::{NewMessage, OutboxFeed};
 use chrono::Utc;
 use entity::shipments;
-use sea_orm::{
-    ColumnTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, EntityTrait,
-    QueryFilter,
-};
+use sea_orm::{ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter};
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
-pub const SCHEDULED: &str = "SCHEDULED";
-pub const FAILED: &str = "FAILED";
-pub const CANCELLED: &str = "CANCELLED";
+/// State of a shipment record (`shipments.status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShipmentStatus {
+    Scheduled,
+    Failed,
+    /// Cancelled after scheduling, or a tombstone: cancelled before any schedule.
+    Cancelled,
+}
+
+text_enum!(ShipmentStatus {
+    Scheduled => "SCHEDULED",
+    Failed => "FAILED",
+    Cancelled => "CANCELLED",
+});
 
 #[derive(Clone)]
 pub struct Shipping {
@@ -47,8 +55,9 @@ impl Shipping {
         headers: &BTreeMap<String, String>,
     ) -> Result<NewMessage, DbErr> {
         if let Some(existing) = known.get(order_id) {
-            let answer = match (existing.status.as_str(), existing.tracking_number.clone()) {
-                (SCHEDULED, Some(tracking_number)) => {
+            let status = stored_status(&existing.status, ShipmentStatus::parse)?;
+            let answer = match (status, existing.tracking_number.clone()) {
+                (ShipmentStatus::Scheduled, Some(tracking_number)) => {
                     ReplyBody::ShipmentScheduled { tracking_number }
                 }
                 _ => ReplyBody::ShipmentFailed {
@@ -63,7 +72,7 @@ impl Shipping {
         let (status, tracking, reason, answer) = if roll(self.failure_rate) {
             let reason = "no carrier available for this shipment".to_owned();
             (
-                FAILED,
+                ShipmentStatus::Failed,
                 None,
                 Some(reason.clone()),
                 ReplyBody::ShipmentFailed { reason },
@@ -71,7 +80,7 @@ impl Shipping {
         } else {
             let tracking = format!("TRK-{}", &Uuid::new_v4().simple().to_string()[..12]);
             (
-                SCHEDULED,
+                ShipmentStatus::Scheduled,
                 Some(tracking.clone()),
                 None,
                 ReplyBody::ShipmentScheduled {
@@ -80,7 +89,7 @@ impl Shipping {
             )
         };
         known.create(order_id, shipment(order_id, status, tracking, reason));
-        tracing::info!(status, "shipment decided");
+        tracing::info!(status = status.as_str(), "shipment decided");
         reply(order_id, answer, headers)
     }
 
@@ -92,16 +101,25 @@ impl Shipping {
         order_id: Uuid,
         headers: &BTreeMap<String, String>,
     ) -> Result<NewMessage, DbErr> {
-        match known.get(order_id).map(|s| s.status == SCHEDULED) {
+        let scheduled = match known.get(order_id) {
+            Some(s) => {
+                Some(stored_status(&s.status, ShipmentStatus::parse)? == ShipmentStatus::Scheduled)
+            }
+            None => None,
+        };
+        match scheduled {
             Some(true) => {
                 let now = Utc::now();
                 let stored = known.change(order_id, |s| {
-                    s.status = CANCELLED.to_owned();
+                    s.status = ShipmentStatus::Cancelled.as_str().to_owned();
                     s.updated_at = now;
                 });
                 if stored {
                     shipments::Entity::update_many()
-                        .col_expr(shipments::Column::Status, CANCELLED.into())
+                        .col_expr(
+                            shipments::Column::Status,
+                            ShipmentStatus::Cancelled.as_str().into(),
+                        )
                         .col_expr(shipments::Column::UpdatedAt, now.into())
                         .filter(shipments::Column::OrderId.eq(order_id))
                         .exec(txn.get()?)
@@ -112,7 +130,7 @@ impl Shipping {
             None => {
                 let tombstone = shipment(
                     order_id,
-                    CANCELLED,
+                    ShipmentStatus::Cancelled,
                     None,
                     Some("cancelled before scheduling".into()),
                 );
@@ -123,27 +141,27 @@ impl Shipping {
     }
 
     /// (order id, status) of every shipment record, for invariant checks.
-    pub async fn all(&self) -> Result<Vec<(Uuid, String)>, DbErr> {
-        Ok(shipments::Entity::find()
+    pub async fn all(&self) -> Result<Vec<(Uuid, ShipmentStatus)>, DbErr> {
+        shipments::Entity::find()
             .all(&self.db)
             .await?
             .into_iter()
-            .map(|s| (s.order_id, s.status))
-            .collect())
+            .map(|s| Ok((s.order_id, stored_status(&s.status, ShipmentStatus::parse)?)))
+            .collect()
     }
 }
 
 /// A new shipment record (inserted when its batch ends).
 fn shipment(
     order_id: Uuid,
-    status: &str,
+    status: ShipmentStatus,
     tracking_number: Option<String>,
     reason: Option<String>,
 ) -> shipments::Model {
     let now = Utc::now();
     shipments::Model {
         order_id,
-        status: status.to_owned(),
+        status: status.as_str().to_owned(),
         tracking_number,
         reason,
         created_at: now,
@@ -151,55 +169,7 @@ fn shipment(
     }
 }
 
-impl ParticipantStore for Shipping {
-    type Record = shipments::Model;
-    type Deferred = ();
-
-    fn store(&self) -> &DatabaseConnection {
-        &self.db
-    }
-
-    fn outbox_feed(&self) -> &OutboxFeed {
-        &self.outbox_feed
-    }
-
-    async fn load(
-        &self,
-        txn: &DatabaseTransaction,
-        order_ids: Vec<Uuid>,
-    ) -> Result<Vec<(Uuid, shipments::Model)>, DbErr> {
-        load_by_order::<shipments::Entity, _>(txn, shipments::Column::OrderId, order_ids, |r| {
-            r.order_id
-        })
-        .await
-    }
-
-    async fn insert(
-        &self,
-        txn: &DatabaseTransaction,
-        records: Vec<shipments::Model>,
-    ) -> Result<(), DbErr> {
-        insert_all::<shipments::Entity, _>(txn, records).await
-    }
-
-    fn inserts_if_absent(&self) -> bool {
-        self.db.get_database_backend() == DbBackend::Postgres
-    }
-
-    async fn insert_if_absent(
-        &self,
-        records: Vec<shipments::Model>,
-        replies: Vec<(Uuid, NewMessage)>,
-    ) -> Result<Inserted, DbErr> {
-        insert_if_absent::<shipments::Entity>(
-            &self.db,
-            shipments::Column::OrderId,
-            records,
-            replies,
-        )
-        .await
-    }
-}
+order_keyed_store!(Shipping, shipments);
 
 impl CommandHandler for Shipping {
     type Store = Shipping;

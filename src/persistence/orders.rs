@@ -176,13 +176,19 @@ impl OrderRecord {
     }
 }
 
+/// Text in a status column that no enum variant spells: corrupt data, which nobody handles
+/// apart from failing the request (hence no dedicated error type).
 fn corrupt(what: &str, value: &str) -> DbErr {
-    DbErr::Custom(format!("unreadable {what} {value:?} in orders table"))
+    DbErr::Custom(format!("unreadable {what} {value:?} stored for an order"))
+}
+
+fn parse_status(text: &str) -> Result<OrderStatus, DbErr> {
+    OrderStatus::parse(text).ok_or_else(|| corrupt("status", text))
 }
 
 fn saga_of(row: &orders::Model) -> Result<Saga, DbErr> {
     Ok(Saga {
-        status: OrderStatus::parse(&row.status).ok_or_else(|| corrupt("status", &row.status))?,
+        status: parse_status(&row.status)?,
         reservation: ReservationState::parse(&row.reservation_state)
             .ok_or_else(|| corrupt("reservation_state", &row.reservation_state))?,
         payment: PaymentState::parse(&row.payment_state)
@@ -204,8 +210,8 @@ fn history_row(order_id: Uuid, entry: &HistoryEntry) -> order_transitions::Activ
     order_transitions::ActiveModel {
         id: NotSet,
         order_id: Set(order_id),
-        from_status: Set(entry.from.clone()),
-        to_status: Set(entry.status.clone()),
+        from_status: Set(entry.from.map(|s| s.as_str().to_owned())),
+        to_status: Set(entry.status.as_str().to_owned()),
         event: Set(entry.event.clone()),
         reason: Set(entry.reason.clone()),
         at: Set(entry.at),
@@ -598,9 +604,10 @@ pub async fn park<C: TransactionTrait>(db: &C, order_id: Uuid, reason: &str) -> 
         .filter(orders::Column::Id.eq(order_id))
         .exec(&txn)
         .await?;
+    let status = parse_status(&row.status)?;
     let entry = HistoryEntry {
-        from: Some(row.status.clone()),
-        status: row.status,
+        from: Some(status),
+        status,
         event: "parked".into(),
         reason: reason.to_owned(),
         at: now,
@@ -681,9 +688,7 @@ pub async fn status<C: ConnectionTrait>(db: &C, id: Uuid) -> Result<Option<Order
         .into_tuple()
         .one(db)
         .await?;
-    status
-        .map(|s| OrderStatus::parse(&s).ok_or_else(|| corrupt("status", &s)))
-        .transpose()
+    status.as_deref().map(parse_status).transpose()
 }
 
 /// The order with its full transition history, for the API.
@@ -697,14 +702,16 @@ pub async fn details<C: ConnectionTrait>(db: &C, id: Uuid) -> Result<Option<Orde
         .all(db)
         .await?
         .into_iter()
-        .map(|t| HistoryEntry {
-            from: t.from_status,
-            status: t.to_status,
-            event: t.event,
-            reason: t.reason,
-            at: t.at,
+        .map(|t| {
+            Ok(HistoryEntry {
+                from: t.from_status.as_deref().map(parse_status).transpose()?,
+                status: parse_status(&t.to_status)?,
+                event: t.event,
+                reason: t.reason,
+                at: t.at,
+            })
         })
-        .collect();
+        .collect::<Result<_, DbErr>>()?;
     Ok(Some(order.details(history)))
 }
 
@@ -727,8 +734,7 @@ pub async fn list<C: ConnectionTrait>(
         .map(|row| {
             Ok(OrderSummary {
                 id: row.id,
-                status: OrderStatus::parse(&row.status)
-                    .ok_or_else(|| corrupt("status", &row.status))?,
+                status: parse_status(&row.status)?,
                 customer_id: row.customer_id,
                 total_cents: row.total_cents,
                 currency: row.currency,

@@ -10,6 +10,7 @@ use lapin::BasicProperties;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions};
 use lapin::types::FieldTable;
 use order_service::domain::saga::PaymentMode;
+use order_service::participants::payment::PaymentStatus;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -309,7 +310,11 @@ async fn duplicated_commands_and_replies_have_exactly_one_effect() {
     .expect("payments");
     assert_eq!(
         payments,
-        vec![(id.parse().expect("uuid"), "CHARGED".to_owned(), 3 * 24_900)],
+        vec![(
+            id.parse().expect("uuid"),
+            PaymentStatus::Charged,
+            3 * 24_900
+        )],
         "charged once, for the real amount"
     );
     assert!(app.invariants(&[("MN-003", 25)]).await.holds());

@@ -67,7 +67,7 @@ fn create(sku: &str, routing_key: &str) -> (OrderRecord, OrderWrite) {
         order: Box::new(order.clone()),
         entry: HistoryEntry {
             from: None,
-            status: "PENDING".into(),
+            status: OrderStatus::Pending,
             event: "created".into(),
             reason: String::new(),
             at: now,
@@ -88,8 +88,8 @@ fn reject(order: &OrderRecord, expected_version: i64, routing_key: &str) -> Orde
         saga,
         timer: StepTimer::default(),
         entry: HistoryEntry {
-            from: Some("PENDING".into()),
-            status: "REJECTED".into(),
+            from: Some(OrderStatus::Pending),
+            status: OrderStatus::Rejected,
             event: "stock_rejected".into(),
             reason: "out of stock".into(),
             at: Utc::now(),
@@ -219,7 +219,7 @@ async fn a_stale_write_changes_nothing_and_the_rest_of_its_batch_commits(embedde
     assert_eq!(a_now.items.len(), 1);
     let events: Vec<&str> = a_now.history.iter().map(|h| h.event.as_str()).collect();
     assert_eq!(events, ["created", "stock_rejected"]);
-    assert_eq!(a_now.history[1].from.as_deref(), Some("PENDING"));
+    assert_eq!(a_now.history[1].from, Some(OrderStatus::Pending));
 
     let b_now = details(&db, b.id).await;
     assert_eq!(b_now.status, OrderStatus::Pending);

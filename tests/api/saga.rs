@@ -6,6 +6,7 @@ use crate::helpers::{ADMIN_TOKEN, TestOptions, order_body, spawn_app, spawn_app_
 use futures::StreamExt;
 use lapin::options::BasicAckOptions;
 use order_service::domain::saga::PaymentMode;
+use order_service::participants::payment::PaymentStatus;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -163,7 +164,7 @@ async fn a_failed_shipment_refunds_the_payment_and_releases_the_stock() {
     let order_id: Uuid = id.parse().expect("uuid");
     assert_eq!(
         payments,
-        vec![(order_id, "REFUNDED".to_owned(), 2 * 24_900)]
+        vec![(order_id, PaymentStatus::Refunded, 2 * 24_900)]
     );
     assert_eq!(app.stock("MN-003").await["available"], 25);
     assert!(app.invariants(&[("MN-003", 25)]).await.holds());

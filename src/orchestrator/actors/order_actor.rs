@@ -362,7 +362,7 @@ impl OrderActor {
         };
         let entry = HistoryEntry {
             from: None,
-            status: OrderStatus::Pending.as_str().to_owned(),
+            status: OrderStatus::Pending,
             event: "order_created".into(),
             reason: "order accepted; reserving stock".into(),
             at: now,
@@ -436,8 +436,8 @@ impl OrderActor {
         };
         let now = stored_now();
         let entry = HistoryEntry {
-            from: Some(order.saga.status.as_str().to_owned()),
-            status: transition.saga.status.as_str().to_owned(),
+            from: Some(order.saga.status),
+            status: transition.saga.status,
             event: event.name().to_owned(),
             reason: transition.reason.clone(),
             at: now,

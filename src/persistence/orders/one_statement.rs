@@ -181,8 +181,11 @@ pub(super) async fn save_batch<C: ConnectionTrait>(
             h.order_id.into(),
             h.fenced.into(),
             entry.from.is_some().into(),
-            entry.from.clone().unwrap_or_default().into(),
-            entry.status.clone().into(),
+            entry
+                .from
+                .map_or("", crate::domain::saga::OrderStatus::as_str)
+                .into(),
+            entry.status.as_str().into(),
             entry.event.clone().into(),
             entry.reason.clone().into(),
             entry.at.into(),
