@@ -11,7 +11,7 @@ use crate::domain::saga::{
 use crate::domain::view::{
     HistoryEntry, ItemView, OrderDetails, OrderLine, OrderSummary, StepsView,
 };
-use crate::persistence::{idempotency, outbox, pg_array};
+use crate::persistence::{idempotency, outbox};
 use chrono::{DateTime, Utc};
 use entity::{order_items, order_transitions, orders};
 use sea_orm::{
@@ -517,41 +517,6 @@ impl<'a> FencedUpdate<'a> {
             }
         }
         Ok(held)
-    }
-
-    /// The updates as one array per column, for the PostgreSQL statement
-    /// ([`one_statement`]): id, expected version, deadline (flag, value), attempts,
-    /// transition flag, the four saga states, failure reason (flag, value), time.
-    fn columns(updates: &[FencedUpdate<'_>]) -> Vec<sea_orm::sea_query::Value> {
-        use sea_orm::sea_query::Value;
-        let column = |f: &dyn Fn(&FencedUpdate) -> Value| updates.iter().map(f).collect::<Vec<_>>();
-        let epoch = DateTime::<Utc>::UNIX_EPOCH;
-        let saga_text = |f: fn(&Saga) -> &'static str| {
-            column(&|u| Value::from(u.saga.map_or("", |(s, _)| f(s))))
-        };
-        vec![
-            pg_array::<Uuid>(column(&|u| Value::from(u.order_id))),
-            pg_array::<i64>(column(&|u| Value::from(u.expected_version))),
-            pg_array::<bool>(column(&|u| Value::from(u.timer.deadline.is_some()))),
-            pg_array::<DateTime<Utc>>(column(&|u| Value::from(u.timer.deadline.unwrap_or(epoch)))),
-            pg_array::<i32>(column(&|u| Value::from(u.timer.attempts))),
-            pg_array::<bool>(column(&|u| Value::from(u.saga.is_some()))),
-            pg_array::<String>(saga_text(|s| s.status.as_str())),
-            pg_array::<String>(saga_text(|s| s.reservation.as_str())),
-            pg_array::<String>(saga_text(|s| s.payment.as_str())),
-            pg_array::<String>(saga_text(|s| s.shipment.as_str())),
-            pg_array::<bool>(column(&|u| {
-                Value::from(u.saga.is_some_and(|(s, _)| s.failure_reason.is_some()))
-            })),
-            pg_array::<String>(column(&|u| {
-                Value::from(
-                    u.saga
-                        .and_then(|(s, _)| s.failure_reason.clone())
-                        .unwrap_or_default(),
-                )
-            })),
-            pg_array::<DateTime<Utc>>(column(&|u| Value::from(u.saga.map_or(epoch, |(_, at)| at)))),
-        ]
     }
 
     /// Returns whether the fence held (the row was at the expected version).

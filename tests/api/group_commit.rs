@@ -7,7 +7,7 @@
 //! of that order is written.
 
 use crate::helpers::{Backing, outbox_rows, provision};
-use chrono::Utc;
+use chrono::{SubsecRound, Utc};
 use entity::{idempotency_keys, order_items, order_transitions};
 use order_service::domain::saga::{self, OrderStatus, PaymentMode};
 use order_service::domain::view::{HistoryEntry, OrderDetails, OrderLine};
@@ -25,7 +25,7 @@ use sea_orm::{
 use std::time::Duration;
 use uuid::Uuid;
 
-fn message(routing_key: &str) -> NewMessage {
+pub(super) fn message(routing_key: &str) -> NewMessage {
     let id = Uuid::new_v4();
     let mut message = NewMessage::json(
         "order.commands",
@@ -38,8 +38,9 @@ fn message(routing_key: &str) -> NewMessage {
     message
 }
 
-fn create(sku: &str, routing_key: &str) -> (OrderRecord, OrderWrite) {
-    let now = Utc::now();
+pub(super) fn create(sku: &str, routing_key: &str) -> (OrderRecord, OrderWrite) {
+    // Microseconds, as the databases keep them, so that a record read back compares equal.
+    let now = Utc::now().trunc_subsecs(6);
     let (saga, _) = saga::start();
     let order = OrderRecord {
         id: Uuid::new_v4(),
@@ -78,7 +79,7 @@ fn create(sku: &str, routing_key: &str) -> (OrderRecord, OrderWrite) {
     (order, write)
 }
 
-fn reject(order: &OrderRecord, expected_version: i64, routing_key: &str) -> OrderWrite {
+pub(super) fn reject(order: &OrderRecord, expected_version: i64, routing_key: &str) -> OrderWrite {
     let mut saga = order.saga.clone();
     saga.status = OrderStatus::Rejected;
     saga.failure_reason = Some("out of stock".into());
@@ -92,13 +93,13 @@ fn reject(order: &OrderRecord, expected_version: i64, routing_key: &str) -> Orde
             status: OrderStatus::Rejected,
             event: "stock_rejected".into(),
             reason: "out of stock".into(),
-            at: Utc::now(),
+            at: Utc::now().trunc_subsecs(6),
         },
         messages: vec![message(routing_key)],
     }
 }
 
-async fn details(db: &DatabaseConnection, id: Uuid) -> OrderDetails {
+pub(super) async fn details(db: &DatabaseConnection, id: Uuid) -> OrderDetails {
     orders::details(db, id)
         .await
         .expect("reading the order")
@@ -107,7 +108,7 @@ async fn details(db: &DatabaseConnection, id: Uuid) -> OrderDetails {
 
 /// A migrated orders store of its own (kept while the [`Backing`] lives) and the group
 /// commit's connection to it.
-async fn migrated_writer(embedded: bool) -> (DatabaseConnection, Backing) {
+pub(super) async fn migrated_writer(embedded: bool) -> (DatabaseConnection, Backing) {
     let (_stores, db, backing) = migrated_stores_and_writer(embedded).await;
     (db, backing)
 }
@@ -280,11 +281,11 @@ fn answering(write: OrderWrite, key: &str, claims_with_hash: Option<&str>) -> Or
     }
 }
 
-fn claiming(write: OrderWrite, key: &str, hash: &str) -> OrderWrite {
+pub(super) fn claiming(write: OrderWrite, key: &str, hash: &str) -> OrderWrite {
     answering(write, key, Some(hash))
 }
 
-async fn stored_key(db: &DatabaseConnection, key: &str) -> idempotency_keys::Model {
+pub(super) async fn stored_key(db: &DatabaseConnection, key: &str) -> idempotency_keys::Model {
     idempotency_keys::Entity::find_by_id(key.to_owned())
         .one(db)
         .await

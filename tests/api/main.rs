@@ -24,3 +24,4 @@ mod schemathesis;
 mod startup;
 mod stock_adjust;
 mod timers;
+mod write_path;

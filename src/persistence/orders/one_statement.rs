@@ -5,21 +5,36 @@
 //! WAL flush, `synchronous_commit` on) per batch instead of five to seven. At light load a
 //! batch holds one write, so this is most of the latency of a saga step's commit.
 //!
-//! Every column travels as one array parameter, so the statement text is the same for
-//! every batch. Arrays cannot carry NULLs through the driver, hence the `has_` flags.
+//! Every CTE reads its rows from `UNNEST` of one array parameter per column, so the
+//! statement text is the same for every batch. Each CTE's text sits next to its column
+//! list — name, type and the value it takes from a row — and the statement's `UNNEST`
+//! arguments, their parameter numbers and the bound arrays are all generated from that list
+//! ([`Part`]), so a value cannot end up in another column's parameter. Arrays cannot carry
+//! NULLs through the driver, hence the `has_` flags.
+//!
 //! History entries and messages of fenced writes carry their order id and are inserted
 //! only if that order's write stands (`stands`): its fenced update held (`held`), or — for
 //! a create that claims its idempotency key with the order — the key was free (`claimed`).
 //! Other creates have no fence.
 
-use super::{BatchRows, FencedUpdate, OrderWrite, SavedBatch};
-use crate::persistence::pg_array;
+use super::{
+    BatchRows, FencedUpdate, IdempotencyCompletion, OfOrder, OrderRecord, OrderWrite, SavedBatch,
+};
+use crate::domain::saga::OrderStatus;
+use crate::domain::view::{HistoryEntry, OrderLine};
+use crate::persistence::{outbox, pg_array};
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Value;
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement};
+use std::sync::LazyLock;
 use uuid::Uuid;
 
-const SAVE_BATCH: &str = r#"WITH held AS (
+/// Stands in for an absent timestamp in an array (its `has_` flag says it is absent).
+const NO_TIME: DateTime<Utc> = DateTime::<Utc>::UNIX_EPOCH;
+
+/// The fenced updates of transitions and retries (a retry: `transition` false, the timer
+/// only). An order whose version has moved on is not updated and so not `held`.
+const HELD: &str = "held AS (
     UPDATE orders AS o SET
         step_deadline_at = CASE WHEN v.has_deadline THEN v.deadline END,
         step_attempts = v.attempts,
@@ -31,25 +46,76 @@ const SAVE_BATCH: &str = r#"WITH held AS (
         failure_reason = CASE WHEN NOT v.transition THEN o.failure_reason
                               WHEN v.has_reason THEN v.reason END,
         updated_at = CASE WHEN v.transition THEN v.at ELSE o.updated_at END
-    FROM UNNEST($1::uuid[], $2::int8[], $3::bool[], $4::timestamptz[], $5::int4[], $6::bool[],
-                $7::text[], $8::text[], $9::text[], $10::text[], $11::bool[], $12::text[],
-                $13::timestamptz[])
-        AS v(id, expected, has_deadline, deadline, attempts, transition, status, reservation,
-             payment, shipment, has_reason, reason, at)
+    FROM {unnest} AS v({columns})
     WHERE o.id = v.id AND o.version = v.expected
     RETURNING o.id
-), claimed AS (
+)";
+const HELD_COLUMNS: Columns<fn(&FencedUpdate<'_>) -> Value> = &[
+    ("id", Pg::Uuid, |u| u.order_id.into()),
+    ("expected", Pg::Int8, |u| u.expected_version.into()),
+    ("has_deadline", Pg::Bool, |u| {
+        u.timer.deadline.is_some().into()
+    }),
+    ("deadline", Pg::Timestamptz, |u| {
+        u.timer.deadline.unwrap_or(NO_TIME).into()
+    }),
+    ("attempts", Pg::Int4, |u| u.timer.attempts.into()),
+    ("transition", Pg::Bool, |u| u.saga.is_some().into()),
+    ("status", Pg::Text, |u| {
+        u.saga.map_or("", |(s, _)| s.status.as_str()).into()
+    }),
+    ("reservation", Pg::Text, |u| {
+        u.saga.map_or("", |(s, _)| s.reservation.as_str()).into()
+    }),
+    ("payment", Pg::Text, |u| {
+        u.saga.map_or("", |(s, _)| s.payment.as_str()).into()
+    }),
+    ("shipment", Pg::Text, |u| {
+        u.saga.map_or("", |(s, _)| s.shipment.as_str()).into()
+    }),
+    ("has_reason", Pg::Bool, |u| {
+        u.saga
+            .is_some_and(|(s, _)| s.failure_reason.is_some())
+            .into()
+    }),
+    ("reason", Pg::Text, |u| {
+        u.saga
+            .and_then(|(s, _)| s.failure_reason.clone())
+            .unwrap_or_default()
+            .into()
+    }),
+    ("at", Pg::Timestamptz, |u| {
+        u.saga.map_or(NO_TIME, |(_, at)| at).into()
+    }),
+];
+
+/// The keys claimed (answered) by creates that claim theirs with the order; one taken
+/// already, or by an earlier row of the batch, is not `claimed` and its order not created.
+const CLAIMED: &str = "claimed AS (
     INSERT INTO idempotency_keys (key, request_hash, order_id, response_status, response_body,
         created_at)
     SELECT c.key, c.hash, c.order_id, c.status, c.body, c.at
-    FROM UNNEST($59::text[], $60::text[], $61::uuid[], $62::int4[], $63::text[],
-                $64::timestamptz[]) WITH ORDINALITY AS c(key, hash, order_id, status, body, at, n)
+    FROM {unnest} WITH ORDINALITY AS c({columns}, n)
     ORDER BY c.key, c.n
     ON CONFLICT (key) DO NOTHING
     RETURNING order_id
-), stands AS (
+)";
+const CLAIMED_COLUMNS: Columns<fn(&Claim<'_>) -> Value> = &[
+    ("key", Pg::Text, |c| c.done.key.clone().into()),
+    ("hash", Pg::Text, |c| c.hash.to_owned().into()),
+    ("order_id", Pg::Uuid, |c| c.order_id.into()),
+    ("status", Pg::Int4, |c| i32::from(c.done.status).into()),
+    ("body", Pg::Text, |c| c.done.body.clone().into()),
+    ("at", Pg::Timestamptz, |c| c.at.into()),
+];
+
+/// The orders whose write stands.
+const STANDS: &str = "stands AS (
     SELECT id FROM held UNION ALL SELECT order_id FROM claimed
-), created AS (
+)";
+
+/// The new orders: those that claim their key only if they did (`fenced`).
+const CREATED: &str = "created AS (
     INSERT INTO orders (id, customer_id, currency, total_cents, status, reservation_state,
         payment_state, shipment_state, failure_reason, payment_mode, version,
         step_deadline_at, step_attempts, trace_context, parked_reason, created_at, updated_at)
@@ -57,65 +123,280 @@ const SAVE_BATCH: &str = r#"WITH held AS (
         n.shipment, CASE WHEN n.has_reason THEN n.reason END, n.payment_mode, n.version,
         CASE WHEN n.has_deadline THEN n.deadline END, n.attempts,
         CASE WHEN n.has_trace THEN n.trace END, NULL, n.created_at, n.updated_at
-    FROM UNNEST($14::uuid[], $15::text[], $16::text[], $17::int8[], $18::text[], $19::text[],
-                $20::text[], $21::text[], $22::bool[], $23::text[], $24::text[], $25::int8[],
-                $26::bool[], $27::timestamptz[], $28::int4[], $29::bool[], $30::text[],
-                $31::timestamptz[], $32::timestamptz[], $65::bool[])
-        AS n(id, customer_id, currency, total_cents, status, reservation, payment, shipment,
-             has_reason, reason, payment_mode, version, has_deadline, deadline, attempts,
-             has_trace, trace, created_at, updated_at, fenced)
+    FROM {unnest} AS n({columns})
     WHERE NOT n.fenced OR n.id IN (SELECT order_id FROM claimed)
     RETURNING id
-), items AS (
+)";
+const CREATED_COLUMNS: Columns<fn(&OfOrder<'_, OrderRecord>) -> Value> = &[
+    ("id", Pg::Uuid, |n| n.row.id.into()),
+    ("customer_id", Pg::Text, |n| {
+        n.row.customer_id.clone().into()
+    }),
+    ("currency", Pg::Text, |n| n.row.currency.clone().into()),
+    ("total_cents", Pg::Int8, |n| n.row.total_cents.into()),
+    ("status", Pg::Text, |n| n.row.saga.status.as_str().into()),
+    ("reservation", Pg::Text, |n| {
+        n.row.saga.reservation.as_str().into()
+    }),
+    ("payment", Pg::Text, |n| n.row.saga.payment.as_str().into()),
+    ("shipment", Pg::Text, |n| {
+        n.row.saga.shipment.as_str().into()
+    }),
+    ("has_reason", Pg::Bool, |n| {
+        n.row.saga.failure_reason.is_some().into()
+    }),
+    ("reason", Pg::Text, |n| {
+        n.row.saga.failure_reason.clone().unwrap_or_default().into()
+    }),
+    ("payment_mode", Pg::Text, |n| {
+        super::payment_mode_str(n.row.payment_mode).into()
+    }),
+    ("version", Pg::Int8, |n| n.row.version.into()),
+    ("has_deadline", Pg::Bool, |n| {
+        n.row.timer.deadline.is_some().into()
+    }),
+    ("deadline", Pg::Timestamptz, |n| {
+        n.row.timer.deadline.unwrap_or(NO_TIME).into()
+    }),
+    ("attempts", Pg::Int4, |n| n.row.timer.attempts.into()),
+    ("has_trace", Pg::Bool, |n| {
+        n.row.trace_context.is_some().into()
+    }),
+    ("trace", Pg::Text, |n| {
+        n.row.trace_context.clone().unwrap_or_default().into()
+    }),
+    ("created_at", Pg::Timestamptz, |n| n.row.created_at.into()),
+    ("updated_at", Pg::Timestamptz, |n| n.row.updated_at.into()),
+    ("fenced", Pg::Bool, |n| n.fenced.into()),
+];
+
+/// The items of the orders created.
+const ITEMS: &str = "items AS (
     INSERT INTO order_items (order_id, line_no, sku, quantity, unit_price_cents)
     SELECT i.order_id, i.line_no, i.sku, i.quantity, i.unit_price_cents
-    FROM UNNEST($33::uuid[], $34::int4[], $35::text[], $36::int4[], $37::int8[])
-        AS i(order_id, line_no, sku, quantity, unit_price_cents)
+    FROM {unnest} AS i({columns})
     WHERE i.order_id IN (SELECT id FROM created)
-), history AS (
+)";
+const ITEMS_COLUMNS: Columns<fn(&Line<'_>) -> Value> = &[
+    ("order_id", Pg::Uuid, |i| i.order_id.into()),
+    ("line_no", Pg::Int4, |i| {
+        i32::try_from(i.line_no).unwrap_or(i32::MAX).into()
+    }),
+    ("sku", Pg::Text, |i| i.line.sku.clone().into()),
+    ("quantity", Pg::Int4, |i| {
+        i32::try_from(i.line.quantity).unwrap_or(i32::MAX).into()
+    }),
+    ("unit_price_cents", Pg::Int8, |i| {
+        i.line.unit_price_cents.into()
+    }),
+];
+
+/// The history entries of the writes that stand, in the batch's order.
+const HISTORY: &str = "history AS (
     INSERT INTO order_transitions (order_id, from_status, to_status, event, reason, at)
     SELECT h.order_id, CASE WHEN h.has_from THEN h.from_status END, h.to_status, h.event,
         h.reason, h.at
-    FROM UNNEST($38::uuid[], $39::bool[], $40::bool[], $41::text[], $42::text[], $43::text[],
-                $44::text[], $45::timestamptz[]) WITH ORDINALITY
-        AS h(order_id, fenced, has_from, from_status, to_status, event, reason, at, n)
+    FROM {unnest} WITH ORDINALITY AS h({columns}, n)
     WHERE NOT h.fenced OR h.order_id IN (SELECT id FROM stands)
     ORDER BY h.n
-), messages AS (
+)";
+const HISTORY_COLUMNS: Columns<fn(&OfOrder<'_, HistoryEntry>) -> Value> = &[
+    ("order_id", Pg::Uuid, |h| h.order_id.into()),
+    ("fenced", Pg::Bool, |h| h.fenced.into()),
+    ("has_from", Pg::Bool, |h| h.row.from.is_some().into()),
+    ("from_status", Pg::Text, |h| {
+        h.row.from.map_or("", OrderStatus::as_str).into()
+    }),
+    ("to_status", Pg::Text, |h| h.row.status.as_str().into()),
+    ("event", Pg::Text, |h| h.row.event.clone().into()),
+    ("reason", Pg::Text, |h| h.row.reason.clone().into()),
+    ("at", Pg::Timestamptz, |h| h.row.at.into()),
+];
+
+/// The outbox messages of the writes that stand, in the batch's order (their ids keep
+/// commit order for the relay).
+const MESSAGES: &str = "messages AS (
     INSERT INTO outbox (message_id, exchange, routing_key, payload, headers, created_at)
     SELECT m.message_id, m.exchange, m.routing_key, m.payload,
         CASE WHEN m.has_headers THEN m.headers END, m.created_at
-    FROM UNNEST($46::uuid[], $47::bool[], $48::uuid[], $49::text[], $50::text[], $51::text[],
-                $52::bool[], $53::text[], $54::timestamptz[]) WITH ORDINALITY
-        AS m(owner, fenced, message_id, exchange, routing_key, payload, has_headers, headers,
-             created_at, n)
+    FROM {unnest} WITH ORDINALITY AS m({columns}, n)
     WHERE NOT m.fenced OR m.owner IN (SELECT id FROM stands)
     ORDER BY m.n
     RETURNING id, message_id
-), completed AS (
+)";
+const MESSAGES_COLUMNS: Columns<fn(&Message<'_>) -> Value> = &[
+    ("owner", Pg::Uuid, |m| m.of.order_id.into()),
+    ("fenced", Pg::Bool, |m| m.of.fenced.into()),
+    ("message_id", Pg::Uuid, |m| m.of.row.message_id.into()),
+    ("exchange", Pg::Text, |m| m.of.row.exchange.into()),
+    ("routing_key", Pg::Text, |m| {
+        m.of.row.routing_key.clone().into()
+    }),
+    ("payload", Pg::Text, |m| m.of.row.payload.clone().into()),
+    ("has_headers", Pg::Bool, |m| m.headers.is_some().into()),
+    ("headers", Pg::Text, |m| {
+        m.headers.clone().unwrap_or_default().into()
+    }),
+    ("created_at", Pg::Timestamptz, |m| m.created_at.into()),
+];
+
+/// The responses of keys claimed before the write (the fallback protocol).
+const COMPLETED: &str = "completed AS (
     UPDATE idempotency_keys AS k
     SET order_id = c.order_id, response_status = c.status, response_body = c.body
-    FROM UNNEST($55::text[], $56::uuid[], $57::int4[], $58::text[]) AS c(key, order_id, status, body)
+    FROM {unnest} AS c({columns})
     WHERE k.key = c.key
-)
-SELECT id AS order_id, NULL::int8 AS outbox_id FROM stands
+)";
+const COMPLETED_COLUMNS: Columns<fn(&Completion<'_>) -> Value> = &[
+    ("key", Pg::Text, |(_, done)| done.key.clone().into()),
+    ("order_id", Pg::Uuid, |&(order_id, _)| order_id.into()),
+    ("status", Pg::Int4, |(_, done)| {
+        i32::from(done.status).into()
+    }),
+    ("body", Pg::Text, |(_, done)| done.body.clone().into()),
+];
+
+/// What the statement returns: the orders whose write stands (`outbox_id` NULL) and the
+/// outbox rows inserted.
+const RESULT: &str = "SELECT id AS order_id, NULL::int8 AS outbox_id FROM stands
 UNION ALL
-SELECT message_id, id FROM messages"#;
+SELECT message_id, id FROM messages";
 
-/// One array parameter per column of a group of rows.
-#[derive(Default)]
-struct Columns(Vec<Vec<Value>>);
+/// The statement's parts in its order, each with its rows.
+fn parts(
+    updates: &[FencedUpdate<'_>],
+    claims: &[Claim<'_>],
+    new_orders: &[OfOrder<'_, OrderRecord>],
+    lines: &[Line<'_>],
+    history: &[OfOrder<'_, HistoryEntry>],
+    messages: &[Message<'_>],
+    completions: &[Completion<'_>],
+) -> [Part; 8] {
+    [
+        Part::of(HELD, HELD_COLUMNS, updates),
+        Part::of(CLAIMED, CLAIMED_COLUMNS, claims),
+        Part::of(STANDS, &[], &[()]), // reads only the CTEs before it
+        Part::of(CREATED, CREATED_COLUMNS, new_orders),
+        Part::of(ITEMS, ITEMS_COLUMNS, lines),
+        Part::of(HISTORY, HISTORY_COLUMNS, history),
+        Part::of(MESSAGES, MESSAGES_COLUMNS, messages),
+        Part::of(COMPLETED, COMPLETED_COLUMNS, completions),
+    ]
+}
 
-impl Columns {
-    fn with(n: usize) -> Self {
-        Columns(vec![Vec::new(); n])
-    }
+/// The statement, rendered once from the parts (no rows needed for its text).
+static SAVE_BATCH: LazyLock<String> =
+    LazyLock::new(|| statement(&parts(&[], &[], &[], &[], &[], &[], &[])));
 
-    fn push(&mut self, row: impl IntoIterator<Item = Value>) {
-        for (column, value) in self.0.iter_mut().zip(row) {
-            column.push(value);
+/// The columns of a part's rows, each with its name in the statement, its type, and its
+/// value in a row (`F`: `fn(&Row) -> Value`).
+type Columns<F> = &'static [Column<F>];
+type Column<F> = (&'static str, Pg, F);
+type ValueIn<R> = fn(&R) -> Value;
+
+/// The PostgreSQL types of the columns.
+#[derive(Clone, Copy, Debug)]
+enum Pg {
+    Uuid,
+    Text,
+    Int4,
+    Int8,
+    Bool,
+    Timestamptz,
+}
+
+impl Pg {
+    fn name(self) -> &'static str {
+        match self {
+            Pg::Uuid => "uuid",
+            Pg::Text => "text",
+            Pg::Int4 => "int4",
+            Pg::Int8 => "int8",
+            Pg::Bool => "bool",
+            Pg::Timestamptz => "timestamptz",
         }
     }
+
+    /// A column's values as one array parameter.
+    fn array(self, values: Vec<Value>) -> Value {
+        match self {
+            Pg::Uuid => pg_array::<Uuid>(values),
+            Pg::Text => pg_array::<String>(values),
+            Pg::Int4 => pg_array::<i32>(values),
+            Pg::Int8 => pg_array::<i64>(values),
+            Pg::Bool => pg_array::<bool>(values),
+            Pg::Timestamptz => pg_array::<DateTime<Utc>>(values),
+        }
+    }
+}
+
+/// One CTE of the statement: its text, where `{unnest}` stands for the `UNNEST` of its
+/// columns' parameters and `{columns}` for their names; and those columns' arrays.
+struct Part {
+    sql: &'static str,
+    columns: Vec<(&'static str, Pg)>,
+    arrays: Vec<Value>,
+}
+
+impl Part {
+    fn of<R>(sql: &'static str, columns: &[Column<ValueIn<R>>], rows: &[R]) -> Part {
+        Part {
+            sql,
+            columns: columns.iter().map(|&(name, pg, _)| (name, pg)).collect(),
+            arrays: columns
+                .iter()
+                .map(|&(_, pg, value)| pg.array(rows.iter().map(value).collect()))
+                .collect(),
+        }
+    }
+}
+
+/// The statement's text: the parts as CTEs, their parameters numbered in order.
+fn statement(parts: &[Part]) -> String {
+    let mut parameters = 0;
+    let ctes: Vec<String> = parts
+        .iter()
+        .map(|part| {
+            let unnest: Vec<String> = part
+                .columns
+                .iter()
+                .map(|(_, pg)| {
+                    parameters += 1;
+                    format!("${parameters}::{}[]", pg.name())
+                })
+                .collect();
+            let names: Vec<&str> = part.columns.iter().map(|&(name, _)| name).collect();
+            part.sql
+                .replace("{unnest}", &format!("UNNEST({})", unnest.join(", ")))
+                .replace("{columns}", &names.join(", "))
+        })
+        .collect();
+    format!("WITH {}\n{RESULT}", ctes.join(", "))
+}
+
+/// A key this batch claims with its order, answered.
+struct Claim<'a> {
+    order_id: Uuid,
+    done: &'a IdempotencyCompletion,
+    hash: &'a str,
+    at: DateTime<Utc>,
+}
+
+/// The response of a key claimed before the write, and its order.
+type Completion<'a> = (Uuid, &'a IdempotencyCompletion);
+
+/// An item of a new order.
+struct Line<'a> {
+    order_id: Uuid,
+    line_no: usize,
+    line: &'a OrderLine,
+}
+
+/// An outbox message with its `headers` column.
+struct Message<'a> {
+    of: &'a OfOrder<'a, outbox::NewMessage>,
+    headers: Option<String>,
+    created_at: DateTime<Utc>,
 }
 
 /// [`super::save_batch`] on PostgreSQL.
@@ -123,7 +404,6 @@ pub(super) async fn save_batch<C: ConnectionTrait>(
     db: &C,
     writes: &[OrderWrite],
 ) -> Result<SavedBatch, DbErr> {
-    let epoch = DateTime::<Utc>::UNIX_EPOCH;
     let now = Utc::now();
     // The fence is matched by order id (`held`), so a batch carries at most one write per
     // order — as it does: an actor awaits each write before it makes the next.
@@ -136,191 +416,61 @@ pub(super) async fn save_batch<C: ConnectionTrait>(
         "two writes for one order in a batch"
     );
     let rows = BatchRows::of(writes);
-    let mut created = Columns::with(19);
-    let mut created_fenced = Vec::with_capacity(rows.new_orders.len());
-    let mut items = Columns::with(5);
-    for new in &rows.new_orders {
-        let order = new.row;
-        created_fenced.push(new.fenced.into());
-        let saga = &order.saga;
-        created.push([
-            order.id.into(),
-            order.customer_id.clone().into(),
-            order.currency.clone().into(),
-            order.total_cents.into(),
-            saga.status.as_str().into(),
-            saga.reservation.as_str().into(),
-            saga.payment.as_str().into(),
-            saga.shipment.as_str().into(),
-            saga.failure_reason.is_some().into(),
-            saga.failure_reason.clone().unwrap_or_default().into(),
-            super::payment_mode_str(order.payment_mode).into(),
-            order.version.into(),
-            order.timer.deadline.is_some().into(),
-            order.timer.deadline.unwrap_or(epoch).into(),
-            order.timer.attempts.into(),
-            order.trace_context.is_some().into(),
-            order.trace_context.clone().unwrap_or_default().into(),
-            order.created_at.into(),
-            order.updated_at.into(),
-        ]);
-        for (line_no, line) in order.items.iter().enumerate() {
-            items.push([
-                order.id.into(),
-                i32::try_from(line_no).unwrap_or(i32::MAX).into(),
-                line.sku.clone().into(),
-                i32::try_from(line.quantity).unwrap_or(i32::MAX).into(),
-                line.unit_price_cents.into(),
-            ]);
-        }
-    }
-    let mut history = Columns::with(8);
-    for h in &rows.history {
-        let entry = h.row;
-        history.push([
-            h.order_id.into(),
-            h.fenced.into(),
-            entry.from.is_some().into(),
-            entry
-                .from
-                .map_or("", crate::domain::saga::OrderStatus::as_str)
-                .into(),
-            entry.status.as_str().into(),
-            entry.event.clone().into(),
-            entry.reason.clone().into(),
-            entry.at.into(),
-        ]);
-    }
-    let mut completions = Columns::with(4);
-    for &(order_id, done) in &rows.completions {
-        completions.push([
-            done.key.clone().into(),
-            order_id.into(),
-            i32::from(done.status).into(),
-            done.body.clone().into(),
-        ]);
-    }
-    let mut claims = Columns::with(6);
-    for &(order_id, done, hash) in &rows.claims {
-        claims.push([
-            done.key.clone().into(),
-            hash.to_owned().into(),
-            order_id.into(),
-            i32::from(done.status).into(),
-            done.body.clone().into(),
-            now.into(),
-        ]);
-    }
-    let messages = &rows.messages;
-    let mut outbox_columns = Columns::with(9);
-    let headers: Vec<Option<String>> = messages.iter().map(|m| m.row.headers_column()).collect();
-    for (m, headers) in messages.iter().zip(&headers) {
-        outbox_columns.push([
-            m.order_id.into(),
-            m.fenced.into(),
-            m.row.message_id.into(),
-            m.row.exchange.into(),
-            m.row.routing_key.clone().into(),
-            m.row.payload.clone().into(),
-            headers.is_some().into(),
-            headers.clone().unwrap_or_default().into(),
-            now.into(),
-        ]);
-    }
-
-    let mut values = FencedUpdate::columns(&rows.updates);
-    let typed = |columns: Columns, types: &[fn(Vec<Value>) -> Value]| {
-        columns
-            .0
-            .into_iter()
-            .zip(types)
-            .map(|(column, array)| array(column))
-            .collect::<Vec<_>>()
-    };
-    use pg_array as a;
-    values.extend(typed(
-        created,
-        &[
-            a::<Uuid>,
-            a::<String>,
-            a::<String>,
-            a::<i64>,
-            a::<String>,
-            a::<String>,
-            a::<String>,
-            a::<String>,
-            a::<bool>,
-            a::<String>,
-            a::<String>,
-            a::<i64>,
-            a::<bool>,
-            a::<DateTime<Utc>>,
-            a::<i32>,
-            a::<bool>,
-            a::<String>,
-            a::<DateTime<Utc>>,
-            a::<DateTime<Utc>>,
-        ],
-    ));
-    values.extend(typed(
-        items,
-        &[a::<Uuid>, a::<i32>, a::<String>, a::<i32>, a::<i64>],
-    ));
-    values.extend(typed(
-        history,
-        &[
-            a::<Uuid>,
-            a::<bool>,
-            a::<bool>,
-            a::<String>,
-            a::<String>,
-            a::<String>,
-            a::<String>,
-            a::<DateTime<Utc>>,
-        ],
-    ));
-    values.extend(typed(
-        outbox_columns,
-        &[
-            a::<Uuid>,
-            a::<bool>,
-            a::<Uuid>,
-            a::<String>,
-            a::<String>,
-            a::<String>,
-            a::<bool>,
-            a::<String>,
-            a::<DateTime<Utc>>,
-        ],
-    ));
-    values.extend(typed(
-        completions,
-        &[a::<String>, a::<Uuid>, a::<i32>, a::<String>],
-    ));
-    values.extend(typed(
-        claims,
-        &[
-            a::<String>,
-            a::<String>,
-            a::<Uuid>,
-            a::<i32>,
-            a::<String>,
-            a::<DateTime<Utc>>,
-        ],
-    ));
-    values.push(a::<bool>(created_fenced));
+    let claims: Vec<Claim> = rows
+        .claims
+        .iter()
+        .map(|&(order_id, done, hash)| Claim {
+            order_id,
+            done,
+            hash,
+            at: now,
+        })
+        .collect();
+    let lines: Vec<Line> = rows
+        .new_orders
+        .iter()
+        .flat_map(|new| {
+            let order_id = new.row.id;
+            (new.row.items.iter().enumerate()).map(move |(line_no, line)| Line {
+                order_id,
+                line_no,
+                line,
+            })
+        })
+        .collect();
+    let messages: Vec<Message> = rows
+        .messages
+        .iter()
+        .map(|of| Message {
+            of,
+            headers: of.row.headers_column(),
+            created_at: now,
+        })
+        .collect();
+    let values: Vec<Value> = parts(
+        &rows.updates,
+        &claims,
+        &rows.new_orders,
+        &lines,
+        &rows.history,
+        &messages,
+        &rows.completions,
+    )
+    .into_iter()
+    .flat_map(|part| part.arrays)
+    .collect();
 
     let returned = db
         .query_all_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
-            SAVE_BATCH,
+            SAVE_BATCH.as_str(),
             values,
         ))
         .await?;
-    let (held, outbox_ids) = crate::persistence::outbox::orders_and_outbox_ids(returned)?;
+    let (held, outbox_ids) = outbox::orders_and_outbox_ids(returned)?;
 
-    let outbox_rows = crate::persistence::outbox::stored_rows(
-        messages.iter().map(|m| m.row).zip(headers),
+    let outbox_rows = outbox::stored_rows(
+        messages.into_iter().map(|m| (m.of.row, m.headers)),
         &outbox_ids,
         now,
     );
@@ -328,4 +478,40 @@ pub(super) async fn save_batch<C: ConnectionTrait>(
         results: super::results(writes, &held),
         outbox_rows,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The parameters are `$1` to `$n` in the text's order, one per bound array, and every
+    /// listed column is used by its CTE.
+    #[test]
+    fn every_column_has_its_parameter_and_is_used() {
+        let parts = parts(&[], &[], &[], &[], &[], &[], &[]);
+        let bound: usize = parts.iter().map(|p| p.arrays.len()).sum();
+        let mut numbers = Vec::new();
+        let mut rest = SAVE_BATCH.as_str();
+        while let Some(at) = rest.find('$') {
+            rest = &rest[at + 1..];
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            numbers.push(digits.parse::<usize>().expect("a parameter number"));
+        }
+        assert_eq!(numbers, (1..=bound).collect::<Vec<_>>());
+        for part in &parts {
+            let alias = part
+                .sql
+                .split("({columns}")
+                .next()
+                .and_then(|s| s.chars().last());
+            for (name, _) in &part.columns {
+                let alias = alias.expect("a part with columns has an alias");
+                assert!(
+                    part.sql.contains(&format!("{alias}.{name}")),
+                    "{name} is not used in {}",
+                    part.sql
+                );
+            }
+        }
+    }
 }
