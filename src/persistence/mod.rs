@@ -164,12 +164,9 @@ pub fn pg_array<T: sea_orm::sea_query::ValueType>(
 enum Plans {
     Cached,
     /// One plan per statement and session, never a sequential scan where an index serves:
-    /// planning each execution instead costs more than running these statements (the group
-    /// commit's six CTEs: ~0.4 ms to plan, ~0.13 ms to run; participants' batches: 10% of
-    /// PostgreSQL's CPU at 300 orders/s), and every table they touch is reached by key.
-    /// EXPLAIN on a freshly migrated database: with `enable_seqscan` on, the generic plans
-    /// of the group commit's fenced update and key completion and of the reservations'
-    /// status update scan the table (Seq Scan under a Hash Join); off, they use the keys.
+    /// planning each execution costs more than running these statements, and every table
+    /// they touch is reached by key. A generic plan made on an empty, fresh database would
+    /// scan tables for the session's life without `enable_seqscan=off` (BENCHMARKS.md).
     Generic,
 }
 
