@@ -414,12 +414,6 @@ impl OrderActor {
         if let Some(reason) = &order.parked_reason {
             return Err(OrderError::Parked(order.id, reason.clone()));
         }
-        if self.ctx.faults.should_panic(order.id, event.name()) {
-            panic!(
-                "fault injection: panicking on {} (FAULT_ACTOR_PANIC)",
-                event.name()
-            );
-        }
         let transition = match saga::apply(&order.saga, &event, order.payment_mode) {
             Ok(t) => t,
             Err(refused) => {
@@ -429,6 +423,14 @@ impl OrderActor {
                 return Err(refused.into());
             }
         };
+        // Only after the transition check: an event the saga refuses (a late duplicate, one
+        // for a finished order) must not crash the actor, or it could park a finished order.
+        if self.ctx.faults.should_panic(order.id, event.name()) {
+            panic!(
+                "fault injection: panicking on {} (FAULT_ACTOR_PANIC)",
+                event.name()
+            );
+        }
         let now = stored_now();
         let entry = HistoryEntry {
             from: Some(order.saga.status.as_str().to_owned()),
