@@ -12,6 +12,7 @@ use crate::messaging::topology::EVENTS_EXCHANGE;
 use crate::messaging::{Bus, replies};
 use crate::orchestrator::actors::Orders;
 use crate::orchestrator::actors::order_actor::OrderContext;
+use crate::orchestrator::actors::retry::RetryPolicy;
 use crate::orchestrator::{self, Catalogue, Orchestrator, Refusal, ReplyOutcome};
 use crate::participants::inventory::{Inventory, QuoteError};
 use crate::participants::runtime::{self, ParticipantSettings};
@@ -188,12 +189,11 @@ async fn start_orchestrator(
     let orders = Orders::start(OrderContext {
         db: stores.orders.clone(),
         writer: OrderWriter::start(writer_db, orders_feed.clone(), ORDER_WRITERS, create_lane),
-        step_timeout: config.step_timeout(),
-        max_retries: config.step_max_retries,
+        retry: RetryPolicy::new(config.step_timeout(), config.step_max_retries),
         idle_timeout: Duration::from_secs(config.actor_idle_secs),
         faults,
         stats: Default::default(),
-        watchers: Default::default(),
+        waiters: Default::default(),
     })
     .await?;
     for (name, feed, lane) in [

@@ -117,6 +117,10 @@ fn describe() {
     );
     describe_counter!("orders_parked_total", "Orders parked after a crash loop.");
     describe_counter!(
+        "order_actor_failures_after_end_total",
+        "Crash loops of order actors on orders already finished: not parked (expected 0)."
+    );
+    describe_counter!(
         "saga_step_retries_total",
         "Resends of pending commands after a step timeout."
     );

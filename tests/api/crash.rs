@@ -1,6 +1,6 @@
 //! Crash safety inside one process: an order actor that panics is restarted and finishes
 //! its saga (a create it crashed on is answered once, as new); a crash loop is bounded and
-//! parks the order visibly; a participant that never answers gets retries, then
+//! parks the order visibly, but late replies never park a finished one; a participant that never answers gets retries, then
 //! compensation; duplicated and poison messages have one effect
 //! (or none); expired idempotency keys are swept.
 
@@ -318,6 +318,62 @@ async fn duplicated_commands_and_replies_have_exactly_one_effect() {
         "charged once, for the real amount"
     );
     assert!(app.invariants(&[("MN-003", 25)]).await.holds());
+}
+
+/// Late replies for a finished order, each of which the faulty actor would panic on, more
+/// of them than the crash-loop bound allows: the saga refuses them before anything can
+/// fail, so the order is never parked. (The fault is on a reply the order never applied:
+/// one on a reply it needs would stop it on its way to CONFIRMED.)
+#[tokio::test]
+async fn late_replies_for_a_finished_order_never_crash_loop_it_into_parking() {
+    let app = spawn_app_with(TestOptions {
+        fault_actor_panic: Some("payment_declined:always".into()),
+        ..Default::default()
+    })
+    .await;
+    let created = app.create_order(&[("KB-001", 1)]).await;
+    let id = created["id"].as_str().expect("id").to_owned();
+    assert_eq!(app.wait_for_terminal(&id).await["status"], "CONFIRMED");
+    let (_connection, channel) = app.broker_channel().await;
+
+    let refused = || {
+        app.metric(
+            "order_events_refused_total",
+            &[("event", "payment_declined")],
+        )
+    };
+    let refused_before = refused().await;
+    let late = envelope(&id, "payment.declined", json!({"reason": "late"}));
+    let replies = order_service::orchestrator::actors::supervisor::MAX_RESTARTS + 3;
+    for _ in 0..replies {
+        publish(&channel, "order.replies", "payment.declined", &late).await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let order = app.get_order(&id).await;
+        assert!(
+            order["parked_reason"].is_null(),
+            "a finished order was parked: {order:#}"
+        );
+        if refused().await - refused_before >= replies as f64 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the late replies were not all refused: {order:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let order = app.get_order(&id).await;
+    assert_eq!(order["status"], "CONFIRMED", "{order:#}");
+    assert!(order["parked_reason"].is_null(), "{order:#}");
+    let ready = ready_json(&app).await;
+    assert_eq!(ready["order_actors"]["parked"], 0, "{ready}");
+    assert_eq!(ready["order_actors"]["restarts"], 0, "{ready}");
+    app.wait_until_quiet().await;
+    let report = app.invariants(&[("KB-001", 100)]).await;
+    assert!(report.holds(), "{:#?}", report.violations);
 }
 
 #[tokio::test]

@@ -2,7 +2,9 @@
 //! order. [`Orders`] is the handle the rest of the service uses to reach them.
 
 pub mod order_actor;
+pub mod retry;
 pub mod supervisor;
+pub mod waiters;
 
 use crate::domain::saga::{Event, OrderStatus, Saga};
 use crate::domain::view::OrderDetails;
@@ -13,20 +15,13 @@ use std::sync::Arc;
 use std::time::Duration;
 use supervisor::{OrderSupervisor, Registry, SupervisorMsg};
 use uuid::Uuid;
+pub use waiters::Waited;
+use waiters::Waiters;
 
 /// How long a caller waits for an order actor to answer.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Attempts when the actor stopped between lookup and send (passivation race).
 const ATTEMPTS: usize = 5;
-
-/// How a long poll ended.
-#[derive(Debug)]
-pub enum Waited<T> {
-    /// The actor that finished the order handed it over.
-    Finished(Arc<OrderDetails>),
-    /// The last check's answer (terminal, not found, or the wait ran out).
-    Checked(T),
-}
 
 /// Cheap, cloneable handle to the order actors.
 #[derive(Clone)]
@@ -34,14 +29,14 @@ pub struct Orders {
     supervisor: ActorRef<SupervisorMsg>,
     registry: Registry,
     stats: Arc<ActorStats>,
-    watchers: order_actor::Watchers,
+    waiters: Waiters,
 }
 
 impl Orders {
     pub async fn start(ctx: OrderContext) -> anyhow::Result<Orders> {
         let registry: Registry = Arc::default();
         let stats = ctx.stats.clone();
-        let watchers = ctx.watchers.clone();
+        let waiters = ctx.waiters.clone();
         let (supervisor, _handle) = Actor::spawn(
             None,
             OrderSupervisor {
@@ -55,7 +50,7 @@ impl Orders {
             supervisor,
             registry,
             stats,
-            watchers,
+            waiters,
         })
     }
 
@@ -138,43 +133,15 @@ impl Orders {
         self.ask(id, OrderMsg::Resume).await
     }
 
-    /// Waits until the order is terminal or `timeout` passes. `check` says whether it is
-    /// (reading the database); it runs once after registering, so a terminal transition in
-    /// between is not missed, and again every second, because another replica's actor
-    /// does not wake us. When the actor that finished the order knew its whole history,
-    /// the waiter gets the final order from it, without a read.
-    pub async fn wait_terminal<F, Fut, T>(
-        &self,
-        id: Uuid,
-        timeout: Duration,
-        mut check: F,
-    ) -> Waited<T>
+    /// Waits until the order is terminal or `timeout` passes ([`Waiters::wait`]). When
+    /// the actor that finished the order knew its whole history, the waiter gets the final
+    /// order from it, without a read.
+    pub async fn wait_terminal<F, Fut, T>(&self, id: Uuid, timeout: Duration, check: F) -> Waited<T>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = (bool, T)>,
     {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let cleanup = |watchers: &order_actor::Watchers| {
-            watchers.remove_if(&id, |_, w| Arc::strong_count(w) <= 2);
-        };
-        loop {
-            let watch = self.watchers.entry(id).or_default().clone();
-            let notified = watch.notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let (done, value) = check().await;
-            let now = tokio::time::Instant::now();
-            if done || now >= deadline {
-                cleanup(&self.watchers);
-                return Waited::Checked(value);
-            }
-            let pause = (deadline - now).min(Duration::from_secs(1));
-            let _ = tokio::time::timeout(pause, notified).await;
-            if let Some(details) = watch.finished.get() {
-                cleanup(&self.watchers);
-                return Waited::Finished(details.clone());
-            }
-        }
+        self.waiters.wait(id, timeout, check).await
     }
 
     /// The status of an order whose actor is in memory, from the actor (no database read);

@@ -6,19 +6,19 @@
 use crate::domain::saga::{self, Effect, Event, OrderStatus, Saga, TransitionError};
 use crate::domain::view::{HistoryEntry, OrderDetails, OrderLine};
 use crate::faults::{self, Faults};
+use crate::orchestrator::actors::retry::RetryPolicy;
+use crate::orchestrator::actors::waiters::Waiters;
 use crate::orchestrator::wire::outbox_messages;
 use crate::persistence::group_commit::OrderWriter;
 use crate::persistence::orders::{
     self, IdempotencyCompletion, OrderRecord, OrderWrite, SaveError, StepTimer,
 };
 use chrono::Utc;
-use dashmap::DashMap;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use sea_orm::{DatabaseConnection, DbErr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::sync::Notify;
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -30,28 +30,15 @@ pub struct OrderContext {
     /// Group commit: applies the writes of many actors in one transaction and wakes the
     /// orders outbox relay after commits that wrote messages.
     pub writer: OrderWriter,
-    /// First wait for a participant's answer; doubled (with jitter) on every resend.
-    pub step_timeout: Duration,
-    /// Resends of a forward step before giving up and compensating.
-    pub max_retries: u32,
+    /// When to resend a step nobody answered, and when to give up and compensate.
+    pub retry: RetryPolicy,
     /// An actor without a message for this long is passivated (bounded memory).
     pub idle_timeout: Duration,
     /// Panic on purpose when handling an event (chaos tests). None configured in production.
     pub faults: Arc<Faults>,
     pub stats: Arc<ActorStats>,
     /// Clients waiting (long poll) for an order to finish; woken on its terminal transition.
-    pub watchers: Watchers,
-}
-
-/// Clients waiting for an order to reach a terminal status, per order.
-pub type Watchers = Arc<DashMap<Uuid, Arc<Watch>>>;
-
-/// What a long poll waits on: a wake-up, and the order as it ended when the actor that
-/// finished it knew its whole history (then the waiter needs no database read).
-#[derive(Debug, Default)]
-pub struct Watch {
-    pub notify: Notify,
-    pub finished: std::sync::OnceLock<Arc<OrderDetails>>,
+    pub waiters: Waiters,
 }
 
 /// Counters an operator needs to see (restarts, parked orders).
@@ -63,28 +50,15 @@ pub struct ActorStats {
     pub timeouts: AtomicU64,
 }
 
-/// Longest wait between two resends.
-const MAX_BACKOFF: Duration = Duration::from_secs(300);
-
 impl OrderContext {
     /// The timer for a saga whose pending commands were just sent for the `attempts`-th
-    /// time: exponential backoff with ±20% jitter, so many orders timing out together do
-    /// not resend in lockstep. No pending command: no timer.
+    /// time; no pending command: no timer.
     fn timer_for(&self, saga: &Saga, attempts: i32) -> StepTimer {
         if saga::pending_commands(saga).is_empty() {
             return StepTimer::default();
         }
-        let exponent = u32::try_from(attempts.clamp(0, 16)).unwrap_or(0);
-        let base = self
-            .step_timeout
-            .saturating_mul(2u32.saturating_pow(exponent))
-            .min(MAX_BACKOFF);
-        let jitter = rand::random_range(0.8..1.2);
-        let wait = base.mul_f64(jitter);
         StepTimer {
-            deadline: Some(
-                Utc::now() + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX),
-            ),
+            deadline: Some(self.retry.deadline_after(attempts)),
             attempts,
         }
     }
@@ -160,12 +134,27 @@ pub struct OrderActor {
     pub ctx: Arc<OrderContext>,
 }
 
+/// The order as this actor knows it. Loaded when first needed: loading lazily keeps
+/// spawning cheap (no I/O in the supervisor's mailbox).
+enum Loaded {
+    NotYet,
+    /// Not in the database (or a create of it failed).
+    Missing,
+    Present(Box<OrderRecord>),
+}
+
+impl Loaded {
+    fn record(&self) -> Option<&OrderRecord> {
+        match self {
+            Loaded::Present(order) => Some(order),
+            Loaded::NotYet | Loaded::Missing => None,
+        }
+    }
+}
+
 pub struct OrderState {
     id: Uuid,
-    /// `None` until first needed: loading lazily keeps spawning cheap (no I/O in the
-    /// supervisor's mailbox).
-    order: Option<OrderRecord>,
-    loaded: bool,
+    order: Loaded,
     /// The transition history, when this actor created the order (it saw every entry);
     /// `None` for an order loaded from the database. Lets a finished saga be handed to
     /// long-polling clients without reading it back.
@@ -189,11 +178,10 @@ impl Actor for OrderActor {
     ) -> Result<Self::State, ActorProcessingErr> {
         Ok(OrderState {
             id,
-            order: None,
+            order: Loaded::NotYet,
             history: None,
             last_active: std::time::Instant::now(),
             idle_check: None,
-            loaded: false,
         })
     }
 
@@ -224,7 +212,7 @@ impl Actor for OrderActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         if let OrderMsg::Peek(reply) = message {
-            let _ = reply.send(state.order.as_ref().map(|o| o.saga.status));
+            let _ = reply.send(state.order.record().map(|o| o.saga.status));
             return Ok(());
         }
         if let OrderMsg::CheckIdle = message {
@@ -267,11 +255,12 @@ impl Actor for OrderActor {
                 }
             }
         }
-        let finished = state
-            .order
-            .as_ref()
-            .is_some_and(|o| o.saga.status.is_terminal());
-        if finished || (state.loaded && state.order.is_none()) {
+        let finished = match &state.order {
+            Loaded::NotYet => false,
+            Loaded::Missing => true,
+            Loaded::Present(order) => order.saga.status.is_terminal(),
+        };
+        if finished {
             // Passivate: nothing more will happen to this order without a new message.
             myself.stop(None);
         }
@@ -308,21 +297,29 @@ fn reply_or_reload<T>(
 }
 
 impl OrderActor {
-    async fn ensure_loaded(&self, state: &mut OrderState) -> Result<(), OrderError> {
-        if !state.loaded {
-            state.order = orders::load(&self.ctx.db, state.id).await?;
-            state.loaded = true;
+    /// The order, loaded if not yet.
+    async fn ensure_loaded<'s>(
+        &self,
+        id: Uuid,
+        order: &'s mut Loaded,
+    ) -> Result<&'s mut OrderRecord, OrderError> {
+        if let Loaded::NotYet = order {
+            *order = match orders::load(&self.ctx.db, id).await? {
+                Some(record) => Loaded::Present(Box::new(record)),
+                None => Loaded::Missing,
+            };
         }
-        Ok(())
+        match order {
+            Loaded::Present(record) => Ok(record),
+            Loaded::NotYet | Loaded::Missing => Err(OrderError::NotFound(id)),
+        }
     }
 
     /// Timers and start-up recovery have no caller to continue: their `span` continues the
     /// order's own trace, stored with it at creation.
     async fn continue_order_trace(&self, state: &mut OrderState, span: &tracing::Span) {
         // A failed load is reported by the handling that follows.
-        if self.ensure_loaded(state).await.is_ok()
-            && let Some(order) = &state.order
-        {
+        if let Ok(order) = self.ensure_loaded(state.id, &mut state.order).await {
             crate::telemetry::trace_context::adopt_parent(span, order.trace_context.as_deref());
         }
     }
@@ -334,12 +331,13 @@ impl OrderActor {
         state: &mut OrderState,
         new: NewOrder,
     ) -> Result<OrderDetails, OrderError> {
-        if state.loaded && state.order.is_some() {
+        if let Loaded::Present(_) = state.order {
             return Err(OrderError::AlreadyExists(state.id));
         }
         // A fresh actor for a new id has nothing to load: ids are generated by the service,
-        // and the primary key rejects a duplicate anyway (answered as AlreadyExists).
-        state.loaded = true;
+        // and the primary key rejects a duplicate anyway (answered as AlreadyExists). Until
+        // the write succeeds the order does not exist.
+        state.order = Loaded::Missing;
         let (saga, effects) = saga::start();
         let now = stored_now();
         let record = OrderRecord {
@@ -400,7 +398,7 @@ impl OrderActor {
             total_cents = record.total_cents,
             "order created"
         );
-        state.order = Some(record);
+        state.order = Loaded::Present(Box::new(record));
         state.history = Some(details.history.clone());
         Ok(details)
     }
@@ -412,18 +410,9 @@ impl OrderActor {
         state: &mut OrderState,
         event: Event,
     ) -> Result<Saga, OrderError> {
-        self.ensure_loaded(state).await?;
-        let Some(order) = state.order.as_mut() else {
-            return Err(OrderError::NotFound(state.id));
-        };
+        let order = self.ensure_loaded(state.id, &mut state.order).await?;
         if let Some(reason) = &order.parked_reason {
             return Err(OrderError::Parked(order.id, reason.clone()));
-        }
-        if self.ctx.faults.should_panic(order.id, event.name()) {
-            panic!(
-                "fault injection: panicking on {} (FAULT_ACTOR_PANIC)",
-                event.name()
-            );
         }
         let transition = match saga::apply(&order.saga, &event, order.payment_mode) {
             Ok(t) => t,
@@ -434,6 +423,14 @@ impl OrderActor {
                 return Err(refused.into());
             }
         };
+        // Only after the transition check: an event the saga refuses (a late duplicate, one
+        // for a finished order) must not crash the actor, or it could park a finished order.
+        if self.ctx.faults.should_panic(order.id, event.name()) {
+            panic!(
+                "fault injection: panicking on {} (FAULT_ACTOR_PANIC)",
+                event.name()
+            );
+        }
         let now = stored_now();
         let entry = HistoryEntry {
             from: Some(order.saga.status),
@@ -475,15 +472,11 @@ impl OrderActor {
         if let Some(history) = state.history.as_mut() {
             history.push(entry_copy);
         }
-        if order.saga.status.is_terminal()
-            && let Some((_, waiting)) = self.ctx.watchers.remove(&order.id)
-        {
-            if let Some(history) = &state.history {
-                let _ = waiting
-                    .finished
-                    .set(Arc::new(order.details(history.clone())));
-            }
-            waiting.notify.notify_waiters();
+        if order.saga.status.is_terminal() {
+            let history = &state.history;
+            self.ctx.waiters.finish(order.id, || {
+                history.as_ref().map(|h| order.details(h.clone()))
+            });
         }
         Ok(order.saga.clone())
     }
@@ -491,17 +484,14 @@ impl OrderActor {
 
 impl OrderActor {
     async fn deadline_expired(&self, state: &mut OrderState) -> Result<(), OrderError> {
-        self.ensure_loaded(state).await?;
-        let Some(order) = state.order.as_ref() else {
-            return Err(OrderError::NotFound(state.id));
-        };
+        let order = self.ensure_loaded(state.id, &mut state.order).await?;
         let due = order.timer.deadline.is_some_and(|d| d <= Utc::now());
         if order.parked_reason.is_some() || !due {
             return Ok(()); // a stale scan: someone answered meanwhile
         }
-        let attempts = u32::try_from(order.timer.attempts).unwrap_or(0);
+        let attempts = order.timer.attempts;
         if let Some(step) = saga::forward_step(&order.saga)
-            && attempts >= self.ctx.max_retries
+            && self.ctx.retry.gives_up(attempts)
         {
             self.ctx.stats.timeouts.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
@@ -518,27 +508,21 @@ impl OrderActor {
                 .await
                 .map(|_| ());
         }
-        self.resend(state, order.timer.attempts.saturating_add(1))
-            .await
+        self.resend(state, attempts.saturating_add(1)).await
     }
 
     async fn resume(&self, state: &mut OrderState) -> Result<(), OrderError> {
-        self.ensure_loaded(state).await?;
-        match state.order.as_ref() {
-            None => Err(OrderError::NotFound(state.id)),
-            Some(o) if o.parked_reason.is_some() || o.saga.status.is_terminal() => Ok(()),
-            Some(o) => {
-                let attempts = o.timer.attempts;
-                self.resend(state, attempts).await
-            }
+        let order = self.ensure_loaded(state.id, &mut state.order).await?;
+        if order.parked_reason.is_some() || order.saga.status.is_terminal() {
+            return Ok(());
         }
+        let attempts = order.timer.attempts;
+        self.resend(state, attempts).await
     }
 
     /// Resends every pending command (participants dedupe) and re-arms the timer.
     async fn resend(&self, state: &mut OrderState, attempts: i32) -> Result<(), OrderError> {
-        let Some(order) = state.order.as_mut() else {
-            return Err(OrderError::NotFound(state.id));
-        };
+        let order = self.ensure_loaded(state.id, &mut state.order).await?;
         let pending = saga::pending_commands(&order.saga);
         let effects: Vec<Effect> = pending.iter().map(|c| Effect::Send(*c)).collect();
         let messages = outbox_messages(order, &effects)?;

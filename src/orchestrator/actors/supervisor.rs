@@ -33,8 +33,39 @@ pub struct OrderSupervisor {
 pub struct SupervisorState {
     /// Which order each child actor serves, to clean the registry when it stops.
     children: HashMap<ActorId, Uuid>,
-    /// Recent restart times per order, for the crash-loop bound.
-    restarts: HashMap<Uuid, Vec<Instant>>,
+    restarts: RestartLog,
+}
+
+/// Recent restart times per order, for the crash-loop bound. Bounded: an order's entry goes
+/// when its actor stops normally, when the order is parked, and once all its restarts are
+/// older than [`RESTART_WINDOW`].
+#[derive(Debug, Default)]
+struct RestartLog {
+    by_order: HashMap<Uuid, Vec<Instant>>,
+}
+
+impl RestartLog {
+    /// Records that `id`'s actor failed at `now`. Returns whether it failed [`MAX_RESTARTS`]
+    /// times within the window before: a crash loop, not to be restarted (then the entry
+    /// goes too).
+    fn crash_loop(&mut self, id: Uuid, now: Instant) -> bool {
+        self.by_order.retain(|_, times| {
+            times.retain(|t| now.duration_since(*t) < RESTART_WINDOW);
+            !times.is_empty()
+        });
+        let recent = self.by_order.entry(id).or_default();
+        if recent.len() >= MAX_RESTARTS {
+            self.by_order.remove(&id);
+            return true;
+        }
+        recent.push(now);
+        false
+    }
+
+    /// The order's actor stopped normally: its earlier failures are over.
+    fn forget(&mut self, id: Uuid) {
+        self.by_order.remove(&id);
+    }
 }
 
 impl Actor for OrderSupervisor {
@@ -49,7 +80,7 @@ impl Actor for OrderSupervisor {
     ) -> Result<Self::State, ActorProcessingErr> {
         Ok(SupervisorState {
             children: HashMap::new(),
-            restarts: HashMap::new(),
+            restarts: RestartLog::default(),
         })
     }
 
@@ -83,6 +114,7 @@ impl Actor for OrderSupervisor {
                 if let Some(id) = state.children.remove(&cell.get_id()) {
                     self.registry
                         .remove_if(&id, |_, actor| actor.get_id() == cell.get_id());
+                    state.restarts.forget(id);
                 }
             }
             SupervisionEvent::ActorFailed(cell, error) => {
@@ -91,11 +123,14 @@ impl Actor for OrderSupervisor {
                 };
                 self.registry
                     .remove_if(&id, |_, actor| actor.get_id() == cell.get_id());
-                let now = Instant::now();
-                let recent = state.restarts.entry(id).or_default();
-                recent.retain(|t| now.duration_since(*t) < RESTART_WINDOW);
-                if recent.len() >= MAX_RESTARTS {
-                    state.restarts.remove(&id);
+                if state.restarts.crash_loop(id, Instant::now()) {
+                    if self.has_ended(id).await {
+                        // Nothing is left to do for it: neither park nor restart it; the
+                        // next message for it gets a fresh actor.
+                        metrics::counter!("order_actor_failures_after_end_total").increment(1);
+                        tracing::error!(order_id = %id, %error, "order actor keeps failing on a finished order; not parking it");
+                        return Ok(());
+                    }
                     let reason = format!(
                         "order actor failed {MAX_RESTARTS} times within {}s; last error: {error}",
                         RESTART_WINDOW.as_secs()
@@ -107,7 +142,6 @@ impl Actor for OrderSupervisor {
                     }
                     return Ok(());
                 }
-                recent.push(now);
                 self.ctx.stats.restarts.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(order_id = %id, %error, "order actor failed; restarting from the database");
                 if let Err(e) = self.spawn_child(&myself, state, id).await {
@@ -121,6 +155,18 @@ impl Actor for OrderSupervisor {
 }
 
 impl OrderSupervisor {
+    /// Whether the order is terminal (read from the database); parking a finished order
+    /// would make a crash loop on a late message look like a stuck order.
+    async fn has_ended(&self, id: Uuid) -> bool {
+        match orders::load(&self.ctx.db, id).await {
+            Ok(order) => order.is_some_and(|o| o.saga.status.is_terminal()),
+            Err(e) => {
+                tracing::warn!(order_id = %id, error = %e, "could not read the crash-looping order");
+                false
+            }
+        }
+    }
+
     async fn spawn_child(
         &self,
         myself: &ActorRef<SupervisorMsg>,
@@ -136,5 +182,62 @@ impl OrderSupervisor {
         state.children.insert(child.get_id(), id);
         self.registry.insert(id, child.clone());
         Ok(child)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_restart_log_does_not_grow_with_orders_restarted_long_ago() {
+        let mut log = RestartLog::default();
+        let start = Instant::now();
+        // Every second ten orders fail once each, for three windows.
+        for second in 0..3 * RESTART_WINDOW.as_secs() {
+            let now = start + Duration::from_secs(second);
+            for _ in 0..10 {
+                assert!(!log.crash_loop(Uuid::now_v7(), now));
+            }
+            assert!(
+                log.by_order.len() <= 10 * RESTART_WINDOW.as_secs() as usize,
+                "{} entries at {second}s",
+                log.by_order.len()
+            );
+        }
+        // One failure later than a window after the last ones leaves only its own entry.
+        let later = start + 4 * RESTART_WINDOW;
+        assert!(!log.crash_loop(Uuid::now_v7(), later));
+        assert_eq!(log.by_order.len(), 1);
+    }
+
+    #[test]
+    fn an_actor_that_stops_normally_takes_its_entry_along() {
+        let mut log = RestartLog::default();
+        let now = Instant::now();
+        let ids: Vec<Uuid> = (0..1000).map(|_| Uuid::now_v7()).collect();
+        for id in &ids {
+            assert!(!log.crash_loop(*id, now));
+        }
+        for id in &ids {
+            log.forget(*id);
+        }
+        assert_eq!(log.by_order.len(), 0);
+    }
+
+    #[test]
+    fn the_failure_after_max_restarts_in_the_window_is_a_crash_loop() {
+        let mut log = RestartLog::default();
+        let (id, start) = (Uuid::now_v7(), Instant::now());
+        let second = Duration::from_secs(1);
+        for i in 0..MAX_RESTARTS as u32 {
+            assert!(!log.crash_loop(id, start + i * second), "restart {i}");
+        }
+        assert!(log.crash_loop(id, start + MAX_RESTARTS as u32 * second));
+        assert_eq!(log.by_order.len(), 0, "a parked order's entry goes");
+        // Failures spread wider than the window never add up to a crash loop.
+        for i in 0..3 * MAX_RESTARTS as u32 {
+            assert!(!log.crash_loop(id, start + i * RESTART_WINDOW));
+        }
     }
 }
