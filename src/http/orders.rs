@@ -324,14 +324,14 @@ async fn get_order(
         .orchestrator
         .order_when_finished(id, Duration::from_millis(wait_ms))
         .await?;
-    found(details, id)
+    found(details.as_deref(), id)
 }
 
 async fn current_order(app: &AppState, id: Uuid) -> Result<Response, ApiError> {
-    found(app.orchestrator.order(id).await?, id)
+    found(app.orchestrator.order(id).await?.as_ref(), id)
 }
 
-fn found(details: Option<OrderDetails>, id: Uuid) -> Result<Response, ApiError> {
+fn found(details: Option<&OrderDetails>, id: Uuid) -> Result<Response, ApiError> {
     let details = details.ok_or_else(|| ApiError::NotFound(format!("order {id} not found")))?;
     Ok(Json(details).into_response())
 }

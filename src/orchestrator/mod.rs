@@ -117,12 +117,13 @@ impl Orchestrator {
         orders::details(&self.db, id).await
     }
 
-    /// The order once it is terminal, or as it is when `timeout` passes.
+    /// The order once it is terminal, or as it is when `timeout` passes. Shared: the order
+    /// its actor handed over is answered to every waiter without a copy.
     pub async fn order_when_finished(
         &self,
         id: Uuid,
         timeout: Duration,
-    ) -> Result<Option<OrderDetails>, DbErr> {
+    ) -> Result<Option<Arc<OrderDetails>>, DbErr> {
         let (db, actors) = (&self.db, &self.orders);
         // The check reads only the status; the whole order is read once, at the end, and
         // not at all when the actor that finished it hands it over.
@@ -142,8 +143,8 @@ impl Orchestrator {
             })
             .await;
         match waited {
-            Waited::Finished(details) => Ok(Some(Arc::unwrap_or_clone(details))),
-            Waited::Checked(Ok(true)) => self.order(id).await,
+            Waited::Finished(details) => Ok(Some(details)),
+            Waited::Checked(Ok(true)) => Ok(self.order(id).await?.map(Arc::new)),
             Waited::Checked(Ok(false)) => Ok(None),
             Waited::Checked(Err(e)) => Err(e),
         }
