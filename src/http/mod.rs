@@ -6,6 +6,7 @@ pub mod admin;
 pub mod edge;
 pub mod errors;
 pub mod extractors;
+pub mod forward;
 pub mod health;
 pub mod inventory;
 pub mod openapi;
@@ -46,13 +47,16 @@ pub struct AppState {
     pub settings: Arc<HttpSettings>,
     /// Renders `/metrics`.
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// Forwards what another replica must answer (several replicas).
+    pub forwarder: forward::Forwarder,
 }
 
 pub fn router(state: AppState) -> Router {
     let body_limit = state.settings.body_limit_bytes;
     let metrics = state.metrics.clone();
+    let to_owner = middleware::from_fn_with_state(state.clone(), forward::to_owner);
     Router::new()
-        .merge(orders::router())
+        .merge(orders::router().route_layer(to_owner))
         .merge(inventory::router())
         .merge(health::router())
         .merge(admin::router())
