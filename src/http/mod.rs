@@ -138,6 +138,11 @@ async fn render_metrics(
 ) -> Response {
     let stats = app.orchestrator.stats();
     metrics::gauge!("order_actors_live").set(app.orchestrator.live_actors() as f64);
+    let ownership = app.orchestrator.ownership();
+    if ownership.is_partitioned() {
+        metrics::gauge!("partitions_owned").set(ownership.owned().len() as f64);
+        metrics::gauge!("replicas_live").set(ownership.members() as f64);
+    }
     metrics::counter!("order_actor_restarts_total")
         .absolute(stats.restarts.load(Ordering::Relaxed));
     metrics::counter!("orders_parked_total").absolute(stats.parked.load(Ordering::Relaxed));
