@@ -60,24 +60,25 @@ enum Route {
 
 /// Middleware on the order routes: forwards to the owner what needs its actor.
 pub async fn to_owner(State(app): State<AppState>, request: Request, next: Next) -> Response {
-    let ownership = app.orchestrator.ownership();
-    if !ownership.is_partitioned() {
+    if !app.orchestrator.ownership().is_partitioned()
+        || matches!(route_here(&app, &request), Route::Local)
+    {
         return next.run(request).await;
     }
-    let route = route(
-        &request,
-        |id| ownership.serves(id),
-        ownership.owned().is_empty(),
-    );
-    let id = match route {
-        Route::Local => return next.run(request).await,
-        Route::Order(id) => Some(id),
-        Route::AnyOwner => None,
-    };
     if request.headers().contains_key(FORWARDED_BY) {
         return moving();
     }
-    forward(&app, request, id).await
+    forward(&app, request, next).await
+}
+
+/// Where the request goes as ownership stands now.
+fn route_here(app: &AppState, request: &Request) -> Route {
+    let ownership = app.orchestrator.ownership();
+    route(
+        request,
+        |id| ownership.serves(id),
+        ownership.owned().is_empty(),
+    )
 }
 
 fn route(request: &Request, serves: impl Fn(Uuid) -> bool, owns_none: bool) -> Route {
@@ -107,7 +108,10 @@ fn route(request: &Request, serves: impl Fn(Uuid) -> bool, owns_none: bool) -> R
     }
 }
 
-async fn forward(app: &AppState, request: Request, id: Option<Uuid>) -> Response {
+/// Sends the request to the owner of its order's partition (any owner for a create),
+/// waiting for one while the partition has none; answers it here if this replica becomes the
+/// owner meanwhile (it just started, or got its ownership session back).
+async fn forward(app: &AppState, request: Request, next: Next) -> Response {
     let ownership = app.orchestrator.ownership();
     let me = ownership.replica_id().unwrap_or_default().to_owned();
     let (parts, body) = request.into_parts();
@@ -130,6 +134,12 @@ async fn forward(app: &AppState, request: Request, id: Option<Uuid>) -> Response
     let timeout = FORWARD_TIMEOUT + wait_of(&parts.uri);
     let deadline = Instant::now() + OWNER_WAIT;
     loop {
+        let request = Request::from_parts(parts.clone(), Body::from(body.clone()));
+        let id = match route_here(app, &request) {
+            Route::Local => return next.run(request).await,
+            Route::Order(id) => Some(id),
+            Route::AnyOwner => None,
+        };
         let partition = match id {
             Some(id) => ownership.partition_of(id),
             None => ownership.partition_of(Uuid::new_v4()),

@@ -64,7 +64,18 @@ async fn live() -> Response {
     )
 )]
 async fn ready(State(app): State<AppState>) -> Response {
-    let (ready, checks) = dependencies(&app.stores, &app.bus).await;
+    let (mut ready, mut checks) = dependencies(&app.stores, &app.bus).await;
+    let ownership = app.orchestrator.ownership();
+    if ownership.is_partitioned() {
+        // Without its ownership session a replica owns nothing and cannot tell who does.
+        let joined = ownership.members() > 0;
+        ready &= joined;
+        checks["ownership"] = json!(if joined {
+            "ok"
+        } else {
+            "unavailable: no ownership session (reconnecting to PostgreSQL)"
+        });
+    }
     let stats = app.orchestrator.stats();
     answer(
         ready,
@@ -78,13 +89,13 @@ async fn ready(State(app): State<AppState>) -> Response {
                 "step_retries": stats.retries.load(Ordering::Relaxed),
                 "step_timeouts": stats.timeouts.load(Ordering::Relaxed),
             },
-            "ownership": ownership(&app),
+            "ownership": ownership_view(&app),
         }),
     )
 }
 
 /// This replica's partitions (`null` when it owns every order).
-fn ownership(app: &AppState) -> serde_json::Value {
+fn ownership_view(app: &AppState) -> serde_json::Value {
     let ownership = app.orchestrator.ownership();
     match ownership.replica_id() {
         Some(replica_id) => json!({

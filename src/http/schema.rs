@@ -138,6 +138,9 @@ pub struct ReadinessChecks {
     #[schema(example = "ok")]
     broker: String,
     broker_kind: BrokerKind,
+    /// Several replicas only: whether this replica's ownership session is up.
+    #[schema(example = "ok")]
+    ownership: Option<String>,
 }
 
 /// Order actors; the counters count since the process started.

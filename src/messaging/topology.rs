@@ -10,6 +10,9 @@
 pub const COMMANDS_EXCHANGE: &str = "order.commands";
 /// Replies from the participants to the orchestrator.
 pub const REPLIES_EXCHANGE: &str = "order.replies";
+/// Replies for an order in a partition (several replicas): routed by partition to the queue
+/// its owner consumes ([`partition_reply_queue`]).
+pub const PARTITION_REPLIES_EXCHANGE: &str = "order.replies.partitioned";
 /// Order lifecycle events (`order.<event>`) for any subscriber.
 pub const EVENTS_EXCHANGE: &str = "order.events";
 /// Dead-letter exchange: every work queue sends rejected (poison) messages here.
@@ -21,8 +24,8 @@ pub const INVENTORY_QUEUE: &str = "inventory.commands";
 pub const PAYMENT_QUEUE: &str = "payment.commands";
 /// Shipping's command queue (`shipping.*`).
 pub const SHIPPING_QUEUE: &str = "shipping.commands";
-/// The orchestrator's reply queue: every reply when one process owns every order; with
-/// several replicas only replies that name no partition (see [`partition_reply_queue`]).
+/// The orchestrator's reply queue: every reply on [`REPLIES_EXCHANGE`] (when one process owns
+/// every order; with several replicas, see [`partition_reply_queue`]).
 pub const ORCHESTRATOR_QUEUE: &str = "orchestrator.replies";
 /// Inventory's subscription to `order.confirmed` (it marks reserved stock as sold).
 pub const INVENTORY_EVENTS_QUEUE: &str = "inventory.order-events";
@@ -100,6 +103,12 @@ pub const EXCHANGES: &[ExchangeSpec] = &[
         bundles: true,
     },
     ExchangeSpec {
+        name: PARTITION_REPLIES_EXCHANGE,
+        kind: ExchangeType::Topic,
+        mandatory: true,
+        bundles: true,
+    },
+    ExchangeSpec {
         name: EVENTS_EXCHANGE,
         kind: ExchangeType::Topic,
         mandatory: false,
@@ -158,11 +167,10 @@ pub const BINDINGS: &[BindingSpec] = &[
         queue: SHIPPING_QUEUE,
         pattern: "shipping.*",
     },
-    // Reply types are two words (`stock.reserved`); a reply for a partition has three.
     BindingSpec {
         exchange: REPLIES_EXCHANGE,
         queue: ORCHESTRATOR_QUEUE,
-        pattern: "*.*",
+        pattern: "#",
     },
     BindingSpec {
         exchange: EVENTS_EXCHANGE,
@@ -192,7 +200,7 @@ static PARTITION_QUEUES: std::sync::LazyLock<Vec<(QueueSpec, BindingSpec)>> =
                     dead_letter_exchange: Some(DLX_EXCHANGE),
                 };
                 let binding = BindingSpec {
-                    exchange: REPLIES_EXCHANGE,
+                    exchange: PARTITION_REPLIES_EXCHANGE,
                     queue: name,
                     pattern,
                 };
@@ -202,9 +210,9 @@ static PARTITION_QUEUES: std::sync::LazyLock<Vec<(QueueSpec, BindingSpec)>> =
     });
 
 /// With several replicas, the replies for the orders of one partition go to that
-/// partition's queue (`orchestrator.replies.p<N>`, bound to `p<N>.#`), which only its
-/// owner consumes: a reply waits there while the partition changes owner. `None` beyond
-/// [`crate::domain::partition::MAX_PARTITIONS`].
+/// partition's queue (`orchestrator.replies.p<N>`, bound to `p<N>.#` on
+/// [`PARTITION_REPLIES_EXCHANGE`]), which only its owner consumes: a reply waits there while
+/// the partition changes owner. `None` beyond [`crate::domain::partition::MAX_PARTITIONS`].
 pub fn partition_reply_queue(partition: u16) -> Option<&'static (QueueSpec, BindingSpec)> {
     PARTITION_QUEUES.get(usize::from(partition))
 }
@@ -213,11 +221,12 @@ pub fn partition_reply_queue(partition: u16) -> Option<&'static (QueueSpec, Bind
 /// is routed to that partition's queue ([`reply_routing_key`]).
 pub const PARTITION_HEADER: &str = "x-order-partition";
 
-/// The routing key of a reply of type `kind` for an order in `partition` (if partitioned).
-pub fn reply_routing_key(kind: &str, partition: Option<u16>) -> String {
+/// The exchange and routing key of a reply of type `kind` for an order in `partition` (when
+/// the command named one).
+pub fn reply_route(kind: &str, partition: Option<u16>) -> (&'static str, String) {
     match partition {
-        Some(p) => format!("p{p}.{kind}"),
-        None => kind.to_owned(),
+        Some(p) => (PARTITION_REPLIES_EXCHANGE, format!("p{p}.{kind}")),
+        None => (REPLIES_EXCHANGE, kind.to_owned()),
     }
 }
 
@@ -367,17 +376,21 @@ mod tests {
 
     #[test]
     fn a_partitions_replies_reach_only_its_queue() {
-        let key = reply_routing_key("stock.reserved", Some(7));
+        let (exchange, key) = reply_route("stock.reserved", Some(7));
         let (seven, binding) = partition_reply_queue(7).expect("partition 7");
         assert_eq!(seven.name, "orchestrator.replies.p7");
+        assert_eq!(binding.exchange, exchange);
         assert!(topic_matches(binding.pattern, &key));
         let (eight, other) = partition_reply_queue(8).expect("partition 8");
         assert!(!topic_matches(other.pattern, &key));
         // Not to the shared queue as well (it would be handled twice).
-        assert!(route(REPLIES_EXCHANGE, &key).is_empty());
+        assert!(route(exchange, &key).is_empty());
         assert_eq!(queue("orchestrator.replies.p8"), Some(eight));
         assert_eq!(queue("orchestrator.replies.p99999"), None);
-        assert_eq!(reply_routing_key("stock.reserved", None), "stock.reserved");
+        assert_eq!(
+            reply_route("stock.reserved", None),
+            (REPLIES_EXCHANGE, "stock.reserved".to_owned())
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@ pub mod shipping;
 use crate::messaging::IncomingMessage;
 use crate::messaging::consumer::Disposition;
 use crate::messaging::messages::{Envelope, ReplyBody};
-use crate::messaging::topology::{PARTITION_HEADER, REPLIES_EXCHANGE, reply_routing_key};
+use crate::messaging::topology::{PARTITION_HEADER, reply_route};
 use crate::persistence::outbox::{self, NewMessage, OutboxFeed};
 use crate::persistence::{apply_batch_or_each, is_unavailable};
 use sea_orm::{
@@ -605,13 +605,8 @@ pub(crate) fn reply(
     let partition = headers
         .get(PARTITION_HEADER)
         .and_then(|p| p.parse::<u16>().ok());
-    let routing_key = reply_routing_key(kind, partition);
-    let mut message = NewMessage::json(
-        REPLIES_EXCHANGE,
-        routing_key,
-        envelope.message_id,
-        &envelope,
-    )?;
+    let (exchange, routing_key) = reply_route(kind, partition);
+    let mut message = NewMessage::json(exchange, routing_key, envelope.message_id, &envelope)?;
     if let Some(tp) = crate::telemetry::trace_context::current_traceparent()
         .or_else(|| headers.get("traceparent").cloned())
     {

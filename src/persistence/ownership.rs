@@ -232,14 +232,18 @@ pub async fn start(
     prepare_table(&mut conn, settings.partitions).await?;
     let ownership = Ownership::partitioned(settings.clone());
     let (changes, receiver) = mpsc::unbounded_channel();
-    let engine = Engine {
+    let mut engine = Engine {
         settings,
         ownership: ownership.clone(),
         options,
         changes,
         releasing: Vec::new(),
     };
-    let task = tokio::spawn(engine.run(Some(conn), shutdown));
+    // The first share is taken before the replica serves: a lone replica starts owning
+    // everything, as one process always did.
+    let pid = engine.join(&mut conn).await?;
+    engine.round(&mut conn, pid).await?;
+    let task = tokio::spawn(engine.run(Some((conn, pid)), shutdown));
     Ok((ownership, receiver, task))
 }
 
@@ -295,15 +299,15 @@ impl Engine {
         &self.settings
     }
 
-    async fn run(mut self, mut first: Option<PgConnection>, shutdown: CancellationToken) {
+    async fn run(mut self, mut first: Option<(PgConnection, i32)>, shutdown: CancellationToken) {
         let mut backoff = RECONNECT;
         while !shutdown.is_cancelled() {
-            let conn = match first.take() {
-                Some(conn) => Ok(conn),
-                None => PgConnection::connect_with(&self.options).await,
+            let joined = match first.take() {
+                Some(joined) => Ok(joined),
+                None => self.connect_and_join().await,
             };
-            let mut conn = match conn {
-                Ok(conn) => conn,
+            let (mut conn, pid) = match joined {
+                Ok(joined) => joined,
                 Err(error) => {
                     let pause = backoff.next_pause();
                     tracing::warn!(%error, ?pause, "ownership session: cannot connect; retrying");
@@ -313,7 +317,7 @@ impl Engine {
                     continue;
                 }
             };
-            match self.session(&mut conn, &shutdown).await {
+            match self.session(&mut conn, pid, &shutdown).await {
                 Ok(()) => {
                     // Shut down: everything was handed over; leave.
                     let _ = conn.close().await;
@@ -332,17 +336,14 @@ impl Engine {
         }
     }
 
-    /// Joins, then rebalances every tick until shutdown (`Ok`, after handing everything
-    /// over) or until the session fails (`Err`: whatever it held is no longer ours).
-    async fn session(
-        &mut self,
-        conn: &mut PgConnection,
-        shutdown: &CancellationToken,
-    ) -> anyhow::Result<()> {
-        let tick = self.settings().tick();
-        // A round that cannot finish within this leaves the lease in doubt: stop serving
-        // before another replica could be given our partitions.
-        let round_limit = self.settings().lease / 2;
+    async fn connect_and_join(&mut self) -> anyhow::Result<(PgConnection, i32)> {
+        let mut conn = PgConnection::connect_with(&self.options).await?;
+        let pid = self.join(&mut conn).await?;
+        Ok((conn, pid))
+    }
+
+    /// Takes the member lock; returns the session's backend pid (its rank's key).
+    async fn join(&mut self, conn: &mut PgConnection) -> anyhow::Result<i32> {
         sqlx::query("SELECT pg_advisory_lock_shared($1, 0)")
             .bind(MEMBERS_KEY)
             .execute(&mut *conn)
@@ -355,6 +356,21 @@ impl Engine {
             pid,
             "joined the replicas"
         );
+        Ok(pid)
+    }
+
+    /// Rebalances every tick until shutdown (`Ok`, after handing everything over) or until
+    /// the session fails (`Err`: whatever it held is no longer ours).
+    async fn session(
+        &mut self,
+        conn: &mut PgConnection,
+        pid: i32,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        let tick = self.settings().tick();
+        // A round that cannot finish within this leaves the lease in doubt: stop serving
+        // before another replica could be given our partitions.
+        let round_limit = self.settings().lease / 2;
         loop {
             tokio::time::timeout(round_limit, self.round(conn, pid))
                 .await

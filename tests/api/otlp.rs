@@ -353,7 +353,19 @@ impl<'a> Trace<'a> {
             .copied()
             .filter(|s| s.name == name)
             .filter(|s| {
-                attribute.is_none_or(|(k, v)| string_attribute(&s.attributes, k) == Some(v))
+                attribute.is_none_or(|(k, v)| {
+                    let found = string_attribute(&s.attributes, k);
+                    // A reply for a partition's owner has `p<N>.` before its type.
+                    found == Some(v)
+                        || (k == "routing_key"
+                            && found
+                                .and_then(|f| f.split_once('.'))
+                                .is_some_and(|(p, rest)| {
+                                    rest == v
+                                        && p.strip_prefix('p')
+                                            .is_some_and(|n| n.parse::<u16>().is_ok())
+                                }))
+                })
             })
             .collect();
         assert!(
