@@ -38,6 +38,9 @@ pub struct Application {
     state: AppState,
     /// Cancelled on shutdown; every background worker watches it.
     shutdown: CancellationToken,
+    /// Cancelled as soon as shutdown is asked (a child of `shutdown`): several replicas hand
+    /// their partitions over while the HTTP server drains, so the others take over at once.
+    handover: CancellationToken,
     workers: JoinSet<()>,
     /// Upper bound for draining on shutdown.
     shutdown_timeout: Duration,
@@ -55,10 +58,12 @@ impl Application {
         let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
         let (stores, bus, inventory) = connect(&config).await?;
         let shutdown = CancellationToken::new();
+        let handover = shutdown.child_token();
         let mut workers = JoinSet::new();
         let orchestrator = start_orchestrator(
             &config,
             port,
+            &handover,
             faults.clone(),
             &stores,
             &bus,
@@ -98,6 +103,7 @@ impl Application {
             listener,
             state,
             shutdown,
+            handover,
             workers,
             shutdown_timeout: Duration::from_secs(config.shutdown_timeout_secs),
             edge: EdgeSettings::from(&config),
@@ -118,6 +124,7 @@ impl Application {
             listener,
             state,
             shutdown,
+            handover,
             mut workers,
             shutdown_timeout,
             edge,
@@ -132,6 +139,7 @@ impl Application {
                 _ = stop.cancelled() => {}
             }
             tracing::info!("shutdown requested: no new connections; draining");
+            handover.cancel();
             let _ = signalled_tx.send(());
         });
         // The server drains in-flight requests; the deadline starts once shutdown is asked.
@@ -178,6 +186,7 @@ impl Application {
 async fn start_orchestrator(
     config: &Config,
     port: u16,
+    handover: &CancellationToken,
     faults: Arc<Faults>,
     stores: &Stores,
     bus: &Bus,
@@ -207,10 +216,14 @@ async fn start_orchestrator(
             partitions = settings.partitions,
             "partitioned among replicas"
         );
-        let (ownership, changes, engine) =
-            ownership::start(&config.database_url, settings, shutdown.clone())
-                .await
-                .context("starting partition ownership")?;
+        let (ownership, changes, engine) = ownership::start(
+            &config.database_url,
+            settings,
+            handover.clone(),
+            shutdown.clone(),
+        )
+        .await
+        .context("starting partition ownership")?;
         workers.spawn(async move {
             let _ = engine.await;
         });

@@ -215,12 +215,14 @@ impl Ownership {
 
 /// Starts deciding ownership for `settings` on the database at `database_url`: sets up the
 /// `partitions` rows (failing if the database was set up with another partition count),
-/// then runs the loop in the background until `shutdown`, when it hands every partition
-/// over and leaves. The changes come on the returned channel; the returned task ends
-/// once everything was handed over.
+/// takes a first share, then runs the loop in the background. It hands every partition over
+/// and leaves at `handover` when other replicas are there to take them, else at `shutdown`
+/// (a lone replica keeps serving while it drains). The changes come on the returned channel;
+/// the returned task ends once everything was handed over.
 pub async fn start(
     database_url: &str,
     settings: OwnershipSettings,
+    handover: CancellationToken,
     shutdown: CancellationToken,
 ) -> anyhow::Result<(
     Ownership,
@@ -243,7 +245,7 @@ pub async fn start(
     // everything, as one process always did.
     let pid = engine.join(&mut conn).await?;
     engine.round(&mut conn, pid).await?;
-    let task = tokio::spawn(engine.run(Some((conn, pid)), shutdown));
+    let task = tokio::spawn(engine.run(Some((conn, pid)), Stops { handover, shutdown }));
     Ok((ownership, receiver, task))
 }
 
@@ -279,6 +281,12 @@ async fn prepare_table(conn: &mut PgConnection, partitions: u16) -> anyhow::Resu
     Ok(())
 }
 
+/// When the engine hands everything over (see [`start`]).
+struct Stops {
+    handover: CancellationToken,
+    shutdown: CancellationToken,
+}
+
 struct Engine {
     settings: OwnershipSettings,
     ownership: Ownership,
@@ -299,7 +307,8 @@ impl Engine {
         &self.settings
     }
 
-    async fn run(mut self, mut first: Option<(PgConnection, i32)>, shutdown: CancellationToken) {
+    async fn run(mut self, mut first: Option<(PgConnection, i32)>, stops: Stops) {
+        let shutdown = &stops.shutdown;
         let mut backoff = RECONNECT;
         while !shutdown.is_cancelled() {
             let joined = match first.take() {
@@ -311,13 +320,13 @@ impl Engine {
                 Err(error) => {
                     let pause = backoff.next_pause();
                     tracing::warn!(%error, ?pause, "ownership session: cannot connect; retrying");
-                    if !crate::pause::sleep_or_shutdown(&shutdown, pause).await {
+                    if !crate::pause::sleep_or_shutdown(shutdown, pause).await {
                         return;
                     }
                     continue;
                 }
             };
-            match self.session(&mut conn, pid, &shutdown).await {
+            match self.session(&mut conn, pid, &stops).await {
                 Ok(()) => {
                     // Shut down: everything was handed over; leave.
                     let _ = conn.close().await;
@@ -330,7 +339,7 @@ impl Engine {
                     backoff.reset();
                 }
             }
-            if !crate::pause::sleep_or_shutdown(&shutdown, backoff.next_pause()).await {
+            if !crate::pause::sleep_or_shutdown(shutdown, backoff.next_pause()).await {
                 return;
             }
         }
@@ -365,7 +374,7 @@ impl Engine {
         &mut self,
         conn: &mut PgConnection,
         pid: i32,
-        shutdown: &CancellationToken,
+        stops: &Stops,
     ) -> anyhow::Result<()> {
         let tick = self.settings().tick();
         // A round that cannot finish within this leaves the lease in doubt: stop serving
@@ -377,8 +386,14 @@ impl Engine {
                 .map_err(|_| {
                     anyhow::anyhow!("an ownership round took longer than {round_limit:?}")
                 })??;
-            if !crate::pause::sleep_or_shutdown(shutdown, tick).await {
+            let others = self.ownership.members() > 1;
+            if stops.shutdown.is_cancelled() || (stops.handover.is_cancelled() && others) {
                 return self.leave(conn).await;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(tick) => {}
+                _ = stops.shutdown.cancelled() => {}
+                _ = stops.handover.cancelled(), if !stops.handover.is_cancelled() => {}
             }
         }
     }
