@@ -8,11 +8,12 @@ use crate::http::edge::EdgeSettings;
 use crate::http::{self, AppState, HttpSettings};
 use crate::messaging::consumer::Disposition;
 use crate::messaging::relay::OutboxRelay;
-use crate::messaging::topology::EVENTS_EXCHANGE;
+use crate::messaging::topology::{self, EVENTS_EXCHANGE, ORCHESTRATOR_QUEUE};
 use crate::messaging::{Bus, replies};
 use crate::orchestrator::actors::Orders;
 use crate::orchestrator::actors::order_actor::OrderContext;
 use crate::orchestrator::actors::retry::RetryPolicy;
+use crate::orchestrator::partitions::{self, ServePartition};
 use crate::orchestrator::{self, Catalogue, Orchestrator, Refusal, ReplyOutcome};
 use crate::participants::inventory::{Inventory, QuoteError};
 use crate::participants::runtime::{self, ParticipantSettings};
@@ -20,6 +21,7 @@ use crate::persistence::Stores;
 use crate::persistence::group_commit::OrderWriter;
 use crate::persistence::idempotency::{self, Claims};
 use crate::persistence::outbox::{Lane, OutboxFeed};
+use crate::persistence::ownership::{self, Ownership, OwnershipSettings};
 use crate::tuning::{ORDER_WRITERS, REPLY_CONCURRENCY};
 use anyhow::Context;
 use futures::future::BoxFuture;
@@ -47,11 +49,16 @@ impl Application {
     /// starts with [`Application::run_until_stopped`].
     pub async fn build(config: Config) -> anyhow::Result<Application> {
         let faults = Arc::new(Faults::from_config(&config)?);
+        // Bound first: the replicas forward to this port (`ADVERTISE_URL`'s default).
+        let listener = http::edge::bind(config.listen_addr)
+            .with_context(|| format!("binding {}", config.listen_addr))?;
+        let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
         let (stores, bus, inventory) = connect(&config).await?;
         let shutdown = CancellationToken::new();
         let mut workers = JoinSet::new();
         let orchestrator = start_orchestrator(
             &config,
+            port,
             faults.clone(),
             &stores,
             &bus,
@@ -74,8 +81,6 @@ impl Application {
             bus.clone(),
             shutdown.clone(),
         ));
-        let listener = http::edge::bind(config.listen_addr)
-            .with_context(|| format!("binding {}", config.listen_addr))?;
         let state = AppState {
             metrics: crate::metrics::install(),
             orchestrator,
@@ -87,6 +92,7 @@ impl Application {
                 dev_endpoints: config.dev_endpoints,
                 body_limit_bytes: config.body_limit_bytes,
             }),
+            forwarder: http::forward::Forwarder::new().context("the forwarding client")?,
         };
         Ok(Application {
             listener,
@@ -165,9 +171,13 @@ impl Application {
 }
 
 /// The order actors and the use cases, with their workers: the orders' outbox relays,
-/// the reply consumer, the step-timer scanner, start-up recovery and the key sweeper.
+/// the reply consumer, the step-timer scanner, start-up recovery and the key sweeper; with
+/// several replicas also the partition ownership, each acquired partition's reply consumer
+/// and recovery.
+#[allow(clippy::too_many_arguments)] // each is one part of the assembly
 async fn start_orchestrator(
     config: &Config,
+    port: u16,
     faults: Arc<Faults>,
     stores: &Stores,
     bus: &Bus,
@@ -184,16 +194,47 @@ async fn start_orchestrator(
     )
     .await
     .context("connecting the orders writer")?;
+    let (ownership, changes) = if config.partitioned() {
+        let settings = OwnershipSettings {
+            replica_id: config.replica_id(),
+            advertise_url: config.advertise_url(port),
+            partitions: config.partitions,
+            lease: Duration::from_millis(config.ownership_lease_ms),
+        };
+        tracing::info!(
+            replica = settings.replica_id,
+            url = settings.advertise_url,
+            partitions = settings.partitions,
+            "partitioned among replicas"
+        );
+        let (ownership, changes, engine) =
+            ownership::start(&config.database_url, settings, shutdown.clone())
+                .await
+                .context("starting partition ownership")?;
+        workers.spawn(async move {
+            let _ = engine.await;
+        });
+        (ownership, Some(changes))
+    } else {
+        (Ownership::single(), None)
+    };
     // Lifecycle events get their own relay: commands never wait for their confirms.
     let (orders_feed, events_feed) = OutboxFeed::with_events_lane(EVENTS_EXCHANGE);
     let orders = Orders::start(OrderContext {
         db: stores.orders.clone(),
-        writer: OrderWriter::start(writer_db, orders_feed.clone(), ORDER_WRITERS, create_lane),
+        writer: OrderWriter::start(
+            writer_db,
+            orders_feed.clone(),
+            ORDER_WRITERS,
+            create_lane,
+            ownership.clone(),
+        ),
         retry: RetryPolicy::new(config.step_timeout(), config.step_max_retries),
         idle_timeout: Duration::from_secs(config.actor_idle_secs),
         faults,
         stats: Default::default(),
         waiters: Default::default(),
+        ownership: ownership.clone(),
     })
     .await?;
     for (name, feed, lane) in [
@@ -205,7 +246,10 @@ async fn start_orchestrator(
         ),
     ] {
         let relay = OutboxRelay::new(name, stores.orders.clone(), bus.clone(), feed);
-        let relay = relay.lane(lane).busy_linger(config.relay_linger());
+        let relay = relay
+            .lane(lane)
+            .busy_linger(config.relay_linger())
+            .swept_by(ownership.clone());
         workers.spawn(relay.run(shutdown.clone()));
     }
     let claims = Claims::start(
@@ -226,27 +270,36 @@ async fn start_orchestrator(
             max_orders_in_flight: config.max_orders_in_flight,
         },
     );
-    {
-        let orchestrator = orchestrator.clone();
-        workers.spawn(replies::run(
-            bus.clone(),
-            REPLY_CONCURRENCY,
-            shutdown.clone(),
-            move |order_id, reply| {
-                let orchestrator = orchestrator.clone();
-                async move { disposition(order_id, orchestrator.apply_reply(order_id, reply).await) }
-            },
-        ));
-    }
+    // The shared reply queue: every reply, or with several replicas those that name no
+    // partition (sent before partitioning; one for another replica's order goes back to
+    // the queue).
+    workers.spawn(consume_replies(
+        orchestrator.clone(),
+        bus.clone(),
+        ORCHESTRATOR_QUEUE,
+        shutdown.clone(),
+    ));
     workers.spawn(orchestrator.clone().run_timers(shutdown.clone()));
-    {
-        // In the background: the API is available while old orders catch up.
-        let orchestrator = orchestrator.clone();
-        workers.spawn(async move {
-            if let Err(error) = orchestrator.recover().await {
-                tracing::error!(%error, "start-up recovery failed; the timer scanner will catch up");
-            }
-        });
+    match changes {
+        // Each acquired partition's replies and in-flight orders (see orchestrator::partitions).
+        Some(changes) => {
+            let (serving, bus) = (orchestrator.clone(), bus.clone());
+            let serve: ServePartition = Box::new(move |partition, stop| {
+                let queue = topology::partition_reply_queue(partition)
+                    .map_or(ORCHESTRATOR_QUEUE, |(queue, _)| queue.name);
+                Box::pin(consume_replies(serving.clone(), bus.clone(), queue, stop))
+            });
+            workers.spawn(partitions::run(orchestrator.clone(), changes, serve));
+        }
+        None => {
+            // In the background: the API is available while old orders catch up.
+            let orchestrator = orchestrator.clone();
+            workers.spawn(async move {
+                if let Err(error) = orchestrator.recover(None).await {
+                    tracing::error!(%error, "start-up recovery failed; the timer scanner will catch up");
+                }
+            });
+        }
     }
     workers.spawn(idempotency::run_sweeper(
         stores.orders.clone(),
@@ -254,6 +307,26 @@ async fn start_orchestrator(
         shutdown.clone(),
     ));
     Ok(orchestrator)
+}
+
+/// Applies the replies of one queue until `stop`.
+async fn consume_replies(
+    orchestrator: Orchestrator,
+    bus: Bus,
+    queue: &'static str,
+    stop: CancellationToken,
+) {
+    replies::run(
+        bus,
+        queue,
+        REPLY_CONCURRENCY,
+        stop,
+        move |order_id, reply| {
+            let orchestrator = orchestrator.clone();
+            async move { disposition(order_id, orchestrator.apply_reply(order_id, reply).await) }
+        },
+    )
+    .await
 }
 
 /// A reply's outcome as the broker sees it: refused duplicates and late replies are done
@@ -305,7 +378,12 @@ async fn connect(config: &Config) -> anyhow::Result<(Stores, Bus, Inventory)> {
     }
     // An unreachable broker is waited for in the background (orchestrated start-ups bring
     // it up in any order); a malformed URL or refused credentials fail here.
-    let bus = Bus::start(config.amqp_url.as_deref())
+    let reply_partitions = if config.partitioned() {
+        config.partitions
+    } else {
+        0
+    };
+    let bus = Bus::start(config.amqp_url.as_deref(), reply_partitions)
         .await
         .context("connecting to the message broker")?;
     let inventory = Inventory::new(stores.inventory.clone(), OutboxFeed::default());

@@ -189,6 +189,27 @@ pub struct Config {
     /// `service.name` of the exported traces.
     #[arg(long, env = "OTEL_SERVICE_NAME", default_value = "order-service")]
     pub otel_service_name: String,
+
+    /// This replica's name among several (logs, health, metrics, the `partitions` table).
+    /// Default: the host name.
+    #[arg(long, env = "REPLICA_ID")]
+    pub replica_id: Option<String>,
+
+    /// Partitions the orders are hashed into, each owned by one replica at a time
+    /// (PostgreSQL with RabbitMQ only). Fixed for the life of a database: a replica started
+    /// with another count than the database's refuses to start.
+    #[arg(long, env = "PARTITIONS", default_value_t = crate::domain::partition::DEFAULT_PARTITIONS)]
+    pub partitions: u16,
+
+    /// The base URL the other replicas forward this one's requests to, e.g.
+    /// `http://order-service-1:8080`. Default: `http://<host name>:<listen port>`.
+    #[arg(long, env = "ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
+
+    /// Milliseconds a replica may be silent (paused, cut off from PostgreSQL) before the
+    /// database ends its session and its partitions go to the others.
+    #[arg(long, env = "OWNERSHIP_LEASE_MS", default_value_t = 3000)]
+    pub ownership_lease_ms: u64,
 }
 
 /// `LISTEN_ADDR`: an IP address and port, or a host name and port.
@@ -320,6 +341,30 @@ impl Config {
             });
         }
         Faults::from_config(self)?;
+        if !(1..=crate::domain::partition::MAX_PARTITIONS).contains(&self.partitions) {
+            return Err(ConfigError {
+                option: "PARTITIONS",
+                problem: format!(
+                    "{} is not between 1 and {}",
+                    self.partitions,
+                    crate::domain::partition::MAX_PARTITIONS
+                ),
+            });
+        }
+        if !(300..=600_000).contains(&self.ownership_lease_ms) {
+            return Err(ConfigError {
+                option: "OWNERSHIP_LEASE_MS",
+                problem: format!("{} is not between 300 and 600000", self.ownership_lease_ms),
+            });
+        }
+        if let Some(url) = &self.advertise_url
+            && !matches!(url::Url::parse(url), Ok(u) if matches!(u.scheme(), "http" | "https"))
+        {
+            return Err(ConfigError {
+                option: "ADVERTISE_URL",
+                problem: format!("{url:?} is not an http:// or https:// URL"),
+            });
+        }
         if self.db_max_connections == 0 {
             return Err(ConfigError {
                 option: "DB_MAX_CONNECTIONS",
@@ -360,6 +405,34 @@ impl Config {
 
     pub fn relay_linger(&self) -> Duration {
         Duration::from_millis(self.relay_linger_ms)
+    }
+
+    /// Whether the orders are partitioned among replicas: they can be only with PostgreSQL
+    /// (ownership, fencing) and RabbitMQ (replies routed to a partition's owner).
+    pub fn partitioned(&self) -> bool {
+        !crate::persistence::is_sqlite(&self.database_url) && self.amqp_url.is_some()
+    }
+
+    /// `REPLICA_ID`, or the host name.
+    pub fn replica_id(&self) -> String {
+        self.replica_id
+            .clone()
+            .filter(|id| !id.trim().is_empty())
+            .or_else(|| {
+                std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .ok()
+                    .or_else(|| std::env::var("HOSTNAME").ok())
+                    .map(|h| h.trim().to_owned())
+                    .filter(|h| !h.is_empty())
+            })
+            .unwrap_or_else(|| format!("replica-{}", std::process::id()))
+    }
+
+    /// `ADVERTISE_URL`, or `http://<replica id>:<port>`.
+    pub fn advertise_url(&self, port: u16) -> String {
+        self.advertise_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}:{port}", self.replica_id()))
     }
 
     pub fn step_timeout(&self) -> Duration {

@@ -24,6 +24,9 @@ pub struct Model {
     pub reason: String,
     /// When the transition happened.
     pub at: DateTimeUtc,
+    /// The fencing epoch of the order's partition this transition was committed under
+    /// (several replicas); `None` when one process owns every order.
+    pub epoch: Option<i64>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

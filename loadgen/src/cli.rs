@@ -13,9 +13,16 @@ use std::time::Duration;
 #[derive(Debug, Parser)]
 #[command(name = "loadgen", version)]
 pub struct Args {
-    /// Base URL of the service.
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    pub url: String,
+    /// Base URL of the service; several (repeated, or comma-separated) spread the saga
+    /// requests round-robin over them, as a load balancer without affinity would. Stock
+    /// setup and the checks use the first.
+    #[arg(
+        long,
+        value_name = "URL[,URL…]",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub url: Vec<String>,
 
     /// Stop after this many orders (default 1000 when --duration is not given).
     #[arg(long, conflicts_with = "duration")]
@@ -296,10 +303,36 @@ impl Args {
                 return Err(format!("--sku {} given twice", a.sku));
             }
         }
-        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
-            return Err("--url must start with http:// or https://".into());
-        }
+        self.base_urls()?;
         Ok(())
+    }
+
+    /// The --url values without a trailing `/`, in the order given: each must be http(s)
+    /// and appear once (a duplicate would silently get a double share of the requests).
+    pub fn base_urls(&self) -> Result<Vec<String>, String> {
+        let mut bases: Vec<String> = Vec::with_capacity(self.url.len());
+        for url in &self.url {
+            let url = url.trim();
+            if url.is_empty() {
+                return Err("--url: an empty URL (a stray comma?)".into());
+            }
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(if self.url.len() == 1 {
+                    "--url must start with http:// or https://".into()
+                } else {
+                    format!("--url {url:?} must start with http:// or https://")
+                });
+            }
+            let base = url.trim_end_matches('/').to_owned();
+            if bases.contains(&base) {
+                return Err(format!("--url {base} given twice"));
+            }
+            bases.push(base);
+        }
+        if bases.is_empty() {
+            return Err("--url: at least one URL".into());
+        }
+        Ok(bases)
     }
 }
 
@@ -417,6 +450,73 @@ mod tests {
         let args = Args::try_parse_from(["loadgen", "--long-poll", "61s"]).expect("parses");
         assert!(args.validate().is_err());
         assert!(Args::try_parse_from(["loadgen", "--rate", "5", "--closed-on", "saga"]).is_err());
+    }
+
+    #[test]
+    fn urls_repeated_or_comma_separated() {
+        let urls = |argv: &[&str]| {
+            Args::try_parse_from([&["loadgen"], argv].concat())
+                .map_err(|e| e.to_string())
+                .and_then(|a| a.base_urls())
+        };
+        assert_eq!(urls(&[]), Ok(vec!["http://127.0.0.1:8080".to_owned()]));
+        assert_eq!(
+            urls(&["--url", "http://a:8080/"]),
+            Ok(vec!["http://a:8080".to_owned()])
+        );
+        let three = Ok(vec![
+            "http://a:8080".to_owned(),
+            "https://b".to_owned(),
+            "http://c:1".to_owned(),
+        ]);
+        assert_eq!(
+            urls(&[
+                "--url",
+                "http://a:8080",
+                "--url",
+                "https://b",
+                "--url",
+                "http://c:1"
+            ]),
+            three
+        );
+        assert_eq!(
+            urls(&["--url", "http://a:8080,https://b,http://c:1"]),
+            three
+        );
+        assert_eq!(
+            urls(&["--url", "http://a:8080,https://b", "--url", "http://c:1"]),
+            three
+        );
+    }
+
+    #[test]
+    fn an_invalid_url_among_several_is_named() {
+        let error = |argv: &[&str]| {
+            let args = Args::try_parse_from([&["loadgen"], argv].concat()).expect("parses");
+            args.validate().expect_err("invalid")
+        };
+        assert_eq!(
+            error(&["--url", "http://a,ftp://b"]),
+            "--url \"ftp://b\" must start with http:// or https://"
+        );
+        assert_eq!(
+            error(&["--url", "http://a", "--url", "b:8080"]),
+            "--url \"b:8080\" must start with http:// or https://"
+        );
+        // One URL: the message as it always was.
+        assert_eq!(
+            error(&["--url", "localhost:8080"]),
+            "--url must start with http:// or https://"
+        );
+        assert_eq!(
+            error(&["--url", "http://a,"]),
+            "--url: an empty URL (a stray comma?)"
+        );
+        assert_eq!(
+            error(&["--url", "http://a/,http://a"]),
+            "--url http://a given twice"
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! (or poll) each created order until it is terminal.
 
 use crate::cli::{ClosedOn, FollowMode, Mode, SkuWeight, Stop};
+use crate::targets::Targets;
 use hdrhistogram::Histogram;
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
@@ -242,7 +243,8 @@ pub struct Stats {
 
 pub struct Shared {
     pub client: reqwest::Client,
-    orders_url: String,
+    /// Where each saga request goes (round-robin over --url).
+    pub targets: Targets,
     pub plan: Plan,
     pub poll: PollConfig,
     pub follow: bool,
@@ -260,7 +262,7 @@ pub struct Shared {
 impl Shared {
     pub fn new(
         client: reqwest::Client,
-        base: &str,
+        targets: Targets,
         plan: Plan,
         poll: PollConfig,
         follow: bool,
@@ -269,7 +271,7 @@ impl Shared {
         let skus = plan.skus.len();
         Shared {
             client,
-            orders_url: format!("{base}/api/orders"),
+            targets,
             plan,
             poll,
             follow,
@@ -330,7 +332,9 @@ async fn create(sh: &Shared, sku: usize, started: Instant) -> Option<Created> {
     loop {
         let response = sh
             .client
-            .post(&sh.orders_url)
+            // Each attempt to the next URL: a retry with the same key may reach another
+            // replica, as behind a load balancer.
+            .post(sh.targets.next_orders_url())
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
             .header("idempotency-key", key.clone())
             .body(sh.plan.bodies[sku])
@@ -498,10 +502,10 @@ async fn get_order(sh: &Shared, url: &str, long_poll: bool) -> Answer {
 /// terminal state.
 async fn follow(sh: Arc<Shared>, created: Created, sku: usize, started: Instant) {
     let long_poll = sh.poll.mode == FollowMode::Wait;
-    let url = if long_poll {
-        format!("{}/{}{}", sh.orders_url, created.id, sh.wait_query)
+    let path = if long_poll {
+        format!("/{}{}", created.id, sh.wait_query)
     } else {
-        format!("{}/{}", sh.orders_url, created.id)
+        format!("/{}", created.id)
     };
     let mut last = created.status;
     // Short polls: always this long before the next one. Long polls: only after an error or
@@ -542,6 +546,8 @@ async fn follow(sh: Arc<Shared>, created: Created, sku: usize, started: Instant)
             None => Answer::Stopped,
             Some(_permit) => {
                 let asked = Instant::now();
+                // Each poll to the next URL: no affinity to the replica that created it.
+                let url = format!("{}{path}", sh.targets.next_orders_url());
                 let answer = get_order(&sh, &url, long_poll).await;
                 if long_poll && let Answer::Order(order) = &answer {
                     if order.status.is_terminal() {

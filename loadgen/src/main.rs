@@ -13,18 +13,20 @@ mod checks;
 mod cli;
 mod driver;
 mod report;
+mod targets;
 
 use anyhow::Context;
 use clap::Parser;
 use cli::{Args, FollowMode, Mode, Stop};
 use driver::{Plan, PollConfig, Shared};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use report::{DeclineCheck, Latency, Report, Retries, SkuEntry, StockCheck};
+use report::{DeclineCheck, Latency, Report, Retries, SkuEntry, StockCheck, UrlRequests};
 use std::collections::{BTreeMap, VecDeque};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+use targets::Targets;
 use tokio::time::{Instant, sleep};
 
 fn main() -> ExitCode {
@@ -55,9 +57,12 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<Report> {
-    let base = args.url.trim_end_matches('/').to_owned();
+    // Already checked by `validate`.
+    let targets = Targets::new(args.base_urls().map_err(anyhow::Error::msg)?);
+    let base = targets.first().to_owned();
     let client = reqwest::Client::builder()
-        // Only ever the service at --url: never an environment proxy.
+        // Only ever the service at --url: never an environment proxy. One pool for all the
+        // URLs: reqwest keeps idle connections per host.
         .no_proxy()
         .timeout(args.timeout)
         .connect_timeout(Duration::from_secs(5))
@@ -65,7 +70,10 @@ async fn run(args: Args) -> anyhow::Result<Report> {
         .pool_idle_timeout(Duration::from_secs(90))
         .build()
         .context("building the HTTP client")?;
-    checks::live(&client, &base).await?;
+    // Every URL, so that a wrong one fails now rather than as errors in the report.
+    for url in targets.bases() {
+        checks::live(&client, url).await?;
+    }
 
     let mix = args.sku_mix();
     let token = args.admin_token.as_deref().filter(|t| !t.is_empty());
@@ -113,7 +121,7 @@ async fn run(args: Args) -> anyhow::Result<Report> {
     let follow = !args.no_follow;
     let shared = Arc::new(Shared::new(
         client.clone(),
-        &base,
+        targets,
         plan,
         poll,
         follow,
@@ -301,6 +309,16 @@ async fn run(args: Args) -> anyhow::Result<Report> {
     let report = Report {
         label: args.label.clone(),
         url: base.clone(),
+        urls: if shared.targets.bases().len() > 1 {
+            shared
+                .targets
+                .sent()
+                .into_iter()
+                .map(|(url, requests)| UrlRequests { url, requests })
+                .collect()
+        } else {
+            Vec::new()
+        },
         mode: match mode {
             Mode::Closed { .. } => "closed",
             Mode::Open { .. } => "open",

@@ -90,10 +90,24 @@ pub struct SkuEntry {
     pub weight: u32,
 }
 
+/// One of several --url and the saga requests sent to it.
+#[derive(Debug, Clone, Serialize)]
+pub struct UrlRequests {
+    pub url: String,
+    /// Create attempts, polls and long polls (the setup and check calls, all to the first
+    /// URL, are not counted).
+    pub requests: u64,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub label: Option<String>,
+    /// The (first) URL: setup and checks.
     pub url: String,
+    /// With several --url: each, in order, and the saga requests sent to it round-robin;
+    /// absent with one URL, so that report stays as it was.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub urls: Vec<UrlRequests>,
     /// `closed` or `open`.
     pub mode: String,
     pub concurrency: Option<u32>,
@@ -231,15 +245,26 @@ impl Report {
             .map(|s| format!("{}:{}", s.sku, s.weight))
             .collect::<Vec<_>>()
             .join(" ");
+        let target = if self.urls.is_empty() {
+            self.url.clone()
+        } else {
+            format!(
+                "round-robin over {} (setup and checks on the first)",
+                self.urls
+                    .iter()
+                    .map(|u| u.url.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
         let _ = writeln!(
             out,
-            "== loadgen {}{load}; SKU mix {skus}, quantity {}; {}",
+            "== loadgen {}{load}; SKU mix {skus}, quantity {}; {target}",
             self.label
                 .as_ref()
                 .map(|l| format!("[{l}] "))
                 .unwrap_or_default(),
             self.quantity,
-            self.url
         );
         let _ = write!(
             out,
@@ -331,6 +356,26 @@ impl Report {
                 self.polls_delayed,
                 self.poll_budget,
                 counts(&self.poll_errors)
+            );
+        }
+        if !self.urls.is_empty() {
+            let total: u64 = self.urls.iter().map(|u| u.requests).sum();
+            let per_url = self
+                .urls
+                .iter()
+                .map(|u| {
+                    format!(
+                        "{} {} ({:.1}%)",
+                        u.url,
+                        u.requests,
+                        100.0 * u.requests as f64 / total.max(1) as f64
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            let _ = writeln!(
+                out,
+                "  per URL         {per_url} (saga requests: create attempts and GETs)"
             );
         }
         if let Some(d) = &self.decline {

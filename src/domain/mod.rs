@@ -2,6 +2,7 @@
 
 pub mod integral;
 pub mod order;
+pub mod partition;
 pub mod saga;
 pub mod text;
 pub mod view;

@@ -78,8 +78,23 @@ async fn ready(State(app): State<AppState>) -> Response {
                 "step_retries": stats.retries.load(Ordering::Relaxed),
                 "step_timeouts": stats.timeouts.load(Ordering::Relaxed),
             },
+            "ownership": ownership(&app),
         }),
     )
+}
+
+/// This replica's partitions (`null` when it owns every order).
+fn ownership(app: &AppState) -> serde_json::Value {
+    let ownership = app.orchestrator.ownership();
+    match ownership.replica_id() {
+        Some(replica_id) => json!({
+            "replica_id": replica_id,
+            "partitions": ownership.partitions(),
+            "owned": ownership.owned(),
+            "members": ownership.members(),
+        }),
+        None => serde_json::Value::Null,
+    }
 }
 
 /// Whether every store answers (within 2 s) and the broker is connected, and each check.

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod edge;
 pub mod errors;
 pub mod extractors;
+pub mod forward;
 pub mod health;
 pub mod inventory;
 pub mod openapi;
@@ -46,13 +47,16 @@ pub struct AppState {
     pub settings: Arc<HttpSettings>,
     /// Renders `/metrics`.
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// Forwards what another replica must answer (several replicas).
+    pub forwarder: forward::Forwarder,
 }
 
 pub fn router(state: AppState) -> Router {
     let body_limit = state.settings.body_limit_bytes;
     let metrics = state.metrics.clone();
+    let to_owner = middleware::from_fn_with_state(state.clone(), forward::to_owner);
     Router::new()
-        .merge(orders::router())
+        .merge(orders::router().route_layer(to_owner))
         .merge(inventory::router())
         .merge(health::router())
         .merge(admin::router())
@@ -134,6 +138,11 @@ async fn render_metrics(
 ) -> Response {
     let stats = app.orchestrator.stats();
     metrics::gauge!("order_actors_live").set(app.orchestrator.live_actors() as f64);
+    let ownership = app.orchestrator.ownership();
+    if ownership.is_partitioned() {
+        metrics::gauge!("partitions_owned").set(ownership.owned().len() as f64);
+        metrics::gauge!("replicas_live").set(ownership.members() as f64);
+    }
     metrics::counter!("order_actor_restarts_total")
         .absolute(stats.restarts.load(Ordering::Relaxed));
     metrics::counter!("orders_parked_total").absolute(stats.parked.load(Ordering::Relaxed));

@@ -264,6 +264,7 @@ fn order_error(error: OrderError) -> ApiError {
         ),
         OrderError::KeyTaken(_) => key_in_flight(),
         OrderError::Conflict(_)
+        | OrderError::NotOwner(_)
         | OrderError::Timeout
         | OrderError::Unavailable(_)
         | OrderError::Storage(_) => {

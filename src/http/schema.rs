@@ -106,6 +106,27 @@ pub struct Readiness {
     status: ReadinessStatus,
     checks: ReadinessChecks,
     order_actors: OrderActorStats,
+    /// The partitions this replica owns (several replicas; PostgreSQL with RabbitMQ).
+    /// `null` when one process owns every order (SQLite, or no broker).
+    ownership: Option<OwnershipView>,
+}
+
+/// A replica's share of the orders' partitions.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct OwnershipView {
+    /// `REPLICA_ID` (default: the host name).
+    #[schema(example = "order-service-1")]
+    replica_id: String,
+    /// How many partitions the orders are hashed into.
+    #[schema(example = 32)]
+    partitions: u16,
+    /// The partitions this replica owns now.
+    #[schema(example = json!([0, 1, 2]))]
+    owned: Vec<u16>,
+    /// Live replicas, as last counted (0 while this one's ownership session is down).
+    #[schema(example = 3)]
+    members: u64,
 }
 
 /// Each dependency: `ok`, or `unavailable: <why>`.

@@ -171,7 +171,7 @@ impl Link {
 /// Connects, declares the whole topology (idempotent) and opens the publishing channels.
 /// Re-running it yields a fresh, fully usable [`Link`]; the supervisor does so after a
 /// connection loss.
-async fn establish(url: &AMQPUri, endpoint: &str) -> Result<Link, BusError> {
+async fn establish(url: &AMQPUri, endpoint: &str, partitions: u16) -> Result<Link, BusError> {
     let properties = ConnectionProperties::default().with_connection_name("order-service".into());
     let connection = Connection::connect_uri(url.clone(), properties)
         .await
@@ -179,17 +179,21 @@ async fn establish(url: &AMQPUri, endpoint: &str) -> Result<Link, BusError> {
             endpoint: endpoint.to_owned(),
             source: Box::new(source),
         })?;
-    let link = prepare(connection, endpoint).await;
+    let link = prepare(connection, endpoint, partitions).await;
     if let Err(error) = &link {
         debug!(endpoint, %error, "preparing the new connection failed");
     }
     link
 }
 
-async fn prepare(connection: Connection, endpoint: &str) -> Result<Link, BusError> {
+async fn prepare(
+    connection: Connection,
+    endpoint: &str,
+    partitions: u16,
+) -> Result<Link, BusError> {
     let result = async {
         let channel = open_channel(&connection, "topology declaration").await?;
-        declare_topology(&channel).await?;
+        declare_topology(&channel, partitions).await?;
         // The declaring channel has no further use; failing to close it politely is harmless.
         if let Err(error) = channel.close(REPLY_SUCCESS, "OK".into()).await {
             debug!(%error, "closing the topology channel failed");
@@ -249,7 +253,9 @@ async fn open_publisher(connection: &Connection) -> Result<Channel, BusError> {
         })?;
     Ok(channel)
 }
-async fn declare_topology(channel: &Channel) -> Result<(), BusError> {
+/// Declares the topology, plus the reply queues of `partitions` partitions (several
+/// replicas; see [`topology::partition_reply_queue`]).
+async fn declare_topology(channel: &Channel, partitions: u16) -> Result<(), BusError> {
     for exchange in topology::EXCHANGES {
         let kind = match exchange.kind {
             ExchangeType::Topic => ExchangeKind::Topic,
@@ -271,7 +277,13 @@ async fn declare_topology(channel: &Channel) -> Result<(), BusError> {
                 source: Box::new(source),
             })?;
     }
-    for queue in topology::QUEUES {
+    let partition_queues: Vec<&(QueueSpec, topology::BindingSpec)> = (0..partitions)
+        .filter_map(topology::partition_reply_queue)
+        .collect();
+    let queues = topology::QUEUES
+        .iter()
+        .chain(partition_queues.iter().map(|(q, _)| q));
+    for queue in queues {
         let mut arguments = FieldTable::default();
         if let Some(dlx) = queue.dead_letter_exchange {
             arguments.insert(
@@ -294,7 +306,10 @@ async fn declare_topology(channel: &Channel) -> Result<(), BusError> {
                 source: Box::new(source),
             })?;
     }
-    for binding in topology::BINDINGS {
+    let bindings = topology::BINDINGS
+        .iter()
+        .chain(partition_queues.iter().map(|(_, b)| b));
+    for binding in bindings {
         channel
             .queue_bind(
                 binding.queue.into(),
@@ -346,6 +361,7 @@ async fn supervise(
     bus: Weak<Inner>,
     url: AMQPUri,
     endpoint: String,
+    partitions: u16,
     shutdown: CancellationToken,
     mut current: Option<Arc<Link>>,
 ) {
@@ -384,7 +400,7 @@ async fn supervise(
             attempt += 1;
             let attempted = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                attempted = timeout(ESTABLISH_TIMEOUT, establish(&url, &endpoint)) => attempted,
+                attempted = timeout(ESTABLISH_TIMEOUT, establish(&url, &endpoint, partitions)) => attempted,
             };
             let (error, refused) = match attempted {
                 Ok(Ok(new)) => break Arc::new(new),
@@ -464,8 +480,8 @@ impl AmqpBus {
     pub async fn connect(url: &str) -> Result<Self, BusError> {
         let uri = parse_url(url)?;
         let endpoint = redact(url);
-        let link = establish(&uri, &endpoint).await?;
-        Ok(Self::supervised(uri, endpoint, Some(Arc::new(link))))
+        let link = establish(&uri, &endpoint, 0).await?;
+        Ok(Self::supervised(uri, endpoint, Some(Arc::new(link)), 0))
     }
 
     /// Like [`connect`](Self::connect), but a broker that cannot be reached yet is no
@@ -473,17 +489,24 @@ impl AmqpBus {
     /// reconnection backoff), declaring the topology then. Fails only for what waiting
     /// cannot fix: a malformed URL, or a broker that answers and refuses the credentials or
     /// the vhost.
-    pub async fn start(url: &str) -> Result<Self, BusError> {
+    /// `partitions`: also declare the reply queues of that many partitions (several
+    /// replicas; 0 for none).
+    pub async fn start(url: &str, partitions: u16) -> Result<Self, BusError> {
         let uri = parse_url(url)?;
         let endpoint = redact(url);
-        let first = match timeout(ESTABLISH_TIMEOUT, establish(&uri, &endpoint)).await {
+        let first = match timeout(ESTABLISH_TIMEOUT, establish(&uri, &endpoint, partitions)).await {
             Ok(Ok(link)) => Ok(link),
             Ok(Err(error)) if error.is_refusal() => return Err(error),
             Ok(Err(error)) => Err(error.to_string()),
             Err(_) => Err(format!("timed out after {ESTABLISH_TIMEOUT:?}")),
         };
         match first {
-            Ok(link) => Ok(Self::supervised(uri, endpoint, Some(Arc::new(link)))),
+            Ok(link) => Ok(Self::supervised(
+                uri,
+                endpoint,
+                Some(Arc::new(link)),
+                partitions,
+            )),
             Err(error) => {
                 warn!(
                     endpoint,
@@ -491,7 +514,7 @@ impl AmqpBus {
                     "the broker is unreachable; starting without it and connecting in the \
                      background (what needs it answers 503 meanwhile)"
                 );
-                let bus = Self::supervised(uri, endpoint, None);
+                let bus = Self::supervised(uri, endpoint, None, partitions);
                 bus.inner.set_last_error(Some(error));
                 Ok(bus)
             }
@@ -499,7 +522,12 @@ impl AmqpBus {
     }
 
     /// The bus around its first link (or none yet), with the supervisor running.
-    fn supervised(uri: AMQPUri, endpoint: String, link: Option<Arc<Link>>) -> Self {
+    fn supervised(
+        uri: AMQPUri,
+        endpoint: String,
+        link: Option<Arc<Link>>,
+        partitions: u16,
+    ) -> Self {
         if link.is_some() {
             info!(
                 endpoint,
@@ -522,6 +550,7 @@ impl AmqpBus {
             Arc::downgrade(&inner),
             uri,
             endpoint,
+            partitions,
             shutdown,
             link,
         ));

@@ -16,7 +16,9 @@
 use crate::messaging::topology::EVENTS_EXCHANGE;
 use crate::messaging::{Bus, OutgoingMessage};
 use crate::pause::{Backoff, sleep_or_shutdown};
+use crate::persistence::Partitions;
 use crate::persistence::outbox::{self, Lane, OutboxFeed};
+use crate::persistence::ownership::Ownership;
 use crate::tuning::{EVENTS_LINGER, RELAY_BATCH};
 use chrono::Utc;
 use entity::outbox::Model as Row;
@@ -72,6 +74,9 @@ pub struct OutboxRelay {
     busy_linger: Duration,
     /// How many messages the last round that published anything carried.
     last_round: usize,
+    /// With several replicas, the sweep takes only the rows of the partitions this one
+    /// owns (each row is relayed by the replica that wrote it, or by its partition's owner).
+    ownership: Option<Ownership>,
 }
 
 impl OutboxRelay {
@@ -91,7 +96,15 @@ impl OutboxRelay {
             linger: Duration::ZERO,
             busy_linger: Duration::ZERO,
             last_round: 0,
+            ownership: None,
         }
+    }
+
+    /// Sweeps only the rows of the orders in the partitions `ownership` holds (when it is
+    /// partitioned).
+    pub fn swept_by(mut self, ownership: Ownership) -> Self {
+        self.ownership = ownership.is_partitioned().then_some(ownership);
+        self
     }
 
     /// Publishes only this lane's rows (the feed must carry only those). On RabbitMQ the
@@ -134,7 +147,15 @@ impl OutboxRelay {
             .chain(self.confirmed.iter().copied())
             .collect();
         let limit = (RELAY_BATCH + known.len()) as u64;
-        let rows = outbox::fetch_stragglers(&self.db, self.lane, before, limit).await?;
+        let only = self.ownership.as_ref().map(|o| Partitions {
+            count: o.partitions(),
+            wanted: o.owned(),
+        });
+        let rows = if only.as_ref().is_some_and(|p| p.wanted.is_empty()) {
+            Vec::new()
+        } else {
+            outbox::fetch_stragglers(&self.db, self.lane, before, limit, only.as_ref()).await?
+        };
         let mut found: Vec<Row> = rows
             .into_iter()
             .filter(|r| !known.contains(&r.id))

@@ -4,36 +4,36 @@
 
 use crate::messaging::consumer::{self, Disposition};
 use crate::messaging::messages::{Envelope, ReplyBody};
-use crate::messaging::{Bus, IncomingMessage, topology};
+use crate::messaging::{Bus, IncomingMessage};
 use std::future::Future;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
-/// Runs the reply queue with `concurrency` deliveries at once until `shutdown`.
-pub async fn run<F, Fut>(bus: Bus, concurrency: u16, shutdown: CancellationToken, handler: F)
-where
+/// Runs a reply queue (the shared one, or a partition's) with `concurrency` deliveries at
+/// once until `shutdown`.
+pub async fn run<F, Fut>(
+    bus: Bus,
+    queue: &'static str,
+    concurrency: u16,
+    shutdown: CancellationToken,
+    handler: F,
+) where
     F: Fn(Uuid, ReplyBody) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Disposition> + Send + 'static,
 {
-    consumer::run(
-        bus,
-        topology::ORCHESTRATOR_QUEUE,
-        concurrency,
-        shutdown,
-        move |message| {
-            let handler = handler.clone();
-            let span = message.process_span();
-            async move {
-                match decode(&message) {
-                    Ok(envelope) => handler(envelope.order_id, envelope.body).await,
-                    Err(dead) => dead,
-                }
+    consumer::run(bus, queue, concurrency, shutdown, move |message| {
+        let handler = handler.clone();
+        let span = message.process_span();
+        async move {
+            match decode(&message) {
+                Ok(envelope) => handler(envelope.order_id, envelope.body).await,
+                Err(dead) => dead,
             }
-            .instrument(span)
-        },
-    )
+        }
+        .instrument(span)
+    })
     .await
 }
 

@@ -21,7 +21,8 @@ pub const INVENTORY_QUEUE: &str = "inventory.commands";
 pub const PAYMENT_QUEUE: &str = "payment.commands";
 /// Shipping's command queue (`shipping.*`).
 pub const SHIPPING_QUEUE: &str = "shipping.commands";
-/// The orchestrator's reply queue (every reply).
+/// The orchestrator's reply queue: every reply when one process owns every order; with
+/// several replicas only replies that name no partition (see [`partition_reply_queue`]).
 pub const ORCHESTRATOR_QUEUE: &str = "orchestrator.replies";
 /// Inventory's subscription to `order.confirmed` (it marks reserved stock as sold).
 pub const INVENTORY_EVENTS_QUEUE: &str = "inventory.order-events";
@@ -157,10 +158,11 @@ pub const BINDINGS: &[BindingSpec] = &[
         queue: SHIPPING_QUEUE,
         pattern: "shipping.*",
     },
+    // Reply types are two words (`stock.reserved`); a reply for a partition has three.
     BindingSpec {
         exchange: REPLIES_EXCHANGE,
         queue: ORCHESTRATOR_QUEUE,
-        pattern: "#",
+        pattern: "*.*",
     },
     BindingSpec {
         exchange: EVENTS_EXCHANGE,
@@ -174,6 +176,51 @@ pub const BINDINGS: &[BindingSpec] = &[
     },
 ];
 
+/// Prefix of the per-partition reply queues.
+const PARTITION_QUEUE_PREFIX: &str = "orchestrator.replies.p";
+
+/// The reply queues and bindings of every possible partition, made once.
+static PARTITION_QUEUES: std::sync::LazyLock<Vec<(QueueSpec, BindingSpec)>> =
+    std::sync::LazyLock::new(|| {
+        (0..crate::domain::partition::MAX_PARTITIONS)
+            .map(|p| {
+                let name: &'static str =
+                    Box::leak(format!("{PARTITION_QUEUE_PREFIX}{p}").into_boxed_str());
+                let pattern: &'static str = Box::leak(format!("p{p}.#").into_boxed_str());
+                let queue = QueueSpec {
+                    name,
+                    dead_letter_exchange: Some(DLX_EXCHANGE),
+                };
+                let binding = BindingSpec {
+                    exchange: REPLIES_EXCHANGE,
+                    queue: name,
+                    pattern,
+                };
+                (queue, binding)
+            })
+            .collect()
+    });
+
+/// With several replicas, the replies for the orders of one partition go to that
+/// partition's queue (`orchestrator.replies.p<N>`, bound to `p<N>.#`), which only its
+/// owner consumes: a reply waits there while the partition changes owner. `None` beyond
+/// [`crate::domain::partition::MAX_PARTITIONS`].
+pub fn partition_reply_queue(partition: u16) -> Option<&'static (QueueSpec, BindingSpec)> {
+    PARTITION_QUEUES.get(usize::from(partition))
+}
+
+/// The header of a command that names its order's partition (several replicas); the reply
+/// is routed to that partition's queue ([`reply_routing_key`]).
+pub const PARTITION_HEADER: &str = "x-order-partition";
+
+/// The routing key of a reply of type `kind` for an order in `partition` (if partitioned).
+pub fn reply_routing_key(kind: &str, partition: Option<u16>) -> String {
+    match partition {
+        Some(p) => format!("p{p}.{kind}"),
+        None => kind.to_owned(),
+    }
+}
+
 /// The exchange named `name`, if it is part of the topology.
 pub fn exchange(name: &str) -> Option<&'static ExchangeSpec> {
     EXCHANGES.iter().find(|e| e.name == name)
@@ -181,7 +228,10 @@ pub fn exchange(name: &str) -> Option<&'static ExchangeSpec> {
 
 /// The queue named `name`, if it is part of the topology.
 pub fn queue(name: &str) -> Option<&'static QueueSpec> {
-    QUEUES.iter().find(|q| q.name == name)
+    QUEUES.iter().find(|q| q.name == name).or_else(|| {
+        let partition = name.strip_prefix(PARTITION_QUEUE_PREFIX)?.parse().ok()?;
+        partition_reply_queue(partition).map(|(queue, _)| queue)
+    })
 }
 
 /// The queues a message published to `exchange` with `routing_key` reaches, each once, in
@@ -313,6 +363,21 @@ mod tests {
             vec![DEAD_LETTER_QUEUE]
         );
         assert!(route("no.such.exchange", "x").is_empty());
+    }
+
+    #[test]
+    fn a_partitions_replies_reach_only_its_queue() {
+        let key = reply_routing_key("stock.reserved", Some(7));
+        let (seven, binding) = partition_reply_queue(7).expect("partition 7");
+        assert_eq!(seven.name, "orchestrator.replies.p7");
+        assert!(topic_matches(binding.pattern, &key));
+        let (eight, other) = partition_reply_queue(8).expect("partition 8");
+        assert!(!topic_matches(other.pattern, &key));
+        // Not to the shared queue as well (it would be handled twice).
+        assert!(route(REPLIES_EXCHANGE, &key).is_empty());
+        assert_eq!(queue("orchestrator.replies.p8"), Some(eight));
+        assert_eq!(queue("orchestrator.replies.p99999"), None);
+        assert_eq!(reply_routing_key("stock.reserved", None), "stock.reserved");
     }
 
     #[test]

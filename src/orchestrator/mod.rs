@@ -12,6 +12,7 @@
 //! only translate to and from these calls.
 
 pub mod actors;
+pub mod partitions;
 pub mod place;
 pub mod timers;
 pub mod wire;
@@ -24,6 +25,7 @@ use crate::domain::view::{OrderDetails, OrderSummary};
 use crate::messaging::messages::ReplyBody;
 use crate::persistence::idempotency::Claims;
 use crate::persistence::orders;
+use crate::persistence::ownership::Ownership;
 use actors::{Orders, Waited};
 use sea_orm::{DatabaseConnection, DbErr};
 use std::sync::Arc;
@@ -80,12 +82,38 @@ impl Orchestrator {
         }
     }
 
+    /// A fresh order id in a partition this replica serves, so that the order it names is
+    /// created here, without a hop. Any id when it serves none (the create then fails with
+    /// [`OrderError::NotOwner`] and is forwarded).
+    pub fn new_order_id(&self) -> Uuid {
+        let ownership = self.orders.ownership();
+        // With R replicas one try in R succeeds; the bound only matters when none does.
+        let mut id = Uuid::now_v7();
+        for _ in 0..4096 {
+            if ownership.serves(id) {
+                break;
+            }
+            id = Uuid::now_v7();
+        }
+        id
+    }
+
+    /// Which orders this replica serves, and who owns the others.
+    pub fn ownership(&self) -> &Ownership {
+        self.orders.ownership()
+    }
+
     /// Applies a participant's reply to its order.
     pub async fn apply_reply(&self, order_id: Uuid, reply: ReplyBody) -> ReplyOutcome {
         match self.orders.apply(order_id, wire::event_of(reply)).await {
             Ok(_) => ReplyOutcome::Applied,
             Err(OrderError::Transition(_)) => ReplyOutcome::Ignored,
             Err(OrderError::NotFound(_)) => ReplyOutcome::UnknownOrder,
+            // Delivered here before this replica stopped consuming the partition's queue:
+            // back to the queue, for its new owner.
+            Err(OrderError::NotOwner(_)) => {
+                ReplyOutcome::Retry("order owned by another replica".into())
+            }
             Err(e) => ReplyOutcome::Retry(e.to_string()),
         }
     }
@@ -164,9 +192,15 @@ impl Orchestrator {
         timers::run(self.orders, self.db, shutdown).await
     }
 
-    /// Resumes every non-terminal order (start-up recovery). Returns how many.
-    pub async fn recover(&self) -> anyhow::Result<usize> {
-        timers::recover(&self.orders, &self.db).await
+    /// Resumes every non-terminal order (start-up recovery), or those of one partition
+    /// (just acquired). Returns how many.
+    pub async fn recover(&self, partition: Option<u16>) -> anyhow::Result<usize> {
+        timers::recover(&self.orders, &self.db, partition).await
+    }
+
+    /// Stops the actors of the orders in `partition` (it was handed over or lost).
+    pub async fn stop_partition(&self, partition: u16) -> usize {
+        self.orders.stop_partition(partition).await
     }
 
     /// Order actors in memory now.

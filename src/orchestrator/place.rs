@@ -115,7 +115,7 @@ impl Orchestrator {
         // The id this request's order gets, whichever write creates it: a replay that
         // names it is this request's own order (its first write committed, the answer was
         // lost when the actor crashed, and the retried write found the key taken).
-        let own_id = Uuid::now_v7();
+        let own_id = self.new_order_id();
         let started = Instant::now();
         let quote = match self.catalogue.quote(&request.order.items).await {
             Ok(Ok(prices)) => Ok(prices),

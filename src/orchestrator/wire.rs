@@ -6,7 +6,7 @@ use crate::domain::saga::{Command, Effect, Event, LifecycleEvent};
 use crate::messaging::messages::{
     CommandBody, Envelope, LineItem, OrderEventBody, OrderEventPayload, ReplyBody,
 };
-use crate::messaging::topology::{COMMANDS_EXCHANGE, EVENTS_EXCHANGE};
+use crate::messaging::topology::{COMMANDS_EXCHANGE, EVENTS_EXCHANGE, PARTITION_HEADER};
 use crate::orchestrator::OrderError;
 use crate::persistence::orders::OrderRecord;
 use crate::persistence::outbox::NewMessage;
@@ -39,10 +39,12 @@ fn line_items(order: &OrderRecord) -> Vec<LineItem> {
 
 /// Turns the state machine's effects into outbox rows, filling payloads from the order.
 /// Each message carries the `traceparent` of the span that caused it (the actor's) or,
-/// when spans are not exported, the order's own.
+/// when spans are not exported, the order's own. Commands name the order's `partition`
+/// (several replicas) in a header, so that the reply reaches the partition's owner.
 pub fn outbox_messages(
     order: &OrderRecord,
     effects: &[Effect],
+    partition: Option<u16>,
 ) -> Result<Vec<NewMessage>, OrderError> {
     let mut out = Vec::with_capacity(effects.len());
     let traceparent = if effects.is_empty() {
@@ -72,7 +74,14 @@ pub fn outbox_messages(
                 };
                 let kind = body.kind();
                 let envelope = Envelope::new(order.id, body);
-                NewMessage::json(COMMANDS_EXCHANGE, kind, envelope.message_id, &envelope)?
+                let mut command =
+                    NewMessage::json(COMMANDS_EXCHANGE, kind, envelope.message_id, &envelope)?;
+                if let Some(partition) = partition {
+                    command
+                        .headers
+                        .insert(PARTITION_HEADER.into(), partition.to_string());
+                }
+                command
             }
             Effect::Publish(event) => {
                 let envelope = Envelope::new(order.id, lifecycle_body(order, event));

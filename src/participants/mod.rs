@@ -12,7 +12,7 @@ pub mod shipping;
 use crate::messaging::IncomingMessage;
 use crate::messaging::consumer::Disposition;
 use crate::messaging::messages::{Envelope, ReplyBody};
-use crate::messaging::topology::REPLIES_EXCHANGE;
+use crate::messaging::topology::{PARTITION_HEADER, REPLIES_EXCHANGE, reply_routing_key};
 use crate::persistence::outbox::{self, NewMessage, OutboxFeed};
 use crate::persistence::{apply_batch_or_each, is_unavailable};
 use sea_orm::{
@@ -593,7 +593,8 @@ async fn apply_all<H: CommandHandler>(
 }
 
 /// A reply to the orchestrator, in the command's trace: its `traceparent` is the current
-/// (handling) span's, or, when spans are not exported, the command's own.
+/// (handling) span's, or, when spans are not exported, the command's own. A command that
+/// names its order's partition is answered on that partition's routing key.
 pub(crate) fn reply(
     order_id: Uuid,
     body: ReplyBody,
@@ -601,7 +602,16 @@ pub(crate) fn reply(
 ) -> Result<NewMessage, DbErr> {
     let kind = body.kind();
     let envelope = Envelope::new(order_id, body);
-    let mut message = NewMessage::json(REPLIES_EXCHANGE, kind, envelope.message_id, &envelope)?;
+    let partition = headers
+        .get(PARTITION_HEADER)
+        .and_then(|p| p.parse::<u16>().ok());
+    let routing_key = reply_routing_key(kind, partition);
+    let mut message = NewMessage::json(
+        REPLIES_EXCHANGE,
+        routing_key,
+        envelope.message_id,
+        &envelope,
+    )?;
     if let Some(tp) = crate::telemetry::trace_context::current_traceparent()
         .or_else(|| headers.get("traceparent").cloned())
     {

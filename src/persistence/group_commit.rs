@@ -17,6 +17,7 @@ use crate::batching::take_ready;
 use crate::persistence::apply_batch_or_each;
 use crate::persistence::orders::{self, OrderWrite, SaveError};
 use crate::persistence::outbox::OutboxFeed;
+use crate::persistence::ownership::Ownership;
 use crate::tuning::{ORDER_WRITE_BATCH, ORDER_WRITE_QUEUE};
 use sea_orm::{DatabaseConnection, DbErr};
 use std::sync::Arc;
@@ -45,15 +46,21 @@ impl OrderWriter {
         feed: OutboxFeed,
         writers: usize,
         create_lane: bool,
+        ownership: Ownership,
     ) -> Self {
         let (queue, receiver) = mpsc::channel(ORDER_WRITE_QUEUE);
         let receiver = Arc::new(Mutex::new(receiver));
         for _ in 0..writers.max(1) {
-            tokio::spawn(run(db.clone(), receiver.clone(), feed.clone()));
+            tokio::spawn(run(
+                db.clone(),
+                receiver.clone(),
+                feed.clone(),
+                ownership.clone(),
+            ));
         }
         let creates = create_lane.then(|| {
             let (creates, receiver) = mpsc::channel(ORDER_WRITE_QUEUE);
-            tokio::spawn(run(db, Arc::new(Mutex::new(receiver)), feed));
+            tokio::spawn(run(db, Arc::new(Mutex::new(receiver)), feed, ownership));
             creates
         });
         OrderWriter { queue, creates }
@@ -83,6 +90,7 @@ async fn run(
     db: DatabaseConnection,
     receiver: Arc<Mutex<mpsc::Receiver<Pending>>>,
     feed: OutboxFeed,
+    ownership: Ownership,
 ) {
     loop {
         // Only the collecting is under the lock: while this task writes, another collects.
@@ -97,16 +105,25 @@ async fn run(
         let (writes, waiting): (Vec<_>, Vec<_>) =
             batch.into_iter().map(|p| (p.write, p.done)).unzip();
         let started = std::time::Instant::now();
+        // What this replica owns as the batch starts; the statement checks it is still so.
+        let fence = ownership.fence();
         let results = apply_batch_or_each("group commit", &writes, |writes| {
-            let (db, feed) = (db.clone(), feed.clone());
+            let (db, feed, fence) = (db.clone(), feed.clone(), fence.clone());
             Box::pin(async move {
-                let saved = orders::save_batch(&db, writes).await?;
+                let saved = orders::save_batch_fenced(&db, writes, fence.as_ref()).await?;
                 feed.push(saved.outbox_rows);
                 Ok(saved.results)
             })
         })
         .await;
         metrics::histogram!("order_writer_commit_seconds").record(started.elapsed().as_secs_f64());
+        let fenced = results
+            .iter()
+            .filter(|r| matches!(r, Ok(Err(SaveError::Fenced(_)))))
+            .count();
+        if fenced > 0 {
+            metrics::counter!("writes_fenced_total").increment(fenced as u64);
+        }
         for (done, result) in waiting.into_iter().zip(results) {
             // The actor may have given up waiting (timeout); the write stands anyway.
             let _ = done.send(result.unwrap_or_else(|e| Err(SaveError::Db(e))));

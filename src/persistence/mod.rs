@@ -6,6 +6,7 @@ pub mod group_commit;
 pub mod idempotency;
 pub mod orders;
 pub mod outbox;
+pub mod ownership;
 
 use migration::MigratorTrait;
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr};
@@ -81,6 +82,33 @@ fn ensure_sqlite_dir(url: &str) -> std::io::Result<()> {
     match std::path::Path::new(path).parent() {
         Some(dir) if !dir.as_os_str().is_empty() => std::fs::create_dir_all(dir),
         _ => Ok(()),
+    }
+}
+
+/// Some of the orders' partitions (several replicas): a query's filter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Partitions {
+    /// How many partitions there are.
+    pub count: u16,
+    /// The ones wanted.
+    pub wanted: Vec<u16>,
+}
+
+impl Partitions {
+    /// The partition of the order id `id` (an SQL expression of type uuid) is one of
+    /// `wanted` (the partition as [`crate::domain::partition::partition_of`] computes it).
+    pub(crate) fn condition(&self, id: &str) -> sea_orm::sea_query::SimpleExpr {
+        let wanted: Vec<String> = self.wanted.iter().map(u16::to_string).collect();
+        let wanted = if wanted.is_empty() {
+            "-1".to_owned()
+        } else {
+            wanted.join(", ")
+        };
+        let count = self.count.max(1);
+        sea_orm::sea_query::Expr::cust(format!(
+            "((get_byte(uuid_send({id}), 14) * 256 + get_byte(uuid_send({id}), 15)) % {count}) \
+             IN ({wanted})"
+        ))
     }
 }
 

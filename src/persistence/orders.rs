@@ -11,13 +11,14 @@ use crate::domain::saga::{
 use crate::domain::view::{
     HistoryEntry, ItemView, OrderDetails, OrderLine, OrderSummary, StepsView,
 };
+pub use crate::persistence::Partitions;
 use crate::persistence::{idempotency, outbox};
 use chrono::{DateTime, Utc};
 use entity::{order_items, order_transitions, orders};
 use sea_orm::{
     ActiveValue::{NotSet, Set},
     ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, SelectGetableTuple, Selector, TransactionSession, TransactionTrait,
+    QuerySelect, QueryTrait, SelectGetableTuple, Selector, TransactionSession, TransactionTrait,
 };
 use std::collections::HashSet;
 use uuid::Uuid;
@@ -62,8 +63,38 @@ pub enum SaveError {
     /// order was written.
     #[error("the idempotency key of order {0} is already taken")]
     KeyTaken(Uuid),
+    /// The order's partition is not (or no longer) this replica's: nothing was written.
+    #[error("order {0} is in a partition this replica does not own (ownership fence)")]
+    Fenced(Uuid),
     #[error(transparent)]
     Db(#[from] DbErr),
+}
+
+/// The partitions a batch may write, each with the epoch this replica holds it under
+/// (several replicas, [`crate::persistence::ownership`]). A write of an order in another
+/// partition, or in one whose epoch has moved on (acquired by another replica since),
+/// changes nothing and fails with [`SaveError::Fenced`]. Checked in the batch's own
+/// statement on PostgreSQL.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fence {
+    pub partitions: u16,
+    /// (partition, epoch), each partition once.
+    pub held: Vec<(u16, i64)>,
+}
+
+impl Fence {
+    fn partition(&self, id: Uuid) -> u16 {
+        crate::domain::partition::partition_of(id, self.partitions)
+    }
+
+    /// The epoch the order's partition is held under, if it is.
+    fn epoch_of(&self, id: Uuid) -> Option<i64> {
+        let partition = self.partition(id);
+        self.held
+            .iter()
+            .find(|(p, _)| *p == partition)
+            .map(|&(_, e)| e)
+    }
 }
 
 /// The response stored under an idempotency key by the creating transaction.
@@ -206,7 +237,11 @@ fn payment_mode_str(mode: PaymentMode) -> &'static str {
     }
 }
 
-fn history_row(order_id: Uuid, entry: &HistoryEntry) -> order_transitions::ActiveModel {
+fn history_row(
+    order_id: Uuid,
+    entry: &HistoryEntry,
+    epoch: Option<i64>,
+) -> order_transitions::ActiveModel {
     order_transitions::ActiveModel {
         id: NotSet,
         order_id: Set(order_id),
@@ -215,6 +250,7 @@ fn history_row(order_id: Uuid, entry: &HistoryEntry) -> order_transitions::Activ
         event: Set(entry.event.clone()),
         reason: Set(entry.reason.clone()),
         at: Set(entry.at),
+        epoch: Set(epoch),
     }
 }
 
@@ -232,11 +268,25 @@ pub async fn save_batch<C: TransactionTrait + ConnectionTrait>(
     db: &C,
     writes: &[OrderWrite],
 ) -> Result<SavedBatch, DbErr> {
+    save_batch_fenced(db, writes, None).await
+}
+
+/// [`save_batch`] where each write also needs its order's partition held under the epoch
+/// in `fence` (PostgreSQL only: one process owns everything on SQLite).
+pub async fn save_batch_fenced<C: TransactionTrait + ConnectionTrait>(
+    db: &C,
+    writes: &[OrderWrite],
+    fence: Option<&Fence>,
+) -> Result<SavedBatch, DbErr> {
     if db.get_database_backend() == DbBackend::Postgres {
-        return one_statement::save_batch(db, writes).await;
+        let mut saved = one_statement::save_batch(db, writes, fence).await?;
+        if let Some(fence) = fence {
+            tell_fenced(db, writes, fence, &mut saved.results).await?;
+        }
+        return Ok(saved);
     }
     let txn = db.begin().await?;
-    let rows = BatchRows::of(writes);
+    let rows = BatchRows::of(writes, None);
     // First every fenced update and key claim (they decide which writes stand)...
     let mut held = FencedUpdate::apply_all(&txn, &rows.updates).await?;
     for &(order_id, done, hash) in &rows.claims {
@@ -251,13 +301,14 @@ pub async fn save_batch<C: TransactionTrait + ConnectionTrait>(
         .filter(|o| o.stands(&held))
         .map(|o| o.row)
         .collect();
+    held.extend(standing.iter().map(|o| o.id));
     let new_orders: Vec<_> = standing.iter().map(|o| order_row(o)).collect();
     let lines: Vec<_> = standing.iter().flat_map(|o| item_rows(o)).collect();
     let history: Vec<_> = rows
         .history
         .iter()
         .filter(|h| h.stands(&held))
-        .map(|h| history_row(h.order_id, h.row))
+        .map(|h| history_row(h.order_id, h.row, h.epoch))
         .collect();
     let messages: Vec<&outbox::NewMessage> = rows
         .messages
@@ -295,6 +346,45 @@ pub async fn save_batch<C: TransactionTrait + ConnectionTrait>(
     })
 }
 
+/// Tells a write refused by the ownership fence from a version conflict or a taken key:
+/// its partition was not in `fence`, or its epoch has moved on. Read only when a write
+/// failed.
+async fn tell_fenced<C: ConnectionTrait>(
+    db: &C,
+    writes: &[OrderWrite],
+    fence: &Fence,
+    results: &mut [Result<i64, SaveError>],
+) -> Result<(), DbErr> {
+    if results.iter().all(Result::is_ok) {
+        return Ok(());
+    }
+    let current: Vec<(i32, i64)> = db
+        .query_all_raw(sea_orm::Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT partition, epoch FROM partitions",
+        ))
+        .await?
+        .into_iter()
+        .filter_map(|row| {
+            Some((
+                row.try_get("", "partition").ok()?,
+                row.try_get("", "epoch").ok()?,
+            ))
+        })
+        .collect();
+    for (write, result) in writes.iter().zip(results.iter_mut()) {
+        let id = write.order_id();
+        let partition = i32::from(fence.partition(id));
+        let still_held = fence
+            .epoch_of(id)
+            .is_some_and(|epoch| current.iter().any(|&(p, e)| p == partition && e == epoch));
+        if result.is_err() && !still_held {
+            *result = Err(SaveError::Fenced(id));
+        }
+    }
+    Ok(())
+}
+
 fn completed(order_id: Uuid, done: &IdempotencyCompletion) -> idempotency::Completed<'_> {
     idempotency::Completed {
         key: &done.key,
@@ -321,6 +411,10 @@ struct BatchRows<'a> {
 /// A row of one order's write.
 struct OfOrder<'a, T> {
     order_id: Uuid,
+    /// The order's partition when the batch is fenced by ownership, else -1.
+    part: i32,
+    /// The epoch its partition is held under (history entries record it).
+    epoch: Option<i64>,
     /// Written only if the order's write holds: the fenced update of a transition or
     /// retry, the key claim of a create that claims its key (other creates have no fence).
     fenced: bool,
@@ -334,9 +428,18 @@ impl<T> OfOrder<'_, T> {
 }
 
 impl<'a> BatchRows<'a> {
-    fn of(writes: &'a [OrderWrite]) -> Self {
+    fn of(writes: &'a [OrderWrite], fence: Option<&Fence>) -> Self {
+        let part = |id: Uuid| fence.map_or(-1, |f| i32::from(f.partition(id)));
+        let epoch = |id: Uuid| fence.and_then(|f| f.epoch_of(id));
         let mut rows = BatchRows {
-            updates: writes.iter().filter_map(FencedUpdate::of).collect(),
+            updates: writes
+                .iter()
+                .filter_map(FencedUpdate::of)
+                .map(|u| FencedUpdate {
+                    part: part(u.order_id),
+                    ..u
+                })
+                .collect(),
             new_orders: Vec::new(),
             history: Vec::new(),
             messages: Vec::new(),
@@ -361,10 +464,14 @@ impl<'a> BatchRows<'a> {
                     let claims = claim.is_some();
                     rows.new_orders.push(OfOrder {
                         order_id,
+                        part: part(order_id),
+                        epoch: epoch(order_id),
                         fenced: claims,
                         row: order,
                     });
-                    (claims, Some(entry), messages)
+                    // Under an ownership fence a create may not stand: what it causes
+                    // stands with it.
+                    (claims || fence.is_some(), Some(entry), messages)
                 }
                 OrderWrite::Transition {
                     entry, messages, ..
@@ -374,12 +481,16 @@ impl<'a> BatchRows<'a> {
             if let Some(row) = entry {
                 rows.history.push(OfOrder {
                     order_id,
+                    part: part(order_id),
+                    epoch: epoch(order_id),
                     fenced,
                     row,
                 });
             }
             rows.messages.extend(messages.iter().map(|row| OfOrder {
                 order_id,
+                part: part(order_id),
+                epoch: epoch(order_id),
                 fenced,
                 row,
             }));
@@ -388,16 +499,19 @@ impl<'a> BatchRows<'a> {
     }
 }
 
-/// Per write, in order: the order's new version, or the fence conflict.
+/// Per write, in order: the order's new version, or the fence conflict. `held`: the orders
+/// whose write stands (updates held, orders created).
 fn results(writes: &[OrderWrite], held: &HashSet<Uuid>) -> Vec<Result<i64, SaveError>> {
     writes
         .iter()
         .map(|write| match write {
             OrderWrite::Create { order, .. } => {
-                if write.key_claim().is_none() || held.contains(&order.id) {
+                if held.contains(&order.id) {
                     Ok(order.version)
-                } else {
+                } else if write.key_claim().is_some() {
                     Err(SaveError::KeyTaken(order.id))
+                } else {
+                    Err(SaveError::Fenced(order.id))
                 }
             }
             OrderWrite::Transition {
@@ -468,6 +582,8 @@ fn item_rows(order: &OrderRecord) -> impl Iterator<Item = order_items::ActiveMod
 /// An update of one order guarded by its version (the fence against a second owner).
 struct FencedUpdate<'a> {
     order_id: Uuid,
+    /// The order's partition when the batch is fenced by ownership, else -1.
+    part: i32,
     expected_version: i64,
     timer: StepTimer,
     /// The new saga state and the transition's time; `None` for a retry (timer only).
@@ -487,6 +603,7 @@ impl<'a> FencedUpdate<'a> {
                 ..
             } => Some(FencedUpdate {
                 order_id: *order_id,
+                part: -1,
                 expected_version: *expected_version,
                 timer: *timer,
                 saga: Some((saga, entry.at)),
@@ -498,6 +615,7 @@ impl<'a> FencedUpdate<'a> {
                 ..
             } => Some(FencedUpdate {
                 order_id: *order_id,
+                part: -1,
                 expected_version: *expected_version,
                 timer: *timer,
                 saga: None,
@@ -577,7 +695,7 @@ pub async fn park<C: TransactionTrait>(db: &C, order_id: Uuid, reason: &str) -> 
         reason: reason.to_owned(),
         at: now,
     };
-    order_transitions::Entity::insert(history_row(order_id, &entry))
+    order_transitions::Entity::insert(history_row(order_id, &entry, None))
         .exec_without_returning(&txn)
         .await?;
     txn.commit().await
@@ -588,17 +706,23 @@ pub async fn due_deadlines<C: ConnectionTrait>(
     db: &C,
     now: DateTime<Utc>,
     limit: u64,
+    only: Option<&Partitions>,
 ) -> Result<Vec<Uuid>, DbErr> {
-    due_deadlines_query(now, limit).all(db).await
+    due_deadlines_query(now, limit, only).all(db).await
 }
 
 /// The query of [`due_deadlines`] (public so a test can check its plan).
-pub fn due_deadlines_query(now: DateTime<Utc>, limit: u64) -> Selector<SelectGetableTuple<Uuid>> {
+pub fn due_deadlines_query(
+    now: DateTime<Utc>,
+    limit: u64,
+    only: Option<&Partitions>,
+) -> Selector<SelectGetableTuple<Uuid>> {
     orders::Entity::find()
         .select_only()
         .column(orders::Column::Id)
         .filter(orders::Column::StepDeadlineAt.lte(now))
         .filter(orders::Column::ParkedReason.is_null())
+        .apply_if(only, |query, only| query.filter(only.condition("id")))
         .order_by_asc(orders::Column::StepDeadlineAt)
         .limit(limit)
         .into_tuple::<Uuid>()
@@ -712,7 +836,10 @@ pub async fn list<C: ConnectionTrait>(
 }
 
 /// Ids of every order not yet in a terminal state and not parked (resumed at start-up).
-pub async fn non_terminal_ids<C: ConnectionTrait>(db: &C) -> Result<Vec<Uuid>, DbErr> {
+pub async fn non_terminal_ids<C: ConnectionTrait>(
+    db: &C,
+    only: Option<&Partitions>,
+) -> Result<Vec<Uuid>, DbErr> {
     let terminal: Vec<&str> = OrderStatus::ALL
         .into_iter()
         .filter(|s| s.is_terminal())
@@ -723,6 +850,7 @@ pub async fn non_terminal_ids<C: ConnectionTrait>(db: &C) -> Result<Vec<Uuid>, D
         .column(orders::Column::Id)
         .filter(orders::Column::Status.is_not_in(terminal))
         .filter(orders::Column::ParkedReason.is_null())
+        .apply_if(only, |query, only| query.filter(only.condition("id")))
         .into_tuple::<Uuid>()
         .all(db)
         .await

@@ -147,13 +147,20 @@ pub(crate) fn stored_rows<'a>(
 
 /// Unsent messages written before `before`, oldest first: what no hand-off will bring
 /// (left by a crash, or dropped while the broker was away).
+/// With `only`, just the messages of the orders in those partitions (several replicas: each
+/// sweeps what it owns).
 pub async fn fetch_stragglers<C: ConnectionTrait>(
     db: &C,
     lane: Lane,
     before: chrono::DateTime<Utc>,
     limit: u64,
+    only: Option<&crate::persistence::Partitions>,
 ) -> Result<Vec<outbox::Model>, DbErr> {
-    let find = outbox::Entity::find();
+    use sea_orm::QueryTrait;
+    let find = outbox::Entity::find().apply_if(only, |find, only| {
+        // Every message of the orders store is an envelope naming its order.
+        find.filter(only.condition("(payload::json->>'order_id')::uuid"))
+    });
     let find = match lane {
         Lane::All => find,
         Lane::Exchange(exchange) => find.filter(outbox::Column::Exchange.eq(exchange)),

@@ -18,6 +18,7 @@ use opentelemetry_otlp::{SpanExporter, WithExportConfig};
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
 use opentelemetry_sdk::{Resource, runtime};
+use std::sync::Arc;
 use std::time::Duration;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -98,7 +99,7 @@ impl Telemetry {
 /// calls are no-ops.
 pub fn init(format: LogFormat) {
     // Without an exporter nothing can fail.
-    let _ = init_with_export(format, None);
+    let _ = init_with_export(format, None, None);
 }
 
 /// Installs the global subscriber from the configuration: logs, plus OTLP trace export
@@ -106,15 +107,21 @@ pub fn init(format: LogFormat) {
 pub fn init_from_config(
     config: &Config,
 ) -> Result<Telemetry, opentelemetry_otlp::ExporterBuildError> {
-    init_with_export(config.log_format, OtlpExport::from_config(config).as_ref())
+    init_with_export(
+        config.log_format,
+        OtlpExport::from_config(config).as_ref(),
+        Some(config.replica_id()),
+    )
 }
 
 /// Installs the global subscriber: logs in `format`, and spans exported to `export` when
 /// given (the batch exporter is spawned on the current tokio runtime). If a subscriber is
 /// already installed this is a no-op and no exporter is started.
+/// JSON log lines name the replica (`"replica"`) when `replica` is given.
 pub fn init_with_export(
     format: LogFormat,
     export: Option<&OtlpExport>,
+    replica: Option<String>,
 ) -> Result<Telemetry, opentelemetry_otlp::ExporterBuildError> {
     if tracing::dispatcher::has_been_set() {
         // Someone else's subscriber is in place (tests): an exporter would see no span.
@@ -125,6 +132,7 @@ pub fn init_with_export(
     let fmt = tracing_subscriber::fmt::layer();
     let logs = match format {
         LogFormat::Json => fmt
+            .with_writer(ReplicaTagged::new(replica))
             .json()
             .flatten_event(true)
             .with_current_span(true)
@@ -160,6 +168,60 @@ pub fn init_with_export(
             tokio::task::spawn_blocking(move || provider.shutdown());
         }
         Ok(Telemetry::default())
+    }
+}
+
+/// Standard output, each JSON line starting with the replica's name: every log line of
+/// several replicas says which one wrote it, without a span around every task.
+struct ReplicaTagged {
+    /// `{"replica":"<id>",` (JSON-escaped), or `None` to write lines as they are.
+    prefix: Option<Arc<str>>,
+}
+
+impl ReplicaTagged {
+    fn new(replica: Option<String>) -> ReplicaTagged {
+        ReplicaTagged {
+            prefix: replica.map(|id| {
+                let id = serde_json::Value::String(id);
+                Arc::from(format!("{{\"replica\":{id},"))
+            }),
+        }
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for ReplicaTagged {
+    type Writer = TaggedLine;
+
+    fn make_writer(&'a self) -> TaggedLine {
+        TaggedLine {
+            prefix: self.prefix.clone(),
+        }
+    }
+}
+
+struct TaggedLine {
+    prefix: Option<Arc<str>>,
+}
+
+impl std::io::Write for TaggedLine {
+    /// Takes the whole buffer (the formatter hands over one event at a time), so that a
+    /// partial write never splits the prefix from its line.
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut out = std::io::stdout().lock();
+        match (&self.prefix, buf.split_first()) {
+            (Some(prefix), Some((b'{', rest))) if rest.first() != Some(&b'}') => {
+                let mut line = Vec::with_capacity(prefix.len() + rest.len());
+                line.extend_from_slice(prefix.as_bytes());
+                line.extend_from_slice(rest);
+                out.write_all(&line)?;
+            }
+            _ => out.write_all(buf)?,
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stdout().flush()
     }
 }
 
@@ -205,5 +267,20 @@ mod tests {
             export("https://collector.example/otlp/").traces_url(),
             "https://collector.example/otlp/v1/traces"
         );
+    }
+}
+
+#[cfg(test)]
+mod replica_tag_tests {
+    use super::*;
+
+    #[test]
+    fn the_replica_prefix_is_a_json_member() {
+        let tagged = ReplicaTagged::new(Some("r\"1".into()));
+        let prefix = tagged.prefix.as_deref().unwrap_or_default();
+        let line = format!("{prefix}\"level\":\"INFO\"}}");
+        let parsed: serde_json::Value = serde_json::from_str(&line).expect("valid JSON");
+        assert_eq!(parsed["replica"], "r\"1");
+        assert!(ReplicaTagged::new(None).prefix.is_none());
     }
 }

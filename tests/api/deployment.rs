@@ -87,7 +87,8 @@ fn the_image_is_multi_stage_non_root_and_health_checked() {
 }
 
 /// A machine that runs the test suite has PostgreSQL on 5432 and RabbitMQ on 5672: `up` must
-/// not try to bind them. Only the API and the broker's management UI are published.
+/// not try to bind them. Only the API, the broker's management UI and (profile `replicas`)
+/// the load balancer in front of the replicas are published.
 #[test]
 fn compose_publishes_only_the_api_and_the_management_ui() {
     let doc = compose();
@@ -104,9 +105,83 @@ fn compose_publishes_only_the_api_and_the_management_ui() {
     assert_eq!(
         published,
         [
+            ("order-lb".to_owned(), "80".to_owned()),
             ("order-service".to_owned(), "8080".to_owned()),
             ("rabbitmq".to_owned(), "15672".to_owned())
         ]
+    );
+}
+
+/// Profile `replicas`: three replicas of the service, each with its own identity and the
+/// address the others reach it at, behind nginx, whose proxy timeout outlasts the longest
+/// long poll (60 s) and which moves to the next replica on a connect error.
+#[test]
+fn compose_runs_three_replicas_behind_a_load_balancer() {
+    let doc = compose();
+    let services = &doc["services"];
+    let replicas = Value::Sequence(vec![Value::from("replicas")]);
+    for n in 1..=3 {
+        let name = format!("order-service-{n}");
+        let service = &services[name.as_str()];
+        assert_eq!(service["profiles"], replicas, "{name}");
+        assert_eq!(service["image"].as_str(), Some("order-service:latest"));
+        assert!(
+            service["ports"].is_null(),
+            "{name} is reached through order-lb"
+        );
+        assert!(service["healthcheck"]["test"].is_sequence(), "{name}");
+        let env = &service["environment"];
+        assert_eq!(env["REPLICA_ID"].as_str(), Some(name.as_str()));
+        assert_eq!(
+            env["ADVERTISE_URL"].as_str(),
+            Some(format!("http://{name}:8080").as_str())
+        );
+        for key in ["DATABASE_URL", "AMQP_URL", "LISTEN_ADDR", "ADMIN_TOKEN"] {
+            assert_eq!(
+                env[key], services["order-service"]["environment"][key],
+                "{name} {key} as the single service's"
+            );
+        }
+        for dependency in ["postgres", "rabbitmq"] {
+            assert_eq!(
+                service["depends_on"][dependency]["condition"].as_str(),
+                Some("service_healthy"),
+                "{name} waits for {dependency}"
+            );
+        }
+    }
+    let lb = &services["order-lb"];
+    assert_eq!(lb["profiles"], replicas);
+    assert!(
+        lb["image"]
+            .as_str()
+            .is_some_and(|i| i.starts_with("nginx:")),
+        "an nginx image"
+    );
+    let conf = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/nginx/replicas.conf"
+    ))
+    .expect("deploy/nginx/replicas.conf");
+    for n in 1..=3 {
+        assert!(
+            conf.contains(&format!("server order-service-{n}:8080")),
+            "replica {n} in the upstream"
+        );
+    }
+    assert!(conf.contains("proxy_next_upstream error"), "{conf}");
+    let read_timeout = conf
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("proxy_read_timeout "))
+        .and_then(|v| v.trim_end_matches(';').strip_suffix('s'))
+        .and_then(|v| v.parse::<u64>().ok())
+        .expect("proxy_read_timeout in seconds");
+    assert!(read_timeout > 60, "proxy_read_timeout {read_timeout}s");
+    assert!(
+        lb["volumes"][0]
+            .as_str()
+            .is_some_and(|v| v.starts_with("./deploy/nginx/replicas.conf:")),
+        "the config is mounted"
     );
 }
 

@@ -498,7 +498,13 @@ async fn postgres_a_create_does_not_wait_for_a_transition_batch_held_up_by_a_loc
         orders::save_batch(&db, &[create_held])
             .await
             .expect("creating the order whose row gets locked");
-        let writer = OrderWriter::start(db.clone(), OutboxFeed::default(), 1, create_lane);
+        let writer = OrderWriter::start(
+            db.clone(),
+            OutboxFeed::default(),
+            1,
+            create_lane,
+            order_service::persistence::ownership::Ownership::single(),
+        );
 
         let lock = stores.orders.begin().await.expect("beginning");
         lock.execute_unprepared(&format!(

@@ -56,10 +56,12 @@ async fn postgres_the_deadline_scan_uses_an_index_on_a_table_without_statistics(
         "the table must be without statistics for this test, reltuples = {never_analyzed}"
     );
 
-    let due = orders::due_deadlines(db, now, 256).await.expect("scanning");
+    let due = orders::due_deadlines(db, now, 256, None)
+        .await
+        .expect("scanning");
     assert_eq!(due.len(), 3, "the three orders past their deadline are due");
 
-    let query = orders::due_deadlines_query(now, 256).into_statement(DbBackend::Postgres);
+    let query = orders::due_deadlines_query(now, 256, None).into_statement(DbBackend::Postgres);
     let explain = Statement::from_sql_and_values(
         DbBackend::Postgres,
         format!("EXPLAIN {}", query.sql),

@@ -8,6 +8,7 @@ pub mod waiters;
 
 use crate::domain::saga::{Event, OrderStatus, Saga};
 use crate::domain::view::OrderDetails;
+use crate::persistence::ownership::Ownership;
 use order_actor::{ActorStats, NewOrder, OrderContext, OrderError, OrderMsg};
 use ractor::rpc::CallResult;
 use ractor::{Actor, ActorRef};
@@ -30,6 +31,7 @@ pub struct Orders {
     registry: Registry,
     stats: Arc<ActorStats>,
     waiters: Waiters,
+    ownership: Ownership,
 }
 
 impl Orders {
@@ -37,6 +39,7 @@ impl Orders {
         let registry: Registry = Arc::default();
         let stats = ctx.stats.clone();
         let waiters = ctx.waiters.clone();
+        let ownership = ctx.ownership.clone();
         let (supervisor, _handle) = Actor::spawn(
             None,
             OrderSupervisor {
@@ -51,6 +54,7 @@ impl Orders {
             registry,
             stats,
             waiters,
+            ownership,
         })
     }
 
@@ -59,7 +63,16 @@ impl Orders {
         self.registry.len()
     }
 
+    /// Which orders this replica serves.
+    pub fn ownership(&self) -> &Ownership {
+        &self.ownership
+    }
+
     async fn actor(&self, id: Uuid) -> Result<ActorRef<OrderMsg>, OrderError> {
+        // Another replica's order gets no actor here (its writes would be fenced anyway).
+        if !self.ownership.serves(id) {
+            return Err(OrderError::NotOwner(id));
+        }
         if let Some(actor) = self.registry.get(&id) {
             return Ok(actor.clone());
         }
@@ -156,6 +169,24 @@ impl Orders {
 
     pub fn stats(&self) -> &ActorStats {
         &self.stats
+    }
+
+    /// Stops the actors of the orders in `partition` (handed over or lost), each once it has
+    /// finished the message in hand; returns how many there were.
+    pub async fn stop_partition(&self, partition: u16) -> usize {
+        let actors: Vec<ActorRef<OrderMsg>> = self
+            .registry
+            .iter()
+            .filter(|entry| self.ownership.partition_of(*entry.key()) == Some(partition))
+            .map(|entry| entry.value().clone())
+            .collect();
+        let count = actors.len();
+        futures::future::join_all(actors.into_iter().map(|actor| async move {
+            let reason = Some("partition handed over".to_owned());
+            let _ = actor.stop_and_wait(reason, Some(CALL_TIMEOUT)).await;
+        }))
+        .await;
+        count
     }
 
     /// Stops the supervisor and with it every order actor.

@@ -13,6 +13,7 @@ use crate::persistence::group_commit::OrderWriter;
 use crate::persistence::orders::{
     self, IdempotencyCompletion, OrderRecord, OrderWrite, SaveError, StepTimer,
 };
+use crate::persistence::ownership::Ownership;
 use chrono::Utc;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use sea_orm::{DatabaseConnection, DbErr};
@@ -39,6 +40,8 @@ pub struct OrderContext {
     pub stats: Arc<ActorStats>,
     /// Clients waiting (long poll) for an order to finish; woken on its terminal transition.
     pub waiters: Waiters,
+    /// Which orders this replica serves (all of them when it is the only one).
+    pub ownership: Ownership,
 }
 
 /// Counters an operator needs to see (restarts, parked orders).
@@ -104,6 +107,10 @@ pub enum OrderError {
     Unavailable(String),
     #[error("order {0} is parked: {1}")]
     Parked(Uuid, String),
+    /// Another replica owns the order's partition (or it is changing owner): nothing was
+    /// done here.
+    #[error("order {0} is owned by another replica")]
+    NotOwner(Uuid),
 }
 
 impl From<DbErr> for OrderError {
@@ -287,7 +294,7 @@ fn reply_or_reload<T>(
 ) -> bool {
     let stale = matches!(
         result,
-        Err(OrderError::Storage(_) | OrderError::Conflict(_))
+        Err(OrderError::Storage(_) | OrderError::Conflict(_) | OrderError::NotOwner(_))
     );
     let _ = reply.send(result);
     if stale {
@@ -368,7 +375,11 @@ impl OrderActor {
         let mut record = record;
         record.timer = self.ctx.timer_for(&record.saga, 0);
         let details = record.details(vec![entry.clone()]);
-        let messages = outbox_messages(&record, &effects)?;
+        let messages = outbox_messages(
+            &record,
+            &effects,
+            self.ctx.ownership.partition_of(record.id),
+        )?;
         let body = serde_json::to_string(&details)
             .map_err(|e| OrderError::Storage(format!("serializing response: {e}")))?;
         let idempotency = new.idempotency_key.map(|key| IdempotencyCompletion {
@@ -442,7 +453,11 @@ impl OrderActor {
         // Effects describe the order after the transition (e.g. the failure reason).
         let mut next = order.clone();
         next.saga = transition.saga.clone();
-        let messages = outbox_messages(&next, &transition.effects)?;
+        let messages = outbox_messages(
+            &next,
+            &transition.effects,
+            self.ctx.ownership.partition_of(next.id),
+        )?;
         // New commands start a new step (fresh timer); an ack that leaves other answers
         // pending keeps the running timer; nothing pending clears it.
         let sent = transition
@@ -525,7 +540,7 @@ impl OrderActor {
         let order = self.ensure_loaded(state.id, &mut state.order).await?;
         let pending = saga::pending_commands(&order.saga);
         let effects: Vec<Effect> = pending.iter().map(|c| Effect::Send(*c)).collect();
-        let messages = outbox_messages(order, &effects)?;
+        let messages = outbox_messages(order, &effects, self.ctx.ownership.partition_of(order.id))?;
         let timer = self.ctx.timer_for(&order.saga, attempts);
         let resent = !messages.is_empty();
         let write = OrderWrite::Retry {
@@ -556,6 +571,7 @@ fn saved_error(e: SaveError) -> OrderError {
     match e {
         SaveError::Conflict(id) => OrderError::Conflict(id),
         SaveError::KeyTaken(id) => OrderError::KeyTaken(id),
+        SaveError::Fenced(id) => OrderError::NotOwner(id),
         SaveError::Db(db) => OrderError::Storage(db.to_string()),
     }
 }

@@ -18,7 +18,8 @@
 //! Other creates have no fence.
 
 use super::{
-    BatchRows, FencedUpdate, IdempotencyCompletion, OfOrder, OrderRecord, OrderWrite, SavedBatch,
+    BatchRows, Fence, FencedUpdate, IdempotencyCompletion, OfOrder, OrderRecord, OrderWrite,
+    SavedBatch,
 };
 use crate::domain::saga::OrderStatus;
 use crate::domain::view::{HistoryEntry, OrderLine};
@@ -31,6 +32,20 @@ use uuid::Uuid;
 
 /// Stands in for an absent timestamp in an array (its `has_` flag says it is absent).
 const NO_TIME: DateTime<Utc> = DateTime::<Utc>::UNIX_EPOCH;
+
+/// The partitions the batch may write (the ownership fence): those it holds under an epoch
+/// that is still current. Empty when the batch is not fenced by ownership (every row's
+/// `part` is then -1).
+const OWNED: &str = "owned AS (
+    SELECT f.partition FROM {unnest} AS f({columns})
+    JOIN partitions AS p ON p.partition = f.partition AND p.epoch = f.epoch
+)";
+/// A partition held, with its epoch.
+type Held = (u16, i64);
+const OWNED_COLUMNS: Columns<fn(&Held) -> Value> = &[
+    ("partition", Pg::Int4, |&(p, _)| i32::from(p).into()),
+    ("epoch", Pg::Int8, |&(_, e)| e.into()),
+];
 
 /// The fenced updates of transitions and retries (a retry: `transition` false, the timer
 /// only). An order whose version has moved on is not updated and so not `held`.
@@ -48,10 +63,12 @@ const HELD: &str = "held AS (
         updated_at = CASE WHEN v.transition THEN v.at ELSE o.updated_at END
     FROM {unnest} AS v({columns})
     WHERE o.id = v.id AND o.version = v.expected
+        AND (v.part < 0 OR v.part IN (SELECT partition FROM owned))
     RETURNING o.id
 )";
 const HELD_COLUMNS: Columns<fn(&FencedUpdate<'_>) -> Value> = &[
     ("id", Pg::Uuid, |u| u.order_id.into()),
+    ("part", Pg::Int4, |u| u.part.into()),
     ("expected", Pg::Int8, |u| u.expected_version.into()),
     ("has_deadline", Pg::Bool, |u| {
         u.timer.deadline.is_some().into()
@@ -96,6 +113,7 @@ const CLAIMED: &str = "claimed AS (
         created_at)
     SELECT c.key, c.hash, c.order_id, c.status, c.body, c.at
     FROM {unnest} WITH ORDINALITY AS c({columns}, n)
+    WHERE c.part < 0 OR c.part IN (SELECT partition FROM owned)
     ORDER BY c.key, c.n
     ON CONFLICT (key) DO NOTHING
     RETURNING order_id
@@ -107,14 +125,11 @@ const CLAIMED_COLUMNS: Columns<fn(&Claim<'_>) -> Value> = &[
     ("status", Pg::Int4, |c| i32::from(c.done.status).into()),
     ("body", Pg::Text, |c| c.done.body.clone().into()),
     ("at", Pg::Timestamptz, |c| c.at.into()),
+    ("part", Pg::Int4, |c| c.part.into()),
 ];
 
-/// The orders whose write stands.
-const STANDS: &str = "stands AS (
-    SELECT id FROM held UNION ALL SELECT order_id FROM claimed
-)";
-
-/// The new orders: those that claim their key only if they did (`fenced`).
+/// The new orders: those that claim their key only if they did (`fenced`), and under an
+/// ownership fence only in a partition still held.
 const CREATED: &str = "created AS (
     INSERT INTO orders (id, customer_id, currency, total_cents, status, reservation_state,
         payment_state, shipment_state, failure_reason, payment_mode, version,
@@ -124,8 +139,14 @@ const CREATED: &str = "created AS (
         CASE WHEN n.has_deadline THEN n.deadline END, n.attempts,
         CASE WHEN n.has_trace THEN n.trace END, NULL, n.created_at, n.updated_at
     FROM {unnest} AS n({columns})
-    WHERE NOT n.fenced OR n.id IN (SELECT order_id FROM claimed)
+    WHERE (NOT n.fenced OR n.id IN (SELECT order_id FROM claimed))
+        AND (n.part < 0 OR n.part IN (SELECT partition FROM owned))
     RETURNING id
+)";
+
+/// The orders whose write stands.
+const STANDS: &str = "stands AS (
+    SELECT id FROM held UNION ALL SELECT id FROM created
 )";
 const CREATED_COLUMNS: Columns<fn(&OfOrder<'_, OrderRecord>) -> Value> = &[
     ("id", Pg::Uuid, |n| n.row.id.into()),
@@ -168,6 +189,7 @@ const CREATED_COLUMNS: Columns<fn(&OfOrder<'_, OrderRecord>) -> Value> = &[
     ("created_at", Pg::Timestamptz, |n| n.row.created_at.into()),
     ("updated_at", Pg::Timestamptz, |n| n.row.updated_at.into()),
     ("fenced", Pg::Bool, |n| n.fenced.into()),
+    ("part", Pg::Int4, |n| n.part.into()),
 ];
 
 /// The items of the orders created.
@@ -193,9 +215,9 @@ const ITEMS_COLUMNS: Columns<fn(&Line<'_>) -> Value> = &[
 
 /// The history entries of the writes that stand, in the batch's order.
 const HISTORY: &str = "history AS (
-    INSERT INTO order_transitions (order_id, from_status, to_status, event, reason, at)
+    INSERT INTO order_transitions (order_id, from_status, to_status, event, reason, at, epoch)
     SELECT h.order_id, CASE WHEN h.has_from THEN h.from_status END, h.to_status, h.event,
-        h.reason, h.at
+        h.reason, h.at, CASE WHEN h.has_epoch THEN h.epoch END
     FROM {unnest} WITH ORDINALITY AS h({columns}, n)
     WHERE NOT h.fenced OR h.order_id IN (SELECT id FROM stands)
     ORDER BY h.n
@@ -211,6 +233,8 @@ const HISTORY_COLUMNS: Columns<fn(&OfOrder<'_, HistoryEntry>) -> Value> = &[
     ("event", Pg::Text, |h| h.row.event.clone().into()),
     ("reason", Pg::Text, |h| h.row.reason.clone().into()),
     ("at", Pg::Timestamptz, |h| h.row.at.into()),
+    ("has_epoch", Pg::Bool, |h| h.epoch.is_some().into()),
+    ("epoch", Pg::Int8, |h| h.epoch.unwrap_or_default().into()),
 ];
 
 /// The outbox messages of the writes that stand, in the batch's order (their ids keep
@@ -245,7 +269,7 @@ const COMPLETED: &str = "completed AS (
     UPDATE idempotency_keys AS k
     SET order_id = c.order_id, response_status = c.status, response_body = c.body
     FROM {unnest} AS c({columns})
-    WHERE k.key = c.key
+    WHERE k.key = c.key AND c.order_id IN (SELECT id FROM created)
 )";
 const COMPLETED_COLUMNS: Columns<fn(&Completion<'_>) -> Value> = &[
     ("key", Pg::Text, |(_, done)| done.key.clone().into()),
@@ -263,7 +287,9 @@ UNION ALL
 SELECT message_id, id FROM messages";
 
 /// The statement's parts in its order, each with its rows.
+#[allow(clippy::too_many_arguments)] // one per part, in the statement's order
 fn parts(
+    owned: &[Held],
     updates: &[FencedUpdate<'_>],
     claims: &[Claim<'_>],
     new_orders: &[OfOrder<'_, OrderRecord>],
@@ -271,12 +297,13 @@ fn parts(
     history: &[OfOrder<'_, HistoryEntry>],
     messages: &[Message<'_>],
     completions: &[Completion<'_>],
-) -> [Part; 8] {
+) -> [Part; 9] {
     [
+        Part::of(OWNED, OWNED_COLUMNS, owned),
         Part::of(HELD, HELD_COLUMNS, updates),
         Part::of(CLAIMED, CLAIMED_COLUMNS, claims),
-        Part::of(STANDS, &[], &[()]), // reads only the CTEs before it
         Part::of(CREATED, CREATED_COLUMNS, new_orders),
+        Part::of(STANDS, &[], &[()]), // reads only the CTEs before it
         Part::of(ITEMS, ITEMS_COLUMNS, lines),
         Part::of(HISTORY, HISTORY_COLUMNS, history),
         Part::of(MESSAGES, MESSAGES_COLUMNS, messages),
@@ -286,7 +313,7 @@ fn parts(
 
 /// The statement, rendered once from the parts (no rows needed for its text).
 static SAVE_BATCH: LazyLock<String> =
-    LazyLock::new(|| statement(&parts(&[], &[], &[], &[], &[], &[], &[])));
+    LazyLock::new(|| statement(&parts(&[], &[], &[], &[], &[], &[], &[], &[])));
 
 /// The columns of a part's rows, each with its name in the statement, its type, and its
 /// value in a row (`F`: `fn(&Row) -> Value`).
@@ -377,6 +404,8 @@ fn statement(parts: &[Part]) -> String {
 /// A key this batch claims with its order, answered.
 struct Claim<'a> {
     order_id: Uuid,
+    /// The order's partition under an ownership fence, else -1.
+    part: i32,
     done: &'a IdempotencyCompletion,
     hash: &'a str,
     at: DateTime<Utc>,
@@ -403,6 +432,7 @@ struct Message<'a> {
 pub(super) async fn save_batch<C: ConnectionTrait>(
     db: &C,
     writes: &[OrderWrite],
+    fence: Option<&Fence>,
 ) -> Result<SavedBatch, DbErr> {
     let now = Utc::now();
     // The fence is matched by order id (`held`), so a batch carries at most one write per
@@ -415,12 +445,13 @@ pub(super) async fn save_batch<C: ConnectionTrait>(
         },
         "two writes for one order in a batch"
     );
-    let rows = BatchRows::of(writes);
+    let rows = BatchRows::of(writes, fence);
     let claims: Vec<Claim> = rows
         .claims
         .iter()
         .map(|&(order_id, done, hash)| Claim {
             order_id,
+            part: fence.map_or(-1, |f| i32::from(f.partition(order_id))),
             done,
             hash,
             at: now,
@@ -447,7 +478,9 @@ pub(super) async fn save_batch<C: ConnectionTrait>(
             created_at: now,
         })
         .collect();
+    let owned = fence.map_or(&[][..], |f| f.held.as_slice());
     let values: Vec<Value> = parts(
+        owned,
         &rows.updates,
         &claims,
         &rows.new_orders,
@@ -488,7 +521,7 @@ mod tests {
     /// listed column is used by its CTE.
     #[test]
     fn every_column_has_its_parameter_and_is_used() {
-        let parts = parts(&[], &[], &[], &[], &[], &[], &[]);
+        let parts = parts(&[], &[], &[], &[], &[], &[], &[], &[]);
         let bound: usize = parts.iter().map(|p| p.arrays.len()).sum();
         let mut numbers = Vec::new();
         let mut rest = SAVE_BATCH.as_str();
