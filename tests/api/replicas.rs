@@ -5,6 +5,7 @@
 
 use crate::helpers::{ADMIN_TOKEN, free_port, order_body, provision, settled_report};
 use crate::process::ServiceProcess;
+use order_service::domain::partition::partition_of;
 use order_service::persistence::Stores;
 use reqwest::StatusCode;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
@@ -19,13 +20,6 @@ use uuid::Uuid;
 const PARTITIONS: u16 = 32;
 /// How long the replicas get to settle their ownership after a change.
 const SETTLE: Duration = Duration::from_secs(20);
-
-// TODO(issue 22): use order_service::domain::partition::partition_of once main has it; this
-// copy follows docs/replicas-spec: the uuid's last two bytes, big endian, modulo P.
-fn partition_of(id: Uuid, partitions: u16) -> u16 {
-    let bytes = id.as_bytes();
-    u16::from_be_bytes([bytes[14], bytes[15]]) % partitions
-}
 
 /// One replica process and the id it was started with.
 struct Replica {
