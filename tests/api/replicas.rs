@@ -1,7 +1,8 @@
 //! Several replicas of the real binary on one database and one vhost (issue 22): partition
 //! ownership spread and handed over through kill -9, SIGTERM and a fresh start; a load spread
 //! over the replicas through those changes; a paused owner fenced out after the takeover;
-//! requests for an order owned elsewhere forwarded to its owner.
+//! requests for an order owned elsewhere forwarded to its owner. The orders store's tables
+//! (`partitions`, `order_transitions`) are read through its own connection.
 
 use crate::helpers::{ADMIN_TOKEN, free_port, order_body, provision, settled_report};
 use crate::process::ServiceProcess;
@@ -195,15 +196,15 @@ async fn wait_balanced(
     }
 }
 
-/// `orders.partitions`: partition → (owner, epoch).
+/// The `partitions` table: partition → (owner, epoch).
 async fn partition_rows(db: &DatabaseConnection) -> BTreeMap<u16, (Option<String>, i64)> {
     let rows = db
         .query_all_raw(Statement::from_string(
             DbBackend::Postgres,
-            "SELECT partition, owner, epoch FROM orders.partitions ORDER BY partition",
+            "SELECT partition, owner, epoch FROM partitions ORDER BY partition",
         ))
         .await
-        .expect("reading orders.partitions");
+        .expect("reading partitions");
     rows.iter()
         .map(|row| {
             let partition: i32 = row.try_get("", "partition").expect("partition");
@@ -217,7 +218,7 @@ async fn partition_rows(db: &DatabaseConnection) -> BTreeMap<u16, (Option<String
         .collect()
 }
 
-/// Checks that `orders.partitions.owner` agrees with what the replicas' health says
+/// Checks that `partitions.owner` agrees with what the replicas' health says
 /// (retried for 5 s: the row and the health answer are not updated in one step).
 async fn check_owners_in_postgres(
     db: &DatabaseConnection,
@@ -243,14 +244,14 @@ async fn check_owners_in_postgres(
                 .filter(|p| actual.get(p) != expected.get(p))
                 .map(|p| {
                     format!(
-                        "partition {p}: health says {:?}, orders.partitions says {:?}",
+                        "partition {p}: health says {:?}, partitions says {:?}",
                         expected.get(&p),
                         actual.get(&p)
                     )
                 })
                 .collect();
             panic!(
-                "after {after}, orders.partitions disagrees with /health/ready:\n{}",
+                "after {after}, partitions disagrees with /health/ready:\n{}",
                 differences.join("\n")
             );
         }
@@ -538,7 +539,7 @@ async fn wait_all_terminal(client: &reqwest::Client, rotation: &Rotation, ids: &
         .await;
 }
 
-/// One row of `orders.order_transitions`.
+/// One row of `order_transitions`.
 #[derive(Debug, Clone)]
 struct Transition {
     id: i64,
@@ -556,10 +557,10 @@ async fn histories(
         .query_all_raw(Statement::from_string(
             DbBackend::Postgres,
             "SELECT id, order_id, from_status, to_status, event, epoch \
-             FROM orders.order_transitions ORDER BY order_id, id",
+             FROM order_transitions ORDER BY order_id, id",
         ))
         .await
-        .expect("reading orders.order_transitions");
+        .expect("reading order_transitions");
     let mut chains: BTreeMap<Uuid, Vec<Transition>> = BTreeMap::new();
     for row in &rows {
         let order: Uuid = row.try_get("", "order_id").expect("order_id");
@@ -574,10 +575,10 @@ async fn histories(
     let statuses = db
         .query_all_raw(Statement::from_string(
             DbBackend::Postgres,
-            "SELECT id, status FROM orders.orders",
+            "SELECT id, status FROM orders",
         ))
         .await
-        .expect("reading orders.orders")
+        .expect("reading orders")
         .iter()
         .map(|row| {
             (
@@ -1007,7 +1008,7 @@ async fn a_paused_owner_loses_its_partitions_and_commits_nothing_under_its_stale
             DbBackend::Postgres,
             format!(
                 "SELECT id, order_id, to_status, event, epoch, at::text AS at \
-                 FROM orders.order_transitions WHERE at > '{t}'::timestamptz ORDER BY id"
+                 FROM order_transitions WHERE at > '{t}'::timestamptz ORDER BY id"
             ),
         ))
         .await
