@@ -1076,17 +1076,18 @@ async fn a_replica_forwards_reads_payments_and_overrides_to_the_owner() {
     let b_owned = owners.get("b").cloned().unwrap_or_default();
     put_stock(&client, a.base(), &[("R-1", 1_000)]).await;
 
-    // Orders created on a until two of them live in b's partitions.
+    // Orders created on b (a replica gives the orders it creates ids in its own partitions)
+    // until two of them live in b's partitions.
     let mut theirs = Vec::new();
     for i in 0..64 {
         let (status, order) = send_create(
             &client,
-            a.base(),
+            b.base(),
             &format!("forward-{i}"),
             &order_body(&[("R-1", 1)]),
         )
         .await
-        .expect("POST on a");
+        .expect("POST on b");
         assert_eq!(status, StatusCode::CREATED, "{order}");
         let id: Uuid = order["id"]
             .as_str()
