@@ -900,17 +900,52 @@ async fn load_over_three_replicas_survives_kill_9_sigterm_and_a_join_with_exact_
     stores.close().await;
 }
 
-/// `SELECT clock_timestamp()` as text, to compare with the `at` of transitions in SQL.
-async fn database_now(db: &DatabaseConnection) -> String {
+/// A partition's fence after the takeover: the epoch b got, and the time (µs) from which
+/// nothing may commit under an older one.
+type Fence = (i64, i64);
+
+/// A time in PostgreSQL's clock, in microseconds since the Unix epoch.
+const MICROS: &str = "(extract(epoch FROM clock_timestamp()) * 1000000)::int8";
+
+/// Microseconds since the Unix epoch of `column`, in SQL.
+fn micros_of(column: &str) -> String {
+    format!("(extract(epoch FROM {column}) * 1000000)::int8")
+}
+
+/// PostgreSQL's clock now, in microseconds since the Unix epoch.
+async fn database_now(db: &DatabaseConnection) -> i64 {
     let row = db
         .query_one_raw(Statement::from_string(
             DbBackend::Postgres,
-            "SELECT clock_timestamp()::text AS now",
+            format!("SELECT {MICROS} AS now"),
         ))
         .await
         .expect("clock_timestamp")
         .expect("one row");
     row.try_get("", "now").expect("now")
+}
+
+/// Each partition's `acquired_at`, in microseconds since the Unix epoch.
+async fn acquired_at(db: &DatabaseConnection) -> BTreeMap<u16, i64> {
+    db.query_all_raw(Statement::from_string(
+        DbBackend::Postgres,
+        format!(
+            "SELECT partition, {} AS acquired FROM partitions WHERE acquired_at IS NOT NULL",
+            micros_of("acquired_at")
+        ),
+    ))
+    .await
+    .expect("reading partitions.acquired_at")
+    .iter()
+    .map(|row| {
+        let partition: i32 = row.try_get("", "partition").expect("partition");
+        let acquired: i64 = row.try_get("", "acquired").expect("acquired");
+        (
+            u16::try_from(partition).expect("partition in range"),
+            acquired,
+        )
+    })
+    .collect()
 }
 
 #[tokio::test]
@@ -939,7 +974,7 @@ async fn a_paused_owner_loses_its_partitions_and_commits_nothing_under_its_stale
     put_stock(&client, b.base(), &initial).await;
 
     let load = Load::new(&[a.base(), b.base()]);
-    let mut takeover: Option<(String, BTreeMap<u16, i64>)> = None;
+    let mut takeover: Option<(i64, BTreeMap<u16, Fence>)> = None;
     let scenario = async {
         tokio::time::sleep(Duration::from_millis(1_500)).await;
         a.process.signal("STOP");
@@ -967,7 +1002,10 @@ async fn a_paused_owner_loses_its_partitions_and_commits_nothing_under_its_stale
         let t = database_now(db).await;
         eprintln!("b owns everything {:?} after SIGSTOP", stopped.elapsed());
         let rows = partition_rows(db).await;
-        let mut epochs = BTreeMap::new();
+        let acquired = acquired_at(db).await;
+        // Per partition: the epoch b got, and from when on nothing older may commit (b's
+        // acquired_at, or T if that is earlier or missing).
+        let mut fences = BTreeMap::new();
         for p in &a_owned {
             let (owner, epoch) = rows.get(p).cloned().unwrap_or_default();
             assert_eq!(
@@ -975,9 +1013,10 @@ async fn a_paused_owner_loses_its_partitions_and_commits_nothing_under_its_stale
                 Some("b"),
                 "partition {p} after the takeover: {rows:?}"
             );
-            epochs.insert(*p, epoch);
+            let since = acquired.get(p).map_or(t, |at| (*at).min(t));
+            fences.insert(*p, (epoch, since));
         }
-        takeover = Some((t, epochs));
+        takeover = Some((t, fences));
 
         tokio::time::sleep(Duration::from_secs(2)).await;
         a.process.signal("CONT");
@@ -990,7 +1029,7 @@ async fn a_paused_owner_loses_its_partitions_and_commits_nothing_under_its_stale
         load.clients(&client, "paused", 8, usize::MAX, None),
         scenario
     );
-    let (t, epochs) = takeover.expect("the takeover happened");
+    let (t, fences) = takeover.expect("the takeover happened");
     eprintln!(
         "answers per replica: {:?}; retried: {}",
         load.served(),
@@ -1007,33 +1046,35 @@ async fn a_paused_owner_loses_its_partitions_and_commits_nothing_under_its_stale
         .query_all_raw(Statement::from_string(
             DbBackend::Postgres,
             format!(
-                "SELECT id, order_id, to_status, event, epoch, at::text AS at \
-                 FROM order_transitions WHERE at > '{t}'::timestamptz ORDER BY id"
+                "SELECT id, order_id, to_status, epoch, at::text AS at, {} AS at_us \
+                 FROM order_transitions ORDER BY id",
+                micros_of("at")
             ),
         ))
         .await
-        .expect("reading the transitions after the takeover");
+        .expect("reading the transitions");
     let mut stale = Vec::new();
     for row in &rows {
         let order: Uuid = row.try_get("", "order_id").expect("order_id");
         let partition = partition_of(order, PARTITIONS);
-        let Some(fence) = epochs.get(&partition) else {
+        let Some((fence, since)) = fences.get(&partition) else {
             continue;
         };
+        let at_us: i64 = row.try_get("", "at_us").expect("at_us");
         let epoch: Option<i64> = row.try_get("", "epoch").expect("epoch");
-        if epoch.is_none_or(|e| e < *fence) {
+        if at_us > *since && epoch.is_none_or(|e| e < *fence) {
             let id: i64 = row.try_get("", "id").expect("id");
             let to: String = row.try_get("", "to_status").expect("to_status");
             let at: String = row.try_get("", "at").expect("at");
             stale.push(format!(
                 "transition {id} of {order} (partition {partition}, to {to}, at {at}) under \
-                 epoch {epoch:?}, b took over at epoch {fence}"
+                 epoch {epoch:?}; b took the partition over at epoch {fence}, at {since} µs"
             ));
         }
     }
     assert!(
         stale.is_empty(),
-        "committed under a stale epoch after the takeover at {t}:\n{}",
+        "committed under a stale epoch after the takeover (b owned everything at {t} µs):\n{}",
         stale.join("\n")
     );
     check_outcome(&stores, &ids, &initial).await;
