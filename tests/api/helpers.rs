@@ -183,6 +183,39 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
     }
 }
 
+/// The invariant report once it holds (the system went quiet: no outbox backlog, counters
+/// settled), or the last one after 30 s. `initial` is each SKU's initial stock.
+pub async fn settled_report(stores: &Stores, initial: &BTreeMap<String, i64>) -> InvariantReport {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let report = invariants::check(stores, Some(initial))
+            .await
+            .expect("invariant check runs");
+        if report.holds() || tokio::time::Instant::now() > deadline {
+            return report;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The sum of the samples of metric `name` whose labels include `labels` in a Prometheus
+/// text scrape (0 if there are none).
+pub fn metric_in(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    use prometheus_parse::{Scrape, Value as Sample};
+    let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+        .expect("valid Prometheus text format");
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match &s.value {
+            Sample::Counter(v) | Sample::Gauge(v) | Sample::Untyped(v) => *v,
+            other => panic!("{name} is not a counter or gauge: {other:?}"),
+        })
+        .sum()
+}
+
 /// A loopback port where nothing listens (bound and released at once).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -463,20 +496,7 @@ impl TestApp {
     /// scrape of `/metrics` (0 if there are none). The recorder is shared by every app in
     /// the test process, so other tests' samples are included.
     pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        use prometheus_parse::{Scrape, Value as Sample};
-        let text = self.metrics_text().await;
-        let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
-            .expect("valid Prometheus text format");
-        scrape
-            .samples
-            .iter()
-            .filter(|s| s.metric == name)
-            .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-            .map(|s| match &s.value {
-                Sample::Counter(v) | Sample::Gauge(v) | Sample::Untyped(v) => *v,
-                other => panic!("{name} is not a counter or gauge: {other:?}"),
-            })
-            .sum()
+        metric_in(&self.metrics_text().await, name, labels)
     }
 
     /// The body of `GET /metrics`.

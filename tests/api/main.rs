@@ -19,6 +19,7 @@ mod otlp;
 mod participants;
 mod process;
 mod relay;
+mod replicas;
 mod saga;
 mod schemathesis;
 mod startup;

@@ -2,9 +2,11 @@
 //! lose nothing; SIGTERM drains and exits 0. Plus a PostgreSQL outage with the service
 //! in-process (connections really cut, new ones refused for a few seconds).
 
-use crate::helpers::{ADMIN_TOKEN, TestOptions, order_body, provision, spawn_app_with};
+use crate::helpers::{
+    ADMIN_TOKEN, TestOptions, free_port, metric_in, order_body, provision, settled_report,
+    spawn_app_with,
+};
 use futures::StreamExt;
-use order_service::invariants;
 use order_service::persistence::Stores;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -13,24 +15,31 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// The service binary running as a child process.
-struct ServiceProcess {
-    child: Child,
-    base: String,
+/// The service binary running as a child process. Its output goes to a temp file, kept
+/// (and its path printed) when the test fails, removed otherwise.
+pub(crate) struct ServiceProcess {
+    pub(crate) child: Child,
+    pub(crate) base: String,
     env: Vec<(&'static str, String)>,
     log: std::path::PathBuf,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 impl ServiceProcess {
-    fn start(database_url: &str, amqp_url: &str, extra: &[(&'static str, &str)]) -> ServiceProcess {
-        let port = free_port();
+    pub(crate) fn start(
+        database_url: &str,
+        amqp_url: &str,
+        extra: &[(&'static str, &str)],
+    ) -> ServiceProcess {
+        Self::start_on(free_port(), database_url, amqp_url, extra)
+    }
+
+    /// [`ServiceProcess::start`] on a given loopback port (e.g. to advertise it).
+    pub(crate) fn start_on(
+        port: u16,
+        database_url: &str,
+        amqp_url: &str,
+        extra: &[(&'static str, &str)],
+    ) -> ServiceProcess {
         let mut env = vec![
             ("DATABASE_URL", database_url.to_owned()),
             ("AMQP_URL", amqp_url.to_owned()),
@@ -46,14 +55,12 @@ impl ServiceProcess {
         ];
         env.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
         let log = std::env::temp_dir().join(format!("order-service-{port}.log"));
-        let mut service = ServiceProcess {
+        ServiceProcess {
             child: Self::spawn(&env, &log),
             base: format!("http://127.0.0.1:{port}"),
             env,
             log,
-        };
-        service.base = format!("http://127.0.0.1:{port}");
-        service
+        }
     }
 
     fn spawn(env: &[(&'static str, String)], log: &std::path::Path) -> Child {
@@ -72,7 +79,7 @@ impl ServiceProcess {
             .expect("start the order-service binary")
     }
 
-    async fn wait_ready(&mut self, client: &reqwest::Client) {
+    pub(crate) async fn wait_ready(&mut self, client: &reqwest::Client) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(r) = client
@@ -95,30 +102,87 @@ impl ServiceProcess {
         }
     }
 
-    fn log_text(&self) -> String {
+    pub(crate) fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The last `lines` lines of the log, for failure messages.
+    pub(crate) fn log_tail(&self, lines: usize) -> String {
+        let text = self.log_text();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
     /// SIGKILL: no shutdown code runs.
-    fn kill9(&mut self) {
+    pub(crate) fn kill9(&mut self) {
         self.child.kill().expect("SIGKILL");
         self.child.wait().expect("reaped");
     }
 
-    fn restart(&mut self) {
+    /// Sends `signal` (a `kill` name such as `TERM`, `STOP`, `CONT`) to the process.
+    pub(crate) fn signal(&self, signal: &str) {
+        let sent = Command::new("kill")
+            .args([format!("-{signal}"), self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -{signal} {} failed", self.child.id());
+    }
+
+    /// SIGTERM, then waits (25 s at most) for the exit and returns its status.
+    pub(crate) async fn terminate(&mut self) -> std::process::ExitStatus {
+        self.signal("TERM");
+        let deadline = Instant::now() + Duration::from_secs(25);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no exit 25 s after SIGTERM; log: {}",
+                self.log_tail(40)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub(crate) fn restart(&mut self) {
         self.child = Self::spawn(&self.env, &self.log);
+    }
+
+    /// The sum of the samples of metric `name` whose labels include `labels` in this
+    /// process's `/metrics` (0 if there are none).
+    pub(crate) async fn metric(
+        &self,
+        client: &reqwest::Client,
+        name: &str,
+        labels: &[(&str, &str)],
+    ) -> f64 {
+        let text = client
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        metric_in(&text, name, labels)
     }
 }
 
 impl Drop for ServiceProcess {
     fn drop(&mut self) {
+        // SIGKILL also ends a stopped (SIGSTOP) process.
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.log);
+        if std::thread::panicking() {
+            eprintln!("log of {} kept in {}", self.base, self.log.display());
+        } else {
+            let _ = std::fs::remove_file(&self.log);
+        }
     }
 }
 
-async fn post(
+pub(crate) async fn post(
     client: &reqwest::Client,
     base: &str,
     key: &str,
@@ -252,18 +316,8 @@ async fn kill_9_during_load_then_restart_completes_every_order_with_the_invarian
     wait_all_terminal(&client, &service.base, &ids).await;
 
     let stores = Stores::connect(&database_url, 2).await.expect("stores");
-    // Quiet: no outbox backlog and the counters settled.
-    let deadline = Instant::now() + Duration::from_secs(30);
     let initial = BTreeMap::from([("LOAD-1".to_owned(), 400), ("LOAD-2".to_owned(), 400)]);
-    let report = loop {
-        let report = invariants::check(&stores, Some(&initial))
-            .await
-            .expect("check");
-        if report.holds() || Instant::now() > deadline {
-            break report;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let report = settled_report(&stores, &initial).await;
     assert!(report.holds(), "{:#?}", report.violations);
     let total: u64 = report.orders_by_status.values().sum();
     assert_eq!(
@@ -305,23 +359,7 @@ async fn sigterm_drains_and_exits_zero_and_nothing_is_lost() {
         ids.push(order["id"].as_str().expect("id").to_owned());
     }
 
-    let term = Command::new("kill")
-        .args(["-TERM", &service.child.id().to_string()])
-        .status()
-        .expect("send SIGTERM");
-    assert!(term.success());
-    let deadline = Instant::now() + Duration::from_secs(25);
-    let status = loop {
-        if let Some(status) = service.child.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no exit after SIGTERM; log: {}",
-            service.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = service.terminate().await;
     assert_eq!(status.code(), Some(0), "log: {}", service.log_text());
     assert!(
         service.log_text().contains("\"stopped\""),
