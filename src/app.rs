@@ -21,7 +21,7 @@ use crate::persistence::Stores;
 use crate::persistence::group_commit::OrderWriter;
 use crate::persistence::idempotency::{self, Claims};
 use crate::persistence::outbox::{Lane, OutboxFeed};
-use crate::persistence::ownership::{self, Ownership, OwnershipSettings};
+use crate::persistence::ownership::{self, Ownership, OwnershipSettings, StartupLock};
 use crate::tuning::{ORDER_WRITERS, REPLY_CONCURRENCY};
 use anyhow::Context;
 use futures::future::BoxFuture;
@@ -383,6 +383,10 @@ impl Catalogue for Inventory {
 /// in the background, see [`Bus::start`]), and seeds the demo catalogue into an empty
 /// inventory. The inventory handle is the API's, for reading stock.
 async fn connect(config: &Config) -> anyhow::Result<(Stores, Bus, Inventory)> {
+    // Replicas starting together set the database up one after another.
+    let startup = StartupLock::acquire(&config.database_url)
+        .await
+        .context("connecting to the database")?;
     let stores = Stores::connect(&config.database_url, config.db_max_connections)
         .await
         .context("connecting to the database")?;
@@ -403,6 +407,7 @@ async fn connect(config: &Config) -> anyhow::Result<(Stores, Bus, Inventory)> {
     if config.seed_demo_catalogue && inventory.seed_demo_catalogue().await? {
         tracing::info!("seeded the demo catalogue");
     }
+    startup.release().await;
     Ok((stores, bus, inventory))
 }
 

@@ -15,7 +15,9 @@
 
 use crate::domain::partition::{fair_share, partition_of};
 use crate::pause::Backoff;
-use sea_orm::sqlx::{self, Connection, postgres::PgConnectOptions, postgres::PgConnection};
+use sea_orm::sqlx::{
+    self, ConnectOptions, Connection, postgres::PgConnectOptions, postgres::PgConnection,
+};
 use std::collections::BTreeSet;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -29,6 +31,8 @@ use uuid::Uuid;
 /// Advisory-lock key spaces (the first of the two keys): the shared lock every live
 /// replica holds, and one exclusive lock per partition.
 const MEMBERS_KEY: i32 = 0x4F4F_5301;
+/// Held while a replica sets up the database at start-up (see [`StartupLock`]).
+const STARTUP_KEY: i32 = 0x4F4F_5300;
 const PARTITION_KEY: i32 = 0x4F4F_5302;
 
 /// How long a released partition's work may take to stop before its lock is released
@@ -213,6 +217,37 @@ impl Ownership {
     }
 }
 
+/// Replicas starting together on one PostgreSQL take turns to create the schemas, migrate
+/// and seed (concurrent `CREATE SCHEMA`/`CREATE TABLE` of the same names fail): a
+/// session-level advisory lock, held from [`StartupLock::acquire`] to
+/// [`StartupLock::release`]. Nothing on SQLite (one process).
+pub struct StartupLock(Option<PgConnection>);
+
+impl StartupLock {
+    pub async fn acquire(database_url: &str) -> anyhow::Result<StartupLock> {
+        if crate::persistence::is_sqlite(database_url) {
+            return Ok(StartupLock(None));
+        }
+        // Waiting for the lock is the point: not a slow statement to warn about.
+        let options = PgConnectOptions::from_str(database_url)?
+            .application_name("order-service start-up")
+            .disable_statement_logging();
+        let mut conn = PgConnection::connect_with(&options).await?;
+        sqlx::query("SELECT pg_advisory_lock($1, 0)")
+            .bind(STARTUP_KEY)
+            .execute(&mut conn)
+            .await?;
+        Ok(StartupLock(Some(conn)))
+    }
+
+    /// Releases the lock (closing the session releases it too, as does a crash).
+    pub async fn release(self) {
+        if let Some(conn) = self.0 {
+            let _ = conn.close().await;
+        }
+    }
+}
+
 /// Starts deciding ownership for `settings` on the database at `database_url`: sets up the
 /// `partitions` rows (failing if the database was set up with another partition count),
 /// takes a first share, then runs the loop in the background. It hands every partition over
@@ -257,7 +292,9 @@ fn connect_options(
     Ok(PgConnectOptions::from_str(database_url)?
         .application_name(&format!("order-service ownership {}", settings.replica_id))
         // The server ends the session (and so releases its locks) after this much silence.
-        .options([("idle_session_timeout", lease_ms.as_str())]))
+        .options([("idle_session_timeout", lease_ms.as_str())])
+        // A slow round is handled (and logged) by the loop itself.
+        .disable_statement_logging())
 }
 
 /// One row per partition, created once; the count is fixed for the life of the database.

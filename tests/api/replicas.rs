@@ -37,6 +37,18 @@ impl Replica {
         id: &str,
         extra: &[(&'static str, &str)],
     ) -> Replica {
+        let mut replica = Replica::spawn(database_url, amqp_url, id, extra);
+        replica.process.wait_ready(client).await;
+        replica
+    }
+
+    /// Starts replica `id` without waiting for it.
+    fn spawn(
+        database_url: &str,
+        amqp_url: &str,
+        id: &str,
+        extra: &[(&'static str, &str)],
+    ) -> Replica {
         let port = free_port();
         let advertise = format!("http://127.0.0.1:{port}");
         let partitions = PARTITIONS.to_string();
@@ -46,8 +58,7 @@ impl Replica {
             ("PARTITIONS", &partitions),
         ];
         env.extend_from_slice(extra);
-        let mut process = ServiceProcess::start_on(port, database_url, amqp_url, &env);
-        process.wait_ready(client).await;
+        let process = ServiceProcess::start_on(port, database_url, amqp_url, &env);
         Replica {
             id: id.to_owned(),
             process,
@@ -1223,4 +1234,23 @@ async fn a_replica_forwards_reads_payments_and_overrides_to_the_owner() {
         );
     }
     stores.close().await;
+}
+
+/// Three replicas started at the same moment on a fresh database all come up (they take
+/// turns to create the schemas, migrate and seed) and share the partitions.
+#[tokio::test]
+async fn replicas_started_together_on_a_fresh_database_all_come_up() {
+    let (database_url, amqp_url, _backing) = provision(false).await;
+    let amqp_url = amqp_url.expect("RabbitMQ");
+    let client = reqwest::Client::new();
+    let mut replicas: Vec<Replica> = ["t1", "t2", "t3"]
+        .into_iter()
+        .map(|id| Replica::spawn(&database_url, &amqp_url, id, &[]))
+        .collect();
+    for replica in &mut replicas {
+        replica.process.wait_ready(&client).await;
+    }
+    let stores = connect_orders_store(&database_url).await;
+    let all: Vec<&Replica> = replicas.iter().collect();
+    check_ownership(&client, &stores.orders, &all, "three at once").await;
 }
