@@ -11,7 +11,8 @@
 #   for r in 1 2 3; do for n in 1 2 3; do bench/replicas.sh target/release/order-service $n 15 64 "round $r"; done; done
 #
 # usage: bench/replicas.sh <order-service binary> <REPLICAS> [SECONDS=15] [CONCURRENCY=64] [LABEL]
-# (PARTITIONS=<n> to run with another partition count; FAILOVER=1 as above)
+# (PARTITIONS=<n> to run with another partition count; BENCH_SKUS="A B C" to order several
+# SKUs instead of one, CB-004; FAILOVER=1 as above)
 # Needs target/release/loadgen (`cargo build --release -p loadgen`; LOADGEN to override), psql, createdb, dropdb, rabbitmqctl, jq.
 set -u
 bin=$(realpath "$1"); replicas=$2; secs=${3:-15}; conc=${4:-64}; label=${5:-run}
@@ -39,7 +40,7 @@ for i in $(seq "$replicas"); do
   port=$((base_port + i))
   (cd "$work" && exec env -i PATH="$PATH" ADMIN_TOKEN="$token" LOG_FORMAT=json RUST_LOG=warn \
     LISTEN_ADDR="127.0.0.1:$port" REPLICA_ID="r$i" ADVERTISE_URL="http://127.0.0.1:$port" \
-    PARTITIONS="${PARTITIONS:-32}" \
+    PARTITIONS="${PARTITIONS:-8}" \
     DATABASE_URL="postgres://postgres@127.0.0.1:5432/$db?sslmode=require" \
     AMQP_URL="amqp://guest:guest@127.0.0.1:5672/$vhost" "$bin" >"$work/r$i.log" 2>&1) &
   pids+=($!)
@@ -51,12 +52,13 @@ for _ in $(seq 100); do
   spread=$(for u in "${urls[@]}"; do curl -fs "$u/health/ready" | jq '.ownership.owned | length'; done | sort -n | tr '\n' ' ')
   total=$(echo "$spread" | tr ' ' '\n' | awk '{s+=$1} END {print s}')
   lo=$(echo "$spread" | awk '{print $1}'); hi=$(echo "$spread" | awk '{print $NF}')
-  [ "$total" = "${PARTITIONS:-32}" ] && [ $((hi - lo)) -le 1 ] && break
+  [ "$total" = "${PARTITIONS:-8}" ] && [ $((hi - lo)) -le 1 ] && break
   sleep 0.2
 done
 url_list=$(IFS=,; echo "${urls[*]}")
+skus=(); for sku in ${BENCH_SKUS:-CB-004}; do skus+=(--sku "$sku"); done
 ADMIN_TOKEN=$token "$loadgen" --url "$url_list" --duration 3s --concurrency 16 \
-  --stock 10000000 --sku CB-004 >/dev/null 2>&1
+  --stock 10000000 "${skus[@]}" >/dev/null 2>&1
 failover=""
 if [ "${FAILOVER:-0}" = 1 ]; then
   (
@@ -67,12 +69,12 @@ if [ "${FAILOVER:-0}" = 1 ]; then
   ) &
 fi
 ADMIN_TOKEN=$token "$loadgen" --url "$url_list" --duration "${secs}s" \
-  --concurrency "$conc" --stock 10000000 --sku CB-004 --json "$work/report.json" >"$work/loadgen.txt" 2>&1
+  --concurrency "$conc" --stock 10000000 "${skus[@]}" --json "$work/report.json" >"$work/loadgen.txt" 2>&1
 if [ "${FAILOVER:-0}" = 1 ] && [ -s "$work/victim-partitions" ]; then
   killed=$(cat "$work/killed_at")
   cond=$(awk '{printf "%s(partition = %s AND epoch > %s)", (NR>1?" OR ":""), $1, $2}' "$work/victim-partitions")
   owned_after=$(sql "SELECT round((extract(epoch FROM max(acquired_at)) - $killed)::numeric, 2) FROM partitions WHERE $cond")
-  expr="((get_byte(uuid_send(t.order_id), 14) * 256 + get_byte(uuid_send(t.order_id), 15)) % ${PARTITIONS:-32})"
+  expr="((get_byte(uuid_send(t.order_id), 14) * 256 + get_byte(uuid_send(t.order_id), 15)) % ${PARTITIONS:-8})"
   tcond=$(awk -v e="$expr" '{printf "%s(%s = %s AND t.epoch > %s)", (NR>1?" OR ":""), e, $1, $2}' "$work/victim-partitions")
   first=$(sql "SELECT round((extract(epoch FROM min(t.at)) - $killed)::numeric, 2) FROM order_transitions t WHERE $tcond")
   failover=", kill -9 r$replicas ($(wc -l <"$work/victim-partitions") partitions): all re-owned after ${owned_after} s, first transition by a new owner after ${first} s"
