@@ -13,7 +13,7 @@ use crate::messaging::{Bus, replies};
 use crate::orchestrator::actors::Orders;
 use crate::orchestrator::actors::order_actor::OrderContext;
 use crate::orchestrator::actors::retry::RetryPolicy;
-use crate::orchestrator::partitions::{self, ServePartition};
+use crate::orchestrator::partitions;
 use crate::orchestrator::{self, Catalogue, Orchestrator, Refusal, ReplyOutcome};
 use crate::participants::inventory::{Inventory, QuoteError};
 use crate::participants::runtime::{self, ParticipantSettings};
@@ -56,7 +56,7 @@ impl Application {
         let listener = http::edge::bind(config.listen_addr)
             .with_context(|| format!("binding {}", config.listen_addr))?;
         let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
-        let (stores, bus, inventory) = connect(&config).await?;
+        let (stores, bus, inventory) = connect(&config, own_reply_queue(&config)).await?;
         let shutdown = CancellationToken::new();
         let handover = shutdown.child_token();
         let mut workers = JoinSet::new();
@@ -206,6 +206,7 @@ async fn start_orchestrator(
     let (ownership, changes) = if config.partitioned() {
         let settings = OwnershipSettings {
             replica_id: config.replica_id(),
+            reply_to: topology::replica_word(&config.replica_id()),
             advertise_url: config.advertise_url(port),
             partitions: config.partitions,
             lease: Duration::from_millis(config.ownership_lease_ms),
@@ -284,25 +285,30 @@ async fn start_orchestrator(
         },
     );
     // The shared reply queue: every reply, or with several replicas those that name no
-    // partition (sent before partitioning; one for another replica's order goes back to
-    // the queue).
+    // replica (sent before; one for another replica's order goes back to the queue).
     workers.spawn(consume_replies(
         orchestrator.clone(),
         bus.clone(),
         ORCHESTRATOR_QUEUE,
+        NotOwned::Requeue,
         shutdown.clone(),
     ));
+    // This replica's own reply queue (several replicas). A reply there for an order it no
+    // longer owns is dropped: the order's new owner resent the command when it took over.
+    if let Some((queue, _)) = own_reply_queue(config) {
+        workers.spawn(consume_replies(
+            orchestrator.clone(),
+            bus.clone(),
+            queue.name,
+            NotOwned::Drop,
+            shutdown.clone(),
+        ));
+    }
     workers.spawn(orchestrator.clone().run_timers(shutdown.clone()));
     match changes {
-        // Each acquired partition's replies and in-flight orders (see orchestrator::partitions).
+        // Each acquired partition's in-flight orders resumed (see orchestrator::partitions).
         Some(changes) => {
-            let (serving, bus) = (orchestrator.clone(), bus.clone());
-            let serve: ServePartition = Box::new(move |partition, stop| {
-                let queue = topology::partition_reply_queue(partition)
-                    .map_or(ORCHESTRATOR_QUEUE, |(queue, _)| queue.name);
-                Box::pin(consume_replies(serving.clone(), bus.clone(), queue, stop))
-            });
-            workers.spawn(partitions::run(orchestrator.clone(), changes, serve));
+            workers.spawn(partitions::run(orchestrator.clone(), changes));
         }
         None => {
             // In the background: the API is available while old orders catch up.
@@ -322,11 +328,28 @@ async fn start_orchestrator(
     Ok(orchestrator)
 }
 
+/// This replica's reply queue, with several replicas.
+fn own_reply_queue(config: &Config) -> crate::messaging::amqp::ReplyQueue {
+    config
+        .partitioned()
+        .then(|| topology::replica_reply_queue(&topology::replica_word(&config.replica_id())))
+}
+
+/// What becomes of a reply for an order another replica owns.
+#[derive(Clone, Copy)]
+enum NotOwned {
+    /// Back to the queue, for its owner (the shared queue, which every replica consumes).
+    Requeue,
+    /// Dropped (this replica's own queue: the owner resent the command when it took over).
+    Drop,
+}
+
 /// Applies the replies of one queue until `stop`.
 async fn consume_replies(
     orchestrator: Orchestrator,
     bus: Bus,
     queue: &'static str,
+    not_owned: NotOwned,
     stop: CancellationToken,
 ) {
     replies::run(
@@ -336,7 +359,10 @@ async fn consume_replies(
         stop,
         move |order_id, reply| {
             let orchestrator = orchestrator.clone();
-            async move { disposition(order_id, orchestrator.apply_reply(order_id, reply).await) }
+            async move {
+                let outcome = orchestrator.apply_reply(order_id, reply).await;
+                disposition(order_id, outcome, not_owned)
+            }
         },
     )
     .await
@@ -344,8 +370,16 @@ async fn consume_replies(
 
 /// A reply's outcome as the broker sees it: refused duplicates and late replies are done
 /// with; a reply for an unknown order is kept aside.
-fn disposition(order_id: uuid::Uuid, outcome: ReplyOutcome) -> Disposition {
+fn disposition(order_id: uuid::Uuid, outcome: ReplyOutcome, not_owned: NotOwned) -> Disposition {
     match outcome {
+        ReplyOutcome::NotOwner => match not_owned {
+            NotOwned::Requeue => Disposition::Retry("order owned by another replica".into()),
+            NotOwned::Drop => {
+                metrics::counter!("replies_dropped_not_owner_total").increment(1);
+                tracing::debug!(order_id = %order_id, "reply for an order owned elsewhere now; dropped");
+                Disposition::Ack
+            }
+        },
         ReplyOutcome::Applied | ReplyOutcome::Ignored => Disposition::Ack,
         ReplyOutcome::UnknownOrder => {
             Disposition::DeadLetter(format!("reply for unknown order {order_id}"))
@@ -382,7 +416,10 @@ impl Catalogue for Inventory {
 /// Connects the stores (migrating them if configured) and the bus (or starts it connecting
 /// in the background, see [`Bus::start`]), and seeds the demo catalogue into an empty
 /// inventory. The inventory handle is the API's, for reading stock.
-async fn connect(config: &Config) -> anyhow::Result<(Stores, Bus, Inventory)> {
+async fn connect(
+    config: &Config,
+    reply_queue: crate::messaging::amqp::ReplyQueue,
+) -> anyhow::Result<(Stores, Bus, Inventory)> {
     // Replicas starting together set the database up one after another.
     let startup = StartupLock::acquire(&config.database_url)
         .await
@@ -395,12 +432,7 @@ async fn connect(config: &Config) -> anyhow::Result<(Stores, Bus, Inventory)> {
     }
     // An unreachable broker is waited for in the background (orchestrated start-ups bring
     // it up in any order); a malformed URL or refused credentials fail here.
-    let reply_partitions = if config.partitioned() {
-        config.partitions
-    } else {
-        0
-    };
-    let bus = Bus::start(config.amqp_url.as_deref(), reply_partitions)
+    let bus = Bus::start(config.amqp_url.as_deref(), reply_queue)
         .await
         .context("connecting to the message broker")?;
     let inventory = Inventory::new(stores.inventory.clone(), OutboxFeed::default());
@@ -427,7 +459,7 @@ pub async fn run_participants(
     signal: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let faults = Arc::new(Faults::from_config(&config)?);
-    let (stores, bus, _inventory) = connect(&config).await?;
+    let (stores, bus, _inventory) = connect(&config, None).await?;
     let shutdown = CancellationToken::new();
     let mut workers = JoinSet::new();
     runtime::spawn(

@@ -151,6 +151,10 @@ impl Drop for Inner {
     }
 }
 
+/// This replica's own reply queue and its binding, declared with the topology (several
+/// replicas; `None` otherwise).
+pub type ReplyQueue = Option<&'static (QueueSpec, topology::BindingSpec)>;
+
 /// Everything that lives and dies with one TCP connection.
 struct Link {
     connection: Connection,
@@ -171,7 +175,11 @@ impl Link {
 /// Connects, declares the whole topology (idempotent) and opens the publishing channels.
 /// Re-running it yields a fresh, fully usable [`Link`]; the supervisor does so after a
 /// connection loss.
-async fn establish(url: &AMQPUri, endpoint: &str, partitions: u16) -> Result<Link, BusError> {
+async fn establish(
+    url: &AMQPUri,
+    endpoint: &str,
+    reply_queue: ReplyQueue,
+) -> Result<Link, BusError> {
     let properties = ConnectionProperties::default().with_connection_name("order-service".into());
     let connection = Connection::connect_uri(url.clone(), properties)
         .await
@@ -179,7 +187,7 @@ async fn establish(url: &AMQPUri, endpoint: &str, partitions: u16) -> Result<Lin
             endpoint: endpoint.to_owned(),
             source: Box::new(source),
         })?;
-    let link = prepare(connection, endpoint, partitions).await;
+    let link = prepare(connection, endpoint, reply_queue).await;
     if let Err(error) = &link {
         debug!(endpoint, %error, "preparing the new connection failed");
     }
@@ -189,11 +197,11 @@ async fn establish(url: &AMQPUri, endpoint: &str, partitions: u16) -> Result<Lin
 async fn prepare(
     connection: Connection,
     endpoint: &str,
-    partitions: u16,
+    reply_queue: ReplyQueue,
 ) -> Result<Link, BusError> {
     let result = async {
         let channel = open_channel(&connection, "topology declaration").await?;
-        declare_topology(&channel, partitions).await?;
+        declare_topology(&channel, reply_queue).await?;
         // The declaring channel has no further use; failing to close it politely is harmless.
         if let Err(error) = channel.close(REPLY_SUCCESS, "OK".into()).await {
             debug!(%error, "closing the topology channel failed");
@@ -253,9 +261,9 @@ async fn open_publisher(connection: &Connection) -> Result<Channel, BusError> {
         })?;
     Ok(channel)
 }
-/// Declares the topology, plus the reply queues of `partitions` partitions (several
-/// replicas; see [`topology::partition_reply_queue`]).
-async fn declare_topology(channel: &Channel, partitions: u16) -> Result<(), BusError> {
+/// Declares the topology, plus this replica's reply queue (several replicas; see
+/// [`topology::replica_reply_queue`]), which expires when no replica consumes it.
+async fn declare_topology(channel: &Channel, reply_queue: ReplyQueue) -> Result<(), BusError> {
     for exchange in topology::EXCHANGES {
         let kind = match exchange.kind {
             ExchangeType::Topic => ExchangeKind::Topic,
@@ -277,14 +285,17 @@ async fn declare_topology(channel: &Channel, partitions: u16) -> Result<(), BusE
                 source: Box::new(source),
             })?;
     }
-    let partition_queues: Vec<&(QueueSpec, topology::BindingSpec)> = (0..partitions)
-        .filter_map(topology::partition_reply_queue)
-        .collect();
     let queues = topology::QUEUES
         .iter()
-        .chain(partition_queues.iter().map(|(q, _)| q));
+        .chain(reply_queue.iter().map(|(q, _)| q));
     for queue in queues {
         let mut arguments = FieldTable::default();
+        if reply_queue.is_some_and(|(own, _)| own.name == queue.name) {
+            arguments.insert(
+                "x-expires".into(),
+                AMQPValue::LongUInt(topology::REPLICA_QUEUE_EXPIRES_MS),
+            );
+        }
         if let Some(dlx) = queue.dead_letter_exchange {
             arguments.insert(
                 "x-dead-letter-exchange".into(),
@@ -308,7 +319,7 @@ async fn declare_topology(channel: &Channel, partitions: u16) -> Result<(), BusE
     }
     let bindings = topology::BINDINGS
         .iter()
-        .chain(partition_queues.iter().map(|(_, b)| b));
+        .chain(reply_queue.iter().map(|(_, b)| b));
     for binding in bindings {
         channel
             .queue_bind(
@@ -361,7 +372,7 @@ async fn supervise(
     bus: Weak<Inner>,
     url: AMQPUri,
     endpoint: String,
-    partitions: u16,
+    reply_queue: ReplyQueue,
     shutdown: CancellationToken,
     mut current: Option<Arc<Link>>,
 ) {
@@ -400,7 +411,7 @@ async fn supervise(
             attempt += 1;
             let attempted = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                attempted = timeout(ESTABLISH_TIMEOUT, establish(&url, &endpoint, partitions)) => attempted,
+                attempted = timeout(ESTABLISH_TIMEOUT, establish(&url, &endpoint, reply_queue)) => attempted,
             };
             let (error, refused) = match attempted {
                 Ok(Ok(new)) => break Arc::new(new),
@@ -480,8 +491,8 @@ impl AmqpBus {
     pub async fn connect(url: &str) -> Result<Self, BusError> {
         let uri = parse_url(url)?;
         let endpoint = redact(url);
-        let link = establish(&uri, &endpoint, 0).await?;
-        Ok(Self::supervised(uri, endpoint, Some(Arc::new(link)), 0))
+        let link = establish(&uri, &endpoint, None).await?;
+        Ok(Self::supervised(uri, endpoint, Some(Arc::new(link)), None))
     }
 
     /// Like [`connect`](Self::connect), but a broker that cannot be reached yet is no
@@ -489,12 +500,12 @@ impl AmqpBus {
     /// reconnection backoff), declaring the topology then. Fails only for what waiting
     /// cannot fix: a malformed URL, or a broker that answers and refuses the credentials or
     /// the vhost.
-    /// `partitions`: also declare the reply queues of that many partitions (several
-    /// replicas; 0 for none).
-    pub async fn start(url: &str, partitions: u16) -> Result<Self, BusError> {
+    /// `reply_queue`: also declare this replica's reply queue (several replicas).
+    pub async fn start(url: &str, reply_queue: ReplyQueue) -> Result<Self, BusError> {
         let uri = parse_url(url)?;
         let endpoint = redact(url);
-        let first = match timeout(ESTABLISH_TIMEOUT, establish(&uri, &endpoint, partitions)).await {
+        let first = match timeout(ESTABLISH_TIMEOUT, establish(&uri, &endpoint, reply_queue)).await
+        {
             Ok(Ok(link)) => Ok(link),
             Ok(Err(error)) if error.is_refusal() => return Err(error),
             Ok(Err(error)) => Err(error.to_string()),
@@ -505,7 +516,7 @@ impl AmqpBus {
                 uri,
                 endpoint,
                 Some(Arc::new(link)),
-                partitions,
+                reply_queue,
             )),
             Err(error) => {
                 warn!(
@@ -514,7 +525,7 @@ impl AmqpBus {
                     "the broker is unreachable; starting without it and connecting in the \
                      background (what needs it answers 503 meanwhile)"
                 );
-                let bus = Self::supervised(uri, endpoint, None, partitions);
+                let bus = Self::supervised(uri, endpoint, None, reply_queue);
                 bus.inner.set_last_error(Some(error));
                 Ok(bus)
             }
@@ -526,7 +537,7 @@ impl AmqpBus {
         uri: AMQPUri,
         endpoint: String,
         link: Option<Arc<Link>>,
-        partitions: u16,
+        reply_queue: ReplyQueue,
     ) -> Self {
         if link.is_some() {
             info!(
@@ -550,7 +561,7 @@ impl AmqpBus {
             Arc::downgrade(&inner),
             uri,
             endpoint,
-            partitions,
+            reply_queue,
             shutdown,
             link,
         ));

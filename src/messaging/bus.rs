@@ -153,14 +153,15 @@ impl Bus {
     /// Like [`connect`](Self::connect), except that a RabbitMQ broker that cannot be reached
     /// yet is no error: the bus starts disconnected and connects in the background (see
     /// [`amqp::AmqpBus::start`]). Meanwhile [`connected_once`](Self::connected_once) is false.
-    /// `reply_partitions`: the orders' partitions whose reply queues RabbitMQ must have
-    /// (several replicas; 0 for none).
-    pub async fn start(amqp_url: Option<&str>, reply_partitions: u16) -> Result<Bus, BusError> {
+    /// `reply_queue`: this replica's reply queue, declared with the topology (several
+    /// replicas; `None` otherwise).
+    pub async fn start(
+        amqp_url: Option<&str>,
+        reply_queue: amqp::ReplyQueue,
+    ) -> Result<Bus, BusError> {
         match amqp_url {
             None => Ok(Bus::InProcess(in_process::InProcessBus::new())),
-            Some(url) => Ok(Bus::Amqp(
-                amqp::AmqpBus::start(url, reply_partitions).await?,
-            )),
+            Some(url) => Ok(Bus::Amqp(amqp::AmqpBus::start(url, reply_queue).await?)),
         }
     }
 

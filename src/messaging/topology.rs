@@ -10,9 +10,10 @@
 pub const COMMANDS_EXCHANGE: &str = "order.commands";
 /// Replies from the participants to the orchestrator.
 pub const REPLIES_EXCHANGE: &str = "order.replies";
-/// Replies for an order in a partition (several replicas): routed by partition to the queue
-/// its owner consumes ([`partition_reply_queue`]).
-pub const PARTITION_REPLIES_EXCHANGE: &str = "order.replies.partitioned";
+/// Replies for one replica (several replicas): routed to the queue it consumes
+/// ([`replica_reply_queue`]). Not `mandatory`: a reply for a replica whose queue is gone is
+/// dropped (its orders' new owners resent their commands).
+pub const REPLICA_REPLIES_EXCHANGE: &str = "order.replies.replicas";
 /// Order lifecycle events (`order.<event>`) for any subscriber.
 pub const EVENTS_EXCHANGE: &str = "order.events";
 /// Dead-letter exchange: every work queue sends rejected (poison) messages here.
@@ -25,7 +26,7 @@ pub const PAYMENT_QUEUE: &str = "payment.commands";
 /// Shipping's command queue (`shipping.*`).
 pub const SHIPPING_QUEUE: &str = "shipping.commands";
 /// The orchestrator's reply queue: every reply on [`REPLIES_EXCHANGE`] (when one process owns
-/// every order; with several replicas, see [`partition_reply_queue`]).
+/// every order; with several replicas, see [`replica_reply_queue`]).
 pub const ORCHESTRATOR_QUEUE: &str = "orchestrator.replies";
 /// Inventory's subscription to `order.confirmed` (it marks reserved stock as sold).
 pub const INVENTORY_EVENTS_QUEUE: &str = "inventory.order-events";
@@ -103,9 +104,9 @@ pub const EXCHANGES: &[ExchangeSpec] = &[
         bundles: true,
     },
     ExchangeSpec {
-        name: PARTITION_REPLIES_EXCHANGE,
+        name: REPLICA_REPLIES_EXCHANGE,
         kind: ExchangeType::Topic,
-        mandatory: true,
+        mandatory: false,
         bundles: true,
     },
     ExchangeSpec {
@@ -184,48 +185,79 @@ pub const BINDINGS: &[BindingSpec] = &[
     },
 ];
 
-/// Prefix of the per-partition reply queues.
-const PARTITION_QUEUE_PREFIX: &str = "orchestrator.replies.p";
+/// Prefix of the replicas' reply queues.
+const REPLICA_QUEUE_PREFIX: &str = "orchestrator.replies.";
 
-/// The reply queues and bindings of every possible partition, made once.
-static PARTITION_QUEUES: std::sync::LazyLock<Vec<(QueueSpec, BindingSpec)>> =
-    std::sync::LazyLock::new(|| {
-        (0..crate::domain::partition::MAX_PARTITIONS)
-            .map(|p| {
-                let name: &'static str =
-                    Box::leak(format!("{PARTITION_QUEUE_PREFIX}{p}").into_boxed_str());
-                let pattern: &'static str = Box::leak(format!("p{p}.#").into_boxed_str());
-                let queue = QueueSpec {
-                    name,
-                    dead_letter_exchange: Some(DLX_EXCHANGE),
-                };
-                let binding = BindingSpec {
-                    exchange: PARTITION_REPLIES_EXCHANGE,
-                    queue: name,
-                    pattern,
-                };
-                (queue, binding)
-            })
-            .collect()
-    });
+/// The reply queues of replicas made so far (one per process, in practice).
+static REPLICA_QUEUES: std::sync::Mutex<Vec<&'static (QueueSpec, BindingSpec)>> =
+    std::sync::Mutex::new(Vec::new());
 
-/// With several replicas, the replies for the orders of one partition go to that
-/// partition's queue (`orchestrator.replies.p<N>`, bound to `p<N>.#` on
-/// [`PARTITION_REPLIES_EXCHANGE`]), which only its owner consumes: a reply waits there while
-/// the partition changes owner. `None` beyond [`crate::domain::partition::MAX_PARTITIONS`].
-pub fn partition_reply_queue(partition: u16) -> Option<&'static (QueueSpec, BindingSpec)> {
-    PARTITION_QUEUES.get(usize::from(partition))
+/// How long RabbitMQ keeps a replica's reply queue without a consumer (`x-expires`): a
+/// replica gone for good leaves no queue behind; a restarted one finds its own.
+pub const REPLICA_QUEUE_EXPIRES_MS: u32 = 3_600_000;
+
+/// A replica's name as one routing-key word: letters, digits, `-` and `_` kept, anything
+/// else `_`.
+pub fn replica_word(replica_id: &str) -> String {
+    let word: String = replica_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if word.is_empty() {
+        "_".to_owned()
+    } else {
+        word
+    }
 }
 
-/// The header of a command that names its order's partition (several replicas); the reply
-/// is routed to that partition's queue ([`reply_routing_key`]).
-pub const PARTITION_HEADER: &str = "x-order-partition";
+/// With several replicas each has its own reply queue (`orchestrator.replies.<word>`, bound to
+/// `<word>.#` on [`REPLICA_REPLIES_EXCHANGE`]): a command names the replica that sent it (its
+/// order's owner) in [`REPLY_TO_HEADER`], and the reply goes there, bundled with the other
+/// replies for that replica. After a partition changes owner, the new owner resends the
+/// pending commands of its orders, so a reply that reaches a replica no longer owning its
+/// order can be dropped.
+pub fn replica_reply_queue(word: &str) -> &'static (QueueSpec, BindingSpec) {
+    let name = format!("{REPLICA_QUEUE_PREFIX}{word}");
+    let mut made = REPLICA_QUEUES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(found) = made.iter().find(|(q, _)| q.name == name) {
+        return found;
+    }
+    let name: &'static str = Box::leak(name.into_boxed_str());
+    let pattern: &'static str = Box::leak(format!("{word}.#").into_boxed_str());
+    let spec: &'static (QueueSpec, BindingSpec) = Box::leak(Box::new((
+        QueueSpec {
+            name,
+            dead_letter_exchange: Some(DLX_EXCHANGE),
+        },
+        BindingSpec {
+            exchange: REPLICA_REPLIES_EXCHANGE,
+            queue: name,
+            pattern,
+        },
+    )));
+    made.push(spec);
+    spec
+}
 
-/// The exchange and routing key of a reply of type `kind` for an order in `partition` (when
+/// The header of a command that names the replica its reply goes to (several replicas).
+pub const REPLY_TO_HEADER: &str = "x-reply-to";
+
+/// The exchange and routing key of a reply of type `kind`, for the replica `reply_to` (when
 /// the command named one).
-pub fn reply_route(kind: &str, partition: Option<u16>) -> (&'static str, String) {
-    match partition {
-        Some(p) => (PARTITION_REPLIES_EXCHANGE, format!("p{p}.{kind}")),
+pub fn reply_route(kind: &str, reply_to: Option<&str>) -> (&'static str, String) {
+    match reply_to {
+        Some(word) => (
+            REPLICA_REPLIES_EXCHANGE,
+            format!("{}.{kind}", replica_word(word)),
+        ),
         None => (REPLIES_EXCHANGE, kind.to_owned()),
     }
 }
@@ -238,8 +270,10 @@ pub fn exchange(name: &str) -> Option<&'static ExchangeSpec> {
 /// The queue named `name`, if it is part of the topology.
 pub fn queue(name: &str) -> Option<&'static QueueSpec> {
     QUEUES.iter().find(|q| q.name == name).or_else(|| {
-        let partition = name.strip_prefix(PARTITION_QUEUE_PREFIX)?.parse().ok()?;
-        partition_reply_queue(partition).map(|(queue, _)| queue)
+        let made = REPLICA_QUEUES
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        made.iter().find(|(q, _)| q.name == name).map(|(q, _)| q)
     })
 }
 
@@ -375,22 +409,29 @@ mod tests {
     }
 
     #[test]
-    fn a_partitions_replies_reach_only_its_queue() {
-        let (exchange, key) = reply_route("stock.reserved", Some(7));
-        let (seven, binding) = partition_reply_queue(7).expect("partition 7");
-        assert_eq!(seven.name, "orchestrator.replies.p7");
+    fn a_replicas_replies_reach_only_its_queue() {
+        let (exchange, key) = reply_route("stock.reserved", Some("order-service-1"));
+        let (mine, binding) = replica_reply_queue("order-service-1");
+        assert_eq!(mine.name, "orchestrator.replies.order-service-1");
         assert_eq!(binding.exchange, exchange);
         assert!(topic_matches(binding.pattern, &key));
-        let (eight, other) = partition_reply_queue(8).expect("partition 8");
-        assert!(!topic_matches(other.pattern, &key));
+        let (other, theirs) = replica_reply_queue("order-service-2");
+        assert!(!topic_matches(theirs.pattern, &key));
         // Not to the shared queue as well (it would be handled twice).
         assert!(route(exchange, &key).is_empty());
-        assert_eq!(queue("orchestrator.replies.p8"), Some(eight));
-        assert_eq!(queue("orchestrator.replies.p99999"), None);
+        assert_eq!(queue("orchestrator.replies.order-service-2"), Some(other));
+        assert!(std::ptr::eq(
+            replica_reply_queue("order-service-1").0.name,
+            mine.name
+        ));
+        assert_eq!(queue("orchestrator.replies.nobody"), None);
         assert_eq!(
             reply_route("stock.reserved", None),
             (REPLIES_EXCHANGE, "stock.reserved".to_owned())
         );
+        // A host name with dots is one word.
+        assert_eq!(replica_word("web-1.example.com"), "web-1_example_com");
+        assert_eq!(replica_word(""), "_");
     }
 
     #[test]

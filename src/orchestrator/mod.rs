@@ -63,6 +63,8 @@ pub enum ReplyOutcome {
     UnknownOrder,
     /// Not applied now (storage or actor unavailable); deliver it again.
     Retry(String),
+    /// Another replica owns the order: nothing was done here.
+    NotOwner,
 }
 
 impl Orchestrator {
@@ -109,11 +111,7 @@ impl Orchestrator {
             Ok(_) => ReplyOutcome::Applied,
             Err(OrderError::Transition(_)) => ReplyOutcome::Ignored,
             Err(OrderError::NotFound(_)) => ReplyOutcome::UnknownOrder,
-            // Delivered here before this replica stopped consuming the partition's queue:
-            // back to the queue, for its new owner.
-            Err(OrderError::NotOwner(_)) => {
-                ReplyOutcome::Retry("order owned by another replica".into())
-            }
+            Err(OrderError::NotOwner(_)) => ReplyOutcome::NotOwner,
             Err(e) => ReplyOutcome::Retry(e.to_string()),
         }
     }

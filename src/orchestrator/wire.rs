@@ -6,7 +6,7 @@ use crate::domain::saga::{Command, Effect, Event, LifecycleEvent};
 use crate::messaging::messages::{
     CommandBody, Envelope, LineItem, OrderEventBody, OrderEventPayload, ReplyBody,
 };
-use crate::messaging::topology::{COMMANDS_EXCHANGE, EVENTS_EXCHANGE, PARTITION_HEADER};
+use crate::messaging::topology::{COMMANDS_EXCHANGE, EVENTS_EXCHANGE, REPLY_TO_HEADER};
 use crate::orchestrator::OrderError;
 use crate::persistence::orders::OrderRecord;
 use crate::persistence::outbox::NewMessage;
@@ -39,12 +39,12 @@ fn line_items(order: &OrderRecord) -> Vec<LineItem> {
 
 /// Turns the state machine's effects into outbox rows, filling payloads from the order.
 /// Each message carries the `traceparent` of the span that caused it (the actor's) or,
-/// when spans are not exported, the order's own. Commands name the order's `partition`
-/// (several replicas) in a header, so that the reply reaches the partition's owner.
+/// when spans are not exported, the order's own. Commands name the replica that sends them,
+/// `reply_to` (several replicas), in a header, so that the reply reaches the order's owner.
 pub fn outbox_messages(
     order: &OrderRecord,
     effects: &[Effect],
-    partition: Option<u16>,
+    reply_to: Option<&str>,
 ) -> Result<Vec<NewMessage>, OrderError> {
     let mut out = Vec::with_capacity(effects.len());
     let traceparent = if effects.is_empty() {
@@ -76,10 +76,10 @@ pub fn outbox_messages(
                 let envelope = Envelope::new(order.id, body);
                 let mut command =
                     NewMessage::json(COMMANDS_EXCHANGE, kind, envelope.message_id, &envelope)?;
-                if let Some(partition) = partition {
+                if let Some(replica) = reply_to {
                     command
                         .headers
-                        .insert(PARTITION_HEADER.into(), partition.to_string());
+                        .insert(REPLY_TO_HEADER.into(), replica.to_owned());
                 }
                 command
             }

@@ -12,7 +12,7 @@ pub mod shipping;
 use crate::messaging::IncomingMessage;
 use crate::messaging::consumer::Disposition;
 use crate::messaging::messages::{Envelope, ReplyBody};
-use crate::messaging::topology::{PARTITION_HEADER, reply_route};
+use crate::messaging::topology::{REPLY_TO_HEADER, reply_route};
 use crate::persistence::outbox::{self, NewMessage, OutboxFeed};
 use crate::persistence::{apply_batch_or_each, is_unavailable};
 use sea_orm::{
@@ -594,7 +594,7 @@ async fn apply_all<H: CommandHandler>(
 
 /// A reply to the orchestrator, in the command's trace: its `traceparent` is the current
 /// (handling) span's, or, when spans are not exported, the command's own. A command that
-/// names its order's partition is answered on that partition's routing key.
+/// names the replica that sent it is answered to that replica.
 pub(crate) fn reply(
     order_id: Uuid,
     body: ReplyBody,
@@ -602,10 +602,8 @@ pub(crate) fn reply(
 ) -> Result<NewMessage, DbErr> {
     let kind = body.kind();
     let envelope = Envelope::new(order_id, body);
-    let partition = headers
-        .get(PARTITION_HEADER)
-        .and_then(|p| p.parse::<u16>().ok());
-    let (exchange, routing_key) = reply_route(kind, partition);
+    let reply_to = headers.get(REPLY_TO_HEADER).map(String::as_str);
+    let (exchange, routing_key) = reply_route(kind, reply_to);
     let mut message = NewMessage::json(exchange, routing_key, envelope.message_id, &envelope)?;
     if let Some(tp) = crate::telemetry::trace_context::current_traceparent()
         .or_else(|| headers.get("traceparent").cloned())

@@ -45,6 +45,8 @@ const RECONNECT: Backoff = Backoff::new(Duration::from_millis(200), Duration::fr
 #[derive(Debug, Clone)]
 pub struct OwnershipSettings {
     pub replica_id: String,
+    /// The name the participants' replies to this replica are routed by.
+    pub reply_to: String,
     /// Where the other replicas forward this one's requests.
     pub advertise_url: String,
     pub partitions: u16,
@@ -138,6 +140,12 @@ impl Ownership {
 
     pub fn replica_id(&self) -> Option<&str> {
         self.inner.settings.as_ref().map(|s| s.replica_id.as_str())
+    }
+
+    /// Where the replies to this replica's commands go (`None` when not partitioned: to
+    /// the shared reply queue).
+    pub fn reply_to(&self) -> Option<&str> {
+        self.inner.settings.as_ref().map(|s| s.reply_to.as_str())
     }
 
     /// The number of partitions (0 when not partitioned).

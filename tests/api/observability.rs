@@ -91,8 +91,8 @@ async fn a_traceparent_sent_with_the_order_travels_in_the_commands_and_replies()
         .tap(&[
             ("order.commands", "#"),
             ("order.replies", "#"),
-            // Replies for a partition's owner (PostgreSQL with RabbitMQ: partitioned).
-            ("order.replies.partitioned", "#"),
+            // Replies to one of several replicas (PostgreSQL with RabbitMQ: partitioned).
+            ("order.replies.replicas", "#"),
         ])
         .await;
 
@@ -142,7 +142,7 @@ async fn a_traceparent_sent_with_the_order_travels_in_the_commands_and_replies()
                 ),
             };
             assert_eq!(carried, traceparent, "{}", delivery.routing_key);
-            // The message type (a partition's reply has the partition in its routing key).
+            // The message type (a reply to a replica has its name in the routing key).
             seen.insert(body["type"].as_str().unwrap_or_default().to_owned());
         }
         delivery.ack(BasicAckOptions::default()).await.expect("ack");

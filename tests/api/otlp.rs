@@ -355,16 +355,13 @@ impl<'a> Trace<'a> {
             .filter(|s| {
                 attribute.is_none_or(|(k, v)| {
                     let found = string_attribute(&s.attributes, k);
-                    // A reply for a partition's owner has `p<N>.` before its type.
+                    // A reply to one of several replicas has the replica's name before its
+                    // type.
                     found == Some(v)
                         || (k == "routing_key"
                             && found
                                 .and_then(|f| f.split_once('.'))
-                                .is_some_and(|(p, rest)| {
-                                    rest == v
-                                        && p.strip_prefix('p')
-                                            .is_some_and(|n| n.parse::<u16>().is_ok())
-                                }))
+                                .is_some_and(|(_, rest)| rest == v))
                 })
             })
             .collect();

@@ -375,11 +375,7 @@ impl OrderActor {
         let mut record = record;
         record.timer = self.ctx.timer_for(&record.saga, 0);
         let details = record.details(vec![entry.clone()]);
-        let messages = outbox_messages(
-            &record,
-            &effects,
-            self.ctx.ownership.partition_of(record.id),
-        )?;
+        let messages = outbox_messages(&record, &effects, self.ctx.ownership.reply_to())?;
         let body = serde_json::to_string(&details)
             .map_err(|e| OrderError::Storage(format!("serializing response: {e}")))?;
         let idempotency = new.idempotency_key.map(|key| IdempotencyCompletion {
@@ -453,11 +449,7 @@ impl OrderActor {
         // Effects describe the order after the transition (e.g. the failure reason).
         let mut next = order.clone();
         next.saga = transition.saga.clone();
-        let messages = outbox_messages(
-            &next,
-            &transition.effects,
-            self.ctx.ownership.partition_of(next.id),
-        )?;
+        let messages = outbox_messages(&next, &transition.effects, self.ctx.ownership.reply_to())?;
         // New commands start a new step (fresh timer); an ack that leaves other answers
         // pending keeps the running timer; nothing pending clears it.
         let sent = transition
@@ -540,7 +532,7 @@ impl OrderActor {
         let order = self.ensure_loaded(state.id, &mut state.order).await?;
         let pending = saga::pending_commands(&order.saga);
         let effects: Vec<Effect> = pending.iter().map(|c| Effect::Send(*c)).collect();
-        let messages = outbox_messages(order, &effects, self.ctx.ownership.partition_of(order.id))?;
+        let messages = outbox_messages(order, &effects, self.ctx.ownership.reply_to())?;
         let timer = self.ctx.timer_for(&order.saga, attempts);
         let resent = !messages.is_empty();
         let write = OrderWrite::Retry {
