@@ -40,7 +40,7 @@ for i in $(seq "$replicas"); do
   port=$((base_port + i))
   (cd "$work" && exec env -i PATH="$PATH" ADMIN_TOKEN="$token" LOG_FORMAT=json RUST_LOG=warn \
     LISTEN_ADDR="127.0.0.1:$port" REPLICA_ID="r$i" ADVERTISE_URL="http://127.0.0.1:$port" \
-    PARTITIONS="${PARTITIONS:-8}" \
+    PARTITIONS="${PARTITIONS:-32}" \
     DATABASE_URL="postgres://postgres@127.0.0.1:5432/$db?sslmode=require" \
     AMQP_URL="amqp://guest:guest@127.0.0.1:5672/$vhost" "$bin" >"$work/r$i.log" 2>&1) &
   pids+=($!)
@@ -52,7 +52,7 @@ for _ in $(seq 100); do
   spread=$(for u in "${urls[@]}"; do curl -fs "$u/health/ready" | jq '.ownership.owned | length'; done | sort -n | tr '\n' ' ')
   total=$(echo "$spread" | tr ' ' '\n' | awk '{s+=$1} END {print s}')
   lo=$(echo "$spread" | awk '{print $1}'); hi=$(echo "$spread" | awk '{print $NF}')
-  [ "$total" = "${PARTITIONS:-8}" ] && [ $((hi - lo)) -le 1 ] && break
+  [ "$total" = "${PARTITIONS:-32}" ] && [ $((hi - lo)) -le 1 ] && break
   sleep 0.2
 done
 url_list=$(IFS=,; echo "${urls[*]}")
@@ -74,7 +74,7 @@ if [ "${FAILOVER:-0}" = 1 ] && [ -s "$work/victim-partitions" ]; then
   killed=$(cat "$work/killed_at")
   cond=$(awk '{printf "%s(partition = %s AND epoch > %s)", (NR>1?" OR ":""), $1, $2}' "$work/victim-partitions")
   owned_after=$(sql "SELECT round((extract(epoch FROM max(acquired_at)) - $killed)::numeric, 2) FROM partitions WHERE $cond")
-  expr="((get_byte(uuid_send(t.order_id), 14) * 256 + get_byte(uuid_send(t.order_id), 15)) % ${PARTITIONS:-8})"
+  expr="((get_byte(uuid_send(t.order_id), 14) * 256 + get_byte(uuid_send(t.order_id), 15)) % ${PARTITIONS:-32})"
   tcond=$(awk -v e="$expr" '{printf "%s(%s = %s AND t.epoch > %s)", (NR>1?" OR ":""), e, $1, $2}' "$work/victim-partitions")
   first=$(sql "SELECT round((extract(epoch FROM min(t.at)) - $killed)::numeric, 2) FROM order_transitions t WHERE $tcond")
   failover=", kill -9 r$replicas ($(wc -l <"$work/victim-partitions") partitions): all re-owned after ${owned_after} s, first transition by a new owner after ${first} s"

@@ -3,10 +3,9 @@
 
 use uuid::Uuid;
 
-/// The default number of partitions: a power of two, so that 1, 2, 4 and 8 replicas share
-/// them evenly. More partitions allow more replicas but split the replies over more queues,
-/// which bundle less (BENCHMARKS.md, "Several replicas").
-pub const DEFAULT_PARTITIONS: u16 = 8;
+/// The default number of partitions: a power of two, so that 1, 2, 4, 8 … replicas share
+/// them evenly, and enough that a dozen replicas still get a few each.
+pub const DEFAULT_PARTITIONS: u16 = 32;
 
 /// The most partitions a database can be set up with.
 pub const MAX_PARTITIONS: u16 = 1024;

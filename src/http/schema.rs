@@ -119,7 +119,7 @@ pub struct OwnershipView {
     #[schema(example = "order-service-1")]
     replica_id: String,
     /// How many partitions the orders are hashed into.
-    #[schema(example = 8)]
+    #[schema(example = 32)]
     partitions: u16,
     /// The partitions this replica owns now.
     #[schema(example = json!([0, 1, 2]))]
