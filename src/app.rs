@@ -56,13 +56,15 @@ impl Application {
         let listener = http::edge::bind(config.listen_addr)
             .with_context(|| format!("binding {}", config.listen_addr))?;
         let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
-        let (stores, bus, inventory) = connect(&config, own_reply_queue(&config)).await?;
+        let reply_queue = own_reply_queue(&config);
+        let (stores, bus, inventory) = connect(&config, reply_queue).await?;
         let shutdown = CancellationToken::new();
         let handover = shutdown.child_token();
         let mut workers = JoinSet::new();
         let orchestrator = start_orchestrator(
             &config,
             port,
+            reply_queue,
             &handover,
             faults.clone(),
             &stores,
@@ -179,13 +181,13 @@ impl Application {
 }
 
 /// The order actors and the use cases, with their workers: the orders' outbox relays,
-/// the reply consumer, the step-timer scanner, start-up recovery and the key sweeper; with
-/// several replicas also the partition ownership, each acquired partition's reply consumer
-/// and recovery.
+/// the reply consumers, the step-timer scanner, start-up recovery and the key sweeper; with
+/// several replicas also the partition ownership and each acquired partition's recovery.
 #[allow(clippy::too_many_arguments)] // each is one part of the assembly
 async fn start_orchestrator(
     config: &Config,
     port: u16,
+    reply_queue: crate::messaging::amqp::ReplyQueue,
     handover: &CancellationToken,
     faults: Arc<Faults>,
     stores: &Stores,
@@ -204,9 +206,10 @@ async fn start_orchestrator(
     .await
     .context("connecting the orders writer")?;
     let (ownership, changes) = if config.partitioned() {
+        let replica_id = config.replica_id();
         let settings = OwnershipSettings {
-            replica_id: config.replica_id(),
-            reply_to: topology::replica_word(&config.replica_id()),
+            reply_to: topology::replica_word(&replica_id),
+            replica_id,
             advertise_url: config.advertise_url(port),
             partitions: config.partitions,
             lease: Duration::from_millis(config.ownership_lease_ms),
@@ -295,7 +298,7 @@ async fn start_orchestrator(
     ));
     // This replica's own reply queue (several replicas). A reply there for an order it no
     // longer owns is dropped: the order's new owner resent the command when it took over.
-    if let Some((queue, _)) = own_reply_queue(config) {
+    if let Some((queue, _)) = reply_queue {
         workers.spawn(consume_replies(
             orchestrator.clone(),
             bus.clone(),

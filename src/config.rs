@@ -415,17 +415,22 @@ impl Config {
 
     /// `REPLICA_ID`, or the host name.
     pub fn replica_id(&self) -> String {
+        // The host's name, looked up once per process.
+        static HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
         self.replica_id
             .clone()
             .filter(|id| !id.trim().is_empty())
-            .or_else(|| {
-                std::fs::read_to_string("/proc/sys/kernel/hostname")
-                    .ok()
-                    .or_else(|| std::env::var("HOSTNAME").ok())
-                    .map(|h| h.trim().to_owned())
-                    .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| {
+                HOST.get_or_init(|| {
+                    std::fs::read_to_string("/proc/sys/kernel/hostname")
+                        .ok()
+                        .or_else(|| std::env::var("HOSTNAME").ok())
+                        .map(|h| h.trim().to_owned())
+                        .filter(|h| !h.is_empty())
+                        .unwrap_or_else(|| format!("replica-{}", std::process::id()))
+                })
+                .clone()
             })
-            .unwrap_or_else(|| format!("replica-{}", std::process::id()))
     }
 
     /// `ADVERTISE_URL`, or `http://<replica id>:<port>`.

@@ -74,11 +74,7 @@ pub async fn to_owner(State(app): State<AppState>, request: Request, next: Next)
 /// Where the request goes as ownership stands now.
 fn route_here(app: &AppState, request: &Request) -> Route {
     let ownership = app.orchestrator.ownership();
-    route(
-        request,
-        |id| ownership.serves(id),
-        ownership.owned().is_empty(),
-    )
+    route(request, |id| ownership.serves(id), !ownership.owns_any())
 }
 
 fn route(request: &Request, serves: impl Fn(Uuid) -> bool, owns_none: bool) -> Route {

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
-/// Runs a reply queue (the shared one, or a partition's) with `concurrency` deliveries at
+/// Runs a reply queue (the shared one, or a replica's own) with `concurrency` deliveries at
 /// once until `shutdown`.
 pub async fn run<F, Fut>(
     bus: Bus,

@@ -173,12 +173,6 @@ impl Ownership {
         served.get(usize::from(partition)).copied().flatten()
     }
 
-    /// The fence for a write of the order: its partition and the epoch it is served under.
-    /// `None` when not partitioned; `Some((p, None))` when this replica does not serve it.
-    pub fn fence_of(&self, id: Uuid) -> Option<(u16, Option<i64>)> {
-        self.partition_of(id).map(|p| (p, self.epoch(p)))
-    }
-
     /// What a write batch may touch: every partition served now with its epoch (`None`
     /// when not partitioned).
     pub fn fence(&self) -> Option<crate::persistence::orders::Fence> {
@@ -191,6 +185,16 @@ impl Ownership {
                 .filter_map(|(p, e)| e.map(|e| (p, e)))
                 .collect(),
         })
+    }
+
+    /// Whether this replica serves any partition now (always, when not partitioned).
+    pub fn owns_any(&self) -> bool {
+        self.inner.settings.is_none()
+            || self
+                .inner
+                .served
+                .read()
+                .is_ok_and(|served| served.iter().any(Option::is_some))
     }
 
     /// The partitions served now, in order.
@@ -221,7 +225,6 @@ impl Ownership {
         {
             *slot = epoch;
         }
-        metrics::gauge!("partitions_owned").set(self.owned().len() as f64);
     }
 }
 

@@ -182,6 +182,7 @@ impl Drop for ServiceProcess {
     }
 }
 
+/// The status and body of `POST /api/orders` (the body as a JSON string if it is not JSON).
 pub(crate) async fn post(
     client: &reqwest::Client,
     base: &str,
@@ -195,7 +196,12 @@ pub(crate) async fn post(
         .send()
         .await?;
     let status = response.status();
-    Ok((status, response.json().await?))
+    let text = response.text().await?;
+    // Not JSON (a proxy's page, say): the text itself, for the failure message.
+    Ok((
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    ))
 }
 
 async fn wait_all_terminal(client: &reqwest::Client, base: &str, ids: &[String]) {

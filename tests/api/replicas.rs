@@ -412,27 +412,6 @@ impl Observed {
     }
 }
 
-/// The status and body of `POST /api/orders` (the body as a JSON string if it is not JSON).
-async fn send_create(
-    client: &reqwest::Client,
-    base: &str,
-    key: &str,
-    body: &Value,
-) -> Result<(StatusCode, Value), reqwest::Error> {
-    let response = client
-        .post(format!("{base}/api/orders"))
-        .header("Idempotency-Key", key)
-        .json(body)
-        .send()
-        .await?;
-    let status = response.status();
-    let text = response.text().await?;
-    Ok((
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    ))
-}
-
 /// Creates the order for `key` on a replica of the rotation (another than `avoid` if
 /// possible). A request that fails at the connection level (the replica was just killed
 /// or paused), a 503 and a key still claimed by a request that died are retried on the next
@@ -450,7 +429,7 @@ async fn create_via(
     let mut history = Vec::new();
     loop {
         let base = rotation.pick(avoid.as_deref());
-        let outcome = send_create(client, &base, key, body).await;
+        let outcome = crate::process::post(client, &base, key, body).await;
         let retry = match outcome {
             Err(e) => {
                 let kind = if e.is_connect() {
@@ -959,30 +938,62 @@ async fn acquired_at(db: &DatabaseConnection) -> BTreeMap<u16, i64> {
     .collect()
 }
 
+/// Replicas `a` and `b` on a fresh database and vhost, started in that order and balanced,
+/// with a client that gives up after `timeout`.
+struct Pair {
+    client: reqwest::Client,
+    a: Replica,
+    b: Replica,
+    stores: Stores,
+    /// Who owned what once balanced.
+    owners: BTreeMap<String, BTreeSet<u16>>,
+    /// Dropped last: the replicas stop before their database goes.
+    _backing: crate::helpers::Backing,
+}
+
+impl Pair {
+    async fn start(timeout: Duration, settings: &[(&'static str, &str)]) -> Pair {
+        let (database_url, amqp_url, backing) = provision(false).await;
+        let amqp_url = amqp_url.expect("RabbitMQ");
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .build()
+            .expect("client");
+        let a = Replica::start(&client, &database_url, &amqp_url, "a", settings).await;
+        let b = Replica::start(&client, &database_url, &amqp_url, "b", settings).await;
+        let stores = connect_orders_store(&database_url).await;
+        let owners = check_ownership(&client, &stores.orders, &[&a, &b], "start-up").await;
+        Pair {
+            client,
+            a,
+            b,
+            stores,
+            owners,
+            _backing: backing,
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_paused_owner_loses_its_partitions_and_commits_nothing_under_its_stale_epoch() {
-    let (database_url, amqp_url, _backing) = provision(false).await;
-    let amqp_url = amqp_url.expect("RabbitMQ");
     // Requests to the paused replica hang: the client gives up after 4 s and retries
     // elsewhere.
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(4))
-        .build()
-        .expect("client");
-    let settings: &[(&'static str, &str)] = &[
-        ("OWNERSHIP_LEASE_MS", "2000"),
-        ("PAYMENT_DECLINE_RATE", "0.2"),
-        ("STEP_TIMEOUT_MS", "3000"),
-        ("IDEMPOTENCY_CLAIM_TIMEOUT_SECS", "2"),
-    ];
-    let a = Replica::start(&client, &database_url, &amqp_url, "a", settings).await;
-    let b = Replica::start(&client, &database_url, &amqp_url, "b", settings).await;
-    let stores = connect_orders_store(&database_url).await;
+    let pair = Pair::start(
+        Duration::from_secs(4),
+        &[
+            ("OWNERSHIP_LEASE_MS", "2000"),
+            ("PAYMENT_DECLINE_RATE", "0.2"),
+            ("STEP_TIMEOUT_MS", "3000"),
+            ("IDEMPOTENCY_CLAIM_TIMEOUT_SECS", "2"),
+        ],
+    )
+    .await;
+    let (client, a, b, stores, before) =
+        (&pair.client, &pair.a, &pair.b, &pair.stores, &pair.owners);
     let db = &stores.orders;
-    let before = check_ownership(&client, db, &[&a, &b], "start-up").await;
     let a_owned = before.get("a").cloned().unwrap_or_default();
     let initial = [("R-1", 100_000), ("R-2", 100_000)];
-    put_stock(&client, b.base(), &initial).await;
+    put_stock(client, b.base(), &initial).await;
 
     let load = Load::new(&[a.base(), b.base()]);
     let mut takeover: Option<(i64, BTreeMap<u16, Fence>)> = None;
@@ -998,7 +1009,7 @@ async fn a_paused_owner_loses_its_partitions_and_commits_nothing_under_its_stale
         // b takes every partition once a's lease ran out.
         let deadline = stopped + Duration::from_secs(15);
         loop {
-            let view = ownership(&client, b.base()).await;
+            let view = ownership(client, b.base()).await;
             if matches!(&view, Ok(o) if o.owned.len() == usize::from(PARTITIONS)) {
                 break;
             }
@@ -1032,12 +1043,12 @@ async fn a_paused_owner_loses_its_partitions_and_commits_nothing_under_its_stale
         tokio::time::sleep(Duration::from_secs(2)).await;
         a.process.signal("CONT");
         load.rotation.add(a.base());
-        check_ownership(&client, db, &[&a, &b], "SIGCONT of a").await;
+        check_ownership(client, db, &[a, b], "SIGCONT of a").await;
         tokio::time::sleep(Duration::from_secs(1)).await;
         load.stop.store(true, Ordering::SeqCst);
     };
     tokio::join!(
-        load.clients(&client, "paused", 8, usize::MAX, None),
+        load.clients(client, "paused", 8, usize::MAX, None),
         scenario
     );
     let (t, fences) = takeover.expect("the takeover happened");
@@ -1050,7 +1061,7 @@ async fn a_paused_owner_loses_its_partitions_and_commits_nothing_under_its_stale
     let results = load.results.lock().expect("results").clone();
     let ids = one_order_per_key(&results);
     let id_list: Vec<String> = ids.iter().cloned().collect();
-    wait_all_terminal(&client, &load.rotation, &id_list).await;
+    wait_all_terminal(client, &load.rotation, &id_list).await;
 
     // Nothing committed under a stale epoch after the takeover in a's former partitions.
     let rows = db
@@ -1088,11 +1099,11 @@ async fn a_paused_owner_loses_its_partitions_and_commits_nothing_under_its_stale
         "committed under a stale epoch after the takeover (b owned everything at {t} µs):\n{}",
         stale.join("\n")
     );
-    check_outcome(&stores, &ids, &initial).await;
+    check_outcome(stores, &ids, &initial).await;
     let lost = a
         .process
         .metric(
-            &client,
+            client,
             "partition_ownership_changes_total",
             &[("change", "lost")],
         )
@@ -1103,37 +1114,32 @@ async fn a_paused_owner_loses_its_partitions_and_commits_nothing_under_its_stale
     );
     eprintln!(
         "a: writes_fenced_total {}",
-        a.process.metric(&client, "writes_fenced_total", &[]).await
+        a.process.metric(client, "writes_fenced_total", &[]).await
     );
-    stores.close().await;
+    pair.stores.close().await;
 }
 
 #[tokio::test]
 async fn a_replica_forwards_reads_payments_and_overrides_to_the_owner() {
-    let (database_url, amqp_url, _backing) = provision(false).await;
-    let amqp_url = amqp_url.expect("RabbitMQ");
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(15))
-        .build()
-        .expect("client");
-    let settings: &[(&'static str, &str)] = &[
-        ("PAYMENT_MODE", "manual"),
-        ("DEV_ENDPOINTS", "true"),
-        ("PAYMENT_DECLINE_RATE", "0"),
-    ];
-    let a = Replica::start(&client, &database_url, &amqp_url, "a", settings).await;
-    let b = Replica::start(&client, &database_url, &amqp_url, "b", settings).await;
-    let stores = connect_orders_store(&database_url).await;
-    let owners = check_ownership(&client, &stores.orders, &[&a, &b], "start-up").await;
+    let pair = Pair::start(
+        Duration::from_secs(15),
+        &[
+            ("PAYMENT_MODE", "manual"),
+            ("DEV_ENDPOINTS", "true"),
+            ("PAYMENT_DECLINE_RATE", "0"),
+        ],
+    )
+    .await;
+    let (client, a, b, owners) = (&pair.client, &pair.a, &pair.b, &pair.owners);
     let b_owned = owners.get("b").cloned().unwrap_or_default();
-    put_stock(&client, a.base(), &[("R-1", 1_000)]).await;
+    put_stock(client, a.base(), &[("R-1", 1_000)]).await;
 
     // Orders created on b (a replica gives the orders it creates ids in its own partitions)
     // until two of them live in b's partitions.
     let mut theirs = Vec::new();
     for i in 0..64 {
-        let (status, order) = send_create(
-            &client,
+        let (status, order) = crate::process::post(
+            client,
             b.base(),
             &format!("forward-{i}"),
             &order_body(&[("R-1", 1)]),
@@ -1157,7 +1163,7 @@ async fn a_replica_forwards_reads_payments_and_overrides_to_the_owner() {
     };
     let forwarded_before = a
         .process
-        .metric(&client, "requests_forwarded_total", &[])
+        .metric(client, "requests_forwarded_total", &[])
         .await;
 
     let get_on_a = |id: Uuid, wait_ms: u64| {
@@ -1219,21 +1225,21 @@ async fn a_replica_forwards_reads_payments_and_overrides_to_the_owner() {
 
     let forwarded_after = a
         .process
-        .metric(&client, "requests_forwarded_total", &[])
+        .metric(client, "requests_forwarded_total", &[])
         .await;
     assert!(
         forwarded_after > forwarded_before,
         "a's requests_forwarded_total went from {forwarded_before} to {forwarded_after}"
     );
     // Still b's: the requests above were forwarded, not served by a taking the orders over.
-    let b_now = ownership(&client, b.base()).await.expect("b's ownership");
+    let b_now = ownership(client, b.base()).await.expect("b's ownership");
     for id in [paid, cancelled] {
         assert!(
             b_now.owned.contains(&partition_of(id, PARTITIONS)),
             "{id} moved away from b during the test: {b_now:?}"
         );
     }
-    stores.close().await;
+    pair.stores.close().await;
 }
 
 /// Three replicas started at the same moment on a fresh database all come up (they take
