@@ -372,7 +372,7 @@ async fn consume_replies(
 }
 
 /// A reply's outcome as the broker sees it: refused duplicates and late replies are done
-/// with; a reply for an unknown order is kept aside.
+/// with; a reply for an unknown or a parked order is kept aside (an operator can replay it).
 fn disposition(order_id: uuid::Uuid, outcome: ReplyOutcome, not_owned: NotOwned) -> Disposition {
     match outcome {
         ReplyOutcome::NotOwner => match not_owned {
@@ -387,6 +387,7 @@ fn disposition(order_id: uuid::Uuid, outcome: ReplyOutcome, not_owned: NotOwned)
         ReplyOutcome::UnknownOrder => {
             Disposition::DeadLetter(format!("reply for unknown order {order_id}"))
         }
+        ReplyOutcome::Parked(why) => Disposition::DeadLetter(why),
         ReplyOutcome::Retry(why) => Disposition::Retry(why),
     }
 }

@@ -170,7 +170,8 @@ pub struct Config {
 
     /// Fault injection (tests and chaos drills; off by default): make the order actor
     /// panic when it handles this event. `EVENT` panics once per order, `EVENT:always`
-    /// every time, `EVENT:0.3` with that probability. Events: a saga event's name (e.g.
+    /// every time, `EVENT:first=N` the first N times per order (a crash loop that parks the
+    /// order and ends once it is resumed), `EVENT:0.3` with that probability. Events: a saga event's name (e.g.
     /// `payment_charged`; an unknown one is refused with the list) or `order_created`.
     #[arg(long, env = "FAULT_ACTOR_PANIC")]
     pub fault_actor_panic: Option<String>,

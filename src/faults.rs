@@ -7,7 +7,7 @@
 use crate::config::{Config, ConfigError};
 use crate::domain::saga::Event;
 use crate::messaging::messages::CommandBody;
-use dashmap::DashSet;
+use dashmap::{DashMap, DashSet};
 use uuid::Uuid;
 
 /// Not a saga event but a point the actor can panic at too: after the new order's write
@@ -20,6 +20,8 @@ pub struct Faults {
     actor_panic: Option<ActorPanic>,
     /// Orders that already panicked once ([`PanicMode::OncePerOrder`]); outlives actors.
     panicked: DashSet<Uuid>,
+    /// Panics so far per order ([`PanicMode::First`]).
+    panics: DashMap<Uuid, u32>,
     dropped_commands: Vec<&'static str>,
 }
 
@@ -27,6 +29,9 @@ pub struct Faults {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum PanicMode {
     OncePerOrder,
+    /// The first N times per order, then never again: a crash loop that parks the order
+    /// (N > the supervisor's restart bound) and lets it go on once resumed.
+    First(u32),
     Always,
     Probability(f64),
 }
@@ -65,6 +70,7 @@ impl Faults {
         Ok(Faults {
             actor_panic,
             panicked: DashSet::new(),
+            panics: DashMap::new(),
             dropped_commands,
         })
     }
@@ -76,6 +82,11 @@ impl Faults {
             Some(rule) if rule.event == event => match rule.mode {
                 PanicMode::Always => true,
                 PanicMode::OncePerOrder => self.panicked.insert(order_id),
+                PanicMode::First(n) => {
+                    let mut count = self.panics.entry(order_id).or_insert(0);
+                    *count += 1;
+                    *count <= n
+                }
                 PanicMode::Probability(p) => rand::random::<f64>() < p,
             },
             _ => false,
@@ -99,11 +110,18 @@ fn panic_events() -> impl Iterator<Item = &'static str> {
     std::iter::once(ORDER_CREATED).chain(Event::NAMES)
 }
 
-/// `EVENT` (once per order), `EVENT:always` or `EVENT:<probability>`.
+/// `EVENT` (once per order), `EVENT:always`, `EVENT:first=N` (the first N times per order)
+/// or `EVENT:<probability>`.
 fn parse_actor_panic(spec: &str) -> Result<ActorPanic, String> {
     let (event, mode) = match spec.split_once(':') {
         None => (spec, PanicMode::OncePerOrder),
         Some((event, "always")) => (event, PanicMode::Always),
+        Some((event, first)) if first.starts_with("first=") => {
+            match first["first=".len()..].parse::<u32>() {
+                Ok(n) if n > 0 => (event, PanicMode::First(n)),
+                _ => return Err(format!("{first:?}: N in first=N must be a whole number above 0")),
+            }
+        }
         Some((event, p)) => match p.parse::<f64>() {
             Ok(p) if (0.0..=1.0).contains(&p) => (event, PanicMode::Probability(p)),
             _ => {
@@ -157,6 +175,12 @@ mod tests {
         let always = faults(Some("order_created:always"), &[]).expect("valid");
         assert!(always.should_panic(a, ORDER_CREATED));
         assert!(always.should_panic(a, ORDER_CREATED));
+        let first = faults(Some("payment_charged:first=2"), &[]).expect("valid");
+        let hits: Vec<bool> = (0..4)
+            .map(|_| first.should_panic(a, "payment_charged"))
+            .collect();
+        assert_eq!(hits, [true, true, false, false]);
+        assert!(first.should_panic(b, "payment_charged"), "counted per order");
         let never = faults(Some("stock_rejected:0"), &[]).expect("valid");
         assert!(!never.should_panic(a, "stock_rejected"));
     }

@@ -19,6 +19,10 @@ pub enum ApiError {
     /// 403: the bearer token is wrong.
     #[error("invalid bearer token")]
     Forbidden,
+    /// 403: authenticated, but the request is refused (e.g. a console request without its
+    /// CSRF header).
+    #[error("{0}")]
+    Refused(String),
     /// 404: no such resource (or the endpoint is disabled).
     #[error("{0}")]
     NotFound(String),
@@ -122,7 +126,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::Forbidden | ApiError::Refused(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -179,7 +183,7 @@ impl IntoResponse for ApiError {
         let (kind, title, extensions) = match self {
             ApiError::BadRequest { title, .. } => ("bad-request", title, Map::new()),
             ApiError::Unauthorized => ("unauthorized", "Authentication required", Map::new()),
-            ApiError::Forbidden => ("forbidden", "Not allowed", Map::new()),
+            ApiError::Forbidden | ApiError::Refused(_) => ("forbidden", "Not allowed", Map::new()),
             ApiError::NotFound(_) => ("not-found", "Not found", Map::new()),
             ApiError::Conflict {
                 kind,

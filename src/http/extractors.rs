@@ -4,6 +4,7 @@
 use crate::domain::text::{SKU_RULE, valid_sku};
 use crate::http::edge::is_body_timeout;
 use crate::http::errors::ApiError;
+use crate::http::session;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::{HeaderMap, StatusCode, header, request::Parts};
@@ -108,8 +109,9 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
     }
 }
 
-/// Proof that the request carries the admin token. As an extractor it runs before the
-/// body is read, so an unauthenticated caller learns nothing about the body format.
+/// Proof that the request carries the admin token, or the console's session made from it.
+/// As an extractor it runs before the body is read, so an unauthenticated caller learns
+/// nothing about the body format.
 pub struct Admin;
 
 impl FromRequestParts<crate::http::AppState> for Admin {
@@ -119,8 +121,32 @@ impl FromRequestParts<crate::http::AppState> for Admin {
         parts: &mut Parts,
         state: &crate::http::AppState,
     ) -> Result<Self, Self::Rejection> {
-        require_admin(state.settings.admin_token.as_deref(), &parts.headers).map(|()| Admin)
+        let configured = state.settings.admin_token.as_deref();
+        require_admin_or_session(configured, &parts.method, &parts.headers).map(|()| Admin)
     }
+}
+
+/// [`require_admin`], or else a valid console session (which needs its CSRF header on any
+/// request that could change something).
+pub fn require_admin_or_session(
+    configured: Option<&str>,
+    method: &axum::http::Method,
+    headers: &HeaderMap,
+) -> Result<(), ApiError> {
+    if let Some(token) = configured
+        && !headers.contains_key(header::AUTHORIZATION)
+        && session::authenticated(token, headers)
+    {
+        return if session::csrf_ok(method, headers) {
+            Ok(())
+        } else {
+            Err(ApiError::Refused(format!(
+                "a console request that changes something needs the {} header",
+                session::CSRF_HEADER
+            )))
+        };
+    }
+    require_admin(configured, headers)
 }
 
 /// Checks `Authorization: Bearer <token>` against the configured admin token in constant

@@ -12,6 +12,7 @@ pub mod inventory;
 pub mod openapi;
 pub mod orders;
 pub mod schema;
+pub mod session;
 
 use crate::messaging::Bus;
 use crate::orchestrator::Orchestrator;

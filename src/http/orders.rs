@@ -231,7 +231,7 @@ fn place_error(e: PlaceError) -> ApiError {
     }
 }
 
-fn order_error(error: OrderError) -> ApiError {
+pub(crate) fn order_error(error: OrderError) -> ApiError {
     match error {
         OrderError::NotFound(id) => ApiError::NotFound(format!("order {id} not found")),
         OrderError::Transition(
@@ -256,6 +256,11 @@ fn order_error(error: OrderError) -> ApiError {
             format!(
                 "order {id} is parked after repeated failures ({reason}); an operator must look at it"
             ),
+        ),
+        OrderError::NotParked(id) => ApiError::conflict(
+            "order-not-parked",
+            "Order not parked",
+            format!("order {id} is not parked; only a parked order can be resumed"),
         ),
         OrderError::AlreadyExists(id) => ApiError::conflict(
             "order-exists",

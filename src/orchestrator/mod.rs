@@ -65,6 +65,8 @@ pub enum ReplyOutcome {
     Retry(String),
     /// Another replica owns the order: nothing was done here.
     NotOwner,
+    /// The order is parked: an operator must resume it first (the reply is kept aside).
+    Parked(String),
 }
 
 impl Orchestrator {
@@ -112,6 +114,7 @@ impl Orchestrator {
             Err(OrderError::Transition(_)) => ReplyOutcome::Ignored,
             Err(OrderError::NotFound(_)) => ReplyOutcome::UnknownOrder,
             Err(OrderError::NotOwner(_)) => ReplyOutcome::NotOwner,
+            Err(e @ OrderError::Parked(..)) => ReplyOutcome::Parked(e.to_string()),
             Err(e) => ReplyOutcome::Retry(e.to_string()),
         }
     }
@@ -128,6 +131,12 @@ impl Orchestrator {
             .apply(id, Event::AdminOverride { target, reason })
             .await
             .map(|_| ())
+    }
+
+    /// An operator resumes a parked order: un-parked (a `resumed` history entry with
+    /// `reason`), its pending commands resent, its timer re-armed.
+    pub async fn resume_parked(&self, id: Uuid, reason: String) -> Result<(), OrderError> {
+        self.orders.unpark(id, reason).await
     }
 
     /// The manual payment of an order waiting in `PAYMENT_MODE=manual` (dev).

@@ -667,6 +667,10 @@ impl<'a> FencedUpdate<'a> {
     }
 }
 
+/// The history event of a parked order, and of its resumption by an operator.
+pub const PARKED: &str = "parked";
+pub const RESUMED: &str = "resumed";
+
 /// Parks an order whose actor keeps crashing: it is left alone (no timers, no recovery)
 /// and shows the reason, until an operator deals with it. Written by the supervisor,
 /// which owns the order while no actor is alive.
@@ -691,7 +695,7 @@ pub async fn park<C: TransactionTrait>(db: &C, order_id: Uuid, reason: &str) -> 
     let entry = HistoryEntry {
         from: Some(status),
         status,
-        event: "parked".into(),
+        event: PARKED.into(),
         reason: reason.to_owned(),
         at: now,
     };
@@ -699,6 +703,49 @@ pub async fn park<C: TransactionTrait>(db: &C, order_id: Uuid, reason: &str) -> 
         .exec_without_returning(&txn)
         .await?;
     txn.commit().await
+}
+
+/// Un-parks an order at `expected_version` and records `entry` (its resumption); with
+/// `fence` (partition, epoch) only while the partition is still held under that epoch (the
+/// row is share-locked, so a new owner's epoch bump waits for this commit). Returns whether
+/// the order was un-parked (false: it changed meanwhile, or the partition moved).
+pub async fn unpark<C: TransactionTrait>(
+    db: &C,
+    order_id: Uuid,
+    expected_version: i64,
+    fence: Option<(u16, i64)>,
+    entry: &HistoryEntry,
+) -> Result<bool, DbErr> {
+    let txn = db.begin().await?;
+    if let Some((partition, epoch)) = fence {
+        let held = txn
+            .query_one_raw(sea_orm::Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT 1 FROM partitions WHERE partition = $1 AND epoch = $2 FOR SHARE",
+                [i32::from(partition).into(), epoch.into()],
+            ))
+            .await?;
+        if held.is_none() {
+            return Ok(false);
+        }
+    }
+    let updated = orders::Entity::update_many()
+        .col_expr(orders::Column::ParkedReason, Option::<String>::None.into())
+        .col_expr(orders::Column::Version, (expected_version + 1).into())
+        .col_expr(orders::Column::UpdatedAt, entry.at.into())
+        .filter(orders::Column::Id.eq(order_id))
+        .filter(orders::Column::Version.eq(expected_version))
+        .filter(orders::Column::ParkedReason.is_not_null())
+        .exec(&txn)
+        .await?;
+    if updated.rows_affected != 1 {
+        return Ok(false);
+    }
+    order_transitions::Entity::insert(history_row(order_id, entry, fence.map(|(_, e)| e)))
+        .exec_without_returning(&txn)
+        .await?;
+    txn.commit().await?;
+    Ok(true)
 }
 
 /// Orders whose step deadline has passed (and that are not parked), oldest first.

@@ -141,6 +141,16 @@ impl Orders {
         self.ask(id, OrderMsg::DeadlineExpired).await
     }
 
+    /// Un-parks a parked order and resends what its saga waits for (an operator's call).
+    #[tracing::instrument(skip_all, fields(order_id = %id))]
+    pub async fn unpark(&self, id: Uuid, reason: String) -> Result<(), OrderError> {
+        let caller = tracing::Span::current();
+        self.ask(id, |port| {
+            OrderMsg::Unpark(reason.clone(), caller.clone(), port)
+        })
+        .await
+    }
+
     /// Resumes a non-terminal order after a restart.
     pub async fn resume(&self, id: Uuid) -> Result<(), OrderError> {
         self.ask(id, OrderMsg::Resume).await

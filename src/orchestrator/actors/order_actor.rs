@@ -107,6 +107,9 @@ pub enum OrderError {
     Unavailable(String),
     #[error("order {0} is parked: {1}")]
     Parked(Uuid, String),
+    /// A resume for an order that is not parked.
+    #[error("order {0} is not parked")]
+    NotParked(Uuid),
     /// Another replica owns the order's partition (or it is changing owner): nothing was
     /// done here.
     #[error("order {0} is owned by another replica")]
@@ -131,6 +134,9 @@ pub enum OrderMsg {
     DeadlineExpired(RpcReplyPort<Result<(), OrderError>>),
     /// Start-up recovery: resend whatever the saga is waiting for and re-arm its timer.
     Resume(RpcReplyPort<Result<(), OrderError>>),
+    /// An operator resumes a parked order: un-park it (recorded in its history), then resend
+    /// whatever the saga is waiting for.
+    Unpark(String, tracing::Span, RpcReplyPort<Result<(), OrderError>>),
     /// Self-sent: passivate if nothing happened for the idle timeout.
     CheckIdle,
     /// The order's status as this actor holds it (`None` if not loaded); not activity.
@@ -249,6 +255,12 @@ impl Actor for OrderActor {
                 let span = tracing::info_span!("order.deadline", order_id = %state.id);
                 self.continue_order_trace(state, &span).await;
                 let result = self.deadline_expired(state).instrument(span).await;
+                if reply_or_reload(&myself, reply, result) {
+                    return Ok(());
+                }
+            }
+            OrderMsg::Unpark(reason, caller, reply) => {
+                let result = self.unpark(&caller, state, reason).await;
                 if reply_or_reload(&myself, reply, result) {
                     return Ok(());
                 }
@@ -516,6 +528,48 @@ impl OrderActor {
                 .map(|_| ());
         }
         self.resend(state, attempts.saturating_add(1)).await
+    }
+
+    #[tracing::instrument(name = "order.unpark", parent = caller, skip_all, fields(order_id = %state.id))]
+    async fn unpark(
+        &self,
+        caller: &tracing::Span,
+        state: &mut OrderState,
+        reason: String,
+    ) -> Result<(), OrderError> {
+        let order = self.ensure_loaded(state.id, &mut state.order).await?;
+        if order.parked_reason.is_none() {
+            return Err(OrderError::NotParked(order.id));
+        }
+        let entry = HistoryEntry {
+            from: Some(order.saga.status),
+            status: order.saga.status,
+            event: orders::RESUMED.to_owned(),
+            reason,
+            at: stored_now(),
+        };
+        let fence = self
+            .ctx
+            .ownership
+            .partition_of(order.id)
+            .map(|p| (p, self.ctx.ownership.epoch(p)));
+        let fence = match fence {
+            None => None,
+            Some((p, Some(epoch))) => Some((p, epoch)),
+            Some((_, None)) => return Err(OrderError::NotOwner(order.id)),
+        };
+        if !orders::unpark(&self.ctx.db, order.id, order.version, fence, &entry).await? {
+            return Err(OrderError::Conflict(order.id));
+        }
+        tracing::warn!(status = %order.saga.status, reason = %entry.reason, "parked order resumed by an operator");
+        order.parked_reason = None;
+        order.version += 1;
+        order.updated_at = entry.at;
+        if let Some(history) = state.history.as_mut() {
+            history.push(entry);
+        }
+        // A fresh step: the attempts that led to the crash loop are not held against it.
+        self.resend(state, 0).await
     }
 
     async fn resume(&self, state: &mut OrderState) -> Result<(), OrderError> {
