@@ -119,7 +119,11 @@ fn parse_actor_panic(spec: &str) -> Result<ActorPanic, String> {
         Some((event, first)) if first.starts_with("first=") => {
             match first["first=".len()..].parse::<u32>() {
                 Ok(n) if n > 0 => (event, PanicMode::First(n)),
-                _ => return Err(format!("{first:?}: N in first=N must be a whole number above 0")),
+                _ => {
+                    return Err(format!(
+                        "{first:?}: N in first=N must be a whole number above 0"
+                    ));
+                }
             }
         }
         Some((event, p)) => match p.parse::<f64>() {
@@ -180,7 +184,10 @@ mod tests {
             .map(|_| first.should_panic(a, "payment_charged"))
             .collect();
         assert_eq!(hits, [true, true, false, false]);
-        assert!(first.should_panic(b, "payment_charged"), "counted per order");
+        assert!(
+            first.should_panic(b, "payment_charged"),
+            "counted per order"
+        );
         let never = faults(Some("stock_rejected:0"), &[]).expect("valid");
         assert!(!never.should_panic(a, "stock_rejected"));
     }

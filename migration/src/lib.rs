@@ -17,6 +17,7 @@ mod m20250101_000004_create_payment_store;
 mod m20250101_000005_create_shipping_store;
 mod m20260101_000006_partial_step_deadline_index;
 mod m20261204_000007_partitions;
+mod m20261205_000008_console_indexes;
 
 /// Migrator for the Orders store: `orders`, `order_items`,
 /// `order_transitions`, `idempotency_keys` and `outbox`.
@@ -30,6 +31,7 @@ impl MigratorTrait for OrdersMigrator {
             Box::new(m20250101_000002_create_orders_store::Migration),
             Box::new(m20260101_000006_partial_step_deadline_index::Migration),
             Box::new(m20261204_000007_partitions::Migration),
+            Box::new(m20261205_000008_console_indexes::Migration),
         ]
     }
 

@@ -5,4 +5,5 @@ pub mod order;
 pub mod partition;
 pub mod saga;
 pub mod text;
+pub mod timeline;
 pub mod view;

@@ -128,8 +128,18 @@ mod tests {
         let value = issue(TOKEN, now).expect("issued");
         let (payload, mac) = value.rsplit_once('.').expect("signed");
         let later = payload.replace(&(now + LIFETIME_SECS).to_string(), "9999999999");
-        assert!(!valid(TOKEN, &format!("{later}.{mac}"), now), "expiry moved");
-        for bad in ["", "v1", "v1.1.2", "v1.x.y.z", "v2.1.2.3", &format!("{value}.x")] {
+        assert!(
+            !valid(TOKEN, &format!("{later}.{mac}"), now),
+            "expiry moved"
+        );
+        for bad in [
+            "",
+            "v1",
+            "v1.1.2",
+            "v1.x.y.z",
+            "v2.1.2.3",
+            &format!("{value}.x"),
+        ] {
             assert!(!valid(TOKEN, bad, now), "{bad:?}");
         }
     }

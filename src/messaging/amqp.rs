@@ -43,9 +43,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures::StreamExt;
 use lapin::message::BasicReturnMessage;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
-    BasicRejectOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions,
+    BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::uri::AMQPUri;
@@ -61,6 +61,7 @@ use uuid::Uuid;
 
 use super::bundle::{self, Wire};
 use super::bus::{Acker, BusError, IncomingMessage, OutgoingMessage, Settle};
+use super::dead_letters::{self, Action, DeadLetter, Listing, Which};
 use super::topology::{self, ExchangeSpec, ExchangeType, QueueSpec};
 use crate::pause::{Backoff, sleep_or_shutdown};
 use crate::tuning::PUBLISH_CHANNELS;
@@ -824,6 +825,217 @@ impl AmqpBus {
             finished: false,
             unpacked: VecDeque::new(),
         })
+    }
+}
+
+impl AmqpBus {
+    /// Runs `work` on a channel of its own, then closes it: whatever `work` fetched and did
+    /// not ack goes back to its queue, in order.
+    async fn with_own_channel<T, F, Fut>(
+        &self,
+        purpose: &'static str,
+        work: F,
+    ) -> Result<T, BusError>
+    where
+        F: FnOnce(Channel) -> Fut,
+        Fut: std::future::Future<Output = Result<T, BusError>>,
+    {
+        let link = self.link().await?;
+        let channel = timeout(OPERATION_TIMEOUT, open_channel(&link.connection, purpose))
+            .await
+            .map_err(|_| BusError::Timeout {
+                what: "opening a channel",
+                after: OPERATION_TIMEOUT,
+            })??;
+        let result = work(channel.clone()).await;
+        let _ = timeout(
+            OPERATION_TIMEOUT,
+            channel.close(REPLY_SUCCESS, "done".into()),
+        )
+        .await;
+        result
+    }
+
+    /// How many messages wait in the dead-letter queue (ready, not being looked at).
+    async fn dead_letter_count(channel: &Channel) -> Result<u32, BusError> {
+        let queue = channel
+            .queue_declare(
+                topology::DEAD_LETTER_QUEUE.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|source| dead_letter_error("counting", source))?;
+        Ok(queue.message_count())
+    }
+
+    /// The next dead letter, fetched unacknowledged.
+    async fn next_dead_letter(
+        channel: &Channel,
+    ) -> Result<Option<lapin::message::Delivery>, BusError> {
+        let got = timeout(
+            OPERATION_TIMEOUT,
+            channel.basic_get(
+                topology::DEAD_LETTER_QUEUE.into(),
+                BasicGetOptions { no_ack: false },
+            ),
+        )
+        .await
+        .map_err(|_| BusError::Timeout {
+            what: "fetching a dead letter",
+            after: OPERATION_TIMEOUT,
+        })?
+        .map_err(|source| dead_letter_error("fetching", source))?;
+        Ok(got.map(|g| g.delivery))
+    }
+
+    /// The first `limit` dead letters, left in the queue.
+    pub(crate) async fn dead_letters(&self, limit: usize) -> Result<Listing, BusError> {
+        self.with_own_channel("dead letters", |channel| async move {
+            let total = Self::dead_letter_count(&channel).await?;
+            let mut listed = Vec::new();
+            while listed.len() < limit.min(dead_letters::SCAN_LIMIT) {
+                let Some(delivery) = Self::next_dead_letter(&channel).await? else {
+                    break;
+                };
+                listed.push(dead_letter_of(&delivery));
+            }
+            Ok(Listing {
+                dead_letters: listed,
+                total: u64::from(total),
+            })
+        })
+        .await
+    }
+
+    /// Replays or discards the chosen dead letters among those in the queue now (a replayed
+    /// message rejected again lands behind them and is not taken twice). Returns how many.
+    pub(crate) async fn settle_dead_letters(
+        &self,
+        which: Which<'_>,
+        action: Action,
+    ) -> Result<usize, BusError> {
+        self.with_own_channel("dead letters", |channel| async move {
+            if action == Action::Replay {
+                channel
+                    .confirm_select(ConfirmSelectOptions::default())
+                    .await
+                    .map_err(|source| dead_letter_error("confirm.select", source))?;
+            }
+            let present = Self::dead_letter_count(&channel).await?;
+            let mut settled = 0;
+            for _ in 0..present.min(dead_letters::SCAN_LIMIT as u32) {
+                if which.done(settled) {
+                    break;
+                }
+                let Some(delivery) = Self::next_dead_letter(&channel).await? else {
+                    break;
+                };
+                let letter = dead_letter_of(&delivery);
+                if !which.matches(&letter.id) {
+                    continue; // back to the queue when the channel closes
+                }
+                if action == Action::Replay {
+                    replay(&channel, &letter, &delivery).await?;
+                }
+                delivery
+                    .acker
+                    .ack(BasicAckOptions::default())
+                    .await
+                    .map_err(|source| BusError::settle(Settle::Ack, source))?;
+                settled += 1;
+            }
+            Ok(settled)
+        })
+        .await
+    }
+}
+
+fn dead_letter_error(what: &'static str, source: lapin::Error) -> BusError {
+    BusError::Channel {
+        purpose: what,
+        source: Box::new(source),
+    }
+}
+
+fn dead_letter_of(delivery: &lapin::message::Delivery) -> DeadLetter {
+    let properties = &delivery.properties;
+    DeadLetter::new(
+        delivery.routing_key.as_str().to_owned(),
+        properties
+            .message_id()
+            .as_ref()
+            .map(|s| s.as_str().to_owned()),
+        properties.kind().as_ref().map(|s| s.as_str().to_owned()),
+        properties
+            .headers()
+            .as_ref()
+            .map(headers_from_table)
+            .unwrap_or_default(),
+        &delivery.data,
+    )
+}
+
+/// Publishes a dead letter to the queue it was rejected from (through the default
+/// exchange), as it was, without the broker's death records: a replayed message that is
+/// rejected again is recorded afresh.
+async fn replay(
+    channel: &Channel,
+    letter: &DeadLetter,
+    delivery: &lapin::message::Delivery,
+) -> Result<(), BusError> {
+    let Some(queue) = letter.queue.as_deref() else {
+        return Err(BusError::DeadLetter(format!(
+            "dead letter {} names no queue of origin ({} is missing)",
+            letter.id,
+            dead_letters::FIRST_DEATH_QUEUE
+        )));
+    };
+    let mut properties = delivery.properties.clone();
+    if let Some(headers) = properties.headers().as_ref() {
+        let mut kept = FieldTable::default();
+        for (name, value) in headers {
+            let name = name.as_str();
+            if !(name == "x-death"
+                || name.starts_with("x-first-death-")
+                || name.starts_with("x-last-death-"))
+            {
+                kept.insert(name.into(), value.clone());
+            }
+        }
+        properties = properties.with_headers(kept);
+    }
+    let confirm = channel
+        .basic_publish(
+            "".into(),
+            short(queue, "queue name")?,
+            BasicPublishOptions {
+                mandatory: true,
+                immediate: false,
+            },
+            &delivery.data,
+            properties,
+        )
+        .await
+        .map_err(|source| dead_letter_error("replaying", source))?;
+    match timeout(CONFIRM_TIMEOUT, confirm).await {
+        Ok(Ok(Confirmation::Ack(None))) => Ok(()),
+        Ok(Ok(Confirmation::Ack(Some(_)))) => Err(BusError::DeadLetter(format!(
+            "dead letter {} cannot be replayed: its queue {queue} no longer exists",
+            letter.id
+        ))),
+        Ok(Ok(_)) => Err(BusError::DeadLetter(format!(
+            "the broker refused the replay of dead letter {}",
+            letter.id
+        ))),
+        Ok(Err(source)) => Err(dead_letter_error("replaying", source)),
+        Err(_) => Err(BusError::Timeout {
+            what: "replaying a dead letter",
+            after: CONFIRM_TIMEOUT,
+        }),
     }
 }
 

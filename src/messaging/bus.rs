@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 
 use uuid::Uuid;
 
-use super::{amqp, in_process, topology};
+use super::{amqp, dead_letters, in_process, topology};
 
 /// A message to publish. The payload is JSON; `kind` becomes the AMQP `type` property.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -227,6 +227,27 @@ impl Bus {
     /// While the RabbitMQ bus is reconnecting this fails with [`BusError::NotConnected`]
     /// after about a second; a subscription always uses the connection current when it is
     /// made, and ends (`next()` answers `None`) when that connection is lost.
+    /// The first `limit` messages in `order.dead-letters`, left there, and how many wait.
+    pub async fn dead_letters(&self, limit: usize) -> Result<dead_letters::Listing, BusError> {
+        match self {
+            Bus::Amqp(bus) => bus.dead_letters(limit).await,
+            Bus::InProcess(bus) => bus.dead_letters(limit),
+        }
+    }
+
+    /// Replays (to the queue each was rejected from, through the same consumers) or
+    /// discards one dead letter or all of those waiting now. Returns how many.
+    pub async fn settle_dead_letters(
+        &self,
+        which: dead_letters::Which<'_>,
+        action: dead_letters::Action,
+    ) -> Result<usize, BusError> {
+        match self {
+            Bus::Amqp(bus) => bus.settle_dead_letters(which, action).await,
+            Bus::InProcess(bus) => bus.settle_dead_letters(which, action),
+        }
+    }
+
     pub async fn subscribe(
         &self,
         queue: &str,
@@ -417,6 +438,10 @@ pub enum BusError {
          is closed (the message will be redelivered)"
     )]
     DeliveryStale { action: &'static str },
+    /// A dead letter cannot be replayed as asked (it names no queue of origin, or that
+    /// queue is gone); it stays where it is.
+    #[error("{0}")]
+    DeadLetter(String),
     #[error("the bus is closed")]
     Closed,
     /// The broker connection is lost and not yet re-established; the bus keeps reconnecting

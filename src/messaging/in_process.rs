@@ -29,6 +29,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio::sync::Notify;
 
 use super::bus::{Acker, BusError, IncomingMessage, OutgoingMessage, Settle};
+use super::dead_letters::{self, Action, DeadLetter, Listing, Which};
 use super::topology::{self, ExchangeSpec, QueueSpec};
 
 /// An in-memory bus. Cheap to clone; clones share the queues.
@@ -95,6 +96,18 @@ struct Envelope {
     payload: Vec<u8>,
     headers: BTreeMap<String, String>,
     redelivered: bool,
+}
+
+impl Envelope {
+    fn dead_letter(&self) -> DeadLetter {
+        DeadLetter::new(
+            self.routing_key.clone(),
+            self.message_id.clone(),
+            self.kind.clone(),
+            self.headers.clone(),
+            &self.payload,
+        )
+    }
 }
 
 impl Queue {
@@ -177,6 +190,84 @@ impl InProcessBus {
         };
         self.inner.deliver(&targets, envelope);
         Ok(())
+    }
+
+    /// The first `limit` messages waiting in the dead-letter queue, left there.
+    pub(crate) fn dead_letters(&self, limit: usize) -> Result<Listing, BusError> {
+        let queue = self.inner.queue(topology::DEAD_LETTER_QUEUE)?;
+        let state = queue.lock();
+        Ok(Listing {
+            dead_letters: state
+                .ready
+                .iter()
+                .take(limit.min(dead_letters::SCAN_LIMIT))
+                .map(Envelope::dead_letter)
+                .collect(),
+            total: state.ready.len() as u64,
+        })
+    }
+
+    /// Replays (to the queue each was rejected from) or discards the chosen dead letters
+    /// waiting now. Returns how many.
+    pub(crate) fn settle_dead_letters(
+        &self,
+        which: Which<'_>,
+        action: Action,
+    ) -> Result<usize, BusError> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(BusError::Closed);
+        }
+        let queue = self.inner.queue(topology::DEAD_LETTER_QUEUE)?;
+        let mut chosen = Vec::new();
+        {
+            let mut state = queue.lock();
+            // Which ones, and where each goes, before anything moves: a replay that cannot
+            // be done leaves every dead letter where it was.
+            let mut picked = Vec::new();
+            for (index, envelope) in state.ready.iter().enumerate() {
+                if which.done(picked.len()) {
+                    break;
+                }
+                let letter = envelope.dead_letter();
+                if !which.matches(&letter.id) {
+                    continue;
+                }
+                let target = match action {
+                    Action::Discard => None,
+                    Action::Replay => Some(
+                        letter
+                            .queue
+                            .as_deref()
+                            .and_then(|origin| self.inner.queue(origin).ok())
+                            .ok_or_else(|| {
+                                BusError::DeadLetter(format!(
+                                    "dead letter {} cannot be replayed: it names no queue of \
+                                     origin that exists ({:?})",
+                                    letter.id, letter.queue
+                                ))
+                            })?,
+                    ),
+                };
+                picked.push((index, target));
+            }
+            for (index, target) in picked.into_iter().rev() {
+                if let Some(envelope) = state.ready.remove(index) {
+                    chosen.push((envelope, target));
+                }
+            }
+            chosen.reverse();
+        }
+        let settled = chosen.len();
+        for (mut envelope, target) in chosen {
+            if let Some(target) = target {
+                envelope.headers.retain(|name, _| {
+                    !(name.starts_with("x-first-death-") || name.starts_with("x-last-death-"))
+                });
+                envelope.redelivered = false;
+                target.push_back(envelope);
+            }
+        }
+        Ok(settled)
     }
 
     pub(crate) fn subscribe(

@@ -3,6 +3,7 @@
 pub mod amqp;
 pub mod bundle;
 pub mod bus;
+pub mod dead_letters;
 pub mod in_process;
 pub mod topology;
 pub use bus::*;

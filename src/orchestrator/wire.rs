@@ -37,6 +37,37 @@ fn line_items(order: &OrderRecord) -> Vec<LineItem> {
         .collect()
 }
 
+fn command_body(order: &OrderRecord, command: Command) -> CommandBody {
+    match command {
+        Command::ReserveStock => CommandBody::ReserveStock {
+            items: line_items(order),
+        },
+        Command::ReleaseStock => CommandBody::ReleaseStock {},
+        Command::ChargePayment { forced } => CommandBody::ChargePayment {
+            amount_cents: order.total_cents,
+            currency: order.currency.clone(),
+            forced,
+        },
+        Command::RefundPayment => CommandBody::RefundPayment {},
+        Command::ScheduleShipment => CommandBody::ScheduleShipment {
+            items: line_items(order),
+        },
+        Command::CancelShipment => CommandBody::CancelShipment {},
+    }
+}
+
+/// The message type (and routing key) a command travels as, e.g. `stock.reserve`.
+pub fn command_kind(command: Command) -> &'static str {
+    match command {
+        Command::ReserveStock => CommandBody::KINDS[0],
+        Command::ReleaseStock => CommandBody::KINDS[1],
+        Command::ChargePayment { .. } => CommandBody::KINDS[2],
+        Command::RefundPayment => CommandBody::KINDS[3],
+        Command::ScheduleShipment => CommandBody::KINDS[4],
+        Command::CancelShipment => CommandBody::KINDS[5],
+    }
+}
+
 /// Turns the state machine's effects into outbox rows, filling payloads from the order.
 /// Each message carries the `traceparent` of the span that caused it (the actor's) or,
 /// when spans are not exported, the order's own. Commands name the replica that sends them,
@@ -56,22 +87,7 @@ pub fn outbox_messages(
     for effect in effects {
         let mut message = match *effect {
             Effect::Send(command) => {
-                let body = match command {
-                    Command::ReserveStock => CommandBody::ReserveStock {
-                        items: line_items(order),
-                    },
-                    Command::ReleaseStock => CommandBody::ReleaseStock {},
-                    Command::ChargePayment { forced } => CommandBody::ChargePayment {
-                        amount_cents: order.total_cents,
-                        currency: order.currency.clone(),
-                        forced,
-                    },
-                    Command::RefundPayment => CommandBody::RefundPayment {},
-                    Command::ScheduleShipment => CommandBody::ScheduleShipment {
-                        items: line_items(order),
-                    },
-                    Command::CancelShipment => CommandBody::CancelShipment {},
-                };
+                let body = command_body(order, command);
                 let kind = body.kind();
                 let envelope = Envelope::new(order.id, body);
                 let mut command =
@@ -114,5 +130,45 @@ fn lifecycle_body(order: &OrderRecord, event: LifecycleEvent) -> OrderEventBody 
             items: line_items(order),
             reason: order.saga.failure_reason.clone(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::saga::PaymentOutcome;
+
+    #[test]
+    fn each_command_travels_as_the_kind_its_body_names() {
+        let (saga, _) = crate::domain::saga::start();
+        let order = OrderRecord {
+            id: uuid::Uuid::now_v7(),
+            customer_id: "c".into(),
+            currency: "USD".into(),
+            total_cents: 100,
+            items: Vec::new(),
+            saga,
+            payment_mode: Default::default(),
+            version: 1,
+            trace_context: None,
+            timer: Default::default(),
+            parked_reason: None,
+            created_at: chrono::Utc::now(),
+            updated_at: chrono::Utc::now(),
+        };
+        let commands = [
+            Command::ReserveStock,
+            Command::ReleaseStock,
+            Command::ChargePayment { forced: None },
+            Command::ChargePayment {
+                forced: Some(PaymentOutcome::Decline),
+            },
+            Command::RefundPayment,
+            Command::ScheduleShipment,
+            Command::CancelShipment,
+        ];
+        for command in commands {
+            assert_eq!(command_kind(command), command_body(&order, command).kind());
+        }
     }
 }

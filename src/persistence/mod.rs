@@ -2,6 +2,7 @@
 //! its own schema on PostgreSQL, its own file on SQLite), migrations, and the repositories
 //! the actors and participants use.
 
+pub mod console;
 pub mod group_commit;
 pub mod idempotency;
 pub mod orders;

@@ -667,9 +667,8 @@ impl<'a> FencedUpdate<'a> {
     }
 }
 
-/// The history event of a parked order, and of its resumption by an operator.
-pub const PARKED: &str = "parked";
-pub const RESUMED: &str = "resumed";
+/// The history events of a parked order and of its resumption by an operator.
+pub use crate::domain::timeline::{PARKED, RESUMED};
 
 /// Parks an order whose actor keeps crashing: it is left alone (no timers, no recovery)
 /// and shows the reason, until an operator deals with it. Written by the supervisor,

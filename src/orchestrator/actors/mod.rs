@@ -2,6 +2,7 @@
 //! order. [`Orders`] is the handle the rest of the service uses to reach them.
 
 pub mod order_actor;
+pub mod recent;
 pub mod retry;
 pub mod supervisor;
 pub mod waiters;

@@ -51,6 +51,8 @@ pub struct ActorStats {
     pub parked: AtomicU64,
     pub retries: AtomicU64,
     pub timeouts: AtomicU64,
+    /// Sagas finished here over the last minutes (the console's charts).
+    pub finished: super::recent::RecentSagas,
 }
 
 impl OrderContext {
@@ -483,7 +485,7 @@ impl OrderActor {
             messages,
         };
         let version = self.ctx.writer.write(write).await.map_err(saved_error)?;
-        record_transition(order, &transition.saga, &event, now);
+        record_transition(order, &transition.saga, &event, now, &self.ctx.stats);
         tracing::info!(from = %order.saga.status, to = %transition.saga.status, reason = %transition.reason, "transition");
         next.version = version;
         next.updated_at = now;
@@ -636,6 +638,7 @@ fn record_transition(
     after: &Saga,
     event: &Event,
     now: chrono::DateTime<Utc>,
+    stats: &ActorStats,
 ) {
     let (from, to) = (before.saga.status, after.status);
     metrics::counter!(
@@ -661,5 +664,8 @@ fn record_transition(
     {
         metrics::histogram!("saga_duration_seconds", "outcome" => to.as_str())
             .record(total.as_secs_f64());
+        stats
+            .finished
+            .record(now.timestamp(), total.as_secs_f64() * 1000.0);
     }
 }
