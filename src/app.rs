@@ -90,6 +90,7 @@ impl Application {
         ));
         let state = AppState {
             metrics: crate::metrics::install(),
+            events: http::events::EventHub::new(orchestrator.clone(), handover.clone()),
             orchestrator,
             stores,
             inventory,

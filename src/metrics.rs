@@ -174,6 +174,18 @@ fn describe() {
         "messages_dead_lettered_total",
         "Deliveries sent to the dead-letter queue, by queue."
     );
+    describe_counter!(
+        "dead_letters_settled_total",
+        "Dead letters an operator replayed or discarded, by action."
+    );
+    describe_gauge!(
+        "event_stream_subscribers",
+        "Clients following GET /api/events now."
+    );
+    describe_counter!(
+        "event_stream_cut_off_total",
+        "Event stream subscribers disconnected for falling too far behind."
+    );
 }
 
 /// Samples what no request path sees: database and broker reachability (counting the

@@ -2,7 +2,7 @@
 //! forwarded to that owner over HTTP (its `ADVERTISE_URL`, from the `partitions` table),
 //! and its answer returned as is — so clients and load balancers need no affinity. Only
 //! what needs the order's actor is forwarded: a long poll (`?wait_ms=`), the status
-//! override and the manual payment; plain reads are answered here from the database, and
+//! override, the manual payment and an operator's resume; plain reads are answered here from the database, and
 //! a new order is created here, in a partition this replica owns (forwarded only when it
 //! owns none yet).
 //!
@@ -81,6 +81,12 @@ fn route(request: &Request, serves: impl Fn(Uuid) -> bool, owns_none: bool) -> R
     let segments: Vec<&str> = request.uri().path().split('/').collect();
     match (request.method(), segments.as_slice()) {
         (&Method::POST, ["", "api", "orders"]) if owns_none => Route::AnyOwner,
+        (&Method::POST, ["", "api", "admin", "orders", id, "resume"]) => {
+            match Uuid::parse_str(id) {
+                Ok(id) if !serves(id) => Route::Order(id),
+                _ => Route::Local,
+            }
+        }
         (method, ["", "api", "orders", id, rest @ ..]) => {
             let Ok(id) = Uuid::parse_str(id) else {
                 return Route::Local; // the handler answers the bad id

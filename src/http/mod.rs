@@ -3,8 +3,10 @@
 //! including the ones axum produces itself (404, 405).
 
 pub mod admin;
+pub mod console;
 pub mod edge;
 pub mod errors;
+pub mod events;
 pub mod extractors;
 pub mod forward;
 pub mod health;
@@ -50,6 +52,8 @@ pub struct AppState {
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// Forwards what another replica must answer (several replicas).
     pub forwarder: forward::Forwarder,
+    /// The order event stream's tailer and subscribers.
+    pub events: events::EventHub,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -57,10 +61,12 @@ pub fn router(state: AppState) -> Router {
     let metrics = state.metrics.clone();
     let to_owner = middleware::from_fn_with_state(state.clone(), forward::to_owner);
     Router::new()
-        .merge(orders::router().route_layer(to_owner))
+        .merge(orders::router().route_layer(to_owner.clone()))
         .merge(inventory::router())
         .merge(health::router())
-        .merge(admin::router())
+        .merge(admin::router().route_layer(to_owner))
+        .merge(events::router())
+        .merge(console::router())
         .merge(openapi::router())
         // Only matched routes: the route label stays a bounded set of templates.
         .route_layer(middleware::from_fn(track_http))

@@ -13,7 +13,7 @@ use crate::domain::text::SkuSchema;
 use crate::http::errors::ApiError;
 use crate::http::extractors::IdempotencyKeySchema;
 use crate::http::schema::Problem;
-use crate::http::{AppState, admin, health, inventory, orders};
+use crate::http::{AppState, admin, events, health, inventory, orders};
 use axum::http::header;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -48,6 +48,17 @@ pub const OPENAPI_PATH: &str = "/api-docs/openapi.json";
         inventory::put,
         inventory::adjust,
         admin::invariant_report,
+        admin::session_info,
+        admin::overview,
+        admin::list_orders,
+        admin::order_timeline,
+        admin::resume,
+        admin::dead_letters,
+        admin::replay_one,
+        admin::replay_all,
+        admin::discard_one,
+        admin::discard_all,
+        events::events,
         health::live,
         health::ready,
         metrics,
@@ -60,7 +71,8 @@ pub const OPENAPI_PATH: &str = "/api-docs/openapi.json";
         (name = "orders", description = "Create and read orders"),
         (name = "inventory", description = "The catalogue and its stock"),
         (name = "admin", description = "Operator endpoints; need `Authorization: Bearer \
-            <ADMIN_TOKEN>` and do not exist (404) without a configured token"),
+            <ADMIN_TOKEN>` (or the console's session cookie, see /console) and do not exist \
+            (404) without a configured token"),
         (name = "dev", description = "Development endpoints; exist only with \
             `DEV_ENDPOINTS=true`"),
         (name = "health", description = "Liveness and readiness probes"),
@@ -89,20 +101,22 @@ impl Modify for BearerAuth {
     }
 }
 
-/// The dev pay endpoint's body may be left out. (utoipa marks a body of type `T` required,
-/// and one of type `Option<T>` nullable, which it is not.)
+/// The bodies of the dev pay endpoint and of the resume may be left out. (utoipa marks a
+/// body of type `T` required, and one of type `Option<T>` nullable, which it is not.)
 struct OptionalPayBody;
 
 impl Modify for OptionalPayBody {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        if let Some(body) = openapi
-            .paths
-            .paths
-            .get_mut("/api/orders/{id}/pay")
-            .and_then(|item| item.post.as_mut())
-            .and_then(|operation| operation.request_body.as_mut())
-        {
-            body.required = Some(Required::False);
+        for path in ["/api/orders/{id}/pay", "/api/admin/orders/{id}/resume"] {
+            if let Some(body) = openapi
+                .paths
+                .paths
+                .get_mut(path)
+                .and_then(|item| item.post.as_mut())
+                .and_then(|operation| operation.request_body.as_mut())
+            {
+                body.required = Some(Required::False);
+            }
         }
     }
 }

@@ -21,18 +21,24 @@ pub const FIRST_DEATH_REASON: &str = "x-first-death-reason";
 pub const FIRST_DEATH_EXCHANGE: &str = "x-first-death-exchange";
 
 /// One dead letter as an operator sees it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct DeadLetter {
     pub id: String,
     /// The queue that rejected it, where a replay sends it.
+    #[schema(required = true)]
     pub queue: Option<String>,
     /// The exchange it was first published to.
+    #[schema(required = true)]
     pub exchange: Option<String>,
     pub routing_key: String,
     /// The broker's reason: `rejected` (a consumer found it poison), `expired`, `maxlen`.
+    #[schema(required = true)]
     pub reason: Option<String>,
+    #[schema(required = true)]
     pub message_id: Option<String>,
+    /// The AMQP `type` property, e.g. `stock.reserved`.
     #[serde(rename = "type")]
+    #[schema(required = true)]
     pub kind: Option<String>,
     pub headers: BTreeMap<String, String>,
     /// The body as text (lossy), at most [`BODY_SHOWN`] bytes of it.
@@ -81,7 +87,8 @@ pub fn id_of(
 }
 
 /// A listing: the first dead letters and how many the queue holds.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = DeadLetterList)]
 pub struct Listing {
     pub dead_letters: Vec<DeadLetter>,
     pub total: u64,

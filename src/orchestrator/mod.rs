@@ -12,6 +12,7 @@
 //! only translate to and from these calls.
 
 pub mod actors;
+pub mod operator;
 pub mod partitions;
 pub mod place;
 pub mod timers;

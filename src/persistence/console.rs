@@ -29,14 +29,18 @@ pub struct OrderFilter {
 }
 
 /// One line of the operator's order list.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = OperatorOrder)]
 pub struct OrderLine {
     pub id: Uuid,
     pub customer_id: String,
     pub status: OrderStatus,
     pub total_cents: i64,
     pub currency: String,
+    #[schema(required = true)]
     pub failure_reason: Option<String>,
+    /// Why the order is parked (crash loop), if it is.
+    #[schema(required = true)]
     pub parked_reason: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,

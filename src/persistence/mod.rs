@@ -332,6 +332,15 @@ impl Stores {
         Ok(())
     }
 
+    /// Unsent outbox messages across every store.
+    pub async fn outbox_backlog(&self) -> Result<u64, DbErr> {
+        let mut total = 0;
+        for db in [&self.orders, &self.inventory, &self.payment, &self.shipping] {
+            total += outbox::backlog(db).await?;
+        }
+        Ok(total)
+    }
+
     pub async fn close(self) {
         for db in [self.orders, self.inventory, self.payment, self.shipping] {
             let _ = db.close().await;

@@ -828,6 +828,14 @@ pub async fn status<C: ConnectionTrait>(db: &C, id: Uuid) -> Result<Option<Order
 
 /// The order with its full transition history, for the API.
 pub async fn details<C: ConnectionTrait>(db: &C, id: Uuid) -> Result<Option<OrderDetails>, DbErr> {
+    Ok(details_and_mode(db, id).await?.map(|(details, _)| details))
+}
+
+/// [`details`], and the order's payment mode.
+pub async fn details_and_mode<C: ConnectionTrait>(
+    db: &C,
+    id: Uuid,
+) -> Result<Option<(OrderDetails, PaymentMode)>, DbErr> {
     let Some(order) = load(db, id).await? else {
         return Ok(None);
     };
@@ -847,7 +855,7 @@ pub async fn details<C: ConnectionTrait>(db: &C, id: Uuid) -> Result<Option<Orde
             })
         })
         .collect::<Result<_, DbErr>>()?;
-    Ok(Some(order.details(history)))
+    Ok(Some((order.details(history), order.payment_mode)))
 }
 
 /// Newest first, optionally filtered by status.

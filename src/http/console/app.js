@@ -1,0 +1,1 @@
+/* placeholder: the console's script (written by the front-end work) */
