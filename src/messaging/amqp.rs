@@ -995,19 +995,21 @@ async fn replay(
         )));
     };
     let mut properties = delivery.properties.clone();
-    if let Some(headers) = properties.headers().as_ref() {
-        let mut kept = FieldTable::default();
-        for (name, value) in headers {
-            let name = name.as_str();
-            if !(name == "x-death"
-                || name.starts_with("x-first-death-")
-                || name.starts_with("x-last-death-"))
-            {
-                kept.insert(name.into(), value.clone());
-            }
+    let mut kept = FieldTable::default();
+    for (name, value) in properties.headers().as_ref().into_iter().flatten() {
+        let name = name.as_str();
+        if !(name == "x-death"
+            || name.starts_with("x-first-death-")
+            || name.starts_with("x-last-death-"))
+        {
+            kept.insert(name.into(), value.clone());
         }
-        properties = properties.with_headers(kept);
     }
+    kept.insert(
+        dead_letters::ORIGINAL_ROUTING_KEY.into(),
+        AMQPValue::LongString(letter.routing_key.as_str().into()),
+    );
+    properties = properties.with_headers(kept);
     let confirm = channel
         .basic_publish(
             "".into(),
@@ -1348,6 +1350,7 @@ fn incoming(delivery: lapin::message::Delivery) -> Vec<IncomingMessage> {
         .as_ref()
         .map(headers_from_table)
         .unwrap_or_default();
+    let routing_key = routing_key_of(&delivery, &outer);
     let acker = Arc::new(BundleAcker {
         acker: delivery.acker,
         unsettled: AtomicUsize::new(parts.len()),
@@ -1360,7 +1363,7 @@ fn incoming(delivery: lapin::message::Delivery) -> Vec<IncomingMessage> {
             all.remove("x-bundle-parts");
             all.extend(headers);
             IncomingMessage {
-                routing_key: delivery.routing_key.as_str().to_owned(),
+                routing_key: routing_key.clone(),
                 message_id: Some(message_id),
                 kind: kind.clone(),
                 headers: all,
@@ -1372,20 +1375,33 @@ fn incoming(delivery: lapin::message::Delivery) -> Vec<IncomingMessage> {
         .collect()
 }
 
+/// The key the message was first sent with: a replayed dead letter arrives through the
+/// default exchange with its queue's name as key, and the first key in a header.
+fn routing_key_of(
+    delivery: &lapin::message::Delivery,
+    headers: &BTreeMap<String, String>,
+) -> String {
+    headers
+        .get(dead_letters::ORIGINAL_ROUTING_KEY)
+        .cloned()
+        .unwrap_or_else(|| delivery.routing_key.as_str().to_owned())
+}
+
 fn single(delivery: lapin::message::Delivery) -> IncomingMessage {
     let properties = &delivery.properties;
+    let headers = properties
+        .headers()
+        .as_ref()
+        .map(headers_from_table)
+        .unwrap_or_default();
     IncomingMessage {
-        routing_key: delivery.routing_key.as_str().to_owned(),
+        routing_key: routing_key_of(&delivery, &headers),
         message_id: properties
             .message_id()
             .as_ref()
             .map(|s| s.as_str().to_owned()),
         kind: properties.kind().as_ref().map(|s| s.as_str().to_owned()),
-        headers: properties
-            .headers()
-            .as_ref()
-            .map(headers_from_table)
-            .unwrap_or_default(),
+        headers,
         redelivered: delivery.redelivered,
         payload: delivery.data,
         acker: Acker::Amqp(delivery.acker),

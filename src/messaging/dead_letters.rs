@@ -19,6 +19,9 @@ pub const BODY_SHOWN: usize = 4096;
 pub const FIRST_DEATH_QUEUE: &str = "x-first-death-queue";
 pub const FIRST_DEATH_REASON: &str = "x-first-death-reason";
 pub const FIRST_DEATH_EXCHANGE: &str = "x-first-death-exchange";
+/// A replay goes through the default exchange, whose routing key is the queue's name: the
+/// key the message was first sent with travels in this header, and consumers see that one.
+pub const ORIGINAL_ROUTING_KEY: &str = "x-original-routing-key";
 
 /// One dead letter as an operator sees it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
@@ -55,6 +58,10 @@ impl DeadLetter {
         body: &[u8],
     ) -> DeadLetter {
         let queue = headers.get(FIRST_DEATH_QUEUE).cloned();
+        let routing_key = headers
+            .get(ORIGINAL_ROUTING_KEY)
+            .cloned()
+            .unwrap_or(routing_key);
         DeadLetter {
             id: id_of(queue.as_deref(), &routing_key, message_id.as_deref(), body),
             exchange: headers.get(FIRST_DEATH_EXCHANGE).cloned(),

@@ -4,6 +4,7 @@
 
 mod bad_input;
 mod broker;
+mod console;
 mod crash;
 mod database_tls;
 mod deployment;

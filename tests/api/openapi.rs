@@ -110,6 +110,79 @@ fn expected_operations() -> BTreeMap<&'static str, (&'static str, &'static str, 
                 with_db(&[200, 401, 403, 404]),
             ),
         ),
+        (
+            "get_admin_session",
+            ("get", "/api/admin/session", vec![200, 401, 403, 404, 500]),
+        ),
+        (
+            "get_admin_overview",
+            ("get", "/api/admin/overview", vec![200, 401, 403, 404, 500]),
+        ),
+        (
+            "list_admin_orders",
+            (
+                "get",
+                "/api/admin/orders",
+                with_db(&[200, 400, 401, 403, 404]),
+            ),
+        ),
+        (
+            "get_admin_order",
+            (
+                "get",
+                "/api/admin/orders/{id}",
+                with_db(&[200, 400, 401, 403, 404]),
+            ),
+        ),
+        (
+            "resume_order",
+            (
+                "post",
+                "/api/admin/orders/{id}/resume",
+                with_db(&[200, 400, 401, 403, 404, 408, 409, 413, 422]),
+            ),
+        ),
+        (
+            "list_dead_letters",
+            (
+                "get",
+                "/api/admin/dead-letters",
+                with_db(&[200, 400, 401, 403, 404]),
+            ),
+        ),
+        (
+            "replay_dead_letter",
+            (
+                "post",
+                "/api/admin/dead-letters/{id}/replay",
+                with_db(&[200, 401, 403, 404, 409]),
+            ),
+        ),
+        (
+            "replay_dead_letters",
+            (
+                "post",
+                "/api/admin/dead-letters/replay",
+                with_db(&[200, 401, 403, 404, 409]),
+            ),
+        ),
+        (
+            "discard_dead_letter",
+            (
+                "delete",
+                "/api/admin/dead-letters/{id}",
+                with_db(&[200, 401, 403, 404]),
+            ),
+        ),
+        (
+            "discard_dead_letters",
+            (
+                "delete",
+                "/api/admin/dead-letters",
+                with_db(&[200, 401, 403, 404]),
+            ),
+        ),
+        ("stream_events", ("get", "/api/events", vec![200, 400, 500])),
         ("health_live", ("get", "/health/live", vec![200])),
         ("health_ready", ("get", "/health/ready", vec![200, 503])),
         ("get_metrics", ("get", "/metrics", vec![200])),
@@ -118,11 +191,21 @@ fn expected_operations() -> BTreeMap<&'static str, (&'static str, &'static str, 
     ])
 }
 
-const ADMIN_OPERATIONS: [&str; 4] = [
+const ADMIN_OPERATIONS: [&str; 14] = [
     "override_status",
     "put_stock",
     "adjust_stock",
     "get_invariants",
+    "get_admin_session",
+    "get_admin_overview",
+    "list_admin_orders",
+    "get_admin_order",
+    "resume_order",
+    "list_dead_letters",
+    "replay_dead_letter",
+    "replay_dead_letters",
+    "discard_dead_letter",
+    "discard_dead_letters",
 ];
 
 /// The operation object at `method path`.
