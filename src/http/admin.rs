@@ -257,6 +257,9 @@ async fn overview(State(app): State<AppState>, _admin: Admin) -> Json<Overview> 
     })
 }
 
+/// The longest `customer` (a customer id's rule) and `q` (an Idempotency-Key's) filters.
+const MAX_CUSTOMER: usize = 128;
+const MAX_SEARCH: usize = 255;
 /// Most orders one page lists, and how many when `limit` is absent.
 const MAX_PAGE: u64 = 500;
 const DEFAULT_PAGE: u64 = 50;
@@ -279,6 +282,9 @@ struct OrdersQuery {
     /// Only parked orders.
     parked: Option<bool>,
     /// The `next` of the page before.
+    #[param(
+        pattern = r"^[0-9]{1,16}_[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+    )]
     before: Option<String>,
     /// How many orders (newest first).
     #[param(minimum = 1, maximum = 500, default = 50)]
@@ -338,6 +344,14 @@ async fn list_orders(
     let limit = query.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(invalid(format!("limit must be between 1 and {MAX_PAGE}")));
+    }
+    let too_long = |value: &Option<String>, max: usize| {
+        value.as_ref().is_some_and(|v| v.chars().count() > max)
+    };
+    if too_long(&query.customer, MAX_CUSTOMER) || too_long(&query.q, MAX_SEARCH) {
+        return Err(invalid(format!(
+            "customer is at most {MAX_CUSTOMER} characters, q at most {MAX_SEARCH}"
+        )));
     }
     let before = match query.before.as_deref() {
         None => None,
