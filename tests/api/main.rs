@@ -4,6 +4,7 @@
 
 mod bad_input;
 mod broker;
+mod browser;
 mod console;
 mod crash;
 mod database_tls;
