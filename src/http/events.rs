@@ -10,8 +10,8 @@
 use crate::domain::timeline::STREAM_TYPES;
 use crate::http::AppState;
 use crate::http::errors::ApiError;
-use crate::http::extractors::ApiQuery;
-use crate::http::schema::UnexpectedError;
+use crate::http::extractors::{Admin, ApiQuery};
+use crate::http::schema::{BearerErrors, UnexpectedError};
 use crate::orchestrator::Orchestrator;
 use crate::orchestrator::operator::stream_type;
 use crate::persistence::console::Transition;
@@ -239,7 +239,7 @@ fn last_event_id(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
     get,
     path = "/api/events",
     operation_id = "stream_events",
-    tag = "orders",
+    tag = "admin",
     summary = "Every order event, as Server-Sent Events",
     description = "A `text/event-stream` of every order event as it happens: `event:` is the \
         type (`order.created`, `order.stock_reserved`, `order.paid`, `order.confirmed`, \
@@ -249,23 +249,29 @@ fn last_event_id(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
         replays every event after it from the history, so nothing is missed. Heartbeats \
         (comments) keep idle connections open. A subscriber too slow to keep up (1,024 events \
         behind) is disconnected; it reconnects with `Last-Event-ID`. The stream ends when the \
-        service shuts down.",
+        service shuts down. Needs the admin token (orders are private) or the console's \
+        session.",
     params(
         EventsQuery,
         ("Last-Event-ID" = Option<String>, Header, nullable = false,
             description = "Resume after this event (`id:` of the last event received)"),
     ),
+    security(("bearer_auth" = [])),
     responses(
         (status = 200, description = "The stream (never ends by itself); each event's data \
             is an `OrderEvent`", body = OrderEvent, content_type = "text/event-stream"),
         (status = 400, description = "Unknown event type, malformed `order_id`, \
             `heartbeat_secs` outside 1-60, `Last-Event-ID` not a whole number",
             body = crate::http::schema::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Admin endpoints are disabled (no `ADMIN_TOKEN`)",
+            body = crate::http::schema::Problem, content_type = "application/problem+json"),
+        BearerErrors,
         UnexpectedError,
     )
 )]
 async fn events(
     State(app): State<AppState>,
+    _admin: Admin,
     headers: HeaderMap,
     ApiQuery(query): ApiQuery<EventsQuery>,
 ) -> Result<Response, ApiError> {

@@ -398,7 +398,10 @@ async fn the_event_stream_resumes_after_last_event_id_and_follows_live_by_filter
     app.wait_for_terminal(&id).await;
 
     let stream = |query: String, last: Option<i64>| {
-        let mut request = app.client.get(app.url(&format!("/api/events{query}")));
+        let mut request = app
+            .client
+            .get(app.url(&format!("/api/events{query}")))
+            .header("Authorization", bearer());
         if let Some(last) = last {
             request = request.header("Last-Event-ID", last.to_string());
         }
@@ -478,9 +481,17 @@ async fn the_event_stream_resumes_after_last_event_id_and_follows_live_by_filter
         let refused = stream(query.into(), last).await.expect("GET");
         expect_problem(refused, StatusCode::BAD_REQUEST, Some("bad-request")).await;
     }
+    let anonymous = app
+        .client
+        .get(app.url("/api/events"))
+        .send()
+        .await
+        .expect("GET");
+    expect_problem(anonymous, StatusCode::UNAUTHORIZED, Some("unauthorized")).await;
     let refused = app
         .client
         .get(app.url("/api/events"))
+        .header("Authorization", bearer())
         .header("Last-Event-ID", "yesterday")
         .send()
         .await
@@ -655,6 +666,7 @@ async fn the_console_needs_a_session_and_its_changes_need_the_csrf_header() {
         "/api/admin/orders",
         "/api/admin/dead-letters",
         "/api/admin/invariants",
+        "/api/events",
     ] {
         let response = browser.get(app.url(path)).send().await.expect("GET");
         expect_problem(response, StatusCode::UNAUTHORIZED, Some("unauthorized")).await;

@@ -182,7 +182,10 @@ fn expected_operations() -> BTreeMap<&'static str, (&'static str, &'static str, 
                 with_db(&[200, 401, 403, 404]),
             ),
         ),
-        ("stream_events", ("get", "/api/events", vec![200, 400, 500])),
+        (
+            "stream_events",
+            ("get", "/api/events", vec![200, 400, 401, 403, 404, 500]),
+        ),
         ("health_live", ("get", "/health/live", vec![200])),
         ("health_ready", ("get", "/health/ready", vec![200, 503])),
         ("get_metrics", ("get", "/metrics", vec![200])),
@@ -191,7 +194,8 @@ fn expected_operations() -> BTreeMap<&'static str, (&'static str, &'static str, 
     ])
 }
 
-const ADMIN_OPERATIONS: [&str; 14] = [
+const ADMIN_OPERATIONS: [&str; 15] = [
+    "stream_events",
     "override_status",
     "put_stock",
     "adjust_stock",
