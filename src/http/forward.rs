@@ -270,6 +270,11 @@ mod tests {
         ));
         assert!(forwarded(Method::PATCH, format!("/api/orders/{id}/status")));
         assert!(forwarded(Method::POST, format!("/api/orders/{id}/pay")));
+        assert!(forwarded(
+            Method::POST,
+            format!("/api/admin/orders/{id}/resume")
+        ));
+        assert!(!forwarded(Method::GET, format!("/api/admin/orders/{id}")));
         assert!(!forwarded(Method::GET, format!("/api/orders/{id}")));
         assert!(!forwarded(
             Method::GET,
