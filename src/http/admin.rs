@@ -12,7 +12,8 @@ use crate::http::extractors::Admin;
 use crate::http::extractors::{ApiPath, ApiQuery, RawBody};
 use crate::http::orders::order_error;
 use crate::http::schema::{
-    BearerErrors, BrokerKind, InvariantReportBody, Problem, ServerErrors, UnexpectedError,
+    BearerErrors, BrokerErrors, BrokerKind, InvariantReportBody, Problem, ServerErrors,
+    UnexpectedError,
 };
 use crate::invariants;
 use crate::messaging::BusError;
@@ -480,19 +481,9 @@ async fn resume(
     State(app): State<AppState>,
     _admin: Admin,
     ApiPath(id): ApiPath<Uuid>,
-    RawBody(body): RawBody,
+    body: RawBody,
 ) -> Result<Response, ApiError> {
-    let request: ResumeRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        ResumeRequest::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            if e.is_data() {
-                ApiError::validation(e.to_string())
-            } else {
-                ApiError::bad_request("Malformed JSON", e.to_string())
-            }
-        })?
-    };
+    let request: ResumeRequest = body.optional_json()?;
     let reason = request
         .reason
         .unwrap_or_else(|| "resumed by an operator".into());
@@ -550,11 +541,8 @@ fn bus_error(error: BusError) -> ApiError {
             body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Admin endpoints are disabled (no `ADMIN_TOKEN`)",
             body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The broker is unavailable; retry shortly",
-            body = Problem, content_type = "application/problem+json",
-            headers(("Retry-After" = String, description = "Seconds to wait before retrying"))),
         BearerErrors,
-        UnexpectedError,
+        BrokerErrors,
     )
 )]
 async fn dead_letters(
@@ -628,11 +616,8 @@ async fn settle(app: &AppState, which: Which<'_>, action: Action) -> Result<usiz
             (no `ADMIN_TOKEN`)", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "It names no queue of origin, or that queue is gone; it \
             stays", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The broker is unavailable; retry shortly",
-            body = Problem, content_type = "application/problem+json",
-            headers(("Retry-After" = String, description = "Seconds to wait before retrying"))),
         BearerErrors,
-        UnexpectedError,
+        BrokerErrors,
     )
 )]
 async fn replay_one(
@@ -660,11 +645,8 @@ async fn replay_one(
             body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "A dead letter names no queue of origin, or that queue is \
             gone", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The broker is unavailable; retry shortly",
-            body = Problem, content_type = "application/problem+json",
-            headers(("Retry-After" = String, description = "Seconds to wait before retrying"))),
         BearerErrors,
-        UnexpectedError,
+        BrokerErrors,
     )
 )]
 async fn replay_all(State(app): State<AppState>, _admin: Admin) -> Result<Response, ApiError> {
@@ -684,11 +666,8 @@ async fn replay_all(State(app): State<AppState>, _admin: Admin) -> Result<Respon
         (status = 200, description = "Discarded", body = Discarded),
         (status = 404, description = "No such dead letter, or admin endpoints are disabled \
             (no `ADMIN_TOKEN`)", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The broker is unavailable; retry shortly",
-            body = Problem, content_type = "application/problem+json",
-            headers(("Retry-After" = String, description = "Seconds to wait before retrying"))),
         BearerErrors,
-        UnexpectedError,
+        BrokerErrors,
     )
 )]
 async fn discard_one(
@@ -712,11 +691,8 @@ async fn discard_one(
         (status = 200, description = "How many were discarded", body = Discarded),
         (status = 404, description = "Admin endpoints are disabled (no `ADMIN_TOKEN`)",
             body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The broker is unavailable; retry shortly",
-            body = Problem, content_type = "application/problem+json",
-            headers(("Retry-After" = String, description = "Seconds to wait before retrying"))),
         BearerErrors,
-        UnexpectedError,
+        BrokerErrors,
     )
 )]
 async fn discard_all(State(app): State<AppState>, _admin: Admin) -> Result<Response, ApiError> {

@@ -109,6 +109,24 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
     }
 }
 
+impl RawBody {
+    /// The body as JSON where it may be left out: empty (or only white space) is
+    /// `T::default()`; malformed JSON is 400, wrong types or unknown fields 422. The content
+    /// type is not checked.
+    pub fn optional_json<T: DeserializeOwned + Default>(&self) -> Result<T, ApiError> {
+        if self.0.iter().all(u8::is_ascii_whitespace) {
+            return Ok(T::default());
+        }
+        serde_json::from_slice(&self.0).map_err(|e| {
+            if e.is_data() {
+                ApiError::validation(e.to_string())
+            } else {
+                ApiError::bad_request("Malformed JSON", e.to_string())
+            }
+        })
+    }
+}
+
 /// Proof that the request carries the admin token, or the console's session made from it.
 /// As an extractor it runs before the body is read, so an unauthenticated caller learns
 /// nothing about the body format.

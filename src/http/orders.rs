@@ -554,24 +554,14 @@ struct PayRequest {
 async fn pay(
     State(app): State<AppState>,
     ApiPath(id): ApiPath<Uuid>,
-    RawBody(body): RawBody,
+    body: RawBody,
 ) -> Result<Response, ApiError> {
     if !app.settings.dev_endpoints {
         return Err(ApiError::NotFound(
             "dev endpoints are disabled (DEV_ENDPOINTS=false)".into(),
         ));
     }
-    let request: PayRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        PayRequest::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            if e.is_data() {
-                ApiError::validation(e.to_string())
-            } else {
-                ApiError::bad_request("Malformed JSON", e.to_string())
-            }
-        })?
-    };
+    let request: PayRequest = body.optional_json()?;
     broker_reached(&app)?;
     app.orchestrator
         .pay(id, request.outcome)

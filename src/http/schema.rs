@@ -219,6 +219,23 @@ impl IntoResponses for ServerErrors {
     }
 }
 
+/// 500 and 503 of a handler whose only dependency is the broker (the dead letters).
+pub struct BrokerErrors;
+
+impl IntoResponses for BrokerErrors {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        let mut out = UnexpectedError::responses();
+        out.extend(responses([(
+            "503",
+            problem(
+                "The broker is unavailable; retry shortly",
+                Some(("Retry-After", "Seconds to wait before retrying")),
+            ),
+        )]));
+        out
+    }
+}
+
 /// 500 alone, for handlers whose 503 says more.
 pub struct UnexpectedError;
 
