@@ -130,6 +130,18 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route(OPENAPI_PATH, get(openapi_json))
         .route("/api-docs", get(api_docs_page))
+        .route(
+            "/api-docs/assets/swagger-ui-bundle.js",
+            get(|| async { asset("text/javascript; charset=utf-8", SWAGGER_UI_JS) }),
+        )
+        .route(
+            "/api-docs/assets/swagger-ui.css",
+            get(|| async { asset("text/css; charset=utf-8", SWAGGER_UI_CSS) }),
+        )
+        .route(
+            "/api-docs/assets/init.js",
+            get(|| async { asset("text/javascript; charset=utf-8", SWAGGER_UI_INIT) }),
+        )
 }
 
 #[utoipa::path(
@@ -180,21 +192,38 @@ const API_DOCS_PAGE: &str = r##"<!doctype html>
 <html lang="en">
 <head>
   <meta charset="utf-8">
+  <meta name="viewport" content="width=device-width, initial-scale=1">
   <title>Order Orchestration Service API</title>
-  <link rel="stylesheet" href="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css">
+  <link rel="stylesheet" href="/api-docs/assets/swagger-ui.css">
 </head>
 <body>
   <div id="swagger-ui"></div>
   <noscript>The raw document is at <a href="/api-docs/openapi.json">/api-docs/openapi.json</a>.</noscript>
-  <script src="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui-bundle.js" crossorigin></script>
-  <script>
-    window.onload = () => {
-      window.ui = SwaggerUIBundle({ url: "/api-docs/openapi.json", dom_id: "#swagger-ui" });
-    };
-  </script>
+  <script src="/api-docs/assets/swagger-ui-bundle.js"></script>
+  <script src="/api-docs/assets/init.js"></script>
 </body>
 </html>
 "##;
+
+/// Swagger UI, vendored from npm (vendor/swagger-ui/README.md): the page needs no network.
+const SWAGGER_UI_JS: &str = include_str!("../../vendor/swagger-ui/swagger-ui-bundle.js");
+const SWAGGER_UI_CSS: &str = include_str!("../../vendor/swagger-ui/swagger-ui.css");
+const SWAGGER_UI_INIT: &str = r##"window.addEventListener("load", function () {
+  window.ui = SwaggerUIBundle({ url: "/api-docs/openapi.json", dom_id: "#swagger-ui" });
+});
+"##;
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        body,
+    )
+        .into_response()
+}
 
 #[utoipa::path(
     get,
@@ -202,8 +231,8 @@ const API_DOCS_PAGE: &str = r##"<!doctype html>
     operation_id = "get_api_docs_page",
     tag = "operations",
     summary = "A browsable view of this document",
-    description = "A static page that loads Swagger UI from a CDN in the browser; the \
-        service itself serves only the page and the document.",
+    description = "Swagger UI over this document. The viewer (vendored from npm) is served \
+        by the service itself under `/api-docs/assets/`: the page needs no network.",
     responses((status = 200, description = "The page", body = String,
         content_type = "text/html"))
 )]

@@ -775,3 +775,54 @@ async fn the_console_needs_a_session_and_its_changes_need_the_csrf_header() {
     let cleared = logout.headers()["set-cookie"].to_str().expect("cookie");
     assert!(cleared.contains("Max-Age=0"), "{cleared}");
 }
+
+/// The API documentation page and the console load nothing from elsewhere: every script
+/// and style they name is served by the service.
+#[tokio::test]
+async fn the_api_docs_page_and_the_console_need_no_network() {
+    let app = spawn_app_with(TestOptions {
+        embedded: true,
+        ..TestOptions::default()
+    })
+    .await;
+    for page in ["/api-docs", "/console/login"] {
+        let html = app
+            .client
+            .get(app.url(page))
+            .send()
+            .await
+            .expect("GET")
+            .text()
+            .await
+            .expect("HTML");
+        assert!(
+            !html.contains("http://") && !html.contains("https://") && !html.contains("//cdn"),
+            "{page} names another origin:\n{html}"
+        );
+        let assets: Vec<&str> = html
+            .split(['"', '\''])
+            .filter(|s| s.starts_with('/') && (s.ends_with(".js") || s.ends_with(".css")))
+            .collect();
+        assert!(
+            !assets.is_empty(),
+            "{page} loads no script or style?\n{html}"
+        );
+        for asset in assets {
+            let response = app.client.get(app.url(asset)).send().await.expect("GET");
+            assert_eq!(response.status(), StatusCode::OK, "{asset}");
+            let kind = if asset.ends_with(".js") {
+                "javascript"
+            } else {
+                "css"
+            };
+            assert!(
+                response.headers()["content-type"]
+                    .to_str()
+                    .is_ok_and(|t| t.contains(kind)),
+                "{asset}: {:?}",
+                response.headers()["content-type"]
+            );
+            assert!(!response.bytes().await.expect("body").is_empty(), "{asset}");
+        }
+    }
+}
