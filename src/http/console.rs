@@ -17,6 +17,7 @@ const INDEX: &str = include_str!("console/index.html");
 const LOGIN: &str = include_str!("console/login.html");
 const SCRIPT: &str = include_str!("console/app.js");
 const STYLE: &str = include_str!("console/app.css");
+const LOGIN_SCRIPT: &str = include_str!("console/login.js");
 
 /// Only our own script and style run on the console's pages, and no other site may frame
 /// them.
@@ -31,6 +32,7 @@ pub fn router() -> Router<AppState> {
         .route("/console/logout", post(logout))
         .route("/console/assets/app.js", get(script))
         .route("/console/assets/app.css", get(style))
+        .route("/console/assets/login.js", get(login_script))
 }
 
 fn page(body: &'static str) -> Response {
@@ -144,6 +146,10 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 
 async fn script() -> Response {
     asset("text/javascript; charset=utf-8", SCRIPT)
+}
+
+async fn login_script() -> Response {
+    asset("text/javascript; charset=utf-8", LOGIN_SCRIPT)
 }
 
 async fn style() -> Response {
