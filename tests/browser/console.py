@@ -126,6 +126,16 @@ class Console:
             raise AssertionError(f"{what}: not within {timeout}s; page at {self.driver.current_url}:\n"
                                  f"{self.driver.find_element(By.TAG_NAME, 'body').text[:1500]}") from error
 
+    def click(self, selector, what):
+        """Clicks the element, found afresh until the click lands (pages re-render live)."""
+        def clicked(driver):
+            for element in driver.find_elements(By.CSS_SELECTOR, selector):
+                if element.is_displayed() and element.is_enabled():
+                    element.click()
+                    return True
+            return False
+        self.wait(clicked, what)
+
     def css(self, selector):
         return self.driver.find_elements(By.CSS_SELECTOR, selector)
 
@@ -224,9 +234,9 @@ def timeline(console, api, order_id):
 @check("cancelling from the order's page compensates it")
 def cancel(console, api, order_id):
     console.open(f"/console/#/orders/{order_id}")
-    console.wait(EC.element_to_be_clickable((By.ID, "action-cancel")), "the cancel button").click()
+    console.click("#action-cancel", "the cancel button")
     console.wait(EC.visibility_of_element_located((By.ID, "cancel-reason")), "the reason field").send_keys("customer called")
-    console.driver.find_element(By.ID, "cancel-confirm").click()
+    console.click("#cancel-confirm", "the confirm button")
     console.wait(lambda d: "REVERSED" in d.find_element(By.ID, "order-status").text, "REVERSED on the page")
     order = api.wait_order(order_id, lambda o: o["status"] == "REVERSED", "REVERSED")
     assert order["steps"]["reservation"] == "RELEASED", order["steps"]
@@ -242,12 +252,10 @@ def resume(console, api):
     assert status == 202, (status, body)
     api.wait_order(order_id, lambda o: o.get("parked_reason"), "parking")
     console.open("/console/#/parked")
-    button = console.wait(EC.element_to_be_clickable(
-        (By.CSS_SELECTOR, f'.action-resume[data-order-id="{order_id}"]')), "its resume button")
-    row = console.driver.find_element(By.CSS_SELECTOR, f'tr[data-order-id="{order_id}"]')
-    assert "failed" in row.text, row.text
+    console.wait(lambda d: "failed" in d.find_element(By.CSS_SELECTOR, f'tr[data-order-id="{order_id}"]').text,
+                 "the order listed with why it is parked")
     console.shot("parked")
-    button.click()
+    console.click(f'.action-resume[data-order-id="{order_id}"]', "its resume button")
     order = api.wait_order(order_id, lambda o: o["status"] == "CONFIRMED", "CONFIRMED after the resume")
     assert not order.get("parked_reason"), order
     assert any(h["event"] == "resumed" for h in order["history"]), order["history"]
@@ -270,11 +278,11 @@ def replay(console, api, order_id):
     before = api.get("/api/admin/dead-letters")["total"]
     console.open("/console/#/dead-letters")
     letter_id = mine[0]["id"]
-    button = console.wait(EC.element_to_be_clickable(
+    console.wait(EC.element_to_be_clickable(
         (By.CSS_SELECTOR, f'.action-replay[data-id="{letter_id}"]')), "its replay button")
     console.shot("dead-letters")
     history = api.get(f"/api/orders/{order_id}", admin=False)["history"]
-    button.click()
+    console.click(f'.action-replay[data-id="{letter_id}"]', "its replay button")
     console.wait(lambda d: not d.find_elements(By.CSS_SELECTOR, f'.dead-letter[data-id="{letter_id}"]'),
                  "the replayed letter leaving the list")
     deadline = time.time() + WAIT
@@ -305,8 +313,28 @@ def other_pages(console, api, order_id):
         time.sleep(0.2)
     console.shot("inventory")
     console.open("/console/#/invariants")
-    console.wait(EC.element_to_be_clickable((By.ID, "run-invariants")), "the run button").click()
+    console.click("#run-invariants", "the run button")
     console.wait(EC.presence_of_element_located((By.ID, "invariants-verdict")), "the report")
+    assert not console.css("#cancel-form:not([hidden])"), "a hidden form shows"
+
+
+@check("on a phone-sized screen the pages fit the width")
+def phone(console, api, order_id):
+    console.driver.set_window_size(390, 844)
+    try:
+        for path, ready in (("/console/#/overview", "#overview-cards .card"),
+                            ("/console/#/orders", "#orders-table"),
+                            (f"/console/#/orders/{order_id}", "#timeline li")):
+            console.open(path)
+            console.wait(EC.presence_of_element_located((By.CSS_SELECTOR, ready)), path)
+            overflow = console.driver.execute_script(
+                "return document.documentElement.scrollWidth - document.documentElement.clientWidth")
+            assert overflow <= 0, f"{path} is {overflow}px wider than the screen"
+        console.open("/console/#/overview")
+        console.wait(EC.presence_of_element_located((By.CSS_SELECTOR, "#overview-cards .card")), "overview")
+        console.shot("overview-phone")
+    finally:
+        console.driver.set_window_size(1280, 900)
 
 
 @check("logout locks the pages again")
@@ -343,6 +371,7 @@ def main():
         resumed = resume(console, api)
         replay(console, api, resumed)
         other_pages(console, api, waiting)
+        phone(console, api, waiting)
         logout(console, api)
     except Exception:
         traceback.print_exc()
