@@ -183,6 +183,10 @@ fn describe() {
         "Clients following GET /api/events now."
     );
     describe_counter!(
+        "console_logins_total",
+        "Console logins, by outcome (ok, refused)."
+    );
+    describe_counter!(
         "event_stream_cut_off_total",
         "Event stream subscribers disconnected for falling too far behind."
     );

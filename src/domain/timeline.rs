@@ -16,6 +16,9 @@ pub const RESUMED: &str = "resumed";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Step {
     pub entry: HistoryEntry,
+    /// The saga event the entry records (`None` for the creation, a park or a resume, or an
+    /// event this code does not know).
+    pub event: Option<Event>,
     /// Since the entry before (zero for the first).
     pub spent_ms: i64,
     pub commands: Vec<Command>,
@@ -57,6 +60,7 @@ pub fn replay(history: &[HistoryEntry], mode: PaymentMode) -> Vec<Step> {
     history
         .iter()
         .map(|entry| {
+            let mut event = None;
             let (next, effects) = match (&saga, entry.from) {
                 (_, None) => {
                     let (started, effects) = saga::start();
@@ -70,12 +74,16 @@ pub fn replay(history: &[HistoryEntry], mode: PaymentMode) -> Vec<Step> {
                         .map(Effect::Send)
                         .collect(),
                 ),
-                (Some(before), Some(_)) => match event_of(entry, before)
-                    .and_then(|event| saga::apply(before, &event, mode).ok())
-                {
-                    Some(transition) => (Some(transition.saga), transition.effects),
-                    None => (None, vec![]),
-                },
+                (Some(before), Some(_)) => {
+                    event = event_of(entry, before);
+                    match event
+                        .as_ref()
+                        .and_then(|e| saga::apply(before, e, mode).ok())
+                    {
+                        Some(transition) => (Some(transition.saga), transition.effects),
+                        None => (None, vec![]),
+                    }
+                }
                 (None, Some(_)) => (None, vec![]),
             };
             saga = next;
@@ -83,6 +91,7 @@ pub fn replay(history: &[HistoryEntry], mode: PaymentMode) -> Vec<Step> {
             previous_at = Some(entry.at);
             Step {
                 entry: entry.clone(),
+                event,
                 spent_ms,
                 commands: effects
                     .iter()

@@ -8,7 +8,7 @@ use crate::domain::timeline;
 use crate::domain::view::{HistoryEntry, OrderDetails, StepsView};
 use crate::orchestrator::Orchestrator;
 pub use crate::orchestrator::actors::recent::{BUCKET_SECS, BUCKETS, Point};
-use crate::orchestrator::wire::command_kind;
+use crate::orchestrator::wire::{command_kind, reply_kind};
 use crate::persistence::console::{self, OrderFilter, OrderLine, Transition};
 use chrono::{DateTime, Utc};
 use sea_orm::DbErr;
@@ -28,6 +28,10 @@ pub struct TimelineEntry {
     pub reason: String,
     /// Milliseconds since the entry before (0 for the first): the time spent in that step.
     pub spent_ms: i64,
+    /// The participant's reply that caused it, e.g. `stock.reserved` (`null` for the
+    /// creation, a timeout, an operator's or the dev payment call, a park or a resume).
+    #[schema(required = true)]
+    pub received: Option<&'static str>,
     /// Commands this entry sent to participants, e.g. `stock.reserve`.
     pub commands: Vec<&'static str>,
     /// Events it published on `order.events`, e.g. `order.paid`.
@@ -83,6 +87,7 @@ pub fn order_timeline(
             event: step.entry.event,
             reason: step.entry.reason,
             spent_ms: step.spent_ms,
+            received: step.event.as_ref().and_then(reply_kind),
             commands: step.commands.into_iter().map(command_kind).collect(),
             published: step
                 .published

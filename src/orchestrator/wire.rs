@@ -26,6 +26,27 @@ pub fn event_of(reply: ReplyBody) -> Event {
     }
 }
 
+/// The reply type (and routing key) a saga event arrives as, e.g. `stock.reserved`; `None`
+/// for events that are not a participant's reply (timeouts, operator and dev calls).
+pub fn reply_kind(event: &Event) -> Option<&'static str> {
+    Some(match event {
+        Event::StockReserved => "stock.reserved",
+        Event::StockRejected { .. } => "stock.rejected",
+        Event::StockReleased => "stock.released",
+        Event::PaymentCharged => "payment.charged",
+        Event::PaymentDeclined { .. } => "payment.declined",
+        Event::PaymentRefunded => "payment.refunded",
+        Event::ShipmentScheduled => "shipping.scheduled",
+        Event::ShipmentFailed { .. } => "shipping.failed",
+        Event::ShipmentCancelled => "shipping.cancelled",
+        Event::StepTimedOut { .. }
+        | Event::PaymentSubmitted { .. }
+        | Event::AdminOverride { .. } => {
+            return None;
+        }
+    })
+}
+
 fn line_items(order: &OrderRecord) -> Vec<LineItem> {
     order
         .items
@@ -170,5 +191,32 @@ mod tests {
         for command in commands {
             assert_eq!(command_kind(command), command_body(&order, command).kind());
         }
+    }
+
+    #[test]
+    fn each_reply_is_named_as_it_travels() {
+        let reason = || "r".to_owned();
+        let replies = [
+            ReplyBody::StockReserved {},
+            ReplyBody::StockRejected { reason: reason() },
+            ReplyBody::StockReleased {},
+            ReplyBody::PaymentCharged { amount_cents: 1 },
+            ReplyBody::PaymentDeclined { reason: reason() },
+            ReplyBody::PaymentRefunded { amount_cents: 1 },
+            ReplyBody::ShipmentScheduled {
+                tracking_number: "t".into(),
+            },
+            ReplyBody::ShipmentFailed { reason: reason() },
+            ReplyBody::ShipmentCancelled {},
+        ];
+        for reply in replies {
+            let kind = reply.kind();
+            assert_eq!(reply_kind(&event_of(reply)), Some(kind));
+        }
+        let admin = Event::AdminOverride {
+            target: crate::domain::saga::OrderStatus::Reversed,
+            reason: reason(),
+        };
+        assert_eq!(reply_kind(&admin), None);
     }
 }

@@ -612,6 +612,9 @@ async fn the_overview_counts_the_orders_and_the_list_filters_pages_and_searches(
     let steps = timeline["timeline"].as_array().expect("timeline");
     assert_eq!(steps[0]["commands"], json!(["stock.reserve"]));
     assert_eq!(steps[0]["published"], json!(["order.created"]));
+    assert_eq!(steps[0]["received"], Value::Null);
+    assert_eq!(steps[1]["received"], "stock.reserved");
+    assert_eq!(steps[1]["published"], json!(["order.stock_reserved"]));
     let cancel = steps
         .iter()
         .find(|s| s["event"] == "admin_override")

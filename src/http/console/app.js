@@ -325,6 +325,7 @@ async function orderPage(id) {
       el("div", { class: "when" }, when(t.at), t.spent_ms ? " · after " + duration(t.spent_ms) : ""),
       el("div", { class: "what" }, t.from ? t.from + " → " : "", t.status, " ", el("span", { class: "muted" }, "(" + t.event + ")")),
       el("div", {}, t.reason),
+      t.received ? el("div", {}, el("span", { class: "muted small" }, "received "), el("span", { class: "chip rpl" }, t.received)) : null,
       t.commands.length ? el("div", {}, el("span", { class: "muted small" }, "sent "), ...t.commands.map((c) => el("span", { class: "chip cmd" }, c))) : null,
       t.published.length ? el("div", {}, el("span", { class: "muted small" }, "published "), ...t.published.map((c) => el("span", { class: "chip evt" }, c))) : null,
       t.steps ? el("div", { class: "small muted" }, "reservation " + t.steps.reservation + " · payment " + t.steps.payment + " · shipment " + t.steps.shipment) : null)));
