@@ -95,7 +95,8 @@ pub struct Args {
 
     /// How created orders are followed to their terminal state: `wait` long-polls
     /// `GET /api/orders/{id}?wait_ms=…` (asked again until terminal); `poll` polls
-    /// `GET /api/orders/{id}` on a backoff schedule, for services without the long poll.
+    /// `GET /api/orders/{id}` on a backoff schedule, for services without the long poll;
+    /// `events` reads one `GET /api/events` stream for every order (needs --admin-token).
     #[arg(long, value_enum, default_value_t = FollowMode::Wait)]
     pub follow: FollowMode,
 
@@ -175,6 +176,8 @@ pub enum FollowMode {
     Wait,
     /// Short polls of `GET /api/orders/{id}` with back-off.
     Poll,
+    /// One Server-Sent Events stream (`GET /api/events`) for every order.
+    Events,
 }
 
 impl FollowMode {
@@ -182,6 +185,7 @@ impl FollowMode {
         match self {
             FollowMode::Wait => "wait",
             FollowMode::Poll => "poll",
+            FollowMode::Events => "events",
         }
     }
 }
@@ -296,6 +300,9 @@ impl Args {
         }
         if self.max_in_flight == 0 {
             return Err("--max-in-flight must be at least 1".into());
+        }
+        if self.follow == FollowMode::Events && self.admin_token.is_none() {
+            return Err("--follow events reads GET /api/events, which needs --admin-token".into());
         }
         let mix = self.sku_mix();
         for (i, a) in mix.iter().enumerate() {

@@ -257,6 +257,8 @@ pub struct Shared {
     waits: Semaphore,
     /// `?wait_ms=…` of the long polls.
     wait_query: String,
+    /// `--follow events`: the stream's events, handed to the followers.
+    pub dispatch: Arc<crate::events::Dispatch>,
 }
 
 impl Shared {
@@ -294,7 +296,13 @@ impl Shared {
             limiter: PollLimiter::new(poll.budget_per_sec),
             waits: Semaphore::new(poll.max_waits as usize),
             wait_query: format!("?wait_ms={}", poll.long_poll.as_millis().max(1)),
+            dispatch: Arc::default(),
         }
+    }
+
+    /// Cancelled when the followers are stopped (the end of the drain).
+    pub fn stopped(&self) -> CancellationToken {
+        self.stop_following.clone()
     }
 
     pub fn stats(&self) -> MutexGuard<'_, Stats> {
@@ -317,6 +325,7 @@ impl Shared {
 struct Created {
     id: Uuid,
     status: Status,
+    created_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// `POST /api/orders` with a fresh Idempotency-Key; a 503, a transport error or a 409
@@ -363,6 +372,7 @@ async fn create(sh: &Shared, sku: usize, started: Instant) -> Option<Created> {
                     return Some(Created {
                         id: order.id,
                         status: order.status,
+                        created_at: order.created_at,
                     });
                 }
                 let retry_after = retry_after(response.headers().get(RETRY_AFTER));
@@ -501,6 +511,9 @@ async fn get_order(sh: &Shared, url: &str, long_poll: bool) -> Answer {
 /// on a back-off schedule. The saga latency runs from `started` to the answer that showed the
 /// terminal state.
 async fn follow(sh: Arc<Shared>, created: Created, sku: usize, started: Instant) {
+    if sh.poll.mode == FollowMode::Events {
+        return follow_events(sh, created, sku, started).await;
+    }
     let long_poll = sh.poll.mode == FollowMode::Wait;
     let path = if long_poll {
         format!("/{}{}", created.id, sh.wait_query)
@@ -581,19 +594,8 @@ async fn follow(sh: Arc<Shared>, created: Created, sku: usize, started: Instant)
         };
         last = order.status;
         if order.status.is_terminal() {
-            let observed = started.elapsed();
-            let server = (order.updated_at - order.created_at)
-                .to_std()
-                .unwrap_or_default();
-            let mut stats = sh.stats();
-            stats.saga.saturating_record(micros(observed));
-            stats.saga_server.saturating_record(micros(server));
-            *stats.terminal.entry(order.status.as_str()).or_default() += 1;
-            if order.status == Status::Confirmed {
-                stats.confirmed_qty[sku] += i64::from(sh.plan.quantity);
-            }
-            drop(stats);
-            sh.counters.completed.fetch_add(1, Ordering::Relaxed);
+            let server = order.updated_at - order.created_at;
+            finished(&sh, order.status, sku, started, server);
             break;
         }
         if order.parked_reason.is_some() {
@@ -601,9 +603,51 @@ async fn follow(sh: Arc<Shared>, created: Created, sku: usize, started: Instant)
             break;
         }
     }
+    follower_done(&sh);
+}
+
+/// Records a saga that reached `status`: seen `started.elapsed()` after its start, and
+/// `server` long by the service's clock.
+fn finished(sh: &Shared, status: Status, sku: usize, started: Instant, server: chrono::TimeDelta) {
+    let observed = started.elapsed();
+    let mut stats = sh.stats();
+    stats.saga.saturating_record(micros(observed));
+    stats
+        .saga_server
+        .saturating_record(micros(server.to_std().unwrap_or_default()));
+    *stats.terminal.entry(status.as_str()).or_default() += 1;
+    if status == Status::Confirmed {
+        stats.confirmed_qty[sku] += i64::from(sh.plan.quantity);
+    }
+    drop(stats);
+    sh.counters.completed.fetch_add(1, Ordering::Relaxed);
+}
+
+fn follower_done(sh: &Shared) {
     if sh.counters.following.fetch_sub(1, Ordering::AcqRel) == 1 {
         sh.followers_done.notify_waiters();
     }
+}
+
+/// `--follow events`: waits for the order's terminal (or parked) event from the stream.
+async fn follow_events(sh: Arc<Shared>, created: Created, sku: usize, started: Instant) {
+    let event = tokio::select! {
+        () = sh.stop_following.cancelled() => None,
+        event = sh.dispatch.wait_for(created.id) => event.ok(),
+    };
+    match event {
+        Some(event) if event.kind == "order.parked" => sh.stats().parked.push(created.id),
+        Some(event) => {
+            let status = serde_json::from_value(serde_json::Value::String(event.status))
+                .unwrap_or(Status::Unknown);
+            finished(&sh, status, sku, started, event.at - created.created_at);
+        }
+        None => sh
+            .stats()
+            .unfinished
+            .push((created.id, created.status.as_str().to_owned())),
+    }
+    follower_done(&sh);
 }
 
 /// Creates one order and hands it to a follower; returns the follower, if any.

@@ -12,6 +12,7 @@
 mod checks;
 mod cli;
 mod driver;
+mod events;
 mod report;
 mod targets;
 
@@ -127,6 +128,21 @@ async fn run(args: Args) -> anyhow::Result<Report> {
         follow,
         args.max_retries,
     ));
+    // --follow events: the stream is open before the first order is created.
+    let stream = match (args.follow, token) {
+        (FollowMode::Events, Some(token)) if follow => Some(
+            events::start(
+                client.clone(),
+                shared.targets.first().to_owned(),
+                token.to_owned(),
+                Arc::clone(&shared.dispatch),
+                shared.stopped(),
+            )
+            .await
+            .context("opening the event stream (--follow events)")?,
+        ),
+        _ => None,
+    };
     let mode = args.mode();
     let stop = args.stop();
     let started_at = chrono::Utc::now();
@@ -160,6 +176,9 @@ async fn run(args: Args) -> anyhow::Result<Report> {
         Duration::ZERO
     };
     ticker.abort();
+    if let Some(stream) = stream {
+        stream.abort();
+    }
     bar.finish_and_clear();
 
     // After the drain: wait (bounded) for the checks to settle. Inventory marks stock sold

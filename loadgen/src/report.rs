@@ -291,10 +291,10 @@ impl Report {
             latency_line(&mut out, "send lag", self.send_lag.as_ref());
         }
         if self.follow {
-            let observed = if self.follow_mode.as_deref() == Some("wait") {
-                "saga (waited)"
-            } else {
-                "saga (polled)"
+            let observed = match self.follow_mode.as_deref() {
+                Some("wait") => "saga (waited)",
+                Some("events") => "saga (streamed)",
+                _ => "saga (polled)",
             };
             latency_line(&mut out, observed, self.saga_latency.as_ref());
             latency_line(&mut out, "saga (server)", self.saga_server_latency.as_ref());
@@ -346,6 +346,12 @@ impl Report {
                     self.waits_early
                 );
             }
+        } else if self.follow_mode.as_deref() == Some("events") {
+            let _ = writeln!(
+                out,
+                "  events          one GET /api/events stream ({}) for every saga; no per-order requests",
+                crate::events::TYPES
+            );
         } else if self.follow {
             let _ = writeln!(
                 out,
