@@ -8,6 +8,8 @@
 #   for r in 1 2 3; do for m in require disable; do
 #     bench/sslmode-ab.sh target/release/order-service $m 15 64 "round $r"; done; done
 #
+# LOADGEN_ARGS adds options to the measured run, e.g. LOADGEN_ARGS="--follow events".
+#
 # usage: bench/sslmode-ab.sh <order-service binary> <require|disable|prefer|none> [SECONDS=15] [CONCURRENCY=64] [LABEL]
 # Needs target/release/loadgen (`cargo build --release -p loadgen`; LOADGEN to override), psql, createdb, dropdb, rabbitmqctl, jq.
 set -u
@@ -37,7 +39,7 @@ for _ in $(seq 100); do curl -fs "http://127.0.0.1:$port/health/ready" >/dev/nul
 ADMIN_TOKEN=$token "$loadgen" --url "http://127.0.0.1:$port" --duration 3s --concurrency 16 \
   --stock 10000000 --sku CB-004 >/dev/null 2>&1
 ADMIN_TOKEN=$token "$loadgen" --url "http://127.0.0.1:$port" --duration "${secs}s" \
-  --concurrency "$conc" --stock 10000000 --sku CB-004 --json "$work/report.json" >"$work/loadgen.txt" 2>&1
+  --concurrency "$conc" --stock 10000000 --sku CB-004 --json "$work/report.json" ${LOADGEN_ARGS:-} >"$work/loadgen.txt" 2>&1
 tls=$(psql -h 127.0.0.1 -U postgres -Atc "SELECT count(*) FILTER (WHERE s.ssl) || ' of ' || count(*) \
   FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.datname = '$db'")
 echo "$label sslmode=$mode TLS connections $tls: $(jq -r '"\(.completed_per_sec_overall | floor) sagas/s, create p50 \(.create_latency.p50_us / 1000) ms p99 \(.create_latency.p99_us / 1000) ms, saga p50 \(.saga_latency.p50_us / 1000) ms, invariants hold: \(.invariants.holds)"' "$work/report.json" 2>/dev/null || tail -5 "$work/loadgen.txt")"
