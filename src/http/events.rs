@@ -34,8 +34,11 @@ use uuid::Uuid;
 
 /// Events a subscriber may fall behind by before it is cut off.
 pub const RING: usize = 1024;
-/// How often the tailer looks for new history while anyone listens.
+/// How often the tailer looks for new history while anyone listens, when this process
+/// records nothing (another replica's orders, a parked one); this process's own transitions
+/// wake it at once, at most every [`MIN_GAP`].
 const POLL: Duration = Duration::from_millis(100);
+const MIN_GAP: Duration = Duration::from_millis(10);
 /// How often it only keeps its place while nobody listens.
 const IDLE_POLL: Duration = Duration::from_millis(500);
 /// Rows per read, from the tailer and for a catch-up.
@@ -129,15 +132,14 @@ impl EventHub {
 async fn tail(hub: Arc<Hub>) {
     // A missing id and since when it is missing.
     let mut gap: Option<(i64, Instant)> = None;
+    let recorded = &hub.orchestrator.stats().recorded;
     loop {
-        let pause = if hub.sender.receiver_count() > 0 {
-            POLL
-        } else {
-            IDLE_POLL
-        };
+        let listening = hub.sender.receiver_count() > 0;
+        let pause = if listening { POLL } else { IDLE_POLL };
         tokio::select! {
             () = hub.shutdown.cancelled() => return,
             () = tokio::time::sleep(pause) => {}
+            () = recorded.notified(), if listening => tokio::time::sleep(MIN_GAP).await,
         }
         let mut cursor = hub.cursor.lock().await;
         let at = cursor.unwrap_or(0);

@@ -53,6 +53,10 @@ pub struct ActorStats {
     pub timeouts: AtomicU64,
     /// Sagas finished here over the last minutes (the console's charts).
     pub finished: super::recent::RecentSagas,
+    /// Woken after every committed history entry of this process, so the event stream's
+    /// tailer (its one waiter) reads at once instead of at its next poll; a wake while it is
+    /// reading is kept for its next wait.
+    pub recorded: tokio::sync::Notify,
 }
 
 impl OrderContext {
@@ -409,6 +413,7 @@ impl OrderActor {
             SaveError::Db(db) if is_duplicate_key(&db) => OrderError::AlreadyExists(id),
             other => saved_error(other),
         })?;
+        self.ctx.stats.recorded.notify_one();
         if self.ctx.faults.should_panic(id, faults::ORDER_CREATED) {
             // After the commit, before the answer: the caller's retry meets its own order.
             panic!("fault injection: panicking on order_created (FAULT_ACTOR_PANIC)");
@@ -485,6 +490,7 @@ impl OrderActor {
             messages,
         };
         let version = self.ctx.writer.write(write).await.map_err(saved_error)?;
+        self.ctx.stats.recorded.notify_one();
         record_transition(order, &transition.saga, &event, now, &self.ctx.stats);
         tracing::info!(from = %order.saga.status, to = %transition.saga.status, reason = %transition.reason, "transition");
         next.version = version;
