@@ -3,6 +3,7 @@
 
 use crate::domain::saga::OrderStatus;
 use crate::domain::view::HistoryEntry;
+use crate::persistence::orders::parse_status as status;
 use chrono::{DateTime, Utc};
 use entity::{idempotency_keys, order_transitions, orders};
 use sea_orm::{
@@ -101,11 +102,6 @@ pub async fn orders<C: ConnectionTrait>(
             })
         })
         .collect()
-}
-
-fn status(text: &str) -> Result<OrderStatus, DbErr> {
-    OrderStatus::parse(text)
-        .ok_or_else(|| DbErr::Custom(format!("unreadable status {text:?} stored for an order")))
 }
 
 /// The order an Idempotency-Key created, if the key is still kept.

@@ -213,7 +213,7 @@ fn corrupt(what: &str, value: &str) -> DbErr {
     DbErr::Custom(format!("unreadable {what} {value:?} stored for an order"))
 }
 
-fn parse_status(text: &str) -> Result<OrderStatus, DbErr> {
+pub(crate) fn parse_status(text: &str) -> Result<OrderStatus, DbErr> {
     OrderStatus::parse(text).ok_or_else(|| corrupt("status", text))
 }
 
